@@ -1,0 +1,174 @@
+"""The `metaray` command: train, eval, tasks.
+
+User mistakes (bad config, unknown family, unreachable Ray, a directory that is not a run) end
+with one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+# Rollout workers and the learner run torch with one thread unless told otherwise; set before
+# torch is imported anywhere in this process (and inherited by Ray's local workers).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="metaray", description="Distributed meta-reinforcement learning on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train from a YAML config")
+    train.add_argument("config", help="config YAML file")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="override a config value (repeatable)")
+    train.add_argument("--run-dir", type=Path, help="run directory (default: runs/ALGO-FAMILY-TIME)")
+    train.add_argument("--workers", type=_positive_int, help="rollout workers (workers.num_workers)")
+    train.add_argument("--address", help="join a running Ray cluster: 'auto' or HOST:PORT (default: start a local one)")
+    train.add_argument("--serial", action="store_true", help="run everything in this process, without Ray")
+    train.add_argument("--iterations", type=_positive_int, help="total iterations of the run (also across --resume)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its newest checkpoint")
+
+    ev = sub.add_parser("eval", help="evaluate a run on held-out tasks")
+    ev.add_argument("run_dir", type=Path)
+    ev.add_argument("--split", choices=["train", "test"], default="test")
+    ev.add_argument("--num-tasks", type=_positive_int)
+    ev.add_argument("--seed", type=int)
+    ev.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    sub.add_parser("tasks", help="list task families")
+    return parser
+
+
+def cmd_tasks(_: argparse.Namespace) -> int:
+    from metaray.tasks import list_families
+
+    for name, doc in list_families():
+        print(f"{name:16s} {doc}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from metaray.cluster.checkpoint import CheckpointError, latest_checkpoint, write_text_atomic
+    from metaray.cluster.config import ConfigError, load_config, load_yaml, to_yaml, validate
+    from metaray.cluster.progress import ProgressDisplay
+    from metaray.cluster.runtime import make_runtime
+    from metaray.cluster.trainer import Trainer
+    from metaray.tasks import make_family
+
+    overrides = list(args.overrides)
+    if args.workers is not None:
+        overrides.append(f"workers.num_workers={args.workers}")
+    if args.iterations is not None:
+        overrides.append(f"iterations={args.iterations}")
+    config = load_config(args.config, overrides)
+    make_family(config.task.family, config.task.kwargs)  # unknown family / bad kwargs: fail now
+
+    if args.resume:
+        if args.run_dir is None:
+            raise ConfigError("--resume needs --run-dir of the run to continue")
+        if not (args.run_dir / "config.yaml").is_file():
+            raise CheckpointError(f"{args.run_dir} is not a metaray run directory (no config.yaml)")
+        saved = validate(load_yaml(args.run_dir / "config.yaml")).model_dump()
+        saved["iterations"] = config.iterations
+        if saved != config.model_dump():
+            diff = _first_difference(saved, config.model_dump())
+            raise ConfigError(f"--resume: config differs from {args.run_dir}/config.yaml at {diff}")
+        if latest_checkpoint(args.run_dir) is None:
+            raise CheckpointError(f"{args.run_dir} has no checkpoint to resume from")
+        run_dir = args.run_dir
+    else:
+        run_dir = args.run_dir or Path("runs") / f"{config.algo}-{config.task.family.replace(':', '.')}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if (run_dir / "config.yaml").exists():
+            raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
+
+    runtime = make_runtime(args.serial, args.address, num_cpus=_local_cpus(config) if args.address is None else None)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", to_yaml(config))
+        display = ProgressDisplay(config.iterations, 0)
+        trainer = Trainer(config, run_dir, runtime, resume=args.resume, display=display)
+        if trainer.counters["iteration"] >= config.iterations:
+            print(f"{run_dir}: already at iteration {trainer.counters['iteration']} of {config.iterations}")
+            return 0
+        display.message(
+            f"metaray: {config.algo} on {config.task.family}, {config.workers.num_workers} workers "
+            f"({runtime.name}), learner on {trainer.device}, run dir {run_dir}"
+        )
+        last = trainer.run()
+    finally:
+        runtime.shutdown()
+    ret = {k: v for k, v in last.items() if k in ("trial_return", "return_pre", "return_post")}
+    print(f"done: {last.get('iteration')} iterations, {last.get('env_steps_total')} env steps, "
+          f"{json.dumps(ret)}; run dir {run_dir}")
+    return 0
+
+
+def _local_cpus(config) -> int:  # noqa: ANN001
+    """A local Ray instance gets enough logical CPUs for every actor of the run."""
+    need = config.workers.num_workers + int(config.learner.num_cpus + 0.999)
+    return max(os.cpu_count() or 1, need)
+
+
+def _first_difference(a: object, b: object, path: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+    return f"{path} ({a!r} in the run, {b!r} now)"
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from metaray.cluster.evaluation import evaluate_run
+
+    result = evaluate_run(args.run_dir, args.split, args.num_tasks, args.seed)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.run_dir}: {result['algo']} on {result['family']}, iteration {result['iteration']}, "
+              f"{result['num_tasks']} {result['split']} tasks: mean return {result['mean_return']:.3f} "
+              f"(std {result['std_return']:.3f}); wrote {args.run_dir / 'eval.json'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from metaray.cluster.checkpoint import CheckpointError
+    from metaray.cluster.config import ConfigError
+    from metaray.cluster.runtime import RuntimeStartError
+    from metaray.cluster.trainer import TrainingError
+    from metaray.tasks import TaskFamilyError
+
+    handlers = {"train": cmd_train, "eval": cmd_eval, "tasks": cmd_tasks}
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, TaskFamilyError, RuntimeStartError, CheckpointError, TrainingError) as err:
+        print(f"metaray {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"metaray {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

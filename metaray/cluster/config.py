@@ -1,0 +1,146 @@
+"""The run configuration: one YAML file plus `--set key.path=value` overrides, validated.
+
+Fixed top-level keys (users and scripts rely on them): `algo`, `seed`, `iterations`, `task`.
+Every other section belongs to one component and documents its own fields.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from metaray.learner.rl2 import RL2Config
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file or override; its message is one line."""
+
+
+class TaskConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    family: str = Field(description="Built-in family name (see `metaray tasks`) or 'package.module:ClassName'.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the family's constructor.")
+
+
+class WorkersConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    num_workers: int = Field(2, ge=1, description="Rollout-worker actors (1 CPU each); `--workers` overrides.")
+    torch_threads: int = Field(1, ge=1, description="torch threads per rollout worker; 1 avoids oversubscription.")
+
+
+class LearnerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a GPU when the cluster has one, else CPU.")
+    num_cpus: float = Field(1, ge=0, description="CPUs reserved for the learner actor.")
+    torch_threads: int = Field(1, ge=1, description="torch threads of the learner on CPU.")
+
+
+class CheckpointConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    every: int = Field(10, ge=1, description="Write a checkpoint every this many iterations (and at the end).")
+    keep: int = Field(3, ge=1, description="How many recent checkpoints to keep.")
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    num_tasks: int = Field(100, ge=1, description="Held-out tasks for `metaray eval`.")
+    seed: int = Field(12345, description="Seed for drawing evaluation tasks.")
+
+
+class MetricsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    port: int | None = Field(None, ge=0, le=65535, description="Prometheus port on the driver; null = off.")
+
+
+class RunConfig(BaseModel):
+    """A whole run."""
+
+    model_config = ConfigDict(extra="forbid")
+    algo: Literal["rl2"] = Field(description="Algorithm: rl2 (maml and adversarial come with their issues).")
+    seed: int = Field(0, description="Seed of everything the run draws.")
+    iterations: int = Field(100, ge=1, description="Learner updates (meta-iterations) in total, across resumes.")
+    task: TaskConfig
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    rl2: RL2Config = Field(default_factory=RL2Config)
+
+    def algo_config(self) -> BaseModel:
+        return getattr(self, self.algo)
+
+
+def _format_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"]) or "<top level>"
+    if e["type"] == "extra_forbidden":
+        return f"{loc}: unknown key"
+    if e["type"] == "missing":
+        return f"{loc}: required key is missing"
+    return f"{loc}: {e['msg'][0].lower()}{e['msg'][1:]} (got {e.get('input')!r})"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'a.b=value' -> (['a', 'b'], value typed as YAML would type it)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key.path=value")
+    key, raw = text.split("=", 1)
+    path = key.strip().split(".")
+    if not all(path):
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text}: {'.'.join(path[: i + 1])} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def validate(data: Any) -> RunConfig:
+    if not isinstance(data, dict):
+        raise ConfigError("config: expected a mapping of keys at the top level")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"config error: {_format_error(err)}") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} malformed YAML: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        raise ConfigError(f"{path}: empty config")
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    return validate(apply_overrides(load_yaml(path), overrides or []))
+
+
+def to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,69 @@
+"""`metaray eval`: the trained policy on held-out tasks, in this process (no Ray needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from metaray.cluster.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    write_text_atomic,
+)
+from metaray.cluster.config import ConfigError, RunConfig, load_config
+from metaray.learner import get_algorithm
+from metaray.tasks import make_family, make_vector_env
+
+
+def load_run(run_dir: Path) -> tuple[RunConfig, Path]:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"{run_dir} is not a metaray run directory (no config.yaml)")
+    try:
+        config = load_config(run_dir / "config.yaml")
+    except ConfigError as err:
+        raise CheckpointError(f"{run_dir}/config.yaml: {err}") from None
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise CheckpointError(f"{run_dir} has no checkpoint yet")
+    return config, ckpt
+
+
+def evaluate_run(run_dir: Path, split: str = "test", num_tasks: int | None = None, seed: int | None = None) -> dict[str, Any]:
+    config, ckpt = load_run(run_dir)
+    tensors, state = load_checkpoint(ckpt)
+    algorithm = get_algorithm(config.algo)
+    algo_config = config.algo_config()
+    family = make_family(config.task.family, config.task.kwargs)
+    num_tasks = num_tasks or config.eval.num_tasks
+    seed = config.eval.seed if seed is None else seed
+    tasks = family.sample(num_tasks, np.random.default_rng(seed), split)
+    probe = make_vector_env(family, tasks[:1], seed=seed)
+    policy = algorithm.make_policy(probe.single_observation_space, probe.single_action_space, algo_config)
+    weights = {k.split("/", 1)[1]: torch.from_numpy(np.array(v)) for k, v in tensors.items() if k.startswith("policy/")}
+    try:
+        policy.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"{ckpt}: weights do not fit the run's policy ({str(err).splitlines()[0]})") from None
+    torch.set_num_threads(1)
+    per_task = algorithm.evaluate(policy, family, tasks, algo_config, seed)
+    returns = [r["trial_return"] for r in per_task]
+    result = {
+        "algo": config.algo,
+        "family": config.task.family,
+        "split": split,
+        "num_tasks": num_tasks,
+        "seed": seed,
+        "checkpoint": ckpt.name,
+        "iteration": state["iteration"],
+        "mean_return": float(np.mean(returns)),
+        "std_return": float(np.std(returns)),
+        "tasks": per_task,
+    }
+    write_text_atomic(Path(run_dir) / "eval.json", json.dumps(result, indent=1))
+    return result

@@ -1,0 +1,175 @@
+"""Where the objects run: Ray actors, or plain objects in this process (`--serial`).
+
+Both runtimes speak Ray's calling convention (`handle.method.remote(...)`, `get`, `wait`), so
+the training loop is one piece of code. Serial futures are lazy and run in the order they were
+made when someone waits on them, which keeps serial runs deterministic and close to the order
+Ray would run them in.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from metaray.learner.parameter_server import ParameterServer
+from metaray.learner.variables import LocalVariables, RayVariables
+
+
+class RuntimeStartError(RuntimeError):
+    """Ray could not be started or reached; the message is one line for the user."""
+
+
+_counter = itertools.count()
+
+
+@dataclass(eq=False)
+class SerialFuture:
+    fn: Any
+    args: tuple
+    kwargs: dict
+    index: int = -1
+    seq: int = field(default_factory=lambda: next(_counter))
+    done: bool = False
+    value: Any = None
+    parent: SerialFuture | None = None
+
+    def run(self) -> Any:
+        if self.parent is not None:
+            return self.parent.run()[self.index]
+        if not self.done:
+            args = [_resolve(a) for a in self.args]
+            kwargs = {k: _resolve(v) for k, v in self.kwargs.items()}
+            self.value, self.done = self.fn(*args, **kwargs), True
+        return self.value
+
+    @property
+    def ready(self) -> bool:
+        return (self.parent or self).done
+
+
+def _resolve(value: Any) -> Any:
+    return value.run() if isinstance(value, SerialFuture) else value
+
+
+class _SerialMethod:
+    def __init__(self, fn: Any, num_returns: int = 1):
+        self.fn, self.num_returns = fn, num_returns
+
+    def options(self, num_returns: int = 1, **_: Any) -> _SerialMethod:
+        return _SerialMethod(self.fn, num_returns)
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        future = SerialFuture(self.fn, args, kwargs)
+        if self.num_returns == 1:
+            return future
+        return tuple(SerialFuture(None, (), {}, index=i, seq=future.seq, parent=future) for i in range(self.num_returns))
+
+
+class SerialHandle:
+    """An in-process object behind Ray's actor-handle interface."""
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+    def __getattr__(self, name: str) -> _SerialMethod:
+        return _SerialMethod(getattr(self.obj, name))
+
+
+class SerialRuntime:
+    name = "serial"
+
+    def spawn(self, cls: type, *args: Any, **_resources: Any) -> SerialHandle:
+        return SerialHandle(cls(*args))
+
+    def parameter_server(self) -> tuple[SerialHandle, LocalVariables]:
+        server = ParameterServer()
+        return SerialHandle(server), LocalVariables(server)
+
+    def get(self, futures: Any) -> Any:
+        if isinstance(futures, list):
+            return [_resolve(f) for f in futures]
+        return _resolve(futures)
+
+    def wait(self, futures: list[Any], num_returns: int = 1, timeout: float | None = None) -> tuple[list, list]:
+        for f in sorted(futures, key=lambda f: f.seq):
+            if sum(f.ready for f in futures) >= num_returns:
+                break
+            f.run()
+        ready = [f for f in futures if f.ready]
+        return ready[:num_returns], [f for f in futures if f not in ready[:num_returns]]
+
+    def cluster_gpus(self) -> float:
+        return 0.0
+
+    def shutdown(self) -> None:
+        pass
+
+
+class RayRuntime:
+    name = "ray"
+
+    def __init__(self, address: str | None, num_cpus: int | None = None):
+        import ray
+
+        self.ray = ray
+        self.started_here = address is None
+        if address not in (None, "auto"):
+            _check_reachable(address)
+        env_vars = {"PYTHONPATH": os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)}
+        try:
+            ray.init(
+                address=address, num_cpus=num_cpus if address is None else None,
+                include_dashboard=False, logging_level="ERROR", log_to_driver=True,
+                runtime_env={"env_vars": env_vars}, ignore_reinit_error=True,
+            )
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            where = address or "local"
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise RuntimeStartError(f"cannot connect to Ray at {where}: {first}") from None
+
+    def spawn(self, cls: type, *args: Any, num_cpus: float = 1, num_gpus: float = 0, name: str | None = None) -> Any:
+        actor = self.ray.remote(cls).options(num_cpus=num_cpus, num_gpus=num_gpus, name=name)
+        return actor.remote(*args)
+
+    def parameter_server(self) -> tuple[Any, RayVariables]:
+        handle = self.spawn(ParameterServer, num_cpus=0)
+        return handle, RayVariables(handle)
+
+    def get(self, futures: Any) -> Any:
+        return self.ray.get(futures)
+
+    def wait(self, futures: list[Any], num_returns: int = 1, timeout: float | None = None) -> tuple[list, list]:
+        return self.ray.wait(futures, num_returns=num_returns, timeout=timeout)
+
+    def cluster_gpus(self) -> float:
+        return float(self.ray.cluster_resources().get("GPU", 0))
+
+    def shutdown(self) -> None:
+        if self.ray.is_initialized():
+            self.ray.shutdown()
+
+
+def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """Fail fast, with one line, on an address nothing answers at (ray.init would wait long)."""
+    host, _, port = address.rpartition(":")
+    if address.startswith(("ray://", "http://", "https://")):
+        return
+    if not host or not port.isdigit():
+        raise RuntimeStartError(f"--address {address!r}: expected 'auto' or HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise RuntimeStartError(f"cannot reach Ray at {address}: {err.strerror or err}") from None
+
+
+def make_runtime(serial: bool, address: str | None, num_cpus: int | None = None) -> SerialRuntime | RayRuntime:
+    if serial:
+        return SerialRuntime()
+    if "ray" not in sys.modules:
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    return RayRuntime(address, num_cpus)

@@ -1,0 +1,166 @@
+"""The training loop: workers -> learner -> parameter server -> progress and checkpoints.
+
+The same loop runs under Ray (actors) and in one process (`--serial`); only the runtime differs.
+For asynchronous algorithms (RL²) every worker always has one sampling call in flight, so
+sampling continues while the learner updates; batches older than `max_policy_lag` versions are
+dropped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metaray.actors import RolloutWorker
+from metaray.cluster.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    truncate_progress,
+)
+from metaray.cluster.config import RunConfig
+from metaray.cluster.progress import ProgressDisplay
+from metaray.cluster.runtime import RayRuntime, SerialRuntime
+from metaray.learner.learner import Learner
+from metaray.tasks import make_family, make_vector_env
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a worker died); a checkpoint was written first."""
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, run_dir: Path, runtime: SerialRuntime | RayRuntime, resume: bool = False,
+                 display: ProgressDisplay | None = None):
+        self.config, self.run_dir, self.runtime = config, Path(run_dir), runtime
+        self.algo_config = config.algo_config()
+        family = make_family(config.task.family, config.task.kwargs)
+        probe = make_vector_env(family, family.sample(1, np.random.default_rng(0)), seed=0)
+        obs_space, act_space = probe.single_observation_space, probe.single_action_space
+        probe.close()
+
+        self.counters = {"iteration": 0, "wall_time_s": 0.0, "env_steps_total": 0, "episodes_total": 0,
+                         "dropped_batches_total": 0, "worker_restarts_total": 0}
+        resume_from = latest_checkpoint(self.run_dir) if resume else None
+        resume_state = load_checkpoint(resume_from) if resume_from is not None else None
+
+        self.ps, variables = runtime.parameter_server()
+        use_gpu = config.learner.device == "cuda" or (config.learner.device == "auto" and runtime.cluster_gpus() > 0)
+        self.learner = runtime.spawn(
+            Learner, config.algo, self.algo_config.model_dump(), obs_space, act_space, variables, config.seed,
+            config.learner.device, config.learner.torch_threads,
+            num_cpus=config.learner.num_cpus, num_gpus=1 if use_gpu else 0,
+        )
+        if resume_state is not None:
+            tensors, state = resume_state
+            runtime.get(self.learner.set_state.remote(tensors, state["learner"]))
+            self.counters.update({k: state[k] for k in self.counters if k in state})
+            truncate_progress(self.run_dir, self.counters["iteration"])
+        self.version = runtime.get(self.learner.get_version.remote())
+
+        # Worker seeds differ per resume point so a resumed run does not replay its tasks.
+        seeds = np.random.SeedSequence([config.seed, self.counters["iteration"]]).generate_state(config.workers.num_workers)
+        self.workers = [
+            runtime.spawn(
+                RolloutWorker, i, config.algo, self.algo_config.model_dump(), config.task.family,
+                config.task.kwargs, int(seeds[i]), variables, config.workers.torch_threads, num_cpus=1,
+            )
+            for i in range(config.workers.num_workers)
+        ]
+        self.display = display or ProgressDisplay(config.iterations, self.counters["iteration"], live=False)
+        self.device = runtime.get(self.learner.device_name.remote())
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> dict[str, Any]:
+        cfg, rt = self.config, self.runtime
+        algo = self.algo_config
+        min_trials = algo.slots_per_worker
+        pending: dict[Any, tuple[int, Any]] = {}
+
+        def launch(i: int) -> None:
+            batch, info = self.workers[i].sample.options(num_returns=2).remote(min_trials)
+            pending[info] = (i, batch)
+
+        for i in range(len(self.workers)):
+            launch(i)
+        collected: list[Any] = []
+        infos: list[dict[str, Any]] = []
+        trials = 0
+        start = time.perf_counter() - self.counters["wall_time_s"]
+        last_t, last_steps = time.perf_counter(), self.counters["env_steps_total"]
+        last_record: dict[str, Any] = {}
+        try:
+            while self.counters["iteration"] < cfg.iterations:
+                ready, _ = rt.wait(list(pending), num_returns=1)
+                i, batch = pending.pop(ready[0])
+                info = self._get_worker_result(ready[0], i)
+                launch(i)
+                self.counters["env_steps_total"] += info["env_steps"]
+                self.counters["episodes_total"] += info["episodes"]
+                if self.version - info["policy_version"] > algo.max_policy_lag:
+                    self.counters["dropped_batches_total"] += 1
+                    continue
+                collected.append(batch)
+                infos.append(info)
+                trials += info["num_trials"]
+                if trials < algo.trials_per_update:
+                    continue
+                stats = rt.get(self.learner.update.remote(*collected))
+                self.version = stats["policy_version"]
+                self.counters["iteration"] += 1
+                now = time.perf_counter()
+                self.counters["wall_time_s"] = now - start
+                record = {
+                    "iteration": self.counters["iteration"],
+                    "wall_time_s": round(self.counters["wall_time_s"], 3),
+                    "env_steps_total": self.counters["env_steps_total"],
+                    "env_steps_per_s": (self.counters["env_steps_total"] - last_steps) / max(now - last_t, 1e-9),
+                    "episodes_total": self.counters["episodes_total"],
+                    "policy_version": self.version,
+                    "workers_alive": len(self.workers),
+                    "worker_restarts_total": self.counters["worker_restarts_total"],
+                    "dropped_batches_total": self.counters["dropped_batches_total"],
+                    "sample_s_mean": float(np.mean([x["sample_s"] for x in infos])),
+                    **stats,
+                }
+                last_t, last_steps = now, self.counters["env_steps_total"]
+                self._append_progress(record)
+                self.display.update(record)
+                last_record = record
+                collected, infos, trials = [], [], 0
+                if self.counters["iteration"] % cfg.checkpoint.every == 0 or self.counters["iteration"] >= cfg.iterations:
+                    self.checkpoint()
+        except KeyboardInterrupt:
+            self.checkpoint()
+            raise
+        finally:
+            self.display.close()
+        return last_record
+
+    def _get_worker_result(self, future: Any, index: int) -> dict[str, Any]:
+        try:
+            return self.runtime.get(future)
+        except Exception as err:
+            if type(err).__name__ not in ("RayActorError", "ActorDiedError", "ActorUnavailableError"):
+                raise
+            self.checkpoint()
+            raise TrainingError(
+                f"rollout worker {index} died ({type(err).__name__}); a checkpoint was written, "
+                f"continue with --resume"
+            ) from None
+
+    # ------------------------------------------------------------ outputs
+    def _append_progress(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / "progress.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def checkpoint(self) -> Path | None:
+        if self.counters["iteration"] == 0:
+            return None
+        tensors, learner_meta = self.runtime.get(self.learner.get_state.remote())
+        state = {**self.counters, "policy_version": self.version, "learner": learner_meta, "algo": self.config.algo}
+        return save_checkpoint(self.run_dir, self.counters["iteration"], tensors, state, self.config.checkpoint.keep)

@@ -1,0 +1,16 @@
+"""Algorithms (one file each), the learner, the parameter server."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+ALGORITHMS = ("rl2",)
+
+
+def get_algorithm(name: str) -> ModuleType:
+    """The algorithm's module: its Config, make_policy, Sampler, Learner and evaluate."""
+    if name == "rl2":
+        from metaray.learner import rl2
+
+        return rl2
+    raise ValueError(f"unknown algorithm {name!r} (known: {', '.join(ALGORITHMS)})")

@@ -1,0 +1,88 @@
+"""The learner actor: owns the policy and optimizer, runs updates, publishes versions.
+
+It is algorithm-agnostic: the algorithm module supplies the policy and the update. Under Ray it
+is an actor placed on a GPU when one is asked for; in serial mode it is a plain object.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from metaray.learner import get_algorithm
+from metaray.learner.variables import VariablePublisher
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("learner.device is 'cuda' but this process sees no CUDA device")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+class Learner:
+    """Runs `update(*batches)`; each update publishes version v+1 to the parameter server."""
+
+    def __init__(
+        self, algo: str, algo_config: dict[str, Any], obs_space: gym.Space, act_space: gym.Space,
+        publisher: VariablePublisher, seed: int, device: str = "auto", torch_threads: int = 1,
+    ):
+        torch.set_num_threads(torch_threads)
+        torch.manual_seed(seed)
+        self.algorithm = get_algorithm(algo)
+        self.config = self.algorithm.Config.model_validate(algo_config)
+        self.device = resolve_device(device)
+        policy = self.algorithm.make_policy(obs_space, act_space, self.config)
+        self.impl = self.algorithm.Learner(policy, self.config, self.device, seed)
+        self.publisher = publisher
+        self.version = 0
+        self.publish()
+
+    def publish(self) -> int:
+        weights = {k: v.detach().cpu().numpy() for k, v in self.impl.policy.state_dict().items()}
+        self.publisher.publish(self.version, weights)
+        return self.version
+
+    def update(self, *batches: dict[str, Any]) -> dict[str, Any]:
+        start = time.perf_counter()
+        lags = [self.version - int(b["policy_version"]) for b in batches]
+        stats = self.impl.update(list(batches))
+        self.version += 1
+        self.publish()
+        stats.update(
+            policy_version=self.version,
+            learner_step_s=time.perf_counter() - start,
+            policy_lag_mean=float(np.mean(lags)),
+            policy_lag_max=int(max(lags)),
+        )
+        return stats
+
+    def get_version(self) -> int:
+        return self.version
+
+    def device_name(self) -> str:
+        return str(self.device)
+
+    def get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Weights, optimizer and RNG as numpy tensors plus a JSON-able dict (no pickle)."""
+        tensors = {f"policy/{k}": v.detach().cpu().numpy() for k, v in self.impl.policy.state_dict().items()}
+        opt_tensors, opt_meta = self.impl.optimizer_state()
+        tensors.update({f"optimizer/{k}": v.numpy() for k, v in opt_tensors.items()})
+        tensors["rng/torch"] = torch.get_rng_state().numpy()
+        tensors["rng/update"] = self.impl.generator.get_state().numpy()
+        return tensors, {"version": self.version, "optimizer": opt_meta}
+
+    def set_state(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> int:
+        policy = {k.split("/", 1)[1]: torch.from_numpy(np.array(v)) for k, v in tensors.items() if k.startswith("policy/")}
+        self.impl.policy.load_state_dict(policy)
+        opt = {k.split("/", 1)[1]: torch.from_numpy(np.array(v)) for k, v in tensors.items() if k.startswith("optimizer/")}
+        self.impl.load_optimizer_state(opt, meta["optimizer"])
+        torch.set_rng_state(torch.from_numpy(np.array(tensors["rng/torch"])))
+        self.impl.generator.set_state(torch.from_numpy(np.array(tensors["rng/update"])))
+        self.version = int(meta["version"])
+        return self.publish()

@@ -1,0 +1,25 @@
+"""Task families and their environments: what the agents meta-learn on.
+
+`make_family(name, kwargs)` builds a family from its config name; `make_vector_env(family,
+tasks)` gives the vector env a rollout worker steps (natively batched where the family has one).
+"""
+
+from metaray.tasks.base import Task, TaskFamily, TaskVectorEnv
+from metaray.tasks.registry import (
+    FAMILIES,
+    TaskFamilyError,
+    list_families,
+    make_family,
+    make_vector_env,
+)
+
+__all__ = [
+    "FAMILIES",
+    "Task",
+    "TaskFamily",
+    "TaskFamilyError",
+    "TaskVectorEnv",
+    "list_families",
+    "make_family",
+    "make_vector_env",
+]

@@ -1,0 +1,103 @@
+"""The task contract: what a task is, what a task family provides, and the batched vector env.
+
+`tasks` imports no other part of metaray, so a user's family depends only on this file,
+numpy and gymnasium.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of a family: a small frozen, picklable value.
+
+    `params` is a flat tuple of floats the family interprets (arm means, a goal, a target
+    velocity, ...); `task_id` is the seed the parameters were drawn from, unique within a split.
+    """
+
+    family: str
+    split: str
+    task_id: int
+    params: tuple[float, ...] = field(repr=False)
+
+    def array(self) -> np.ndarray:
+        return np.asarray(self.params, dtype=np.float64)
+
+
+def split_rng(family: str, split: str, task_id: int) -> np.random.Generator:
+    """The generator a task's parameters are drawn from.
+
+    Train and test tasks come from disjoint seed streams (the split is part of the seed), so the
+    two splits never share a task.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    family_key = int.from_bytes(family.encode()[:8].ljust(8, b"\0"), "little")
+    return np.random.default_rng([family_key, SPLITS.index(split), int(task_id)])
+
+
+def draw_task_ids(n: int, rng: np.random.Generator) -> list[int]:
+    """n distinct task ids (seeds) drawn from `rng`."""
+    ids: list[int] = []
+    seen: set[int] = set()
+    while len(ids) < n:
+        for i in rng.integers(0, 2**31 - 1, size=n - len(ids)).tolist():
+            if i not in seen:
+                seen.add(i)
+                ids.append(i)
+    return ids
+
+
+class TaskVectorEnv(gym.vector.VectorEnv):
+    """A vector env whose slots each hold their own task.
+
+    Conventions shared by every metaray vector env:
+    - `autoreset_mode` is SAME_STEP: when a slot's episode ends, `step` already returns the
+      first observation of its next episode; the last observation is in `infos["final_obs"]`.
+      On steps where some slot ended, `infos["final_obs"]` is an array batched like the
+      observations (for Box observations; row i is meaningful where `infos["_final_obs"][i]`)
+      and `infos["_final_obs"]` is that bool mask; on other steps neither key is present.
+      An episode that terminates on its last allowed step is terminated, not truncated.
+    - `set_task(slot, task)` changes a slot's task; it takes effect at that slot's next reset
+      (an explicit masked reset or the automatic one), never in the middle of an episode.
+      `tasks[slot]` is the task the slot was last given.
+    - `reset(options={"reset_mask": mask})` (a bool array, one entry per slot) resets only the
+      masked slots and returns the observations of all slots; an all-False mask changes nothing.
+      The first reset resets every slot.
+    """
+
+    metadata: dict[str, Any] = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
+    tasks: list[Task]
+
+    def set_task(self, slot: int, task: Task) -> None:
+        raise NotImplementedError
+
+    def set_tasks(self, tasks: list[Task]) -> None:
+        if len(tasks) != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} tasks, got {len(tasks)}")
+        for slot, task in enumerate(tasks):
+            self.set_task(slot, task)
+
+
+@runtime_checkable
+class TaskFamily(Protocol):
+    """A distribution over tasks and the environments that run them.
+
+    Optional extras a family may define: `make_vector_env(tasks, envs_per_task)` (the fast
+    path; without it metaray wraps `make_env` in a SyncVectorEnv) and `expert(task)`.
+    """
+
+    name: str
+    max_episode_steps: int
+
+    def sample(self, n: int, rng: np.random.Generator, split: str = "train") -> list[Task]: ...
+
+    def make_env(self, task: Task | None = None) -> gym.Env: ...

@@ -1,0 +1,130 @@
+"""Finding a task family by its config name: a built-in name or "package.module:ClassName"."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from metaray.tasks.bandit import BanditFamily
+from metaray.tasks.base import Task, TaskFamily, TaskVectorEnv
+from metaray.tasks.generic import GymTaskVectorEnv
+from metaray.tasks.point_nav import PointNavFamily
+from metaray.tasks.tabular_mdp import TabularMDPFamily
+
+FAMILIES: dict[str, type] = {
+    BanditFamily.name: BanditFamily,
+    PointNavFamily.name: PointNavFamily,
+    TabularMDPFamily.name: TabularMDPFamily,
+}
+
+_REQUIRED = ("name", "max_episode_steps", "sample", "make_env")
+
+
+class TaskFamilyError(ValueError):
+    """A task family that cannot be found, imported or built; the message is one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _resolve(name: str) -> type:
+    if name in FAMILIES:
+        return FAMILIES[name]
+    if ":" not in name:
+        known = ", ".join(sorted(FAMILIES))
+        raise TaskFamilyError(
+            f"unknown task family {name!r} (known: {known}, or 'package.module:ClassName')"
+        )
+    module_name, _, attr_path = name.partition(":")
+    if not module_name or not attr_path:
+        raise TaskFamilyError(f"task family {name!r} must look like 'package.module:ClassName'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as error:  # a user's module may fail in any way while importing
+        raise TaskFamilyError(
+            f"cannot import task family module {module_name!r}: "
+            f"{type(error).__name__}: {_first_line(error)}"
+        ) from None
+    for attr in attr_path.split("."):
+        if not hasattr(obj, attr):
+            raise TaskFamilyError(f"module {module_name!r} has no attribute {attr_path!r}")
+        obj = getattr(obj, attr)
+    if not inspect.isclass(obj):
+        raise TaskFamilyError(f"task family {name!r} is not a class (it is a {type(obj).__name__})")
+    return obj
+
+
+def _check_kwargs(cls: type, kwargs: Mapping[str, Any]) -> None:
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return  # no signature to check against; the constructor call will tell
+    parameters = signature.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    allowed = [
+        p.name
+        for p in parameters.values()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    for key in kwargs:
+        if key not in allowed:
+            raise TaskFamilyError(
+                f"task.kwargs: {cls.__name__} got an unexpected keyword {key!r} "
+                f"(allowed: {', '.join(allowed) or 'none'})"
+            )
+    try:
+        signature.bind(**kwargs)
+    except TypeError as error:
+        raise TaskFamilyError(f"task.kwargs: {cls.__name__}: {_first_line(error)}") from None
+
+
+def make_family(name: str, kwargs: Mapping[str, Any] | None = None) -> TaskFamily:
+    """Build the family a config names, with its kwargs; every failure is a TaskFamilyError."""
+    if not isinstance(name, str) or not name:
+        raise TaskFamilyError(f"task.family must be a non-empty string, got {name!r}")
+    kwargs = {} if kwargs is None else kwargs
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise TaskFamilyError(f"task.kwargs must be a mapping of names to values, got {kwargs!r}")
+    cls = _resolve(name)
+    _check_kwargs(cls, kwargs)
+    try:
+        family = cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise TaskFamilyError(f"task.kwargs: {_first_line(error)}") from None
+    missing = [attr for attr in _REQUIRED if not hasattr(family, attr)]
+    if missing:
+        raise TaskFamilyError(f"{cls.__name__} is not a task family: it lacks {', '.join(missing)}")
+    return family
+
+
+def make_vector_env(
+    family: TaskFamily, tasks: Sequence[Task], envs_per_task: int = 1, seed: int | None = None
+) -> TaskVectorEnv:
+    """The family's natively batched env when it has one, else its `make_env` envs side by side."""
+    fast = getattr(family, "make_vector_env", None)
+    if fast is None:
+        return GymTaskVectorEnv(family, tasks, envs_per_task=envs_per_task, seed=seed)
+    env = fast(tasks, envs_per_task=envs_per_task, seed=seed)
+    if not isinstance(env, TaskVectorEnv):
+        raise TaskFamilyError(
+            f"{type(family).__name__}.make_vector_env returned a {type(env).__name__}, "
+            "not a metaray.tasks.TaskVectorEnv"
+        )
+    return env
+
+
+def list_families() -> list[tuple[str, str]]:
+    """(name, one-line description) of each built-in family, for `metaray tasks`."""
+    rows = []
+    for name, cls in sorted(FAMILIES.items()):
+        doc = inspect.getdoc(cls) or ""
+        rows.append((name, doc.splitlines()[0] if doc else ""))
+    return rows

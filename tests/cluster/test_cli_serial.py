@@ -1,0 +1,121 @@
+"""The `metaray` command end to end in serial mode (no Ray), and its handling of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from metaray.cli import main
+from metaray.cluster.checkpoint import latest_checkpoint, read_progress
+
+CONTRACT_KEYS = {"iteration", "wall_time_s", "env_steps_total", "env_steps_per_s", "policy_version",
+                 "workers_alive", "worker_restarts_total", "trial_return"}
+
+
+def train(config: Path, run_dir: Path, *extra: str) -> int:
+    return main(["train", str(config), "--serial", "--run-dir", str(run_dir), *extra])
+
+
+def policy_weights(run_dir: Path) -> dict[str, np.ndarray]:
+    tensors = load_file(str(latest_checkpoint(run_dir) / "learner.safetensors"))
+    return {k: v for k, v in tensors.items() if k.startswith("policy/")}
+
+
+def test_serial_run_writes_the_run_directory(tiny_config, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(tiny_config, run) == 0
+    assert (run / "config.yaml").is_file()
+    rows = read_progress(run)
+    assert [r["iteration"] for r in rows] == [1, 2, 3]
+    assert set(rows[-1]) >= CONTRACT_KEYS
+    assert rows[-1]["policy_version"] == 3 and rows[-1]["workers_alive"] == 2
+    assert all(b["env_steps_total"] > a["env_steps_total"] for a, b in zip(rows, rows[1:], strict=False))
+    assert all(b["wall_time_s"] >= a["wall_time_s"] for a, b in zip(rows, rows[1:], strict=False))
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == ["iter-000002", "iter-000003"]  # every 2, plus the end
+    state = json.loads((run / "checkpoints" / "iter-000003" / "state.json").read_text())
+    assert state["iteration"] == 3 and state["policy_version"] == 3
+    assert not any(p.name.startswith(".tmp") for p in (run / "checkpoints").iterdir())
+
+    assert main(["eval", str(run), "--json", "--num-tasks", "7"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    on_disk = json.loads((run / "eval.json").read_text())
+    assert printed == on_disk
+    assert on_disk["split"] == "test" and on_disk["num_tasks"] == 7 and len(on_disk["tasks"]) == 7
+    assert on_disk["mean_return"] == pytest.approx(np.mean([t["trial_return"] for t in on_disk["tasks"]]))
+
+
+def test_serial_runs_are_deterministic(tiny_config, tmp_path):
+    assert train(tiny_config, tmp_path / "a") == 0
+    assert train(tiny_config, tmp_path / "b") == 0
+    assert train(tiny_config, tmp_path / "c", "--set", "seed=4") == 0
+    a, b, c = (policy_weights(tmp_path / x) for x in "abc")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert any(not np.array_equal(a[k], c[k]) for k in a)
+    ra, rb = read_progress(tmp_path / "a"), read_progress(tmp_path / "b")
+    assert [r["trial_return"] for r in ra] == [r["trial_return"] for r in rb]
+
+
+def test_resume_continues_to_the_total(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    assert train(tiny_config, run, "--iterations", "2") == 0
+    assert train(tiny_config, run, "--iterations", "4", "--resume") == 0
+    rows = read_progress(run)
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
+    assert rows[2]["env_steps_total"] > rows[1]["env_steps_total"]
+    assert rows[2]["wall_time_s"] >= rows[1]["wall_time_s"]
+    assert json.loads((latest_checkpoint(run) / "state.json").read_text())["policy_version"] == 4
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "metaray.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["train", "{cfg}", "--serial", "--set", "task.family=nope"], "unknown task family 'nope'"),
+        (["train", "{bad}", "--serial"], "malformed YAML"),
+        (["train", "{cfg}", "--workers", "-1"], "argument --workers: must be at least 1"),
+        (["train", "{cfg}", "--serial", "--set", "rl2.gamma=2"], "rl2.gamma"),
+        (["train", "{cfg}", "--serial", "--set", "rl2.nope=1"], "rl2.nope: unknown key"),
+        (["train", "{cfg}", "--address", "127.0.0.1:9"], "cannot reach Ray at 127.0.0.1:9"),
+        (["eval", "{tmp}"], "is not a metaray run directory"),
+        (["train", "{cfg}", "--serial", "--resume"], "--resume needs --run-dir"),
+    ],
+)
+def test_bad_input_gives_one_line_and_writes_nothing(tiny_config, tmp_path, args, fragment):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("algo: rl2\ntask: {family: bandit\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    args = [a.format(cfg=tiny_config, bad=bad, tmp=work) for a in args]
+    proc = run_cli(*args, cwd=work)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(work.iterdir()) == []  # no run directory, nothing half-written
+
+
+def test_existing_run_is_not_overwritten(tiny_config, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(tiny_config, run, "--iterations", "1") == 0
+    before = (run / "progress.jsonl").read_text()
+    assert train(tiny_config, run) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run / "progress.jsonl").read_text() == before
+
+
+def test_tasks_lists_the_builtin_families(capsys):
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    for name in ("bandit", "tabular-mdp", "point-nav"):
+        assert name in out

@@ -1,0 +1,44 @@
+"""Shared fixtures: small configs, and one local Ray instance per test module that asks for it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_RL2 = {
+    "algo": "rl2",
+    "seed": 3,
+    "iterations": 3,
+    "task": {"family": "bandit", "kwargs": {"num_arms": 3}},
+    "workers": {"num_workers": 2},
+    "checkpoint": {"every": 2, "keep": 2},
+    "eval": {"num_tasks": 20},
+    "rl2": {"episodes_per_trial": 5, "hidden_size": 16, "slots_per_worker": 16, "trials_per_update": 32,
+            "epochs": 2, "minibatches": 2},
+}
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY_RL2))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray instance for the whole module (starting one takes seconds)."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield ray
+    ray.shutdown()
