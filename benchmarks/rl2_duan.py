@@ -1,0 +1,126 @@
+"""RL² against Duan et al. 2016 (Tables 1 and 2): train, evaluate on held-out tasks, tabulate.
+
+Each (benchmark, seed) is a real `metaray train` run in local Ray mode (2 rollout workers and a
+learner on this machine), then `metaray eval` on held-out test tasks. Results are appended to
+benchmarks/results/rl2_duan.json as they finish; the Markdown table is rebuilt from it.
+
+    python benchmarks/rl2_duan.py --bench bandit-n10-k5 --seeds 0 1 2
+    python benchmarks/rl2_duan.py --table   # rebuild the table only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = RESULTS / "runs"
+
+# name -> (config, Duan et al. 2016 reference numbers)
+BENCHES = {
+    "bandit-n10-k5": ("configs/rl2-bandit-n10-k5.yaml", {"Gittins": 6.6, "RL2 (Duan)": 6.7, "random": 5.0}),
+    "bandit-n100-k5": ("configs/rl2-bandit-n100-k5.yaml", {"Gittins": 78.3, "RL2 (Duan)": 78.7, "random": 50.0}),
+    "tabular-mdp-n10": ("configs/rl2-tabular-mdp-n10.yaml", {"RL2 (Duan)": 156.2, "UCRL2": 146.6, "random": 100.6}),
+}
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.machine()}, no GPU"
+
+
+def metaray(*args: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("metaray")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=ROOT, check=False)
+
+
+def run_one(bench: str, seed: int, iterations: int | None, serial: bool) -> dict:
+    config, _ = BENCHES[bench]
+    run_dir = RUNS / f"{bench}-seed{seed}"
+    args = ["train", config, "--run-dir", str(run_dir), "--set", f"seed={seed}"]
+    if iterations:
+        args += ["--iterations", str(iterations)]
+    if serial:
+        args.append("--serial")
+    if (run_dir / "config.yaml").exists():
+        args.append("--resume")
+    start = time.time()
+    train = metaray(*args)
+    train_s = time.time() - start
+    if train.returncode != 0:
+        raise SystemExit(f"{bench} seed {seed}: train failed: {train.stderr.strip()[-500:]}")
+    ev = metaray("eval", str(run_dir), "--json")
+    if ev.returncode != 0:
+        raise SystemExit(f"{bench} seed {seed}: eval failed: {ev.stderr.strip()[-500:]}")
+    result = json.loads(ev.stdout.strip().splitlines()[-1])
+    progress = [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]
+    return {
+        "bench": bench, "seed": seed, "config": config, "mode": "serial" if serial else "local Ray, 2 workers",
+        "iterations": result["iteration"], "train_wall_s": round(progress[-1]["wall_time_s"], 1),
+        "command_wall_s": round(train_s, 1), "env_steps": progress[-1]["env_steps_total"],
+        "test_tasks": result["num_tasks"], "test_mean_return": round(result["mean_return"], 3),
+        "train_return_last": round(progress[-1]["trial_return"], 3),
+        "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+    }
+
+
+def write_table(rows: list[dict]) -> str:
+    lines = ["| benchmark | seeds | held-out mean return (per seed) | mean | train time / seed | env steps / seed | Duan et al. 2016 |",
+             "|---|---|---|---|---|---|---|"]
+    for bench, (_, ref) in BENCHES.items():
+        got = [r for r in rows if r["bench"] == bench]
+        if not got:
+            continue
+        vals = [r["test_mean_return"] for r in got]
+        mean = sum(vals) / len(vals)
+        lines.append(
+            f"| {bench} | {len(got)} | {', '.join(f'{v:.2f}' for v in vals)} | **{mean:.2f}** | "
+            f"{sum(r['train_wall_s'] for r in got) / len(got) / 60:.1f} min | "
+            f"{sum(r['env_steps'] for r in got) / len(got) / 1e6:.1f}M | "
+            + ", ".join(f"{k} {v}" for k, v in ref.items()) + " |"
+        )
+    machines = sorted({r["machine"] for r in rows})
+    lines.append("")
+    lines.append(f"Machine: {'; '.join(machines)}. Dates: {', '.join(sorted({r['date'] for r in rows}))}.")
+    text = "\n".join(lines) + "\n"
+    (RESULTS / "rl2_duan.md").write_text(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bench", choices=sorted(BENCHES), action="append", default=[])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--iterations", type=int, help="override the config's iterations")
+    parser.add_argument("--serial", action="store_true", help="train without Ray (one process)")
+    parser.add_argument("--table", action="store_true", help="only rebuild the table from the JSON")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    store = RESULTS / "rl2_duan.json"
+    rows = json.loads(store.read_text()) if store.exists() else []
+    if not args.table:
+        for bench in args.bench or list(BENCHES):
+            for seed in args.seeds:
+                row = run_one(bench, seed, args.iterations, args.serial)
+                print(json.dumps(row), flush=True)
+                rows = [r for r in rows if (r["bench"], r["seed"]) != (bench, seed)] + [row]
+                store.write_text(json.dumps(rows, indent=1) + "\n")
+    print(write_table(rows))
+
+
+if __name__ == "__main__":
+    main()
