@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -103,6 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
 
     runtime = make_runtime(args.serial, args.address, num_cpus=_local_cpus(config) if args.address is None else None)
+    created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", to_yaml(config))
@@ -111,11 +113,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         if trainer.counters["iteration"] >= config.iterations:
             print(f"{run_dir}: already at iteration {trainer.counters['iteration']} of {config.iterations}")
             return 0
+        where = "serial, no Ray" if args.serial else (
+            f"started local Ray at {runtime.address}" if args.address is None else f"joined Ray cluster at {runtime.address}")
         display.message(
             f"metaray: {config.algo} on {config.task.family}, {config.workers.num_workers} workers "
-            f"({runtime.name}), learner on {trainer.device}, run dir {run_dir}"
+            f"({where}), learner on {trainer.device}, run dir {run_dir}"
         )
         last = trainer.run()
+    except BaseException:
+        if created and not (run_dir / "progress.jsonl").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # failed before any iteration: leave nothing
+        raise
     finally:
         runtime.shutdown()
     ret = {k: v for k, v in last.items() if k in ("trial_return", "return_pre", "return_post")}
@@ -168,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"metaray {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if not type(err).__module__.startswith("ray") or os.environ.get("METARAY_DEBUG"):
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        print(f"metaray {args.command}: Ray error: {type(err).__name__}: {first} "
+              "(METARAY_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

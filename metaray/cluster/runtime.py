@@ -111,6 +111,7 @@ class SerialRuntime:
 
 class RayRuntime:
     name = "ray"
+    address = ""
 
     def __init__(self, address: str | None, num_cpus: int | None = None):
         import ray
@@ -129,7 +130,11 @@ class RayRuntime:
         except (ConnectionError, RuntimeError, ValueError) as err:
             where = address or "local"
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise RuntimeStartError(f"cannot connect to Ray at {where}: {first}") from None
+            hint = ""
+            if address is not None and os.environ.get("RAY_AUTH_MODE") != "token":
+                hint = " (a cluster with token auth, Ray's default, needs RAY_AUTH_MODE=token here too)"
+            raise RuntimeStartError(f"cannot connect to Ray at {where}: {first}{hint}") from None
+        self.address = ray.get_runtime_context().gcs_address
 
     def spawn(self, cls: type, *args: Any, num_cpus: float = 1, num_gpus: float = 0, name: str | None = None) -> Any:
         actor = self.ray.remote(cls).options(num_cpus=num_cpus, num_gpus=num_gpus, name=name)

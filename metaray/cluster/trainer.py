@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from metaray.actors import RolloutWorker
 from metaray.cluster.checkpoint import (
@@ -22,7 +23,7 @@ from metaray.cluster.checkpoint import (
     save_checkpoint,
     truncate_progress,
 )
-from metaray.cluster.config import RunConfig
+from metaray.cluster.config import ConfigError, RunConfig
 from metaray.cluster.progress import ProgressDisplay
 from metaray.cluster.runtime import RayRuntime, SerialRuntime
 from metaray.learner.learner import Learner
@@ -48,8 +49,11 @@ class Trainer:
         resume_from = latest_checkpoint(self.run_dir) if resume else None
         resume_state = load_checkpoint(resume_from) if resume_from is not None else None
 
+        gpus = runtime.cluster_gpus() if runtime.name == "ray" else float(torch.cuda.is_available())
+        if config.learner.device == "cuda" and gpus < 1:
+            raise ConfigError("learner.device: 'cuda' asked for, but the cluster has no GPU (use 'auto' or 'cpu')")
+        use_gpu = runtime.name == "ray" and config.learner.device != "cpu" and gpus >= 1
         self.ps, variables = runtime.parameter_server()
-        use_gpu = config.learner.device == "cuda" or (config.learner.device == "auto" and runtime.cluster_gpus() > 0)
         self.learner = runtime.spawn(
             Learner, config.algo, self.algo_config.model_dump(), obs_space, act_space, variables, config.seed,
             config.learner.device, config.learner.torch_threads,

@@ -9,7 +9,7 @@ import pytest
 
 from metaray.actors import RolloutWorker
 from metaray.cluster.checkpoint import read_progress
-from metaray.cluster.config import load_config
+from metaray.cluster.config import ConfigError, load_config
 from metaray.cluster.runtime import RayRuntime
 from metaray.cluster.trainer import Trainer
 from metaray.learner.learner import Learner
@@ -57,3 +57,19 @@ def test_workers_share_one_object_store_copy_per_version(ray_local, tiny_config)
     # a stale publish is rejected and counted
     assert ray_local.get(ps.publish.remote(0, [ref_a])) is False
     assert ray_local.get(ps.stats.remote())["stale_publishes"] == 1
+
+
+def test_batches_older_than_max_policy_lag_are_dropped(tiny_config, tmp_path):
+    config = load_config(tiny_config, ["iterations=4", "rl2.max_policy_lag=0"])
+    trainer = Trainer(config, tmp_path, RayRuntime(address=None))
+    trainer.run()
+    rows = read_progress(tmp_path)
+    assert len(rows) == 4
+    assert all(r["policy_lag_max"] == 0 for r in rows)  # nothing stale reached the learner
+    assert rows[-1]["dropped_batches_total"] == trainer.counters["dropped_batches_total"]
+
+
+def test_cuda_learner_without_a_gpu_is_a_clear_error(tiny_config, tmp_path):
+    config = load_config(tiny_config, ["learner.device=cuda"])
+    with pytest.raises(ConfigError, match="learner.device: 'cuda' asked for, but the cluster has no GPU"):
+        Trainer(config, tmp_path, RayRuntime(address=None))
