@@ -6,6 +6,7 @@ and the cluster's token (in ~/.ray/ or RAY_AUTH_TOKEN), which `ray start --head`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -41,10 +42,8 @@ def ray_head():
     out = subprocess.run(["pgrep", "-f", temp_dir], capture_output=True, text=True).stdout.split()
     for pid in map(int, out):
         if pid != os.getpid():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def test_train_joins_running_cluster_with_address_auto(ray_head, tiny_config, tmp_path):
