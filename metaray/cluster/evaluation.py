@@ -52,7 +52,9 @@ def evaluate_run(run_dir: Path, split: str = "test", num_tasks: int | None = Non
         raise CheckpointError(f"{ckpt}: weights do not fit the run's policy ({str(err).splitlines()[0]})") from None
     torch.set_num_threads(1)
     per_task = algorithm.evaluate(policy, family, tasks, algo_config, seed)
-    returns = [r["trial_return"] for r in per_task]
+    # The headline return: post-adaptation for MAML-style algorithms, the whole trial for RL².
+    key = "return_post" if "return_post" in per_task[0] else "trial_return"
+    returns = [r[key] for r in per_task]
     result = {
         "algo": config.algo,
         "family": config.task.family,
@@ -63,6 +65,8 @@ def evaluate_run(run_dir: Path, split: str = "test", num_tasks: int | None = Non
         "iteration": state["iteration"],
         "mean_return": float(np.mean(returns)),
         "std_return": float(np.std(returns)),
+        **({"return_pre": float(np.mean([r["return_pre"] for r in per_task])),
+            "return_post": float(np.mean(returns))} if key == "return_post" else {}),
         "tasks": per_task,
     }
     write_text_atomic(Path(run_dir) / "eval.json", json.dumps(result, indent=1))

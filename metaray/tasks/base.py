@@ -6,6 +6,7 @@ numpy and gymnasium.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -40,7 +41,7 @@ def split_rng(family: str, split: str, task_id: int) -> np.random.Generator:
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    family_key = int.from_bytes(family.encode()[:8].ljust(8, b"\0"), "little")
+    family_key = int.from_bytes(hashlib.blake2b(family.encode(), digest_size=8).digest(), "little")
     return np.random.default_rng([family_key, SPLITS.index(split), int(task_id)])
 
 

@@ -10,6 +10,12 @@ from typing import Any
 from metaray.tasks.bandit import BanditFamily
 from metaray.tasks.base import Task, TaskFamily, TaskVectorEnv
 from metaray.tasks.generic import GymTaskVectorEnv
+from metaray.tasks.mujoco import (
+    AntDirFamily,
+    AntGoalFamily,
+    HalfCheetahDirFamily,
+    HalfCheetahVelFamily,
+)
 from metaray.tasks.point_nav import PointNavFamily
 from metaray.tasks.tabular_mdp import TabularMDPFamily
 
@@ -17,6 +23,10 @@ FAMILIES: dict[str, type] = {
     BanditFamily.name: BanditFamily,
     PointNavFamily.name: PointNavFamily,
     TabularMDPFamily.name: TabularMDPFamily,
+    HalfCheetahVelFamily.name: HalfCheetahVelFamily,
+    HalfCheetahDirFamily.name: HalfCheetahDirFamily,
+    AntDirFamily.name: AntDirFamily,
+    AntGoalFamily.name: AntGoalFamily,
 }
 
 _REQUIRED = ("name", "max_episode_steps", "sample", "make_env")

@@ -17,6 +17,12 @@ from metaray.tasks import (
 )
 from metaray.tasks.bandit import BanditFamily
 from metaray.tasks.generic import GymTaskVectorEnv
+from metaray.tasks.mujoco import (
+    AntDirFamily,
+    AntGoalFamily,
+    HalfCheetahDirFamily,
+    HalfCheetahVelFamily,
+)
 from metaray.tasks.native import BatchedTaskEnv
 from metaray.tasks.point_nav import PointNavFamily
 from metaray.tasks.tabular_mdp import TabularMDPFamily
@@ -43,6 +49,10 @@ def test_builtin_names():
         "bandit": BanditFamily,
         "point-nav": PointNavFamily,
         "tabular-mdp": TabularMDPFamily,
+        "halfcheetah-vel": HalfCheetahVelFamily,
+        "halfcheetah-dir": HalfCheetahDirFamily,
+        "ant-dir": AntDirFamily,
+        "ant-goal": AntGoalFamily,
     }
     assert expected == FAMILIES
     family = make_family("tabular-mdp", {"num_states": 4, "episode_length": 3})
@@ -53,13 +63,21 @@ def test_builtin_names():
 
 def test_list_families_gives_one_line_descriptions():
     rows = list_families()
-    assert [name for name, _ in rows] == ["bandit", "point-nav", "tabular-mdp"]
+    assert [name for name, _ in rows] == [
+        "ant-dir",
+        "ant-goal",
+        "bandit",
+        "halfcheetah-dir",
+        "halfcheetah-vel",
+        "point-nav",
+        "tabular-mdp",
+    ]
     for _, description in rows:
         assert description and "\n" not in description
 
 
 def test_builtins_use_the_native_fast_path():
-    for name in FAMILIES:
+    for name in ("bandit", "point-nav", "tabular-mdp"):  # the MuJoCo families use the generic path
         family = make_family(name)
         env = make_vector_env(family, family.sample(2, np.random.default_rng(0)), envs_per_task=3)
         assert isinstance(env, BatchedTaskEnv) and env.num_envs == 6
@@ -68,8 +86,8 @@ def test_builtins_use_the_native_fast_path():
 def test_unknown_name():
     message = one_line_error("foo")
     assert message == (
-        "unknown task family 'foo' (known: bandit, point-nav, tabular-mdp, "
-        "or 'package.module:ClassName')"
+        "unknown task family 'foo' (known: ant-dir, ant-goal, bandit, halfcheetah-dir, "
+        "halfcheetah-vel, point-nav, tabular-mdp, or 'package.module:ClassName')"
     )
     assert issubclass(TaskFamilyError, ValueError)
 

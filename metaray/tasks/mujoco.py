@@ -1,0 +1,300 @@
+"""MuJoCo locomotion task families (Finn et al. 2017, MAML; Rothfuss et al. 2019, ProMP).
+
+Each family wraps one of gymnasium's MuJoCo v5 environments (HalfCheetah-v5, Ant-v5) in a small
+`gymnasium.Wrapper` that replaces the reward with the task's, computed from the terms the v5 env
+already reports in `info` (`x_velocity`, `x_position`/`y_position`, `reward_ctrl`,
+`reward_contact`, `reward_survive`), so the physics is never re-derived. The env's own reward is
+kept in `info["env_reward"]` and the task-specific term in `info["reward_task"]`.
+
+Conventions shared with the numpy families:
+- `set_task(task)` (reachable through wrappers with `env.get_wrapper_attr("set_task")`) takes
+  effect at the next reset; the running episode keeps its task.
+- an episode is cut after the family's `horizon` steps (gymnasium's TimeLimit, set through
+  `gymnasium.make(..., max_episode_steps=horizon)`); an episode that terminates on its last step
+  is terminated, not truncated.
+- observations are the v5 envs' own float64 vectors, matching their declared Box spaces.
+
+These families have no natively batched env: `metaray.tasks.make_vector_env` runs `make_env`
+envs side by side in a SAME_STEP SyncVectorEnv (`GymTaskVectorEnv`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+
+from metaray.tasks.base import Task, draw_task_ids, split_rng
+from metaray.tasks.native import check_float, check_int, check_task
+
+HALFCHEETAH_ID = "HalfCheetah-v5"
+ANT_ID = "Ant-v5"
+# Control cost weight of the HalfCheetah tasks (Finn et al. 2017): reward -= 0.05 * ||a||^2.
+HALFCHEETAH_CTRL_COST = 0.05
+
+
+class MujocoTaskWrapper(gym.Wrapper):
+    """Runs one task of a family on a MuJoCo env; subclasses define the task reward.
+
+    Subclasses set `family` and `num_params` and define `_load(task)` (read the parameters) and
+    `_task_reward(info)` -> (reward, task term), from the inner env's `info` only.
+    """
+
+    family: ClassVar[str]
+    num_params: ClassVar[int]
+
+    def __init__(self, env: gym.Env, task: Task) -> None:
+        super().__init__(env)
+        check_task(task, self.family, self.num_params)
+        self.task = task
+        self._next_task = task
+        self._load(task)
+
+    def set_task(self, task: Task) -> None:
+        """Run `task` from the next reset on (the current episode keeps its task)."""
+        check_task(task, self.family, self.num_params)
+        self._next_task = task
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        if self._next_task is not self.task:
+            self.task = self._next_task
+            self._load(self.task)
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        obs, env_reward, terminated, truncated, info = self.env.step(action)
+        reward, task_term = self._task_reward(info)
+        info["env_reward"] = float(env_reward)
+        info["reward_task"] = task_term
+        terminated = bool(terminated)
+        return obs, reward, terminated, bool(truncated) and not terminated, info
+
+    def _load(self, task: Task) -> None:
+        raise NotImplementedError
+
+    def _task_reward(self, info: dict[str, Any]) -> tuple[float, float]:
+        raise NotImplementedError
+
+
+class HalfCheetahVelEnv(MujocoTaskWrapper):
+    """HalfCheetah paid -|x_velocity - v*| - 0.05 ||a||^2."""
+
+    family = "halfcheetah-vel"
+    num_params = 1
+
+    def _load(self, task: Task) -> None:
+        self.target_velocity = float(task.params[0])
+
+    def _task_reward(self, info: dict[str, Any]) -> tuple[float, float]:
+        task_term = -abs(float(info["x_velocity"]) - self.target_velocity)
+        return task_term + float(info["reward_ctrl"]), task_term
+
+
+class HalfCheetahDirEnv(MujocoTaskWrapper):
+    """HalfCheetah paid d * x_velocity - 0.05 ||a||^2 with d = +1 (forward) or -1 (backward)."""
+
+    family = "halfcheetah-dir"
+    num_params = 1
+
+    def _load(self, task: Task) -> None:
+        self.direction = float(task.params[0])
+
+    def _task_reward(self, info: dict[str, Any]) -> tuple[float, float]:
+        task_term = self.direction * float(info["x_velocity"])
+        return task_term + float(info["reward_ctrl"]), task_term
+
+
+def _ant_costs(info: dict[str, Any]) -> float:
+    """Ant-v5's survive bonus minus its control and contact costs (the signed `info` terms)."""
+    return (
+        float(info["reward_survive"]) + float(info["reward_ctrl"]) + float(info["reward_contact"])
+    )
+
+
+class AntDirEnv(MujocoTaskWrapper):
+    """Ant paid d * x_velocity + survive - ctrl - contact with d = +1 or -1 along x."""
+
+    family = "ant-dir"
+    num_params = 1
+
+    def _load(self, task: Task) -> None:
+        self.direction = float(task.params[0])
+
+    def _task_reward(self, info: dict[str, Any]) -> tuple[float, float]:
+        task_term = self.direction * float(info["x_velocity"])
+        return task_term + _ant_costs(info), task_term
+
+
+class AntGoalEnv(MujocoTaskWrapper):
+    """Ant paid -||xy - goal||_1 + survive - ctrl - contact."""
+
+    family = "ant-goal"
+    num_params = 2
+
+    def _load(self, task: Task) -> None:
+        self.goal = (float(task.params[0]), float(task.params[1]))
+
+    def _task_reward(self, info: dict[str, Any]) -> tuple[float, float]:
+        gx, gy = self.goal
+        task_term = -(abs(float(info["x_position"]) - gx) + abs(float(info["y_position"]) - gy))
+        return task_term + _ant_costs(info), task_term
+
+
+class _MujocoFamily:
+    """Task sampling and env construction shared by the MuJoCo families.
+
+    Subclasses (frozen dataclasses with a `horizon` field) set `name`, `env_id`, `wrapper` and
+    define `draw_params(rng)` and optionally `env_kwargs()` (kwargs for `gymnasium.make`).
+    """
+
+    name: ClassVar[str]
+    env_id: ClassVar[str]
+    wrapper: ClassVar[type[MujocoTaskWrapper]]
+    horizon: int
+
+    @property
+    def max_episode_steps(self) -> int:
+        return self.horizon
+
+    def draw_params(self, rng: np.random.Generator) -> tuple[float, ...]:
+        raise NotImplementedError
+
+    def env_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def task(self, split: str, task_id: int) -> Task:
+        """The task with this id in this split (always the same parameters)."""
+        params = self.draw_params(split_rng(self.name, split, task_id))
+        return Task(self.name, split, int(task_id), tuple(float(p) for p in params))
+
+    def sample(self, n: int, rng: np.random.Generator, split: str = "train") -> list[Task]:
+        """n distinct tasks of `split`; train and test tasks come from disjoint seed streams."""
+        check_int(type(self).__name__ + ".sample", "n", n, minimum=0)
+        return [self.task(split, task_id) for task_id in draw_task_ids(n, rng)]
+
+    def make_env(self, task: Task | None = None) -> MujocoTaskWrapper:
+        """A single env; without a task it runs train task 0 until `set_task`."""
+        env = gym.make(self.env_id, max_episode_steps=self.horizon, **self.env_kwargs())
+        return self.wrapper(env, task if task is not None else self.task("train", 0))
+
+
+def _draw_direction(rng: np.random.Generator) -> tuple[float, ...]:
+    return (1.0 if rng.random() < 0.5 else -1.0,)
+
+
+@dataclass(frozen=True)
+class HalfCheetahVelFamily(_MujocoFamily):
+    """HalfCheetah-v5 target velocity v* ~ U[0,2], reward -|v - v*| - 0.05|a|^2, horizon 200 (Finn et al. 2017).
+
+    Task params: (v*,). The control cost is HalfCheetah-v5's own, built with
+    `ctrl_cost_weight=0.05`, read from `info["reward_ctrl"]`.
+    """
+
+    horizon: int = 200
+    low: float = 0.0
+    high: float = 2.0
+
+    name: ClassVar[str] = "halfcheetah-vel"
+    env_id: ClassVar[str] = HALFCHEETAH_ID
+    wrapper: ClassVar[type[MujocoTaskWrapper]] = HalfCheetahVelEnv
+
+    def __post_init__(self) -> None:
+        check_int("HalfCheetahVelFamily", "horizon", self.horizon)
+        check_float("HalfCheetahVelFamily", "low", self.low)
+        check_float("HalfCheetahVelFamily", "high", self.high)
+        if not self.low < self.high:
+            raise ValueError(
+                f"HalfCheetahVelFamily: low must be < high, got low={self.low} high={self.high}"
+            )
+
+    def draw_params(self, rng: np.random.Generator) -> tuple[float, ...]:
+        return (float(rng.uniform(self.low, self.high)),)
+
+    def env_kwargs(self) -> dict[str, Any]:
+        return {"ctrl_cost_weight": HALFCHEETAH_CTRL_COST}
+
+
+@dataclass(frozen=True)
+class HalfCheetahDirFamily(_MujocoFamily):
+    """HalfCheetah-v5 forward or backward (d = +-1), reward d*v - 0.05|a|^2, horizon 200 (Finn et al. 2017).
+
+    Task params: (d,), +1 or -1 with p=0.5 each. The control cost is HalfCheetah-v5's own, built with
+    `ctrl_cost_weight=0.05`, read from `info["reward_ctrl"]`.
+    """
+
+    horizon: int = 200
+
+    name: ClassVar[str] = "halfcheetah-dir"
+    env_id: ClassVar[str] = HALFCHEETAH_ID
+    wrapper: ClassVar[type[MujocoTaskWrapper]] = HalfCheetahDirEnv
+
+    def __post_init__(self) -> None:
+        check_int("HalfCheetahDirFamily", "horizon", self.horizon)
+
+    def draw_params(self, rng: np.random.Generator) -> tuple[float, ...]:
+        return _draw_direction(rng)
+
+    def env_kwargs(self) -> dict[str, Any]:
+        return {"ctrl_cost_weight": HALFCHEETAH_CTRL_COST}
+
+
+@dataclass(frozen=True)
+class AntDirFamily(_MujocoFamily):
+    """Ant-v5 forward or backward along x (d = +-1), reward d*v_x + survive - costs, horizon 200 (ProMP).
+
+    Task params: (d,). Like ProMP's ant-rand-direc, the direction is +1 or -1 along the x axis
+    (1D, p=0.5 each), not a 2D unit vector. The survive bonus, control cost (0.5|a|^2) and
+    contact cost are Ant-v5's defaults, read from `info`; the episode terminates when the ant is
+    unhealthy (torso height outside [0.2, 1.0]), as Ant-v5 does. Observations exclude the x/y
+    position (Ant-v5's default) and include the clipped contact forces.
+    """
+
+    horizon: int = 200
+
+    name: ClassVar[str] = "ant-dir"
+    env_id: ClassVar[str] = ANT_ID
+    wrapper: ClassVar[type[MujocoTaskWrapper]] = AntDirEnv
+
+    def __post_init__(self) -> None:
+        check_int("AntDirFamily", "horizon", self.horizon)
+
+    def draw_params(self, rng: np.random.Generator) -> tuple[float, ...]:
+        return _draw_direction(rng)
+
+
+@dataclass(frozen=True)
+class AntGoalFamily(_MujocoFamily):
+    """Ant-v5 to a hidden goal in a disk of radius 3, reward -L1 distance + survive - costs, horizon 200 (ProMP).
+
+    Task params: (goal_x, goal_y), drawn as ProMP's AntRandGoal: angle ~ U[0, 2pi),
+    r = radius * sqrt(U[0,1)). The goal is not observed: observations exclude the x/y position
+    (`exclude_current_positions_from_observation=True`, Ant-v5's default), so the task is learned
+    from the reward, as in ProMP. The survive bonus, control cost and contact cost are Ant-v5's
+    defaults read from `info` (ProMP used a control cost weight of 0.1 here, Ant-v5 uses 0.5);
+    the episode terminates when the ant is unhealthy, as Ant-v5 does.
+    """
+
+    horizon: int = 200
+    radius: float = 3.0
+
+    name: ClassVar[str] = "ant-goal"
+    env_id: ClassVar[str] = ANT_ID
+    wrapper: ClassVar[type[MujocoTaskWrapper]] = AntGoalEnv
+
+    def __post_init__(self) -> None:
+        check_int("AntGoalFamily", "horizon", self.horizon)
+        check_float("AntGoalFamily", "radius", self.radius)
+        if self.radius <= 0:
+            raise ValueError(f"AntGoalFamily: radius must be > 0, got {self.radius!r}")
+
+    def draw_params(self, rng: np.random.Generator) -> tuple[float, ...]:
+        angle = rng.uniform(0.0, 2.0 * np.pi)
+        r = self.radius * np.sqrt(rng.uniform(0.0, 1.0))
+        return (float(r * np.cos(angle)), float(r * np.sin(angle)))
+
+    def env_kwargs(self) -> dict[str, Any]:
+        return {"exclude_current_positions_from_observation": True}
