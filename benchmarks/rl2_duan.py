@@ -48,9 +48,11 @@ def metaray(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=ROOT, check=False)
 
 
-def run_one(bench: str, seed: int, iterations: int | None, serial: bool) -> dict:
+def run_one(bench: str, seed: int, iterations: int | None, serial: bool, eval_only: bool = False) -> dict:
     config, _ = BENCHES[bench]
     run_dir = RUNS / f"{bench}-seed{seed}"
+    if eval_only:
+        return evaluate(bench, seed, run_dir, serial, None)
     args = ["train", config, "--run-dir", str(run_dir), "--set", f"seed={seed}"]
     if iterations:
         args += ["--iterations", str(iterations)]
@@ -63,6 +65,11 @@ def run_one(bench: str, seed: int, iterations: int | None, serial: bool) -> dict
     train_s = time.time() - start
     if train.returncode != 0:
         raise SystemExit(f"{bench} seed {seed}: train failed: {train.stderr.strip()[-500:]}")
+    return evaluate(bench, seed, run_dir, serial, round(train_s, 1))
+
+
+def evaluate(bench: str, seed: int, run_dir: Path, serial: bool, command_s: float | None) -> dict:
+    config, _ = BENCHES[bench]
     ev = metaray("eval", str(run_dir), "--json")
     if ev.returncode != 0:
         raise SystemExit(f"{bench} seed {seed}: eval failed: {ev.stderr.strip()[-500:]}")
@@ -71,7 +78,7 @@ def run_one(bench: str, seed: int, iterations: int | None, serial: bool) -> dict
     return {
         "bench": bench, "seed": seed, "config": config, "mode": "serial" if serial else "local Ray, 2 workers",
         "iterations": result["iteration"], "train_wall_s": round(progress[-1]["wall_time_s"], 1),
-        "command_wall_s": round(train_s, 1), "env_steps": progress[-1]["env_steps_total"],
+        "command_wall_s": command_s, "env_steps": progress[-1]["env_steps_total"],
         "test_tasks": result["num_tasks"], "test_mean_return": round(result["mean_return"], 3),
         "train_return_last": round(progress[-1]["trial_return"], 3),
         "date": time.strftime("%Y-%m-%d"), "machine": machine(),
@@ -108,6 +115,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, help="override the config's iterations")
     parser.add_argument("--serial", action="store_true", help="train without Ray (one process)")
     parser.add_argument("--table", action="store_true", help="only rebuild the table from the JSON")
+    parser.add_argument("--eval-only", action="store_true", help="re-evaluate existing runs, no training")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     store = RESULTS / "rl2_duan.json"
@@ -115,7 +123,11 @@ def main() -> None:
     if not args.table:
         for bench in args.bench or list(BENCHES):
             for seed in args.seeds:
-                row = run_one(bench, seed, args.iterations, args.serial)
+                row = run_one(bench, seed, args.iterations, args.serial, args.eval_only)
+                rows = json.loads(store.read_text()) if store.exists() else []  # other runs may have written
+                if args.eval_only:
+                    old = next((r for r in rows if (r["bench"], r["seed"]) == (bench, seed)), {})
+                    row = {**old, **{k: v for k, v in row.items() if v is not None}}
                 print(json.dumps(row), flush=True)
                 rows = [r for r in rows if (r["bench"], r["seed"]) != (bench, seed)] + [row]
                 store.write_text(json.dumps(rows, indent=1) + "\n")
