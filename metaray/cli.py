@@ -153,8 +153,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
+        pre = f"pre-adaptation {result['return_pre']:.3f} -> post " if "return_pre" in result else ""
         print(f"{args.run_dir}: {result['algo']} on {result['family']}, iteration {result['iteration']}, "
-              f"{result['num_tasks']} {result['split']} tasks: mean return {result['mean_return']:.3f} "
+              f"{result['num_tasks']} {result['split']} tasks: mean return {pre}{result['mean_return']:.3f} "
               f"(std {result['std_return']:.3f}); wrote {args.run_dir / 'eval.json'}")
     return 0
 

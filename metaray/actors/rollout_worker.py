@@ -11,11 +11,12 @@ import os
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
 from metaray.learner import get_algorithm
 from metaray.learner.variables import VariableClient
-from metaray.tasks import make_family
+from metaray.tasks import Task, make_family
 
 
 class RolloutWorker:
@@ -28,7 +29,8 @@ class RolloutWorker:
         algorithm = get_algorithm(algo)
         self.config = algorithm.Config.model_validate(algo_config)
         self.family = make_family(family, family_kwargs)
-        self.sampler = algorithm.Sampler(self.family, self.config, self.config.slots_per_worker, seed)
+        slots = getattr(self.config, "slots_per_worker", 1)  # stream algorithms keep a fixed env
+        self.sampler = algorithm.Sampler(self.family, self.config, slots, seed)
         self.variables = variables
         self.weight_fetches = 0
 
@@ -50,6 +52,23 @@ class RolloutWorker:
         batch, info = self.sampler.sample(min_trials)
         info.update(worker=self.index, sample_s=time.perf_counter() - start, pid=os.getpid())
         return batch, info
+
+    def collect(self, tasks: list[Task], version: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Meta-batch algorithms: run the algorithm's worker step on these tasks with `version`."""
+        if self.sync_weights() < version:
+            raise RuntimeError(f"worker {self.index}: parameter server has no version {version} yet")
+        start = time.perf_counter()
+        results = self.sampler.collect(tasks, self.sampler.version)
+        per_task = [(int(r["task_id"]), float(r["return_pre"]), float(r["return_post"])) for r in results]
+        info = {
+            "worker": self.index, "policy_version": self.sampler.version, "num_tasks": len(results),
+            "env_steps": int(sum(int(r["env_steps"]) for r in results)),
+            "episodes": int(sum(int(r["episodes"]) for r in results)),
+            "return_pre": float(np.mean([p[1] for p in per_task])),
+            "return_post": float(np.mean([p[2] for p in per_task])),
+            "per_task": per_task, "sample_s": time.perf_counter() - start,
+        }
+        return {"policy_version": self.sampler.version, "tasks": results}, info
 
     def stats(self) -> dict[str, int]:
         return {"index": self.index, "version": self.sampler.version, "weight_fetches": self.weight_fetches}

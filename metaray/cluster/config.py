@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from metaray.learner.maml import MAMLConfig
 from metaray.learner.rl2 import RL2Config
 
 
@@ -60,7 +61,7 @@ class RunConfig(BaseModel):
     """A whole run."""
 
     model_config = ConfigDict(extra="forbid")
-    algo: Literal["rl2"] = Field(description="Algorithm: rl2 (maml and adversarial come with their issues).")
+    algo: Literal["rl2", "maml"] = Field(description="Algorithm: rl2 or maml (MAML-TRPO, first-order, ProMP, Reptile).")
     seed: int = Field(0, description="Seed of everything the run draws.")
     iterations: int = Field(100, ge=1, description="Learner updates (meta-iterations) in total, across resumes.")
     task: TaskConfig
@@ -70,6 +71,7 @@ class RunConfig(BaseModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     rl2: RL2Config = Field(default_factory=RL2Config)
+    maml: MAMLConfig = Field(default_factory=MAMLConfig)
 
     def algo_config(self) -> BaseModel:
         return getattr(self, self.algo)

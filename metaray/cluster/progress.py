@@ -16,7 +16,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-RETURN_KEYS = ("trial_return", "return_post", "return_pre")
+RETURN_KEYS = ("trial_return", "return_pre", "return_post")
 
 
 def summary(record: dict[str, Any]) -> str:

@@ -26,6 +26,8 @@ from metaray.cluster.checkpoint import (
 from metaray.cluster.config import ConfigError, RunConfig
 from metaray.cluster.progress import ProgressDisplay
 from metaray.cluster.runtime import RayRuntime, SerialRuntime
+from metaray.cluster.scheduler import TaskScheduler
+from metaray.learner import get_algorithm
 from metaray.learner.learner import Learner
 from metaray.tasks import make_family, make_vector_env
 
@@ -39,7 +41,9 @@ class Trainer:
                  display: ProgressDisplay | None = None):
         self.config, self.run_dir, self.runtime = config, Path(run_dir), runtime
         self.algo_config = config.algo_config()
+        self.algorithm = get_algorithm(config.algo)
         family = make_family(config.task.family, config.task.kwargs)
+        self.scheduler = TaskScheduler(family, config.seed)
         probe = make_vector_env(family, family.sample(1, np.random.default_rng(0)), seed=0)
         obs_space, act_space = probe.single_observation_space, probe.single_action_space
         probe.close()
@@ -63,6 +67,8 @@ class Trainer:
             tensors, state = resume_state
             runtime.get(self.learner.set_state.remote(tensors, state["learner"]))
             self.counters.update({k: state[k] for k in self.counters if k in state})
+            if "scheduler" in state:
+                self.scheduler.set_state(state["scheduler"])
             truncate_progress(self.run_dir, self.counters["iteration"])
         self.version = runtime.get(self.learner.get_version.remote())
 
@@ -80,13 +86,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
-        cfg, rt = self.config, self.runtime
-        algo = self.algo_config
-        min_trials = algo.slots_per_worker
+        self._start = time.perf_counter() - self.counters["wall_time_s"]
+        self._last_t, self._last_steps = time.perf_counter(), self.counters["env_steps_total"]
+        self._last_record: dict[str, Any] = {}
+        try:
+            if self.algorithm.mode == "async":
+                self._run_async()
+            else:
+                self._run_sync()
+        except KeyboardInterrupt:
+            self.checkpoint()
+            raise
+        finally:
+            self.display.close()
+        return self._last_record
+
+    def _run_async(self) -> None:
+        """Stream mode (RL²): every worker always has one sampling call in flight."""
+        rt, algo = self.runtime, self.algo_config
         pending: dict[Any, tuple[int, Any]] = {}
 
         def launch(i: int) -> None:
-            batch, info = self.workers[i].sample.options(num_returns=2).remote(min_trials)
+            batch, info = self.workers[i].sample.options(num_returns=2).remote(algo.slots_per_worker)
             pending[info] = (i, batch)
 
         for i in range(len(self.workers)):
@@ -94,56 +115,75 @@ class Trainer:
         collected: list[Any] = []
         infos: list[dict[str, Any]] = []
         trials = 0
-        start = time.perf_counter() - self.counters["wall_time_s"]
-        last_t, last_steps = time.perf_counter(), self.counters["env_steps_total"]
-        last_record: dict[str, Any] = {}
-        try:
-            while self.counters["iteration"] < cfg.iterations:
-                ready, _ = rt.wait(list(pending), num_returns=1)
-                i, batch = pending.pop(ready[0])
-                info = self._get_worker_result(ready[0], i)
-                launch(i)
+        while self.counters["iteration"] < self.config.iterations:
+            ready, _ = rt.wait(list(pending), num_returns=1)
+            i, batch = pending.pop(ready[0])
+            info = self._get_worker_result(ready[0], i)
+            launch(i)
+            self.counters["env_steps_total"] += info["env_steps"]
+            self.counters["episodes_total"] += info["episodes"]
+            if self.version - info["policy_version"] > algo.max_policy_lag:
+                self.counters["dropped_batches_total"] += 1
+                continue
+            collected.append(batch)
+            infos.append(info)
+            trials += info["num_trials"]
+            if trials < algo.trials_per_update:
+                continue
+            stats = rt.get(self.learner.update.remote(*collected))
+            self._end_iteration(stats, {"sample_s_mean": float(np.mean([x["sample_s"] for x in infos]))})
+            collected, infos, trials = [], [], 0
+
+    def _run_sync(self) -> None:
+        """Meta-batch mode (MAML family): scheduler -> workers -> learner, one iteration at a time."""
+        rt, algo = self.runtime, self.algo_config
+        while self.counters["iteration"] < self.config.iterations:
+            t0 = time.perf_counter()
+            tasks = self.scheduler.next_batch(algo.meta_batch_size)
+            parts = TaskScheduler.assign(tasks, len(self.workers))
+            calls = [(i, self.workers[i].collect.options(num_returns=2).remote(part, self.version))
+                     for i, part in enumerate(parts) if part]
+            infos = [self._get_worker_result(info, i) for i, (_, info) in calls]
+            sampling_s = time.perf_counter() - t0
+            for info in infos:
                 self.counters["env_steps_total"] += info["env_steps"]
                 self.counters["episodes_total"] += info["episodes"]
-                if self.version - info["policy_version"] > algo.max_policy_lag:
-                    self.counters["dropped_batches_total"] += 1
-                    continue
-                collected.append(batch)
-                infos.append(info)
-                trials += info["num_trials"]
-                if trials < algo.trials_per_update:
-                    continue
-                stats = rt.get(self.learner.update.remote(*collected))
-                self.version = stats["policy_version"]
-                self.counters["iteration"] += 1
-                now = time.perf_counter()
-                self.counters["wall_time_s"] = now - start
-                record = {
-                    "iteration": self.counters["iteration"],
-                    "wall_time_s": round(self.counters["wall_time_s"], 3),
-                    "env_steps_total": self.counters["env_steps_total"],
-                    "env_steps_per_s": (self.counters["env_steps_total"] - last_steps) / max(now - last_t, 1e-9),
-                    "episodes_total": self.counters["episodes_total"],
-                    "policy_version": self.version,
-                    "workers_alive": len(self.workers),
-                    "worker_restarts_total": self.counters["worker_restarts_total"],
-                    "dropped_batches_total": self.counters["dropped_batches_total"],
-                    "sample_s_mean": float(np.mean([x["sample_s"] for x in infos])),
-                    **stats,
-                }
-                last_t, last_steps = now, self.counters["env_steps_total"]
-                self._append_progress(record)
-                self.display.update(record)
-                last_record = record
-                collected, infos, trials = [], [], 0
-                if self.counters["iteration"] % cfg.checkpoint.every == 0 or self.counters["iteration"] >= cfg.iterations:
-                    self.checkpoint()
-        except KeyboardInterrupt:
+                for task_id, pre, post in info["per_task"]:
+                    self.scheduler.observe(task_id, return_pre=pre, return_post=post)
+            stats = rt.get(self.learner.update.remote(*[batch for _, (batch, _) in calls]))
+            n = sum(x["num_tasks"] for x in infos)
+            self._end_iteration(stats, {
+                "return_pre": sum(x["return_pre"] * x["num_tasks"] for x in infos) / n,
+                "return_post": sum(x["return_post"] * x["num_tasks"] for x in infos) / n,
+                "sampling_s": sampling_s,
+                "sample_s_mean": float(np.mean([x["sample_s"] for x in infos])),
+            })
+
+    def _end_iteration(self, stats: dict[str, Any], extra: dict[str, Any]) -> None:
+        """Count the iteration, append its progress row, show it, checkpoint when due."""
+        self.version = stats["policy_version"]
+        self.counters["iteration"] += 1
+        now = time.perf_counter()
+        self.counters["wall_time_s"] = now - self._start
+        record = {
+            "iteration": self.counters["iteration"],
+            "wall_time_s": round(self.counters["wall_time_s"], 3),
+            "env_steps_total": self.counters["env_steps_total"],
+            "env_steps_per_s": (self.counters["env_steps_total"] - self._last_steps) / max(now - self._last_t, 1e-9),
+            "episodes_total": self.counters["episodes_total"],
+            "policy_version": self.version,
+            "workers_alive": len(self.workers),
+            "worker_restarts_total": self.counters["worker_restarts_total"],
+            "dropped_batches_total": self.counters["dropped_batches_total"],
+            **extra,
+            **stats,
+        }
+        self._last_t, self._last_steps = now, self.counters["env_steps_total"]
+        self._append_progress(record)
+        self.display.update(record)
+        self._last_record = record
+        if self.counters["iteration"] % self.config.checkpoint.every == 0 or self.counters["iteration"] >= self.config.iterations:
             self.checkpoint()
-            raise
-        finally:
-            self.display.close()
-        return last_record
 
     def _get_worker_result(self, future: Any, index: int) -> dict[str, Any]:
         try:
@@ -166,5 +206,6 @@ class Trainer:
         if self.counters["iteration"] == 0:
             return None
         tensors, learner_meta = self.runtime.get(self.learner.get_state.remote())
-        state = {**self.counters, "policy_version": self.version, "learner": learner_meta, "algo": self.config.algo}
+        state = {**self.counters, "policy_version": self.version, "learner": learner_meta, "algo": self.config.algo,
+                 "scheduler": self.scheduler.get_state()}
         return save_checkpoint(self.run_dir, self.counters["iteration"], tensors, state, self.config.checkpoint.keep)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-ALGORITHMS = ("rl2",)
+ALGORITHMS = ("rl2", "maml")
 
 
 def get_algorithm(name: str) -> ModuleType:
@@ -13,4 +13,8 @@ def get_algorithm(name: str) -> ModuleType:
         from metaray.learner import rl2
 
         return rl2
+    if name == "maml":
+        from metaray.learner import maml
+
+        return maml
     raise ValueError(f"unknown algorithm {name!r} (known: {', '.join(ALGORITHMS)})")

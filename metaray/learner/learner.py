@@ -51,7 +51,10 @@ class Learner:
     def update(self, *batches: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         lags = [self.version - int(b["policy_version"]) for b in batches]
-        stats = self.impl.update(list(batches))
+        if self.algorithm.mode == "sync":  # each batch is one worker's {"tasks": [...]} of a meta-batch
+            stats = self.impl.update([r for b in batches for r in b["tasks"]])
+        else:
+            stats = self.impl.update(list(batches))
         self.version += 1
         self.publish()
         stats.update(

@@ -50,6 +50,7 @@ class RL2Config(BaseModel):
     entropy_coef: float = Field(0.01, ge=0, description="Entropy bonus weight.")
     value_coef: float = Field(0.5, ge=0, description="Value loss weight.")
     max_grad_norm: float = Field(0.5, gt=0, description="Global gradient-norm clip.")
+    target_kl: float = Field(0.0, ge=0, description="Stop the update's epochs early once a minibatch's approximate KL exceeds 1.5x this (0 = never). Long trials need it: Adam steps compound through the recurrence.")
     bptt_len: int = Field(0, ge=0, description="Truncated BPTT window in steps; 0 = backpropagate through the whole trial.")
     normalize_advantages: bool = Field(True, description="Normalise advantages per batch.")
 
@@ -397,8 +398,10 @@ class RL2Learner:
 
         stats = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0}
         n_mb = min(cfg.minibatches, n_trials)
-        steps = 0
+        steps, stopped_early = 0, False
         for _ in range(cfg.epochs):
+            if stopped_early:
+                break
             perm = torch.randperm(n_trials, generator=self.generator).to(self.device)
             for idx in perm.chunk(n_mb):
                 head, v, _ = policy(x[idx], policy.initial_state(len(idx)).to(self.device), cfg.bptt_len)
@@ -422,16 +425,21 @@ class RL2Learner:
                 grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 with torch.no_grad():
+                    approx_kl = (((ratio - 1) - log_ratio) * mf).sum().item() / denom.item()
                     stats["policy_loss"] += policy_loss.item()
                     stats["value_loss"] += value_loss.item()
                     stats["entropy"] += entropy.item()
-                    stats["approx_kl"] += (((ratio - 1) - log_ratio) * mf).sum().item() / denom.item()
+                    stats["approx_kl"] += approx_kl
                     stats["clip_frac"] += (((ratio - 1).abs() > cfg.clip_ratio).float() * mf).sum().item() / denom.item()
                     stats["grad_norm"] += float(grad_norm)
                 steps += 1
+                if cfg.target_kl > 0 and approx_kl > 1.5 * cfg.target_kl:
+                    stopped_early = True
+                    break
         out = {k: v / steps for k, v in stats.items()}
         out["trial_return"] = float(batch["rewards"].sum(1).mean())
         out["num_trials"] = n_trials
+        out["ppo_minibatch_steps"] = steps
         return out
 
     def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

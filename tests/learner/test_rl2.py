@@ -101,3 +101,14 @@ def test_evaluate_runs_one_trial_per_task():
     results = rl2.evaluate(policy, family, tasks, config, seed=0)
     assert [r["task_id"] for r in results] == [t.task_id for t in tasks]
     assert all(0 <= r["trial_return"] <= 4 for r in results)
+
+
+def test_target_kl_stops_the_epochs_early():
+    sampler, config = make_sampler(slots=16, epochs=8, minibatches=2, lr=0.05, target_kl=1e-6)
+    learner = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config.hidden_size), config, torch.device("cpu"), 0)
+    sampler.set_weights(0, rl2.get_weights(learner.policy))
+    batch = sampler.sample(16)[0]
+    assert learner.update([batch])["ppo_minibatch_steps"] < 16
+    free = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config.hidden_size), config.model_copy(update={"target_kl": 0.0}),
+                          torch.device("cpu"), 0)
+    assert free.update([batch])["ppo_minibatch_steps"] == 16

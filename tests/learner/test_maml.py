@@ -1,0 +1,430 @@
+"""MAML family: the math (baseline, advantages, inner step, meta-gradient, KL curvature) and the
+learner's outer steps, on tiny hand-made batches. Worker-side tests: test_maml_sampler.py."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from metaray.learner import maml
+
+torch.set_num_threads(1)
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers: a tiny float64 policy and a tiny fixed batch whose episodes have different lengths
+
+
+def tiny_policy(hidden=(4,), activation="tanh", seed=0):
+    torch.manual_seed(seed)
+    policy = maml.GaussianMLPPolicy(2, 2, list(hidden), activation).double()
+    with torch.no_grad():  # break the symmetry of the default init (zero biases, log-std 0)
+        for p in policy.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return policy
+
+
+def tiny_stage(n=3, e=2, t=6, seed=0, dtype=torch.float64, config=None):
+    """Random episodes [n, e, t, ...] with random valid lengths (>= 1), zero padding after."""
+    config = config or maml.MAMLConfig()
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, t + 1, (n, e), generator=g)
+    lengths[0, 0] = t  # at least one full episode
+    mask = (torch.arange(t)[None, None] < lengths[..., None]).to(dtype)
+    obs = torch.randn(n, e, t, 2, generator=g, dtype=dtype) * 0.5 * mask[..., None]
+    actions = torch.randn(n, e, t, 2, generator=g, dtype=dtype) * mask[..., None]
+    rewards = torch.randn(n, e, t, generator=g, dtype=dtype) * mask
+    adv = maml.compute_advantages(obs, rewards, mask, config.gamma, config.gae_lambda, config.baseline_reg)
+    return maml.Stage(obs, actions, rewards, mask, torch.zeros_like(rewards), adv)
+
+
+def tiny_batch(config, n=3, seed=0):
+    inner = [tiny_stage(n=n, seed=seed + j, config=config) for j in range(config.num_inner_steps)]
+    return inner, tiny_stage(n=n, seed=seed + 100, config=config)
+
+
+def old_post_policy(policy, params, inner, post, config):
+    """The old adapted policies' distributions on the post episodes; post.logp set to theirs."""
+    with torch.no_grad():
+        adapted = maml.adapt(policy, params, inner, config.inner_lr)[-1]
+        mean, log_std = maml.per_task_forward(policy, adapted, post.obs)
+    return mean, log_std, post._replace(logp=maml.gaussian_log_prob(mean, log_std, post.actions))
+
+
+def leaf_params(policy):
+    return {k: v.detach().clone().requires_grad_() for k, v in policy.named_parameters()}
+
+
+def loop_meta_gradient(policy, params, inner, post, config):
+    """The oracle: one task at a time with plain autograd (create_graph unless first-order).
+
+    Returns the adapted parameters per task and the gradient of the mean post-update surrogate.
+    """
+    n = post.obs.shape[0]
+    total, adapted = 0.0, []
+    for i in range(n):
+        p = dict(params)
+        for stage in inner:
+            loss = maml.inner_loss(policy, p, stage.obs[i], stage.actions[i], stage.advantages[i], stage.mask[i])
+            grads = torch.autograd.grad(loss, list(p.values()), create_graph=not config.first_order)
+            p = {k: v - config.inner_lr * g for (k, v), g in zip(p.items(), grads, strict=True)}
+        adapted.append(p)
+        mean, log_std = maml.policy_forward(policy, p, post.obs[i])
+        ratio = (maml.gaussian_log_prob(mean, log_std, post.actions[i]) - post.logp[i]).exp()
+        total = total - maml.episode_mean(ratio * post.advantages[i], post.mask[i])
+    grads = torch.autograd.grad(total / n, list(params.values()))
+    return adapted, dict(zip(params, grads, strict=True))
+
+
+# ------------------------------------------------------------------------------------------------
+# config
+
+
+def test_config_defaults_and_validation():
+    cfg = maml.MAMLConfig()
+    assert (cfg.inner_lr, cfg.num_inner_steps, cfg.episodes_per_task, cfg.meta_batch_size) == (0.1, 1, 20, 20)
+    assert (cfg.outer, cfg.first_order, cfg.max_kl, cfg.cg_iters, cfg.cg_damping) == ("trpo", False, 0.01, 10, 1e-5)
+    assert (cfg.ls_max_steps, cfg.ls_backtrack_ratio, cfg.gamma, cfg.gae_lambda) == (15, 0.8, 0.99, 1.0)
+    assert cfg.hidden_sizes == [64, 64] and cfg.activation == "tanh"
+    for name, field in maml.MAMLConfig.model_fields.items():
+        assert field.description, f"{name} is not documented"
+    for bad in ({"inner_lr": 0}, {"num_inner_steps": 0}, {"outer": "sgd"}, {"max_kl": -1.0},
+                {"ls_backtrack_ratio": 1.0}, {"activation": "gelu"}, {"hidden_sizes": []}, {"typo": 1}):
+        with pytest.raises(ValidationError):
+            maml.MAMLConfig(**bad)
+    assert maml.name == "maml" and maml.mode == "sync" and maml.Config is maml.MAMLConfig
+    assert maml.Sampler is maml.MAMLSampler and maml.Learner is maml.MAMLLearner
+
+
+# ------------------------------------------------------------------------------------------------
+# returns, baseline, advantages
+
+
+def test_linear_baseline_fits_a_linear_return_exactly():
+    stage = tiny_stage(n=2, e=5, t=60, seed=3)
+    obs, m = stage.obs, stage.mask[..., None]
+    t = (torch.arange(60, dtype=torch.float64) / 100)[None, None, :, None].expand_as(m)
+    feats = torch.cat([obs, obs**2, t, t**2, t**3, torch.ones_like(t)], -1) * m  # Duan et al. 2016
+    torch.testing.assert_close(maml.baseline_features(stage.obs, stage.mask), feats)
+    coef = torch.tensor([[1.0, -2.0, 0.5, 3.0, -1.0, 2.0, 0.7, -4.0], [0.0, 1.0, 1.0, -1.0, 2.0, 0.0, -3.0, 1.5]], dtype=torch.float64)
+    returns = (feats * coef[:, None, None, :]).sum(-1)  # a different linear function per task
+    values = maml.fit_linear_baseline(stage.obs, returns, stage.mask, reg=1e-12)
+    torch.testing.assert_close(values, returns, atol=1e-6, rtol=0)
+    assert (values[stage.mask == 0] == 0).all()
+    # and a return it cannot fit exactly is not fitted exactly (the check above can fail)
+    bumpy = returns + torch.sin(17 * stage.obs[..., 0]) * stage.mask
+    assert (maml.fit_linear_baseline(stage.obs, bumpy, stage.mask, 1e-10) - bumpy).abs().max() > 1e-3
+
+
+def test_discounted_sums_match_a_loop():
+    x = torch.randn(3, 7, dtype=torch.float64)
+    for factor in (0.0, 0.9, 1.0):
+        want = torch.zeros_like(x)
+        acc = torch.zeros(3, dtype=torch.float64)
+        for t in range(6, -1, -1):
+            acc = x[:, t] + factor * acc
+            want[:, t] = acc
+        torch.testing.assert_close(maml.discount_cumsum(x, factor), want)
+
+
+def test_advantages_are_gae_on_the_baseline_normalised_per_task():
+    cfg = maml.MAMLConfig(gamma=0.9, gae_lambda=0.7)
+    stage = tiny_stage(n=2, e=3, t=5, seed=1, config=cfg)
+    r, m = stage.rewards, stage.mask
+    returns = maml.discount_cumsum(r, 0.9)
+    v = maml.fit_linear_baseline(stage.obs, returns, m, cfg.baseline_reg)
+    raw = torch.zeros_like(r)
+    for i in range(2):
+        for e in range(3):
+            gae = 0.0
+            for t in range(4, -1, -1):
+                if m[i, e, t] == 0:
+                    continue
+                nxt = v[i, e, t + 1] if t + 1 < 5 and m[i, e, t + 1] > 0 else 0.0
+                gae = (r[i, e, t] + 0.9 * nxt - v[i, e, t]) + 0.9 * 0.7 * gae
+                raw[i, e, t] = gae
+    per_episode = (raw * m).sum(-1) / m.sum(-1)
+    mean = per_episode.mean(-1)
+    centered = (raw - mean[:, None, None]) * m
+    std = (((centered**2).sum(-1) / m.sum(-1)).mean(-1)).sqrt()
+    torch.testing.assert_close(stage.advantages, centered / (std[:, None, None] + 1e-8))
+    torch.testing.assert_close(maml.episode_mean(stage.advantages, m), torch.zeros(2, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(maml.episode_mean(stage.advantages**2, m), torch.ones(2, dtype=torch.float64))
+
+
+# ------------------------------------------------------------------------------------------------
+# inner step and meta-gradient
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_second_order_meta_gradient_matches_finite_differences(steps):
+    cfg = maml.MAMLConfig(num_inner_steps=steps, inner_lr=0.5, hidden_sizes=[4])
+    policy = tiny_policy()
+    inner, post = tiny_batch(cfg)
+    params = leaf_params(policy)
+    old_mean, old_log_std, post = old_post_policy(policy, params, inner, post, cfg)
+
+    def objective(p):
+        return maml.surrogate_and_kl(policy, p, inner, post, old_mean, old_log_std, cfg)[0]
+
+    loss = objective(params)
+    grads = dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
+    eps = 1e-6
+    base = {k: v.detach() for k, v in params.items()}
+    for name, value in base.items():
+        fd = torch.zeros_like(value)
+        for idx in range(value.numel()):
+            step = torch.zeros_like(value).view(-1)
+            step[idx] = eps
+            step = step.view_as(value)
+            with torch.no_grad():
+                plus = objective({**base, name: value + step})
+                minus = objective({**base, name: value - step})
+            fd.view(-1)[idx] = (plus - minus) / (2 * eps)
+        torch.testing.assert_close(grads[name], fd, atol=1e-7, rtol=1e-5, msg=name)
+    # the second-order terms matter here: the first-order gradient is measurably different
+    fo = cfg.model_copy(update={"first_order": True})
+    loss_fo = maml.surrogate_and_kl(policy, params, inner, post, old_mean, old_log_std, fo)[0]
+    g_fo = maml.flat(torch.autograd.grad(loss_fo, list(params.values())))
+    assert (g_fo - maml.flat(grads.values())).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(("steps", "first_order"), [(1, False), (2, False), (2, True)])
+def test_vmapped_adaptation_and_meta_gradient_equal_a_per_task_loop(steps, first_order):
+    cfg = maml.MAMLConfig(num_inner_steps=steps, first_order=first_order, inner_lr=0.3)
+    policy = tiny_policy(hidden=(8, 8)).float()
+    inner, post = tiny_batch(cfg, n=4)
+    to32 = lambda s: maml.Stage(*(x.float() for x in s))  # noqa: E731
+    inner, post = [to32(s) for s in inner], to32(post)
+    params = leaf_params(policy)
+    old_mean, old_log_std, post = old_post_policy(policy, params, inner, post, cfg)
+
+    adapted = maml.adapt(policy, params, inner, cfg.inner_lr, first_order)[-1]
+    loss = maml.surrogate_and_kl(policy, params, inner, post, old_mean, old_log_std, cfg)[0]
+    grads = dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
+
+    loop_adapted, loop_grads = loop_meta_gradient(policy, params, inner, post, cfg)
+    for i, p in enumerate(loop_adapted):
+        for k in params:
+            torch.testing.assert_close(adapted[k][i], p[k], atol=1e-5, rtol=1e-5)
+    for k in params:
+        torch.testing.assert_close(grads[k], loop_grads[k], atol=1e-5, rtol=1e-4)
+
+
+def test_first_order_meta_gradient_is_the_post_update_gradient_at_the_adapted_parameters():
+    cfg = maml.MAMLConfig(first_order=True, inner_lr=0.5)
+    policy = tiny_policy()
+    inner, post = tiny_batch(cfg)
+    params = leaf_params(policy)
+    old_mean, old_log_std, post = old_post_policy(policy, params, inner, post, cfg)
+    loss = maml.surrogate_and_kl(policy, params, inner, post, old_mean, old_log_std, cfg)[0]
+    got = maml.flat(torch.autograd.grad(loss, list(params.values())))
+    # by hand: θ'_i = θ − α ∇L_inner_i(θ); g = mean_i ∇_{θ'} L_post_i(θ'_i) (ratio 1 at θ'_i)
+    want = torch.zeros_like(got)
+    n = post.obs.shape[0]
+    for i in range(n):
+        p = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+        st = inner[0]
+        g_in = torch.autograd.grad(maml.inner_loss(policy, p, st.obs[i], st.actions[i], st.advantages[i], st.mask[i]), list(p.values()))
+        q = {k: (v - 0.5 * g).detach().requires_grad_() for (k, v), g in zip(p.items(), g_in, strict=True)}
+        post_loss = maml.inner_loss(policy, q, post.obs[i], post.actions[i], post.advantages[i], post.mask[i])
+        want += maml.flat(torch.autograd.grad(post_loss, list(q.values()))) / n
+    torch.testing.assert_close(got, want)
+
+
+# ------------------------------------------------------------------------------------------------
+# the closed forms used by TRPO (meta-gradient and KL Hessian-vector products)
+
+
+@pytest.mark.parametrize(("steps", "first_order", "activation"), [(1, False, "tanh"), (2, False, "tanh"), (1, True, "tanh"), (2, False, "relu")])
+def test_closed_form_meta_gradient_and_kl_hessian_equal_autograd(steps, first_order, activation):
+    cfg = maml.MAMLConfig(num_inner_steps=steps, first_order=first_order, inner_lr=0.4, activation=activation)
+    policy = tiny_policy(hidden=(5, 3), activation=activation)
+    inner, post = tiny_batch(cfg)
+    params = leaf_params(policy)
+    with torch.no_grad():
+        curvature = maml.KLCurvature(policy, params, inner, post, cfg)
+    old_mean, old_log_std, post = old_post_policy(policy, params, inner, post, cfg)
+    torch.testing.assert_close(curvature.old_mean, old_mean)
+    torch.testing.assert_close(curvature.old_log_std, old_log_std)
+    adapted = maml.adapt(policy, params, inner, cfg.inner_lr)[-1]
+    for k in params:
+        torch.testing.assert_close(curvature.adapted[k], adapted[k])
+
+    loss, kl = maml.surrogate_and_kl(policy, params, inner, post, old_mean, old_log_std, cfg)
+    values = list(params.values())
+    torch.testing.assert_close(curvature.loss, loss.detach())
+    grad = maml.flat(torch.autograd.grad(loss, values, retain_graph=True))
+    torch.testing.assert_close(curvature.meta_gradient(params), grad, atol=1e-12, rtol=1e-9)
+    grad_kl = maml.flat(torch.autograd.grad(kl, values, create_graph=True))
+    for seed in range(3):
+        v = torch.randn(grad_kl.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        want = maml.flat(torch.autograd.grad(grad_kl @ v, values, retain_graph=True))
+        got = curvature(v, params)
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-7)
+
+
+# ------------------------------------------------------------------------------------------------
+# outer steps through the learner, on hand-made results
+
+
+def results_from(inner, post, config, returns=(-2.0, -1.0)):
+    """Turn stacked stages into the per-task result dicts a worker returns."""
+    out = []
+    for i in range(post.obs.shape[0]):
+        r = {}
+        for name, stage in zip(maml.stage_names(config.num_inner_steps), [*inner, post], strict=True):
+            for field in maml.FIELDS:
+                value = getattr(stage, field)[i].numpy()
+                r[f"{name}/{field}"] = value.astype(bool) if field == "mask" else value
+        r.update(task_id=np.array(i), policy_version=np.array(0), return_pre=np.array(returns[0]), return_post=np.array(returns[1]))
+        out.append(r)
+    return out
+
+
+def post_kl_and_loss(policy, old_params, new_params, inner, post, config):
+    """Measured independently of the learner: KL(old adapted ‖ new adapted) and the surrogate."""
+    with torch.no_grad():
+        old = maml.adapt(policy, old_params, inner, config.inner_lr)[-1]
+        new = maml.adapt(policy, new_params, inner, config.inner_lr)[-1]
+        m0, s0 = maml.per_task_forward(policy, old, post.obs)
+        m1, s1 = maml.per_task_forward(policy, new, post.obs)
+        kl = maml.episode_mean(maml.gaussian_kl(m0, s0, m1, s1), post.mask).mean()
+        ratio = (maml.gaussian_log_prob(m1, s1, post.actions) - maml.gaussian_log_prob(m0, s0, post.actions)).exp()
+        loss = -maml.episode_mean(ratio * post.advantages, post.mask).mean()
+    return kl.item(), loss.item()
+
+
+@pytest.mark.parametrize(("max_kl", "inner_lr", "backtrack"), [(0.01, 0.1, False), (0.05, 3.0, True), (1e-4, 0.1, False)])
+def test_trpo_step_respects_max_kl_and_improves_the_surrogate(max_kl, inner_lr, backtrack):
+    cfg = maml.MAMLConfig(max_kl=max_kl, inner_lr=inner_lr, hidden_sizes=[8], ls_backtrack_ratio=0.5)
+    policy = tiny_policy(hidden=(8,))
+    inner, post = tiny_batch(cfg, n=4, seed=5)
+    _, _, post = old_post_policy(policy, dict(policy.named_parameters()), inner, post, cfg)
+    before = {k: v.detach().clone() for k, v in policy.named_parameters()}
+    learner = maml.MAMLLearner(policy, cfg, torch.device("cpu"), seed=0)
+    stats = learner.update(results_from(inner, post, cfg))
+    after = {k: v.detach().clone() for k, v in learner.policy.named_parameters()}
+    kl, loss = post_kl_and_loss(policy, before, after, inner, post, cfg)
+    moved = any((after[k] != before[k]).any() for k in before)
+    assert stats["step_accepted"] == float(moved)
+    if moved:
+        assert kl <= max_kl
+        assert loss < stats["meta_loss_before"]
+        assert stats["kl"] == pytest.approx(kl, rel=1e-6, abs=1e-12)
+    else:
+        assert stats["ls_steps"] == cfg.ls_max_steps
+    if backtrack:  # the quadratic KL model is far off here: the full step had to be cut
+        assert moved and stats["ls_steps"] >= 1
+    assert math.isfinite(stats["grad_norm"]) and stats["return_post"] == -1.0
+
+
+def test_trpo_step_keeps_theta_when_no_step_improves_the_loss():
+    # loss rises along every tried step (a steep bowl right next to θ0) while the KL (Hessian I)
+    # stays below max_kl from the second try on: the line search must give up, θ unchanged
+    theta0 = torch.tensor([0.3, -0.2], dtype=torch.float64)
+
+    def objective(p):
+        d = p["x"] - theta0
+        return d[0] + 100.0 * (d * d).sum(), 0.5 * (d * d).sum()
+
+    cfg = maml.MAMLConfig(max_kl=0.5)
+    params = {"x": theta0.clone().requires_grad_()}
+    new, stats = maml.trpo_step(objective, params, cfg)
+    assert new["x"] is params["x"] and stats["step_accepted"] == 0.0
+    # and where a small enough step does improve, it is taken, inside max_kl
+    new, stats = maml.trpo_step(lambda p: (objective(p)[0] - 99.9 * ((p["x"] - theta0) ** 2).sum(), objective(p)[1]), params, cfg)
+    d = new["x"] - theta0
+    assert stats["step_accepted"] == 1.0 and 0.5 * (d * d).sum() < 0.5 and stats["meta_loss"] < 0
+
+
+def test_trpo_closed_form_and_autograd_take_the_same_step():
+    # few CG iterations: on this tiny batch later iterations amplify rounding differences (the two
+    # Hessians agree to 1e-13) into 1e-4 differences of the step, whichever Hessian is used
+    cfg = maml.MAMLConfig(hidden_sizes=[8], inner_lr=0.5, cg_iters=4)
+    inner, post = tiny_batch(cfg, n=3, seed=9)
+    steps = []
+    for fast in (True, False):
+        policy = tiny_policy(hidden=(8,))
+        learner = maml.MAMLLearner(policy, cfg.model_copy(update={"closed_form": fast}), torch.device("cpu"), 0)
+        _, _, post = old_post_policy(policy, dict(policy.named_parameters()), inner, post, cfg)
+        stats = learner.update(results_from(inner, post, cfg))
+        steps.append((maml.flat(p.detach() for p in learner.policy.parameters()), stats["ls_steps"]))
+    assert steps[0][1] == steps[1][1]
+    torch.testing.assert_close(steps[0][0], steps[1][0], atol=1e-8, rtol=1e-6)
+
+
+def test_first_order_ppo_clip_first_adam_step_is_lr_times_sign_of_the_post_update_gradient():
+    # one epoch, no inner KL penalty, ratio 1 at the start: Adam's first step is lr·g/(|g|+eps)
+    cfg = maml.MAMLConfig(outer="ppo-clip", first_order=True, ppo_epochs=1, inner_kl_coef=0.0, ppo_lr=0.01, inner_lr=0.5)
+    policy = tiny_policy()
+    inner, post = tiny_batch(cfg, n=3, seed=2)
+    params0 = leaf_params(policy)
+    _, _, post = old_post_policy(policy, params0, inner, post, cfg)
+    _, g = loop_meta_gradient(policy, params0, inner, post, cfg)
+    learner = maml.MAMLLearner(policy, cfg, torch.device("cpu"), seed=0)
+    stats = learner.update(results_from(inner, post, cfg))
+    for k, p in learner.policy.named_parameters():
+        want = params0[k].detach() - cfg.ppo_lr * g[k] / (g[k].abs() + 1e-8)
+        torch.testing.assert_close(p.detach(), want, atol=1e-9, rtol=1e-7)
+    assert stats["clip_frac"] == 0.0 and stats["meta_loss"] < stats["meta_loss_before"] + 1e-12
+
+
+def test_ppo_clip_second_order_with_inner_kl_improves_and_keeps_adam_state():
+    cfg = maml.MAMLConfig(outer="ppo-clip", ppo_epochs=3, inner_kl_coef=0.1, hidden_sizes=[8])
+    policy = tiny_policy(hidden=(8,))
+    inner, post = tiny_batch(cfg, n=3, seed=4)
+    _, _, post = old_post_policy(policy, dict(policy.named_parameters()), inner, post, cfg)
+    learner = maml.MAMLLearner(policy, cfg, torch.device("cpu"), seed=0)
+    stats = learner.update(results_from(inner, post, cfg))
+    assert stats["meta_loss"] < 0 and stats["inner_kl"] > 0 and stats["kl"] > 0
+    tensors, meta = learner.optimizer_state()
+    assert tensors and "param_groups" in meta
+    other = maml.MAMLLearner(tiny_policy(hidden=(8,)), cfg, torch.device("cpu"), seed=0)
+    other.load_optimizer_state(tensors, meta)
+    t2, _ = other.optimizer_state()
+    assert t2.keys() == tensors.keys() and all(torch.equal(t2[k], tensors[k]) for k in tensors)
+    trpo = maml.MAMLLearner(tiny_policy(hidden=(8,)), maml.MAMLConfig(hidden_sizes=[8]), torch.device("cpu"), 0)
+    assert trpo.optimizer_state() == ({}, {})
+    trpo.load_optimizer_state({}, {})
+
+
+def test_ppo_clip_inner_kl_penalty_keeps_the_pre_update_policy_close():
+    cfg = maml.MAMLConfig(outer="ppo-clip", ppo_epochs=4, ppo_lr=0.05, hidden_sizes=[8])
+    inner, post = tiny_batch(cfg, n=3, seed=6)
+    kls = []
+    for coef in (0.0, 50.0):
+        policy = tiny_policy(hidden=(8,))
+        before = {k: v.detach().clone() for k, v in policy.named_parameters()}
+        _, _, post = old_post_policy(policy, before, inner, post, cfg)
+        learner = maml.MAMLLearner(policy, cfg.model_copy(update={"inner_kl_coef": coef}), torch.device("cpu"), 0)
+        learner.update(results_from(inner, post, cfg))
+        with torch.no_grad():
+            m0, s0 = maml.policy_forward(policy, before, inner[0].obs)
+            m1, s1 = learner.policy(inner[0].obs)
+            kls.append(maml.episode_mean(maml.gaussian_kl(m0, s0, m1, s1), inner[0].mask).mean().item())
+    assert kls[1] < 0.8 * kls[0]
+
+
+def test_reptile_update_matches_its_formula():
+    cfg = maml.MAMLConfig(outer="reptile", reptile_lr=0.3, inner_lr=0.2, num_inner_steps=2)
+    policy = tiny_policy()
+    inner, post = tiny_batch(cfg, n=3, seed=7)
+    theta = {k: v.detach().clone() for k, v in policy.named_parameters()}
+    # by hand, one task at a time: φ_i = θ after the inner steps and one more on the post data
+    deltas = []
+    for i in range(3):
+        p = dict(theta)
+        for stage in [*inner, post]:
+            q = {k: v.clone().requires_grad_() for k, v in p.items()}
+            loss = maml.inner_loss(policy, q, stage.obs[i], stage.actions[i], stage.advantages[i], stage.mask[i])
+            p = {k: (v - 0.2 * g).detach() for (k, v), g in zip(q.items(), torch.autograd.grad(loss, list(q.values())), strict=True)}
+        deltas.append({k: p[k] - theta[k] for k in theta})
+    learner = maml.MAMLLearner(policy, cfg, torch.device("cpu"), seed=0)
+    stats = learner.update(results_from(inner, post, cfg))
+    for k, p in learner.policy.named_parameters():
+        want = theta[k] + 0.3 * sum(d[k] for d in deltas) / 3
+        torch.testing.assert_close(p.detach(), want)
+    assert stats["grad_norm"] > 0

@@ -1,0 +1,164 @@
+"""MAML family, worker side (MAMLSampler.collect) and the two sides together on point-nav."""
+
+import numpy as np
+import pytest
+import torch
+
+from metaray.learner import maml
+from metaray.tasks import Task, make_family
+
+torch.set_num_threads(1)
+
+FAMILY = make_family("point-nav")
+
+
+def make_sampler(seed=0, **cfg):
+    config = maml.MAMLConfig(**{"hidden_sizes": [16], "episodes_per_task": 4, **cfg})
+    sampler = maml.MAMLSampler(FAMILY, config, 8, seed)
+    torch.manual_seed(seed)
+    policy = maml.make_policy(sampler.env.single_observation_space, sampler.env.single_action_space, config)
+    sampler.set_weights(0, maml.get_weights(policy))
+    return sampler, policy, config
+
+
+def recompute_logp(policy, params, obs, actions):
+    with torch.no_grad():
+        mean, log_std = maml.policy_forward(policy, params, torch.from_numpy(obs))
+        return maml.gaussian_log_prob(mean, log_std, torch.from_numpy(actions)).numpy()
+
+
+def test_collect_returns_numpy_episodes_per_task_with_behaviour_log_probs():
+    sampler, policy, config = make_sampler(num_inner_steps=2)
+    tasks = FAMILY.sample(3, np.random.default_rng(1))
+    results = sampler.collect(tasks, 0)
+    assert len(results) == 3
+    horizon = FAMILY.max_episode_steps
+    for task, r in zip(tasks, results, strict=True):
+        assert all(isinstance(v, np.ndarray) for v in r.values())
+        assert int(r["task_id"]) == task.task_id and int(r["policy_version"]) == 0
+        for stage in ("inner_0", "inner_1", "post"):
+            assert r[f"{stage}/obs"].shape == (4, horizon, 2) and r[f"{stage}/actions"].shape == (4, horizon, 2)
+            for key in ("rewards", "mask", "logp"):
+                assert r[f"{stage}/{key}"].shape == (4, horizon)
+            assert r[f"{stage}/mask"].dtype == bool and r[f"{stage}/mask"][:, 0].all()
+        assert float(r["return_pre"]) == pytest.approx(r["inner_0/rewards"].sum(-1).mean())
+        assert float(r["return_post"]) == pytest.approx(r["post/rewards"].sum(-1).mean())
+        # the pre-update episodes were sampled with θ
+        m = r["inner_0/mask"]
+        theta = dict(policy.named_parameters())
+        np.testing.assert_allclose(recompute_logp(policy, theta, r["inner_0/obs"], r["inner_0/actions"])[m], r["inner_0/logp"][m], atol=1e-5)
+    # the post-update episodes were sampled with each task's own adapted parameters
+    for i, r in enumerate(results):
+        own = {k: v[i] for k, v in sampler.adapted_params.items()}
+        m = r["post/mask"]
+        np.testing.assert_allclose(recompute_logp(policy, own, r["post/obs"], r["post/actions"])[m], r["post/logp"][m], atol=1e-5)
+    with pytest.raises(ValueError, match="version"):
+        sampler.collect(tasks, 1)
+
+
+def test_post_update_rollout_uses_each_tasks_own_parameters():
+    sampler, policy, _ = make_sampler()
+    tasks = FAMILY.sample(2, np.random.default_rng(2))
+    sampler.collect(tasks, 0)  # builds the env for these tasks
+    theta = {k: v.detach() for k, v in policy.named_parameters()}
+    other = {k: v + 0.5 * torch.randn_like(v) for k, v in theta.items()}
+    other["mu.bias"] = other["mu.bias"] + torch.tensor([0.3, -0.3])
+    other["log_std"] = theta["log_std"] - 1.5
+    stacked = {k: torch.stack([theta[k], other[k]]) for k in theta}
+    with torch.no_grad():
+        arrays, _ = sampler.rollout(stacked, per_task=True, num_tasks=2)
+    for i, own in enumerate([theta, other]):
+        m = arrays["mask"][i]
+        logp = recompute_logp(policy, own, arrays["obs"][i], arrays["actions"][i])
+        np.testing.assert_allclose(logp[m], arrays["logp"][i][m], atol=1e-5)
+        wrong = recompute_logp(policy, [other, theta][i], arrays["obs"][i], arrays["actions"][i])
+        assert np.abs(wrong[m] - arrays["logp"][i][m]).max() > 0.1
+    assert arrays["actions"][1].std() < arrays["actions"][0].std()  # task 1 acts with std e^-1.5
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_worker_adapted_parameters_equal_the_learners_recomputation(steps):
+    sampler, policy, config = make_sampler(num_inner_steps=steps)
+    results = sampler.collect(FAMILY.sample(3, np.random.default_rng(3)), 0)
+    learner = maml.MAMLLearner(policy, config, torch.device("cpu"), seed=0)
+    inner, post = learner.stages(results)
+    params = dict(learner.policy.named_parameters())
+    adapted = maml.adapt(learner.policy, params, inner, config.inner_lr)[-1]  # with a graph
+    assert adapted["mu.weight"].requires_grad
+    with torch.no_grad():
+        curvature = maml.KLCurvature(learner.policy, params, inner, post, config)
+    for k, worker in sampler.adapted_params.items():
+        torch.testing.assert_close(adapted[k].detach(), worker, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(curvature.adapted[k], worker, atol=1e-5, rtol=1e-5)
+    # they really moved: the check above compares adapted parameters, not θ
+    assert (sampler.adapted_params["mu.weight"][0] - params["mu.weight"]).abs().max() > 1e-4
+    stats = learner.update(results)
+    assert stats["behaviour_logp_err"] < 1e-4
+
+
+def test_episodes_that_end_early_are_masked_and_the_learner_handles_mixed_lengths():
+    near = Task("point-nav", "train", 1, (0.005, 0.005))  # within tolerance after the first move
+    far = Task("point-nav", "train", 2, (0.4, -0.3))
+    sampler, policy, config = make_sampler()
+    with torch.no_grad():
+        policy.mu.weight.zero_()
+        policy.mu.bias.zero_()
+        policy.log_std.fill_(-10.0)  # (almost) standing still
+    sampler.set_weights(1, maml.get_weights(policy))
+    results = sampler.collect([near, far], 1)
+    pre_near, pre_far = results[0]["inner_0/mask"], results[1]["inner_0/mask"]
+    assert pre_near[:, 0].all() and not pre_near[:, 1:].any()
+    assert pre_far.all()
+    assert (results[0]["inner_0/rewards"][:, 1:] == 0).all() and (results[0]["inner_0/obs"][:, 1:] == 0).all()
+    with torch.no_grad():
+        policy.log_std.fill_(0.0)
+    sampler.set_weights(2, maml.get_weights(policy))
+    results = sampler.collect([near, far, near], 2)
+    for outer in ("trpo", "ppo-clip", "reptile"):
+        cfg = config.model_copy(update={"outer": outer})
+        stats = maml.MAMLLearner(maml.make_policy(sampler.env.single_observation_space, sampler.env.single_action_space, cfg), cfg, torch.device("cpu"), 0).update(results)
+        assert all(np.isfinite(v) for v in stats.values()), (outer, stats)
+
+
+def test_collect_is_reproducible_from_the_seed():
+    outs = []
+    for _ in range(2):
+        sampler, _, _ = make_sampler(seed=5)
+        outs.append(sampler.collect(FAMILY.sample(2, np.random.default_rng(0)), 0))
+    for a, b in zip(*outs, strict=True):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_evaluate_reports_pre_and_post_returns_per_task():
+    _, policy, config = make_sampler()
+    tasks = FAMILY.sample(3, np.random.default_rng(4), "test")
+    out = maml.evaluate(policy, FAMILY, tasks, config.model_copy(update={"meta_batch_size": 2}), seed=0)
+    assert [r["task_id"] for r in out] == [t.task_id for t in tasks]
+    assert all(set(r) == {"task_id", "return_pre", "return_post"} and r["return_pre"] < 0 for r in out)
+
+
+def test_short_point_nav_run_learns_to_adapt():
+    """5 meta-iterations of MAML-TRPO, 10 tasks × 10 episodes, serial: the loop the runtime runs.
+
+    After training, the adapted policy on held-out tasks must beat the untrained policy's
+    pre-update return by a wide margin, and adaptation itself must help (post > pre).
+    """
+    config = maml.MAMLConfig(episodes_per_task=10, meta_batch_size=10)
+    sampler = maml.MAMLSampler(FAMILY, config, 10, seed=0)
+    torch.manual_seed(0)
+    policy = maml.make_policy(sampler.env.single_observation_space, sampler.env.single_action_space, config)
+    learner = maml.MAMLLearner(policy, config, torch.device("cpu"), seed=0)
+    rng = np.random.default_rng(0)
+    test_tasks = FAMILY.sample(10, np.random.default_rng(1000), "test")
+    before = maml.evaluate(learner.policy, FAMILY, test_tasks, config, seed=0)
+    history = []
+    for version in range(5):
+        sampler.set_weights(version, maml.get_weights(learner.policy))
+        stats = learner.update(sampler.collect(FAMILY.sample(10, rng), version))
+        assert stats["step_accepted"] == 1.0 and stats["kl"] <= config.max_kl
+        history.append(stats)
+    after = maml.evaluate(learner.policy, FAMILY, test_tasks, config, seed=0)
+    mean = lambda rows, key: float(np.mean([r[key] for r in rows]))  # noqa: E731
+    assert mean(after, "return_post") > mean(before, "return_pre") + 10
+    assert mean(after, "return_post") > mean(after, "return_pre") + 2
+    assert np.mean([h["return_post"] - h["return_pre"] for h in history[-3:]]) > 0
