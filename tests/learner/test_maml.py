@@ -246,6 +246,8 @@ def test_closed_form_meta_gradient_and_kl_hessian_equal_autograd(steps, first_or
     params = leaf_params(policy)
     with torch.no_grad():
         curvature = maml.KLCurvature(policy, params, inner, post, cfg)
+        per_task = maml.KLCurvature(policy, params, inner, post, cfg, tasks_per_group=2)  # 2 + 1 tasks
+    assert len(curvature.groups) == 1 and len(per_task.groups) == 2
     old_mean, old_log_std, post = old_post_policy(policy, params, inner, post, cfg)
     torch.testing.assert_close(curvature.old_mean, old_mean)
     torch.testing.assert_close(curvature.old_log_std, old_log_std)
@@ -262,8 +264,13 @@ def test_closed_form_meta_gradient_and_kl_hessian_equal_autograd(steps, first_or
     for seed in range(3):
         v = torch.randn(grad_kl.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         want = maml.flat(torch.autograd.grad(grad_kl @ v, values, retain_graph=True))
-        got = curvature(v, params)
-        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-7)
+        for closed_form in (curvature, per_task):
+            torch.testing.assert_close(closed_form(v, params), want, atol=1e-10, rtol=1e-7)
+    torch.testing.assert_close(per_task.meta_gradient(params), grad, atol=1e-12, rtol=1e-9)
+    torch.testing.assert_close(per_task.old_mean, old_mean)
+    torch.testing.assert_close(per_task.old_log_std, old_log_std)
+    for k in params:
+        torch.testing.assert_close(per_task.adapted[k], adapted[k])
 
 
 # ------------------------------------------------------------------------------------------------
