@@ -119,3 +119,16 @@ def test_tasks_lists_the_builtin_families(capsys):
     out = capsys.readouterr().out
     for name in ("bandit", "tabular-mdp", "point-nav"):
         assert name in out
+
+
+def test_maml_serial_run_and_eval_report_pre_and_post(tmp_path, capsys):
+    run = tmp_path / "maml"
+    cfg = Path(__file__).resolve().parents[2] / "configs" / "maml-trpo-point-nav.yaml"
+    assert main(["train", str(cfg), "--serial", "--run-dir", str(run), "--iterations", "2",
+                 "--set", "maml.meta_batch_size=4", "--set", "maml.episodes_per_task=4"]) == 0
+    rows = read_progress(run)
+    assert {"return_pre", "return_post"} <= set(rows[-1]) and rows[-1]["iteration"] == 2
+    assert main(["eval", str(run), "--json", "--num-tasks", "3"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["mean_return"] == result["return_post"]
+    assert [set(t) >= {"task_id", "return_pre", "return_post"} for t in result["tasks"]] == [True] * 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from metaray.cluster.config import ConfigError, load_config
 from metaray.cluster.runtime import RayRuntime
 from metaray.cluster.trainer import Trainer
 from metaray.learner.learner import Learner
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -73,3 +76,19 @@ def test_cuda_learner_without_a_gpu_is_a_clear_error(tiny_config, tmp_path):
     config = load_config(tiny_config, ["learner.device=cuda"])
     with pytest.raises(ConfigError, match="learner.device: 'cuda' asked for, but the cluster has no GPU"):
         Trainer(config, tmp_path, RayRuntime(address=None))
+
+
+def test_maml_meta_iterations_on_two_ray_workers(tmp_path):
+    config = load_config(ROOT / "configs" / "maml-trpo-point-nav.yaml",
+                         ["iterations=2", "maml.meta_batch_size=4", "maml.episodes_per_task=4", "checkpoint.every=1"])
+    trainer = Trainer(config, tmp_path, RayRuntime(address=None))
+    last = trainer.run()
+    rows = read_progress(tmp_path)
+    assert [r["iteration"] for r in rows] == [1, 2]
+    for row in rows:
+        assert {"return_pre", "return_post", "sampling_s", "learner_step_s"} <= set(row)
+        assert row["return_pre"] < 0 and row["return_post"] < 0 and row["policy_lag_max"] == 0  # sync: never stale
+    # 4 tasks x 4 episodes x (pre + post) x 100 steps at most, per iteration
+    assert 0 < last["env_steps_total"] <= 2 * 4 * 4 * 2 * 100
+    state = json.loads((tmp_path / "checkpoints" / "iter-000002" / "state.json").read_text())
+    assert "scheduler" in state and state["policy_version"] == 2
