@@ -340,7 +340,12 @@ class MAMLSampler:
             raise ValueError(f"collect asked for policy version {version}, this sampler holds {self.version}")
         cfg = self.config
         n, per = len(tasks), cfg.episodes_per_task
-        self.env = make_vector_env(self.family, tasks, per, seed=int(self.rng.integers(2**31)))
+        if self.env.num_envs == n * per:  # reuse the envs (MuJoCo ones are costly to build)
+            for slot in range(n * per):
+                self.env.set_task(slot, tasks[slot // per])
+        else:
+            self.env.close()
+            self.env = make_vector_env(self.family, tasks, per, seed=int(self.rng.integers(2**31)))
         params: Params = dict(self.policy.named_parameters())
         stages: dict[str, dict[str, np.ndarray]] = {}
         env_steps = 0

@@ -162,3 +162,18 @@ def test_short_point_nav_run_learns_to_adapt():
     assert mean(after, "return_post") > mean(before, "return_pre") + 10
     assert mean(after, "return_post") > mean(after, "return_pre") + 2
     assert np.mean([h["return_post"] - h["return_pre"] for h in history[-3:]]) > 0
+
+
+def test_collect_reuses_its_envs_and_switches_every_slot_to_the_new_tasks():
+    sampler, _, _ = make_sampler()
+    rng = np.random.default_rng(5)
+    first, second = FAMILY.sample(3, rng), FAMILY.sample(3, rng)
+    sampler.collect(first, sampler.version)
+    env = sampler.env
+    results = sampler.collect(second, sampler.version)
+    assert sampler.env is env  # same slot count: no rebuild
+    per = sampler.config.episodes_per_task
+    assert [t.task_id for t in env.tasks] == [t.task_id for t in second for _ in range(per)]
+    assert [int(r["task_id"]) for r in results] == [t.task_id for t in second]
+    sampler.collect(second[:2], sampler.version)
+    assert sampler.env is not env and sampler.env.num_envs == 2 * per
