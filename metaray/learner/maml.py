@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import nn
 from torch.func import functional_call
 
+from metaray.learner.optim_state import load_optimizer_tensors, optimizer_tensors
 from metaray.tasks import Task, TaskFamily, make_vector_env
 
 Params = dict[str, torch.Tensor]  # parameter name -> tensor; "stacked" = a leading task axis
@@ -844,24 +845,12 @@ class MAMLLearner:
         return {"meta_loss": 0.0, "kl": 0.0, "grad_norm": flat(delta.values()).norm().item()}
 
     def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Adam state (ppo-clip) as flat tensors plus JSON-able param groups; empty otherwise."""
-        if self.optimizer is None:
-            return {}, {}
-        state = self.optimizer.state_dict()
-        tensors: dict[str, torch.Tensor] = {}
-        for idx, pstate in state["state"].items():
-            for name, value in pstate.items():
-                tensors[f"{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-        return tensors, {"param_groups": state["param_groups"]}
+        """Adam state for ppo-clip; trpo and reptile keep no optimizer state."""
+        return ({}, {}) if self.optimizer is None else optimizer_tensors(self.optimizer)
 
     def load_optimizer_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        if self.optimizer is None:
-            return
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            idx, name = key.split(".", 1)
-            state.setdefault(int(idx), {})[name] = value.to(self.device) if name != "step" else value
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        if self.optimizer is not None:
+            load_optimizer_tensors(self.optimizer, tensors, meta, self.device)
 
 
 def evaluate(

@@ -26,6 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from metaray.learner.optim_state import load_optimizer_tensors, optimizer_tensors
 from metaray.tasks import Task, TaskFamily, make_vector_env
 
 TrialBatch = dict[str, Any]  # str -> np.ndarray (+ "policy_version": int); see RL2Sampler.sample
@@ -443,20 +444,10 @@ class RL2Learner:
         return out
 
     def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Adam state as flat tensors (for safetensors) plus its JSON-able param groups."""
-        state = self.optimizer.state_dict()
-        tensors: dict[str, torch.Tensor] = {}
-        for idx, pstate in state["state"].items():
-            for name, value in pstate.items():
-                tensors[f"{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-        return tensors, {"param_groups": state["param_groups"]}
+        return optimizer_tensors(self.optimizer)
 
     def load_optimizer_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            idx, name = key.split(".", 1)
-            state.setdefault(int(idx), {})[name] = value.to(self.device) if name != "step" else value
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        load_optimizer_tensors(self.optimizer, tensors, meta, self.device)
 
 
 def evaluate(

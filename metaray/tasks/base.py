@@ -57,6 +57,30 @@ def draw_task_ids(n: int, rng: np.random.Generator) -> list[int]:
     return ids
 
 
+class SeededFamily:
+    """Task sampling shared by the built-in families: a task's parameters are a pure function of
+    (family, split, task_id), drawn by the subclass's `draw_params(rng)`."""
+
+    name: str
+
+    def draw_params(self, rng: np.random.Generator) -> tuple[float, ...]:
+        raise NotImplementedError
+
+    def env_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def task(self, split: str, task_id: int) -> Task:
+        """The task with this id in this split (always the same parameters)."""
+        params = self.draw_params(split_rng(self.name, split, task_id))
+        return Task(self.name, split, int(task_id), tuple(float(p) for p in params))
+
+    def sample(self, n: int, rng: np.random.Generator, split: str = "train") -> list[Task]:
+        """n distinct tasks of `split`; train and test tasks come from disjoint seed streams."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"{type(self).__name__}.sample: n must be an integer >= 0, got {n!r}")
+        return [self.task(split, task_id) for task_id in draw_task_ids(n, rng)]
+
+
 class TaskVectorEnv(gym.vector.VectorEnv):
     """A vector env whose slots each hold their own task.
 

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from metaray.tasks.base import Task, draw_task_ids, split_rng
+from metaray.tasks.base import SeededFamily, Task
 from metaray.tasks.native import check_float, check_int, check_task
 
 HALFCHEETAH_ID = "HalfCheetah-v5"
@@ -144,7 +144,7 @@ class AntGoalEnv(MujocoTaskWrapper):
         return task_term + _ant_costs(info), task_term
 
 
-class _MujocoFamily:
+class _MujocoFamily(SeededFamily):
     """Task sampling and env construction shared by the MuJoCo families.
 
     Subclasses (frozen dataclasses with a `horizon` field) set `name`, `env_id`, `wrapper` and
@@ -159,22 +159,6 @@ class _MujocoFamily:
     @property
     def max_episode_steps(self) -> int:
         return self.horizon
-
-    def draw_params(self, rng: np.random.Generator) -> tuple[float, ...]:
-        raise NotImplementedError
-
-    def env_kwargs(self) -> dict[str, Any]:
-        return {}
-
-    def task(self, split: str, task_id: int) -> Task:
-        """The task with this id in this split (always the same parameters)."""
-        params = self.draw_params(split_rng(self.name, split, task_id))
-        return Task(self.name, split, int(task_id), tuple(float(p) for p in params))
-
-    def sample(self, n: int, rng: np.random.Generator, split: str = "train") -> list[Task]:
-        """n distinct tasks of `split`; train and test tasks come from disjoint seed streams."""
-        check_int(type(self).__name__ + ".sample", "n", n, minimum=0)
-        return [self.task(split, task_id) for task_id in draw_task_ids(n, rng)]
 
     def make_env(self, task: Task | None = None) -> MujocoTaskWrapper:
         """A single env; without a task it runs train task 0 until `set_task`."""

@@ -17,7 +17,7 @@ import numpy as np
 from gymnasium.utils import seeding
 from gymnasium.vector.utils import batch_space
 
-from metaray.tasks.base import Task, TaskVectorEnv, draw_task_ids, split_rng
+from metaray.tasks.base import SeededFamily, Task, TaskVectorEnv
 
 
 def check_task(task: Task, family: str, num_params: int) -> None:
@@ -227,7 +227,7 @@ class BatchedTaskEnv(TaskVectorEnv):
         raise NotImplementedError
 
 
-class NativeFamily:
+class NativeFamily(SeededFamily):
     """Shared plumbing of the numpy families: task sampling and env construction.
 
     Subclasses set `name`, `env_class`, `vector_env_class` and define `max_episode_steps`,
@@ -241,21 +241,6 @@ class NativeFamily:
     @property
     def max_episode_steps(self) -> int:
         raise NotImplementedError
-
-    def draw_params(self, rng: np.random.Generator) -> tuple[float, ...]:
-        raise NotImplementedError
-
-    def env_kwargs(self) -> dict[str, Any]:
-        return {}
-
-    def task(self, split: str, task_id: int) -> Task:
-        """The task with this id in this split (always the same parameters)."""
-        params = self.draw_params(split_rng(self.name, split, task_id))
-        return Task(self.name, split, int(task_id), tuple(float(p) for p in params))
-
-    def sample(self, n: int, rng: np.random.Generator, split: str = "train") -> list[Task]:
-        check_int(type(self).__name__ + ".sample", "n", n, minimum=0)
-        return [self.task(split, task_id) for task_id in draw_task_ids(n, rng)]
 
     def make_env(self, task: Task | None = None) -> TaskEnv:
         """A single env; without a task it runs train task 0 until `set_task`."""
