@@ -13,7 +13,10 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from metaray.cluster.config import RunConfig
 
 # Rollout workers and the learner run torch with one thread unless told otherwise; set before
 # torch is imported anywhere in this process (and inherited by Ray's local workers).
@@ -132,7 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local_cpus(config) -> int:  # noqa: ANN001
+def _local_cpus(config: RunConfig) -> int:
     """A local Ray instance gets enough logical CPUs for every actor of the run."""
     need = config.workers.num_workers + int(config.learner.num_cpus + 0.999)
     return max(os.cpu_count() or 1, need)
