@@ -3,6 +3,8 @@
 Compares, on real data (20 tasks x 20 episodes x horizon 100, 64x64 tanh, second order):
 - the whole update with closed-form curvature (default, `closed_form: true`);
 - the whole update differentiating through the vmapped torch.func inner step (`closed_form: false`);
+- the whole update as a per-task Python loop with plain autograd (pytorch-maml-rl's structure:
+  surrogate, KL and every Hessian-vector product loop over tasks), same CG and line search;
 - the meta-gradient alone: vmapped over tasks vs a per-task Python loop (pytorch-maml-rl's
   structure), and the largest difference between the two gradients.
 Writes benchmarks/results/maml_learner_speed.json.
@@ -15,6 +17,7 @@ import json
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +41,7 @@ def timed(fn, repeats: int = 3) -> tuple[float, object]:
 
 
 def loop_meta_gradient(policy, params, inner, post, config):
-    """Per-task loop with plain autograd: the baseline."""
+    """Per-task loop with plain autograd: the meta-gradient baseline."""
     n, total = post.obs.shape[0], 0.0
     for i in range(n):
         p = dict(params)
@@ -50,6 +53,36 @@ def loop_meta_gradient(policy, params, inner, post, config):
         ratio = (maml.gaussian_log_prob(mean, log_std, post.actions[i]) - post.logp[i]).exp()
         total = total - maml.episode_mean(ratio * post.advantages[i], post.mask[i])
     return torch.autograd.grad(total / n, list(params.values()))
+
+
+def loop_objective(policy, inner, post, old_mean, old_log_std, config, params):
+    """(surrogate, KL) of θ as a per-task Python loop with plain autograd, pytorch-maml-rl's
+    structure: the whole-update baseline when handed to the same `trpo_step`."""
+    n, loss, kl = post.obs.shape[0], 0.0, 0.0
+    outer_graph = torch.is_grad_enabled()  # off during the line search
+    for i in range(n):
+        p = dict(params) if outer_graph else {k: v.detach().requires_grad_() for k, v in params.items()}
+        for stage in inner:
+            with torch.enable_grad():
+                inner_l = maml.inner_loss(policy, p, stage.obs[i], stage.actions[i], stage.advantages[i], stage.mask[i])
+                grads = torch.autograd.grad(inner_l, list(p.values()), create_graph=outer_graph)
+            p = {k: v - config.inner_lr * g for (k, v), g in zip(p.items(), grads, strict=True)}
+        mean, log_std = maml.policy_forward(policy, p, post.obs[i])
+        ratio = (maml.gaussian_log_prob(mean, log_std, post.actions[i]) - post.logp[i]).exp()
+        loss = loss - maml.episode_mean(ratio * post.advantages[i], post.mask[i])
+        kl = kl + maml.episode_mean(maml.gaussian_kl(old_mean[i], old_log_std[i], mean, log_std), post.mask[i])
+    return loss / n, kl / n
+
+
+def loop_update(policy, results, config) -> dict[str, float]:
+    """The whole MAML-TRPO learner step (same data, same CG/line search) on the loop objective."""
+    learner = maml.MAMLLearner(copy.deepcopy(policy), config, torch.device("cpu"), 0)
+    inner, post = learner.stages(results)
+    params = dict(learner.policy.named_parameters())
+    old_mean, old_log_std, old_logp = learner._old_post_policy(params, inner, post)
+    post = post._replace(logp=old_logp)
+    objective = partial(loop_objective, learner.policy, inner, post, old_mean, old_log_std, config)
+    return maml.trpo_step(objective, params, config, None)[1]
 
 
 def main() -> None:
@@ -65,8 +98,9 @@ def main() -> None:
         cfg = config.model_copy(update={"closed_form": closed_form})
         return lambda: maml.MAMLLearner(copy.deepcopy(policy), cfg, torch.device("cpu"), 0).update(results)
 
-    closed_s, _ = timed(update(True))
+    closed_s, closed_stats = timed(update(True))
     autograd_s, _ = timed(update(False))
+    loop_s, loop_stats = timed(lambda: loop_update(policy, results, config))
 
     learner = maml.MAMLLearner(copy.deepcopy(policy), config, torch.device("cpu"), 0)
     inner, post = learner.stages(results)
@@ -79,14 +113,16 @@ def main() -> None:
         return torch.autograd.grad(loss, list(params.values()))
 
     vmap_s, g_vmap = timed(vmapped)
-    loop_s, g_loop = timed(lambda: loop_meta_gradient(learner.policy, params, inner, post, config))
+    grad_loop_s, g_loop = timed(lambda: loop_meta_gradient(learner.policy, params, inner, post, config))
     diff = max(float((a - b).abs().max()) for a, b in zip(g_vmap, g_loop, strict=True))
     scale = max(float(a.abs().max()) for a in g_loop)
     row = {
         "update_closed_form_s": round(closed_s, 3), "update_vmapped_autograd_s": round(autograd_s, 3),
         "update_speedup": round(autograd_s / closed_s, 2),
-        "meta_gradient_vmapped_s": round(vmap_s, 3), "meta_gradient_loop_s": round(loop_s, 3),
-        "meta_gradient_loop_over_vmapped": round(loop_s / vmap_s, 2),
+        "update_loop_s": round(loop_s, 3), "update_loop_over_closed_form": round(loop_s / closed_s, 2),
+        "update_meta_loss_closed_form": closed_stats["meta_loss"], "update_meta_loss_loop": loop_stats["meta_loss"],
+        "meta_gradient_vmapped_s": round(vmap_s, 3), "meta_gradient_loop_s": round(grad_loop_s, 3),
+        "meta_gradient_loop_over_vmapped": round(grad_loop_s / vmap_s, 2),
         "meta_gradient_max_abs_diff": diff, "meta_gradient_max_abs": scale,
         "tasks": config.meta_batch_size, "episodes_per_task": config.episodes_per_task, "horizon": 100,
         "torch_threads": 1, "date": time.strftime("%Y-%m-%d"), "machine": machine(),

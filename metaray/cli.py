@@ -1,4 +1,4 @@
-"""The `metaray` command: train, eval, tasks.
+"""The `metaray` command: train, eval, plot, status, tasks.
 
 User mistakes (bad config, unknown family, unreachable Ray, a directory that is not a run) end
 with one line on stderr and exit code 2, never a traceback.
@@ -38,6 +38,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="metaray", description="Distributed meta-reinforcement learning on Ray.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -52,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--serial", action="store_true", help="run everything in this process, without Ray")
     train.add_argument("--iterations", type=_positive_int, help="total iterations of the run (also across --resume)")
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its newest checkpoint")
+    train.add_argument("--metrics-port", type=_port, help="serve Prometheus metrics on this port (metrics.port; 0 = any free port)")
 
     ev = sub.add_parser("eval", help="evaluate a run on held-out tasks")
     ev.add_argument("run_dir", type=Path)
@@ -59,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-tasks", type=_positive_int)
     ev.add_argument("--seed", type=int)
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    plot = sub.add_parser("plot", help="plot a run's learning curves to a PNG")
+    plot.add_argument("run_dir", type=Path)
+    plot.add_argument("-o", "--output", type=Path, help="PNG file (default: RUN_DIR/curves.png)")
+
+    status = sub.add_parser("status", help="latest progress of a running or finished run")
+    status.add_argument("run_dir", type=Path)
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
 
     sub.add_parser("tasks", help="list task families")
     return parser
@@ -85,6 +104,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"workers.num_workers={args.workers}")
     if args.iterations is not None:
         overrides.append(f"iterations={args.iterations}")
+    if args.metrics_port is not None:
+        overrides.append(f"metrics.port={args.metrics_port}")
     config = load_config(args.config, overrides)
     make_family(config.task.family, config.task.kwargs)  # unknown family / bad kwargs: fail now
 
@@ -114,6 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         display = ProgressDisplay(config.iterations, 0)
         trainer = Trainer(config, run_dir, runtime, resume=args.resume, display=display)
         if trainer.counters["iteration"] >= config.iterations:
+            trainer.close()
             print(f"{run_dir}: already at iteration {trainer.counters['iteration']} of {config.iterations}")
             return 0
         where = "serial, no Ray" if args.serial else (
@@ -121,6 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         display.message(
             f"metaray: {config.algo} on {config.task.family}, {config.workers.num_workers} workers "
             f"({where}), learner on {trainer.device}, run dir {run_dir}"
+            + (f", metrics at {trainer.metrics_url}" if trainer.metrics_url else "")
         )
         last = trainer.run()
     except BaseException:
@@ -163,6 +186,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from metaray.cluster.report import plot_run
+
+    if args.output is not None and args.output.suffix.lower() != ".png":
+        from metaray.cluster.config import ConfigError
+
+        raise ConfigError(f"--output must be a .png file, got {args.output}")
+    print(f"wrote {plot_run(args.run_dir, args.output)}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from metaray.cluster.report import print_status, run_status
+
+    status = run_status(args.run_dir)
+    if args.json:
+        print(json.dumps(status))
+    else:
+        print_status(status)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from metaray.cluster.checkpoint import CheckpointError
@@ -171,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     from metaray.cluster.trainer import TrainingError
     from metaray.tasks import TaskFamilyError
 
-    handlers = {"train": cmd_train, "eval": cmd_eval, "tasks": cmd_tasks}
+    handlers = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "status": cmd_status, "tasks": cmd_tasks}
     try:
         return handlers[args.command](args)
     except (ConfigError, TaskFamilyError, RuntimeStartError, CheckpointError, TrainingError) as err:

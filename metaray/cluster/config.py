@@ -54,7 +54,9 @@ class EvalConfig(BaseModel):
 
 class MetricsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    port: int | None = Field(None, ge=0, le=65535, description="Prometheus port on the driver; null = off.")
+    port: int | None = Field(None, ge=0, le=65535, description="Prometheus port on the driver (0 = any free port); null = off.")
+    host: str = Field("0.0.0.0", min_length=1, description="Interface the Prometheus endpoint binds to.")
+    tensorboard: bool = Field(True, description="Write TensorBoard scalars to RUN_DIR/tensorboard.")
 
 
 class RunConfig(BaseModel):

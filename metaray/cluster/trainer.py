@@ -9,6 +9,8 @@ dropped and counted.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,10 @@ from metaray.cluster.checkpoint import (
     load_checkpoint,
     save_checkpoint,
     truncate_progress,
+    write_text_atomic,
 )
 from metaray.cluster.config import ConfigError, RunConfig
+from metaray.cluster.metrics import RunMetrics, TensorBoardScalars
 from metaray.cluster.progress import ProgressDisplay
 from metaray.cluster.runtime import RayRuntime, SerialRuntime
 from metaray.cluster.scheduler import TaskScheduler
@@ -83,23 +87,55 @@ class Trainer:
         ]
         self.display = display or ProgressDisplay(config.iterations, self.counters["iteration"], live=False)
         self.device = runtime.get(self.learner.device_name.remote())
+        self.metrics: RunMetrics | None = None
+        self.metrics_url: str | None = None
+        self.reporters: list[Any] = []
+        if config.metrics.port is not None:
+            self.metrics = RunMetrics(config.algo, config.task.family, self.run_dir.name)
+            try:
+                self.metrics_url = self.metrics.serve(config.metrics.port, config.metrics.host)
+            except OSError as err:
+                raise ConfigError(f"metrics.port: cannot serve on {config.metrics.host}:{config.metrics.port} "
+                                  f"({err.strerror or err})") from None
+            self.reporters.append(self.metrics)
+        if config.metrics.tensorboard:
+            self.reporters.append(TensorBoardScalars(self.run_dir / "tensorboard"))
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
         self._start = time.perf_counter() - self.counters["wall_time_s"]
         self._last_t, self._last_steps = time.perf_counter(), self.counters["env_steps_total"]
         self._last_record: dict[str, Any] = {}
+        self._write_driver_info("running")
+        state = "failed"
         try:
             if self.algorithm.mode == "async":
                 self._run_async()
             else:
                 self._run_sync()
+            state = "finished"
         except KeyboardInterrupt:
+            state = "interrupted"
             self.checkpoint()
             raise
         finally:
             self.display.close()
+            self.close()
+            self._write_driver_info(state)
         return self._last_record
+
+    def close(self) -> None:
+        """Stop the metrics endpoint and flush TensorBoard (idempotent)."""
+        for reporter in self.reporters:
+            reporter.close()
+        self.reporters = []
+
+    def _write_driver_info(self, state: str) -> None:
+        """`driver.json`: who runs this run and where its metrics are (read by `metaray status`)."""
+        info = {"state": state, "pid": os.getpid(), "host": socket.gethostname(), "metrics_url": self.metrics_url,
+                "runtime": self.runtime.name, "ray_address": getattr(self.runtime, "address", None),
+                "target_iterations": self.config.iterations, "updated": time.time()}
+        write_text_atomic(self.run_dir / "driver.json", json.dumps(info, indent=1) + "\n")
 
     def _run_async(self) -> None:
         """Stream mode (RL²): every worker always has one sampling call in flight."""
@@ -180,6 +216,8 @@ class Trainer:
         }
         self._last_t, self._last_steps = now, self.counters["env_steps_total"]
         self._append_progress(record)
+        for reporter in self.reporters:
+            reporter.observe(record)
         self.display.update(record)
         self._last_record = record
         if self.counters["iteration"] % self.config.checkpoint.every == 0 or self.counters["iteration"] >= self.config.iterations:

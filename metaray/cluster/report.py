@@ -1,0 +1,152 @@
+"""Looking at a run from its directory: `metaray plot` (learning curves as PNG) and `metaray status`
+(a compact table of the latest progress). Both read only files, so they work on a running run,
+a finished one, and one copied off a cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from metaray.cluster.checkpoint import CheckpointError, latest_checkpoint, read_progress
+
+RETURN_LABELS = {"trial_return": "RL² trial return", "return_pre": "pre-adaptation",
+                 "return_post": "post-adaptation"}
+
+
+def _rows(run_dir: Path) -> list[dict[str, Any]]:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"{run_dir} is not a metaray run directory (no config.yaml)")
+    rows = read_progress(run_dir)
+    if not rows:
+        raise CheckpointError(f"{run_dir} has no progress yet (progress.jsonl is empty or missing)")
+    return rows
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def plot_run(run_dir: Path, out: Path | None = None, title: str | None = None) -> Path:
+    """Returns vs env steps (pre and post adaptation for MAML), throughput, and seconds per
+    iteration split into sampling and learner; held-out results from eval.json as markers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    rows = _rows(run_dir)
+    out = Path(out) if out is not None else run_dir / "curves.png"
+    steps = [r["env_steps_total"] / 1e6 for r in rows]
+    iters = [r["iteration"] for r in rows]
+    fig, (ax_ret, ax_rate, ax_time) = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+
+    for key, label in RETURN_LABELS.items():
+        if any(key in r for r in rows):
+            xs = [s for s, r in zip(steps, rows, strict=True) if key in r]
+            ax_ret.plot(xs, [r[key] for r in rows if key in r], label=label, lw=1.4)
+    evaluation = _read_json(run_dir / "eval.json")
+    if evaluation is not None:
+        held_out = {"return_pre": "held-out pre", "mean_return": "held-out"}
+        for key, label in held_out.items():
+            if key in evaluation:
+                ax_ret.scatter([steps[-1]], [evaluation[key]], marker="*", s=120, zorder=3,
+                               label=f"{label} ({evaluation.get('num_tasks', '?')} {evaluation.get('split', '')} tasks)")
+    ax_ret.set(xlabel="env steps (millions)", ylabel="mean return", title="returns")
+    ax_ret.legend(fontsize=8)
+    ax_ret.grid(alpha=0.3)
+
+    ax_rate.plot(iters, [r.get("env_steps_per_s", 0.0) for r in rows], color="tab:green", lw=1.2)
+    ax_rate.set(xlabel="iteration", ylabel="env steps / s", title="throughput")
+    ax_rate.grid(alpha=0.3)
+
+    walls = [r["wall_time_s"] for r in rows]
+    per_iter = [b - a for a, b in zip([0.0, *walls[:-1]], walls, strict=True)]
+    ax_time.plot(iters, per_iter, label="whole iteration", color="black", lw=1.2)
+    for key, label in (("sampling_s", "sampling"), ("learner_step_s", "learner step")):
+        if any(key in r for r in rows):
+            ax_time.plot([r["iteration"] for r in rows if key in r], [r[key] for r in rows if key in r], label=label, lw=1.0)
+    ax_time.set(xlabel="iteration", ylabel="seconds", title="time per iteration")
+    ax_time.legend(fontsize=8)
+    ax_time.grid(alpha=0.3)
+
+    config = (run_dir / "config.yaml").read_text()
+    algo = next((line.split(":", 1)[1].strip() for line in config.splitlines() if line.startswith("algo:")), "?")
+    fig.suptitle(title or f"{run_dir.name} ({algo}, {len(rows)} iterations, {rows[-1]['env_steps_total']:,} env steps)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def run_status(run_dir: Path) -> dict[str, Any]:
+    """The latest progress row plus whether the run is still going (from driver.json)."""
+    run_dir = Path(run_dir)
+    rows = _rows(run_dir)
+    last = rows[-1]
+    driver = _read_json(run_dir / "driver.json") or {}
+    state = driver.get("state", "unknown")
+    if state == "running" and driver.get("host") == socket.gethostname() and not _pid_alive(driver.get("pid")):
+        state = "stopped (driver gone)"
+    checkpoint = latest_checkpoint(run_dir)
+    recent = rows[-10:]
+    span = recent[-1]["wall_time_s"] - (rows[-11]["wall_time_s"] if len(rows) > 10 else 0.0)
+    steps = recent[-1]["env_steps_total"] - (rows[-11]["env_steps_total"] if len(rows) > 10 else 0)
+    status = {
+        "run_dir": str(run_dir), "state": state, "iteration": last["iteration"],
+        "target_iterations": driver.get("target_iterations"), "wall_time_s": last["wall_time_s"],
+        "env_steps_total": last["env_steps_total"], "env_steps_per_s": steps / span if span > 0 else None,
+        "workers_alive": last.get("workers_alive"), "worker_restarts_total": last.get("worker_restarts_total", 0),
+        "policy_version": last.get("policy_version"), "checkpoint": checkpoint.name if checkpoint else None,
+        "metrics_url": driver.get("metrics_url"), "last_update_age_s": time.time() - (run_dir / "progress.jsonl").stat().st_mtime,
+    }
+    status.update({k: last[k] for k in RETURN_LABELS if k in last})
+    return status
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def print_status(status: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=status["run_dir"], show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    target = f" of {status['target_iterations']}" if status["target_iterations"] else ""
+    rate = status["env_steps_per_s"]
+    rows = [
+        ("state", status["state"]),
+        ("iteration", f"{status['iteration']}{target}"),
+        ("wall time", f"{status['wall_time_s']:.0f} s (last row {status['last_update_age_s']:.0f} s ago)"),
+        ("env steps", f"{status['env_steps_total']:,}"),
+        ("throughput", f"{rate:,.0f} env steps/s (last 10 iterations)" if rate else "-"),
+        ("workers alive", str(status["workers_alive"])),
+        ("worker restarts", str(status["worker_restarts_total"])),
+        ("policy version", str(status["policy_version"])),
+    ]
+    rows += [(RETURN_LABELS[k], f"{status[k]:.3f}") for k in RETURN_LABELS if k in status]
+    rows += [("checkpoint", status["checkpoint"] or "-"), ("metrics", status["metrics_url"] or "off")]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console().print(table)
