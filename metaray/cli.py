@@ -10,7 +10,9 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -75,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir", type=Path)
     plot.add_argument("-o", "--output", type=Path, help="PNG file (default: RUN_DIR/curves.png)")
 
+    scale = sub.add_parser("scale", help="resize the rollout-worker pool of a running job")
+    scale.add_argument("run_dir", type=Path)
+    scale.add_argument("--workers", type=_positive_int, required=True, help="rollout workers wanted")
+
     status = sub.add_parser("status", help="latest progress of a running or finished run")
     status.add_argument("run_dir", type=Path)
     status.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -128,6 +134,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
 
     runtime = make_runtime(args.serial, args.address, num_cpus=_local_cpus(config) if args.address is None else None)
+    if threading.current_thread() is threading.main_thread():  # `ray job stop`, kill: stop like Ctrl-C
+        signal.signal(signal.SIGTERM, _interrupt)  # after ray.init, which installs its own
     created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -158,9 +166,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _local_cpus(config: RunConfig) -> int:
     """A local Ray instance gets enough logical CPUs for every actor of the run."""
-    need = config.workers.num_workers + int(config.learner.num_cpus + 0.999)
+    need = max(config.workers.num_workers, config.workers.max_workers or 0) + int(config.learner.num_cpus + 0.999)
     return max(os.cpu_count() or 1, need)
 
 
@@ -197,6 +209,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scale(args: argparse.Namespace) -> int:
+    from metaray.cluster.control import scale_run
+
+    out = scale_run(args.run_dir, args.workers)
+    print(f"{args.run_dir}: rollout workers {out['workers_before']} -> {out['workers_target']} "
+          "(new workers join at the next iteration; removed ones finish their current work first)")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from metaray.cluster.report import print_status, run_status
 
@@ -212,14 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from metaray.cluster.checkpoint import CheckpointError
     from metaray.cluster.config import ConfigError
+    from metaray.cluster.control import ScaleError
     from metaray.cluster.runtime import RuntimeStartError
     from metaray.cluster.trainer import TrainingError
     from metaray.tasks import TaskFamilyError
 
-    handlers = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "status": cmd_status, "tasks": cmd_tasks}
+    handlers = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "scale": cmd_scale, "status": cmd_status, "tasks": cmd_tasks}
     try:
         return handlers[args.command](args)
-    except (ConfigError, TaskFamilyError, RuntimeStartError, CheckpointError, TrainingError) as err:
+    except (ConfigError, TaskFamilyError, RuntimeStartError, CheckpointError, TrainingError, ScaleError) as err:
         print(f"metaray {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

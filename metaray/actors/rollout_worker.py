@@ -16,23 +16,43 @@ import torch
 
 from metaray.learner import get_algorithm
 from metaray.learner.variables import VariableClient
-from metaray.tasks import Task, make_family
+from metaray.tasks import Task, generic, make_family
 
 
 class RolloutWorker:
     def __init__(
         self, index: int, algo: str, algo_config: dict[str, Any], family: str,
         family_kwargs: dict[str, Any], seed: int, variables: VariableClient, torch_threads: int = 1,
+        env_guard: dict[str, Any] | None = None,
     ):
         torch.set_num_threads(torch_threads)
+        for key, value in (env_guard or {}).items():
+            setattr(generic.GUARD, key, value)
         self.index = index
         algorithm = get_algorithm(algo)
         self.config = algorithm.Config.model_validate(algo_config)
         self.family = make_family(family, family_kwargs)
         slots = getattr(self.config, "slots_per_worker", 1)  # stream algorithms keep a fixed env
-        self.sampler = algorithm.Sampler(self.family, self.config, slots, seed)
+        # The sampler's initial weights are overwritten by the parameter server's; building it
+        # must not advance the process's global torch RNG (shared with the learner in --serial).
+        with torch.random.fork_rng(devices=[]):
+            self.sampler = algorithm.Sampler(self.family, self.config, slots, seed)
         self.variables = variables
         self.weight_fetches = 0
+        self._failures_seen = sum(generic.ENV_FAILURES.values())
+        self._dropped_seen = 0
+
+    def ping(self) -> dict[str, Any]:
+        """Health probe: answers at once when the worker is alive and idle."""
+        return {"index": self.index, "pid": os.getpid(), "version": self.sampler.version}
+
+    def _failure_counts(self) -> dict[str, int]:
+        """Env failures and dropped episodes/trials since the last call."""
+        failures = sum(generic.ENV_FAILURES.values())
+        dropped = getattr(self.sampler, "dropped_episodes", 0) + getattr(self.sampler, "dropped_trials", 0)
+        out = {"env_failures": failures - self._failures_seen, "dropped_episodes": dropped - self._dropped_seen}
+        self._failures_seen, self._dropped_seen = failures, dropped
+        return out
 
     def spaces(self) -> tuple[Any, Any]:
         return self.sampler.env.single_observation_space, self.sampler.env.single_action_space
@@ -50,7 +70,7 @@ class RolloutWorker:
         self.sync_weights()
         start = time.perf_counter()
         batch, info = self.sampler.sample(min_trials)
-        info.update(worker=self.index, sample_s=time.perf_counter() - start, pid=os.getpid())
+        info.update(worker=self.index, sample_s=time.perf_counter() - start, pid=os.getpid(), **self._failure_counts())
         return batch, info
 
     def collect(self, tasks: list[Task], version: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -59,16 +79,39 @@ class RolloutWorker:
             raise RuntimeError(f"worker {self.index}: parameter server has no version {version} yet")
         start = time.perf_counter()
         results = self.sampler.collect(tasks, self.sampler.version)
-        per_task = [(int(r["task_id"]), float(r["return_pre"]), float(r["return_post"])) for r in results]
+        per_task = [(int(r["task_id"]), float(r["return_pre"]), float(r["return_post"]), int(r["env_steps"]))
+                    for r in results]
         info = {
             "worker": self.index, "policy_version": self.sampler.version, "num_tasks": len(results),
             "env_steps": int(sum(int(r["env_steps"]) for r in results)),
             "episodes": int(sum(int(r["episodes"]) for r in results)),
             "return_pre": float(np.mean([p[1] for p in per_task])),
             "return_post": float(np.mean([p[2] for p in per_task])),
-            "per_task": per_task, "sample_s": time.perf_counter() - start,
+            "per_task": per_task, "sample_s": time.perf_counter() - start, **self._failure_counts(),
         }
         return {"policy_version": self.sampler.version, "tasks": results}, info
+
+    def get_state(self) -> tuple[dict[str, Any], np.ndarray]:
+        """Random state of the sampler (task draws, action noise, envs) for exact resume:
+        a JSON-able dict and the torch generator's state."""
+        sampler = self.sampler
+        meta = {"rng": sampler.rng.bit_generator.state, "env": sampler.env.get_rng_state(),
+                "env_slots": sampler.env.num_envs}
+        return meta, sampler.torch_gen.get_state().numpy()
+
+    def set_state(self, meta: dict[str, Any], torch_state: np.ndarray) -> None:
+        sampler = self.sampler
+        if hasattr(sampler, "resize_env"):
+            sampler.resize_env(int(meta["env_slots"]))
+        sampler.rng.bit_generator.state = meta["rng"]
+        sampler.env.set_rng_state(meta["env"])
+        sampler.torch_gen.set_state(torch.from_numpy(np.array(torch_state, np.uint8)))
+
+    def restart_trials(self) -> None:
+        """Stream samplers drop their partial trials and start new ones (a checkpoint does this
+        in the running run too, so a resumed run continues exactly like it)."""
+        if hasattr(self.sampler, "restart_all_trials"):
+            self.sampler.restart_all_trials()
 
     def stats(self) -> dict[str, int]:
         return {"index": self.index, "version": self.sampler.version, "weight_fetches": self.weight_fetches}

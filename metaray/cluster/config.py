@@ -30,7 +30,15 @@ class TaskConfig(BaseModel):
 class WorkersConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     num_workers: int = Field(2, ge=1, description="Rollout-worker actors (1 CPU each); `--workers` overrides.")
+    max_workers: int | None = Field(None, ge=1, description="Most workers `metaray scale` may ask for (null: no limit); a local Ray instance is sized for it.")
     torch_threads: int = Field(1, ge=1, description="torch threads per rollout worker; 1 avoids oversubscription.")
+    env_step_timeout_s: float | None = Field(30.0, gt=0, description="An env step or reset running longer is a hang: the env is rebuilt and its episode dropped (null: no limit).")
+    env_max_recreate: int = Field(3, ge=1, description="Rebuilds in a row of a slot env whose reset keeps failing before the worker gives up (and is restarted).")
+    restart_failed_workers: bool = Field(True, description="Restart a rollout worker that died (RLlib: restart_failed_env_runners); false: stop the run with a checkpoint.")
+    max_worker_restarts: int = Field(3, ge=0, description="Restarts allowed per worker slot over the run (RLlib: max_num_env_runner_restarts).")
+    restart_delay_s: float = Field(1.0, ge=0, description="Wait before restarting a worker; doubles with each restart of the same slot, at most 30 s.")
+    probe_timeout_s: float = Field(10.0, gt=0, description="Health probe: a worker that does not answer a ping within this is treated as dead.")
+    task_timeout_s: float | None = Field(None, gt=0, description="Meta-batch algorithms: re-issue a worker's tasks to another worker when they take longer than this; the first result wins (null: never).")
 
 
 class LearnerConfig(BaseModel):
@@ -59,6 +67,12 @@ class MetricsConfig(BaseModel):
     tensorboard: bool = Field(True, description="Write TensorBoard scalars to RUN_DIR/tensorboard.")
 
 
+class SchedulerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    strategy: Literal["uniform", "fixed-set"] = Field("uniform", description="Meta-batch tasks: 'uniform' (fresh train tasks every iteration) or 'fixed-set' (a fixed list of train tasks, cycled).")
+    fixed_set_size: int = Field(50, ge=1, description="fixed-set: tasks in the set when the family does not define its own train_tasks().")
+
+
 class RunConfig(BaseModel):
     """A whole run."""
 
@@ -69,6 +83,7 @@ class RunConfig(BaseModel):
     task: TaskConfig
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)

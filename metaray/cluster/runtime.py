@@ -8,6 +8,7 @@ Ray would run them in.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import socket
@@ -35,15 +36,28 @@ class SerialFuture:
     seq: int = field(default_factory=lambda: next(_counter))
     done: bool = False
     value: Any = None
+    error: BaseException | None = None
     parent: SerialFuture | None = None
+
+    def execute(self) -> None:
+        """Run the call once; an exception is kept and raised by `run` (as Ray raises on get)."""
+        if self.parent is not None:
+            self.parent.execute()
+        elif not self.done:
+            try:
+                args = [_resolve(a) for a in self.args]
+                kwargs = {k: _resolve(v) for k, v in self.kwargs.items()}
+                self.value = self.fn(*args, **kwargs)
+            except Exception as err:
+                self.error = err
+            self.done = True
 
     def run(self) -> Any:
         if self.parent is not None:
             return self.parent.run()[self.index]
-        if not self.done:
-            args = [_resolve(a) for a in self.args]
-            kwargs = {k: _resolve(v) for k, v in self.kwargs.items()}
-            self.value, self.done = self.fn(*args, **kwargs), True
+        self.execute()
+        if self.error is not None:
+            raise self.error
         return self.value
 
     @property
@@ -98,9 +112,12 @@ class SerialRuntime:
         for f in sorted(futures, key=lambda f: f.seq):
             if sum(f.ready for f in futures) >= num_returns:
                 break
-            f.run()
+            f.execute()
         ready = [f for f in futures if f.ready]
         return ready[:num_returns], [f for f in futures if f not in ready[:num_returns]]
+
+    def kill(self, handle: Any) -> None:
+        """Nothing to kill in one process: the object is dropped."""
 
     def cluster_gpus(self) -> float:
         return 0.0
@@ -136,12 +153,21 @@ class RayRuntime:
             raise RuntimeStartError(f"cannot connect to Ray at {where}: {first}{hint}") from None
         self.address = ray.get_runtime_context().gcs_address
 
-    def spawn(self, cls: type, *args: Any, num_cpus: float = 1, num_gpus: float = 0, name: str | None = None) -> Any:
-        actor = self.ray.remote(cls).options(num_cpus=num_cpus, num_gpus=num_gpus, name=name)
+    def spawn(self, cls: type, *args: Any, num_cpus: float = 1, num_gpus: float = 0, name: str | None = None,
+              namespace: str | None = None, scheduling_strategy: Any = None) -> Any:
+        actor = self.ray.remote(cls).options(num_cpus=num_cpus, num_gpus=num_gpus, name=name, namespace=namespace,
+                                             scheduling_strategy=scheduling_strategy)
         return actor.remote(*args)
 
+    def driver_node(self, soft: bool) -> Any:
+        """Scheduling strategy: the driver's node. The parameter server and a CPU learner live
+        there, so losing another node only costs rollout workers (which are restarted)."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        return NodeAffinitySchedulingStrategy(self.ray.get_runtime_context().get_node_id(), soft=soft)
+
     def parameter_server(self) -> tuple[Any, RayVariables]:
-        handle = self.spawn(ParameterServer, num_cpus=0)
+        handle = self.spawn(ParameterServer, num_cpus=0, scheduling_strategy=self.driver_node(soft=False))
         return handle, RayVariables(handle)
 
     def get(self, futures: Any) -> Any:
@@ -149,6 +175,11 @@ class RayRuntime:
 
     def wait(self, futures: list[Any], num_returns: int = 1, timeout: float | None = None) -> tuple[list, list]:
         return self.ray.wait(futures, num_returns=num_returns, timeout=timeout)
+
+    def kill(self, handle: Any) -> None:
+        """Stop an actor for good (no Ray-side restart); a dead one is fine."""
+        with contextlib.suppress(Exception):  # already gone
+            self.ray.kill(handle, no_restart=True)
 
     def cluster_gpus(self) -> float:
         return float(self.ray.cluster_resources().get("GPU", 0))

@@ -8,6 +8,7 @@ dropped and counted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -27,17 +28,16 @@ from metaray.cluster.checkpoint import (
     write_text_atomic,
 )
 from metaray.cluster.config import ConfigError, RunConfig
+from metaray.cluster.control import NAMESPACE as CONTROL_NAMESPACE
+from metaray.cluster.control import RunControl, control_name
 from metaray.cluster.metrics import RunMetrics, TensorBoardScalars
 from metaray.cluster.progress import ProgressDisplay
 from metaray.cluster.runtime import RayRuntime, SerialRuntime
 from metaray.cluster.scheduler import TaskScheduler
+from metaray.cluster.worker_pool import TrainingError, WorkerPool, is_worker_failure
 from metaray.learner import get_algorithm
 from metaray.learner.learner import Learner
 from metaray.tasks import make_family, make_vector_env
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a worker died); a checkpoint was written first."""
 
 
 class Trainer:
@@ -47,13 +47,15 @@ class Trainer:
         self.algo_config = config.algo_config()
         self.algorithm = get_algorithm(config.algo)
         family = make_family(config.task.family, config.task.kwargs)
-        self.scheduler = TaskScheduler(family, config.seed)
+        self.scheduler = TaskScheduler(family, config.seed, config.scheduler.strategy, config.scheduler.fixed_set_size)
         probe = make_vector_env(family, family.sample(1, np.random.default_rng(0)), seed=0)
         obs_space, act_space = probe.single_observation_space, probe.single_action_space
         probe.close()
 
         self.counters = {"iteration": 0, "wall_time_s": 0.0, "env_steps_total": 0, "episodes_total": 0,
-                         "dropped_batches_total": 0, "worker_restarts_total": 0}
+                         "dropped_batches_total": 0, "worker_restarts_total": 0, "tasks_requeued_total": 0,
+                         "tasks_reissued_total": 0, "duplicate_results_total": 0, "env_failures_total": 0,
+                         "dropped_episodes_total": 0}
         resume_from = latest_checkpoint(self.run_dir) if resume else None
         resume_state = load_checkpoint(resume_from) if resume_from is not None else None
 
@@ -66,6 +68,7 @@ class Trainer:
             Learner, config.algo, self.algo_config.model_dump(), obs_space, act_space, variables, config.seed,
             config.learner.device, config.learner.torch_threads,
             num_cpus=config.learner.num_cpus, num_gpus=1 if use_gpu else 0,
+            **({} if use_gpu or runtime.name != "ray" else {"scheduling_strategy": runtime.driver_node(soft=True)}),
         )
         if resume_state is not None:
             tensors, state = resume_state
@@ -76,16 +79,21 @@ class Trainer:
             truncate_progress(self.run_dir, self.counters["iteration"])
         self.version = runtime.get(self.learner.get_version.remote())
 
-        # Worker seeds differ per resume point so a resumed run does not replay its tasks.
-        seeds = np.random.SeedSequence([config.seed, self.counters["iteration"]]).generate_state(config.workers.num_workers)
-        self.workers = [
-            runtime.spawn(
-                RolloutWorker, i, config.algo, self.algo_config.model_dump(), config.task.family,
-                config.task.kwargs, int(seeds[i]), variables, config.workers.torch_threads, num_cpus=1,
-            )
-            for i in range(config.workers.num_workers)
-        ]
         self.display = display or ProgressDisplay(config.iterations, self.counters["iteration"], live=False)
+        self._variables = variables
+        self._restarts_base = self.counters["worker_restarts_total"]
+        self.pool = WorkerPool(runtime, self._make_worker, config.workers.num_workers, config.workers,
+                               log=self.display.message)
+        self.control: Any = None
+        self.control_name: str | None = None
+        if runtime.name == "ray":
+            self.control_name = control_name(self.run_dir)
+            self.control = runtime.spawn(RunControl, config.workers.num_workers, config.workers.max_workers,
+                                         num_cpus=0, name=self.control_name, namespace=CONTROL_NAMESPACE)
+        self._launch_order: list[int] = []
+        self._pending: dict[Any, tuple] = {}
+        if resume_state is not None:
+            self._restore_workers(*resume_state)
         self.device = runtime.get(self.learner.device_name.remote())
         self.metrics: RunMetrics | None = None
         self.metrics_url: str | None = None
@@ -100,6 +108,55 @@ class Trainer:
             self.reporters.append(self.metrics)
         if config.metrics.tensorboard:
             self.reporters.append(TensorBoardScalars(self.run_dir / "tensorboard"))
+
+    def _make_worker(self, slot: int, generation: int) -> Any:
+        """A rollout worker for `slot`; its seed depends on the slot, the restart generation and the
+        iteration it starts at, so a replacement or a resumed run does not replay the same draws."""
+        cfg = self.config
+        seed = int(np.random.SeedSequence([cfg.seed, self.counters["iteration"], slot, generation]).generate_state(1)[0])
+        guard = {"step_timeout_s": cfg.workers.env_step_timeout_s, "max_recreate": cfg.workers.env_max_recreate}
+        return self.runtime.spawn(
+            RolloutWorker, slot, cfg.algo, self.algo_config.model_dump(), cfg.task.family, cfg.task.kwargs, seed,
+            self._variables, cfg.workers.torch_threads, guard, num_cpus=1,
+            scheduling_strategy="SPREAD",  # over the cluster's nodes: one lost node takes few workers
+        )
+
+    def _restore_workers(self, tensors: dict[str, np.ndarray], state: dict[str, Any]) -> None:
+        """Give each worker slot its checkpointed random state, then start fresh trials (as the
+        checkpointing run did), so the resumed run continues exactly as the uninterrupted one."""
+        saved = state.get("workers", {})
+        calls = [self.pool.handle(slot).set_state.remote(saved[str(slot)], tensors[f"workers/{slot}/torch_gen"])
+                 for slot in self.pool.slots if str(slot) in saved]
+        self.runtime.get(calls)
+        self.runtime.get([self.pool.handle(slot).restart_trials.remote() for slot in self.pool.slots])
+        self._launch_order = [s for s in state.get("launch_order", []) if s in self.pool.workers]
+
+    def _replace_worker(self, slot: int, err: BaseException) -> None:
+        """Restart a failed worker, or checkpoint and stop when that is not allowed any more."""
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        reason = f"{type(err).__name__}: {first}" if first else type(err).__name__
+        try:
+            self.pool.replace(slot, reason)
+        except TrainingError as stop:
+            written = self.checkpoint()
+            where = f"a checkpoint was written ({written.name}), continue with --resume" if written else \
+                "no iteration had completed, so there is no checkpoint"
+            raise TrainingError(f"{stop}; {where}") from None
+        self.counters["worker_restarts_total"] = self._restarts_base + self.pool.restarts_total
+
+    def _poll_control(self) -> None:
+        """Apply a `metaray scale` request: the pool is resized towards the new target."""
+        if self.control is None:
+            return
+        target = self.runtime.get(self.control.get_target.remote())
+        if target != self.pool.target():
+            self.pool.resize(target)
+
+    def _count_worker_info(self, info: dict[str, Any]) -> None:
+        self.counters["env_steps_total"] += info["env_steps"]
+        self.counters["episodes_total"] += info["episodes"]
+        self.counters["env_failures_total"] += info.get("env_failures", 0)
+        self.counters["dropped_episodes_total"] += info.get("dropped_episodes", 0)
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
@@ -134,30 +191,47 @@ class Trainer:
         """`driver.json`: who runs this run and where its metrics are (read by `metaray status`)."""
         info = {"state": state, "pid": os.getpid(), "host": socket.gethostname(), "metrics_url": self.metrics_url,
                 "runtime": self.runtime.name, "ray_address": getattr(self.runtime, "address", None),
+                "control_actor": self.control_name,
                 "target_iterations": self.config.iterations, "updated": time.time()}
         write_text_atomic(self.run_dir / "driver.json", json.dumps(info, indent=1) + "\n")
 
     def _run_async(self) -> None:
-        """Stream mode (RL²): every worker always has one sampling call in flight."""
-        rt, algo = self.runtime, self.algo_config
-        pending: dict[Any, tuple[int, Any]] = {}
+        """Stream mode (RL²): every worker always has one sampling call in flight. A failed
+        worker is restarted and sampling goes on; new workers join, retired ones leave once
+        their call in flight has returned."""
+        rt, algo, pool = self.runtime, self.algo_config, self.pool
+        pending: dict[Any, tuple[int, Any, Any]] = {}
 
-        def launch(i: int) -> None:
-            batch, info = self.workers[i].sample.options(num_returns=2).remote(algo.slots_per_worker)
-            pending[info] = (i, batch)
+        def launch(slot: int) -> None:
+            handle = pool.handle(slot)
+            batch, info = handle.sample.options(num_returns=2).remote(algo.slots_per_worker)
+            pending[info] = (slot, batch, handle)
 
-        for i in range(len(self.workers)):
-            launch(i)
+        self._pending = pending
+        for slot in self._launch_order + [s for s in pool.slots if s not in self._launch_order]:
+            launch(slot)
         collected: list[Any] = []
         infos: list[dict[str, Any]] = []
         trials = 0
         while self.counters["iteration"] < self.config.iterations:
             ready, _ = rt.wait(list(pending), num_returns=1)
-            i, batch = pending.pop(ready[0])
-            info = self._get_worker_result(ready[0], i)
-            launch(i)
-            self.counters["env_steps_total"] += info["env_steps"]
-            self.counters["episodes_total"] += info["episodes"]
+            slot, batch, handle = pending.pop(ready[0])
+            try:
+                info = rt.get(ready[0])
+            except Exception as err:
+                if not is_worker_failure(err):
+                    raise
+                if pool.workers.get(slot) is handle:
+                    self._replace_worker(slot, err)
+                launch(slot)
+                continue
+            if slot in pool.retiring:
+                pool.retire(slot)
+            else:
+                launch(slot)
+            for joined in pool.admit_ready():
+                launch(joined)
+            self._count_worker_info(info)
             if self.version - info["policy_version"] > algo.max_policy_lag:
                 self.counters["dropped_batches_total"] += 1
                 continue
@@ -171,22 +245,28 @@ class Trainer:
             collected, infos, trials = [], [], 0
 
     def _run_sync(self) -> None:
-        """Meta-batch mode (MAML family): scheduler -> workers -> learner, one iteration at a time."""
-        rt, algo = self.runtime, self.algo_config
+        """Meta-batch mode (MAML family): scheduler -> workers -> learner, one iteration at a time.
+        Between iterations: resize, probe, restart dead workers. A worker that fails mid-iteration
+        is restarted and its tasks re-run, so the iteration completes with the same task set."""
+        rt, algo, pool = self.runtime, self.algo_config, self.pool
         while self.counters["iteration"] < self.config.iterations:
+            for slot in list(pool.retiring):
+                pool.retire(slot)
+            pool.admit_ready()
+            if pool.probe():
+                self.counters["worker_restarts_total"] = self._restarts_base + pool.restarts_total
             t0 = time.perf_counter()
             tasks = self.scheduler.next_batch(algo.meta_batch_size)
-            parts = TaskScheduler.assign(tasks, len(self.workers))
-            calls = [(i, self.workers[i].collect.options(num_returns=2).remote(part, self.version))
-                     for i, part in enumerate(parts) if part]
-            infos = [self._get_worker_result(info, i) for i, (_, info) in calls]
+            parts = self.scheduler.balance(tasks, len(pool))
+            done = self._collect([(slot, part) for slot, part in zip(pool.slots, parts, strict=True) if part])
             sampling_s = time.perf_counter() - t0
+            infos = [info for _, info in done]
             for info in infos:
-                self.counters["env_steps_total"] += info["env_steps"]
-                self.counters["episodes_total"] += info["episodes"]
-                for task_id, pre, post in info["per_task"]:
-                    self.scheduler.observe(task_id, return_pre=pre, return_post=post)
-            stats = rt.get(self.learner.update.remote(*[batch for _, (batch, _) in calls]))
+                self._count_worker_info(info)
+                for task_id, pre, post, *steps in info["per_task"]:
+                    self.scheduler.observe(task_id, return_pre=pre, return_post=post,
+                                           **({"env_steps": steps[0]} if steps else {}))
+            stats = rt.get(self.learner.update.remote(*[batch for batch, _ in done]))
             n = sum(x["num_tasks"] for x in infos)
             self._end_iteration(stats, {
                 "return_pre": sum(x["return_pre"] * x["num_tasks"] for x in infos) / n,
@@ -194,6 +274,65 @@ class Trainer:
                 "sampling_s": sampling_s,
                 "sample_s_mean": float(np.mean([x["sample_s"] for x in infos])),
             })
+
+    def _collect(self, jobs: list[tuple[int, list[Any]]]) -> list[tuple[Any, dict[str, Any]]]:
+        """Run each (slot, tasks) job; returns (batch ref, info) per job, in job order.
+
+        A job whose worker fails is re-run on the restarted worker (tasks_requeued_total). A job
+        running past workers.task_timeout_s is issued again to another worker; the first result
+        wins and the other is discarded (tasks_reissued_total, duplicate_results_total)."""
+        rt, pool = self.runtime, self.pool
+        timeout = self.config.workers.task_timeout_s
+        pending: dict[Any, tuple[int, int, Any, Any, float]] = {}
+        done: dict[int, tuple[Any, dict[str, Any]]] = {}
+        reissued: set[int] = set()
+
+        def submit(j: int, slot: int) -> None:
+            handle = pool.handle(slot)
+            batch, info = handle.collect.options(num_returns=2).remote(jobs[j][1], self.version)
+            pending[info] = (j, slot, batch, handle, time.monotonic())
+
+        for j, (slot, _) in enumerate(jobs):
+            submit(j, slot)
+        while len(done) < len(jobs):
+            ready, _ = rt.wait(list(pending), num_returns=1, timeout=None if timeout is None else min(timeout, 1.0))
+            if not ready:
+                self._reissue_slow_jobs(jobs, pending, done, reissued, submit, timeout)
+                continue
+            j, slot, batch, handle, _ = pending.pop(ready[0])
+            try:
+                info = rt.get(ready[0])
+            except Exception as err:
+                if not is_worker_failure(err):
+                    raise
+                if pool.workers.get(slot) is handle:
+                    self._replace_worker(slot, err)
+                if j not in done and all(p[0] != j for p in pending.values()):
+                    self.counters["tasks_requeued_total"] += len(jobs[j][1])
+                    submit(j, slot)
+                continue
+            if j in done:
+                self.counters["duplicate_results_total"] += 1
+                continue
+            done[j] = (batch, info)
+        self.counters["duplicate_results_total"] += len(pending)  # still running: discarded
+        return [done[j] for j in range(len(jobs))]
+
+    def _reissue_slow_jobs(self, jobs: list[tuple[int, list[Any]]], pending: dict[Any, tuple], done: dict[int, Any],
+                           reissued: set[int], submit: Any, timeout: float) -> None:
+        now = time.monotonic()
+        for j, slot, _, _, started in list(pending.values()):
+            if j in done or j in reissued or now - started <= timeout:
+                continue
+            busy = {p[1] for p in pending.values()}
+            target = next((s for s in self.pool.slots if s not in busy), None)
+            if target is None:  # only to an idle worker: a busy one would queue it behind its own work
+                continue
+            self.display.message(f"tasks of rollout worker {slot} exceed task_timeout_s={timeout}; "
+                                 f"issuing them to worker {target} as well")
+            reissued.add(j)
+            self.counters["tasks_reissued_total"] += len(jobs[j][1])
+            submit(j, target)
 
     def _end_iteration(self, stats: dict[str, Any], extra: dict[str, Any]) -> None:
         """Count the iteration, append its progress row, show it, checkpoint when due."""
@@ -208,32 +347,22 @@ class Trainer:
             "env_steps_per_s": (self.counters["env_steps_total"] - self._last_steps) / max(now - self._last_t, 1e-9),
             "episodes_total": self.counters["episodes_total"],
             "policy_version": self.version,
-            "workers_alive": len(self.workers),
-            "worker_restarts_total": self.counters["worker_restarts_total"],
-            "dropped_batches_total": self.counters["dropped_batches_total"],
+            "workers_alive": len(self.pool),
+            **{k: self.counters[k] for k in ("worker_restarts_total", "tasks_requeued_total", "tasks_reissued_total",
+                                             "duplicate_results_total", "env_failures_total", "dropped_episodes_total",
+                                             "dropped_batches_total")},
             **extra,
             **stats,
         }
         self._last_t, self._last_steps = now, self.counters["env_steps_total"]
         self._append_progress(record)
+        self._poll_control()
         for reporter in self.reporters:
             reporter.observe(record)
         self.display.update(record)
         self._last_record = record
         if self.counters["iteration"] % self.config.checkpoint.every == 0 or self.counters["iteration"] >= self.config.iterations:
             self.checkpoint()
-
-    def _get_worker_result(self, future: Any, index: int) -> dict[str, Any]:
-        try:
-            return self.runtime.get(future)
-        except Exception as err:
-            if type(err).__name__ not in ("RayActorError", "ActorDiedError", "ActorUnavailableError"):
-                raise
-            self.checkpoint()
-            raise TrainingError(
-                f"rollout worker {index} died ({type(err).__name__}); a checkpoint was written, "
-                f"continue with --resume"
-            ) from None
 
     # ------------------------------------------------------------ outputs
     def _append_progress(self, record: dict[str, Any]) -> None:
@@ -244,6 +373,20 @@ class Trainer:
         if self.counters["iteration"] == 0:
             return None
         tensors, learner_meta = self.runtime.get(self.learner.get_state.remote())
+        workers = {}
+        for slot in self.pool.slots:  # a worker that just died has no state to give: it starts fresh
+            try:
+                meta, torch_state = self.runtime.get(self.pool.handle(slot).get_state.remote())
+            except Exception as err:
+                if not is_worker_failure(err):
+                    raise
+                continue
+            workers[str(slot)] = meta
+            tensors[f"workers/{slot}/torch_gen"] = torch_state
+        for slot in self.pool.slots:
+            with contextlib.suppress(Exception):
+                self.runtime.get(self.pool.handle(slot).restart_trials.remote())
         state = {**self.counters, "policy_version": self.version, "learner": learner_meta, "algo": self.config.algo,
-                 "scheduler": self.scheduler.get_state()}
+                 "scheduler": self.scheduler.get_state(), "workers": workers,
+                 "launch_order": [entry[0] for entry in self._pending.values()]}
         return save_checkpoint(self.run_dir, self.counters["iteration"], tensors, state, self.config.checkpoint.keep)

@@ -171,7 +171,13 @@ def episode_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     its length.
     """
     per_episode = (x * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
-    return per_episode.mean(-1)
+    return per_episode.sum(-1) / valid_episodes(mask)
+
+
+def valid_episodes(mask: torch.Tensor) -> torch.Tensor:
+    """Episodes with at least one valid step, per task (≥ 1): an episode dropped after an env
+    failure is all-masked and counts for nothing."""
+    return (mask.sum(-1) > 0).sum(-1).clamp_min(1).to(mask.dtype)
 
 
 def discount_cumsum(x: torch.Tensor, factor: float) -> torch.Tensor:
@@ -323,11 +329,21 @@ class MAMLSampler:
         self.act_low, self.act_high = act_space.low, act_space.high
         self.horizon = family.max_episode_steps
         self.version = -1
+        self.dropped_episodes = 0  # episodes cut short by an env failure and masked out
         self.adapted_params: Params = {}  # the last collect's final adapted parameters (stacked)
 
     def set_weights(self, version: int, weights: dict[str, np.ndarray]) -> None:
         load_weights(self.policy, weights)
         self.version = version
+
+    def resize_env(self, num_envs: int) -> None:
+        """Rebuild the vector env with `num_envs` slots (placeholder tasks: `collect` sets its
+        own) without drawing from `rng`: restoring a checkpoint sizes it as it was."""
+        if self.env.num_envs != num_envs:
+            per = self.config.episodes_per_task
+            placeholder = self.family.sample(max(1, num_envs // per), np.random.default_rng(0), "train")
+            self.env.close()
+            self.env = make_vector_env(self.family, placeholder, per, seed=0)
 
     def collect(self, tasks: list[Task], version: int) -> list[TaskResult]:
         """One result per task: numpy arrays only.
@@ -365,8 +381,8 @@ class MAMLSampler:
             result.update(
                 task_id=np.array(task.task_id, np.int64),
                 policy_version=np.array(version, np.int64),
-                return_pre=np.array(stages["inner_0"]["rewards"][i].sum(-1).mean(), np.float64),
-                return_post=np.array(stages["post"]["rewards"][i].sum(-1).mean(), np.float64),
+                return_pre=mean_episode_return(stages["inner_0"], i),
+                return_post=mean_episode_return(stages["post"], i),
                 env_steps=np.array(env_steps // n, np.int64),
                 episodes=np.array(per * len(stages), np.int64),
             )
@@ -404,9 +420,14 @@ class MAMLSampler:
             act_buf[alive, t] = action.numpy()[alive]
             logp_buf[alive, t] = logp.numpy()[alive]
             mask_buf[:, t] = alive
-            obs, reward, terminated, truncated, _ = self.env.step(np.clip(action.numpy(), self.act_low, self.act_high))
+            obs, reward, terminated, truncated, info = self.env.step(np.clip(action.numpy(), self.act_low, self.act_high))
             rew_buf[alive, t] = reward[alive]
             steps += n_slots
+            if "env_failure" in info:  # slot env rebuilt: drop the episode (all steps masked out)
+                dropped = info["env_failure"] & alive
+                mask_buf[dropped] = False
+                self.dropped_episodes += int(dropped.sum())
+                alive &= ~dropped
             alive &= ~(terminated | truncated)
             if not alive.any():
                 break
@@ -416,6 +437,12 @@ class MAMLSampler:
             "rewards": rew_buf.reshape(shape), "mask": mask_buf.reshape(shape), "logp": logp_buf.reshape(shape),
         }
         return arrays, steps
+
+
+def mean_episode_return(arrays: dict[str, np.ndarray], task: int) -> np.ndarray:
+    """Mean return of a task's episodes in one stage, over the episodes not dropped."""
+    valid = arrays["mask"][task].any(-1)
+    return np.array(arrays["rewards"][task].sum(-1)[valid].mean() if valid.any() else np.nan, np.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -571,8 +598,8 @@ class InnerCurvature:
 
 
 def row_weights(mask: torch.Tensor) -> torch.Tensor:
-    """Per-step weights w with Σ w·x = episode_mean(x) for each task: mask / (length · E)."""
-    return mask / (mask.sum(-1, keepdim=True).clamp_min(1.0) * mask.shape[-2])
+    """Per-step weights w with Σ w·x = episode_mean(x) for each task: mask / (length · valid episodes)."""
+    return mask / (mask.sum(-1, keepdim=True).clamp_min(1.0) * valid_episodes(mask)[..., None, None])
 
 
 class _TaskGroupCurvature:

@@ -207,6 +207,8 @@ class RL2Sampler:
         self.policy.requires_grad_(False)
         self.max_len = config.episodes_per_trial * family.max_episode_steps
         self.version = -1
+        self.dropped_trials = 0  # trials cut short by an env failure (restarted, never returned)
+        self._no_failure = np.zeros(self.slots, bool)
         self._reset_all()
 
     def set_weights(self, version: int, weights: dict[str, np.ndarray]) -> None:
@@ -254,8 +256,9 @@ class RL2Sampler:
             logp = self.policy.log_prob(dist, action_t).numpy()
             action = action_t.numpy()
             env_action = action if spec.discrete else np.clip(action, spec.act_low, spec.act_high)
-            next_obs, reward, terminated, truncated, _ = self.env.step(env_action)
-            ended = terminated | truncated
+            next_obs, reward, terminated, truncated, step_info = self.env.step(env_action)
+            failed = step_info.get("env_failure", self._no_failure)  # slot env rebuilt: its trial is dropped
+            ended = (terminated | truncated) & ~failed
             t = self.t
             self.obs_buf[rows, t] = self.obs
             self.act_buf[rows, t] = action
@@ -268,7 +271,7 @@ class RL2Sampler:
             episodes += int(ended.sum())
             self.obs, self.prev_a, self.prev_r, self.prev_d = next_obs, action, reward.astype(np.float32), ended.astype(np.float32)
 
-            finished = np.flatnonzero(self.active & (self.episodes >= self.config.episodes_per_trial))
+            finished = np.flatnonzero(self.active & (self.episodes >= self.config.episodes_per_trial) & ~failed)
             if finished.size:
                 for slot in finished:
                     n = int(self.t[slot])
@@ -282,6 +285,10 @@ class RL2Sampler:
                     self._start_new_trials(finished)
                 else:
                     self.active[finished] = False
+            dropped = np.flatnonzero(failed & self.active)
+            if dropped.size:
+                self.dropped_trials += dropped.size
+                self._start_new_trials(dropped, same_task=not self.refill)
         batch = _pad_trials(done_rows, self.max_len, spec)
         returns = batch["rewards"].sum(1)
         info = {
@@ -293,8 +300,14 @@ class RL2Sampler:
         }
         return batch, info
 
-    def _start_new_trials(self, slots: np.ndarray) -> None:
-        for slot, task in zip(slots, self.family.sample(len(slots), self.rng, self.split), strict=True):
+    def restart_all_trials(self) -> None:
+        """Drop every partial trial; each slot starts a new one on a newly drawn task."""
+        self.active[:] = True
+        self._start_new_trials(np.arange(self.slots), same_task=not self.refill)
+
+    def _start_new_trials(self, slots: np.ndarray, same_task: bool = False) -> None:
+        tasks = [self.env.tasks[s] for s in slots] if same_task else self.family.sample(len(slots), self.rng, self.split)
+        for slot, task in zip(slots, tasks, strict=True):
             self.env.set_task(int(slot), task)
         mask = np.zeros(self.slots, bool)
         mask[slots] = True

@@ -111,6 +111,14 @@ class TaskVectorEnv(gym.vector.VectorEnv):
         for slot, task in enumerate(tasks):
             self.set_task(slot, task)
 
+    def get_rng_state(self) -> list[dict[str, Any]]:
+        """The env's random state (JSON-able), for exact checkpoint/resume."""
+        return [self.np_random.bit_generator.state]
+
+    def set_rng_state(self, states: list[dict[str, Any]]) -> None:
+        """Continue from `get_rng_state()`'s state; later resets do not reseed."""
+        self.np_random.bit_generator.state = states[0]
+
 
 @runtime_checkable
 class TaskFamily(Protocol):

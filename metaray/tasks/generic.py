@@ -3,13 +3,20 @@
 Built on gymnasium's SyncVectorEnv in SAME_STEP autoreset mode. Each slot env is wrapped so that
 a task given with `set_task` reaches the user's env only at that slot's next reset, whatever the
 user's own `set_task` does; `final_obs` is turned into one dense array for Box observations so
-both paths look alike to the samplers.
+both paths look alike to the samplers. Slot envs are guarded: one that raises, returns NaN/inf
+or hangs is rebuilt and its episode marked dropped (`info["env_failure"]`), the worker lives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from copy import deepcopy
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -19,11 +26,72 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from metaray.tasks.base import Task, TaskFamily, TaskVectorEnv
 
 
-class _TaskSlot(gym.Wrapper):
-    """Holds a slot's next task and hands it to the wrapped env right before its reset."""
+class EnvFailure(RuntimeError):
+    """An env kept failing on reset after being recreated `max_recreate` times in a row."""
 
-    def __init__(self, env: gym.Env) -> None:
+
+class _StepTimeout(Exception):
+    pass
+
+
+@dataclass
+class EnvGuardConfig:
+    """How slot envs are watched (set per process by the rollout worker, `workers.env_*`)."""
+
+    step_timeout_s: float | None = 30.0  # a step or reset taking longer counts as a hang
+    max_recreate: int = 3  # failed resets in a row before EnvFailure
+
+
+GUARD = EnvGuardConfig()
+ENV_FAILURES: Counter[str] = Counter()  # reason -> count, in this process (workers report deltas)
+
+
+@contextmanager
+def _deadline(seconds: float | None) -> Iterator[None]:
+    """Raise _StepTimeout in the main thread if the body runs past `seconds` (SIGALRM). Off the
+    main thread (or without SIGALRM) the body runs unguarded and the caller checks its duration."""
+    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise _StepTimeout()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _finite(*values: Any) -> bool:
+    try:
+        return all(bool(np.all(np.isfinite(np.asarray(v, dtype=np.float64)))) for v in values)
+    except (TypeError, ValueError):
+        return True  # non-numeric observations (e.g. dicts of strings) are not checked
+
+
+class _TaskSlot(gym.Wrapper):
+    """One slot's env: hands it its next task right before its reset, and guards it.
+
+    An env whose step raises, returns NaN/inf, or runs past `GUARD.step_timeout_s` is closed and
+    rebuilt with `make_env(task)`; the step returns the fresh env's first observation with reward
+    0, `truncated=True` and `info["env_failure"]` = the reason, so the sampler drops the episode
+    and the slot goes on. Failures are counted in `ENV_FAILURES`.
+    """
+
+    def __init__(self, make_env: Callable[[Task], gym.Env], task: Task) -> None:
+        env = make_env(task)
         super().__init__(env)
+        self._make_env, self._task = make_env, task
+        self._bind(env)
+        self._next_task: Task | None = None
+        # SyncVectorEnv writes into its first env's metadata, often a class attribute: copy it.
+        self.metadata = dict(env.metadata)
+
+    def _bind(self, env: gym.Env) -> None:
         try:
             self._set_inner_task = env.get_wrapper_attr("set_task")
         except AttributeError:
@@ -31,9 +99,6 @@ class _TaskSlot(gym.Wrapper):
                 f"{type(env.unwrapped).__name__} has no set_task(task) method; "
                 "a task family's make_env must return an env with one"
             ) from None
-        self._next_task: Task | None = None
-        # SyncVectorEnv writes into its first env's metadata, often a class attribute: copy it.
-        self.metadata = dict(env.metadata)
 
     def set_task(self, task: Task) -> None:
         self._next_task = task
@@ -41,8 +106,49 @@ class _TaskSlot(gym.Wrapper):
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         if self._next_task is not None:
             self._set_inner_task(self._next_task)
-            self._next_task = None
-        return self.env.reset(**kwargs)
+            self._task, self._next_task = self._next_task, None
+        reason = self._guarded(lambda: self.env.reset(**kwargs))
+        if isinstance(reason, str):
+            return self._recreate(reason)
+        return reason
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        out = self._guarded(lambda: self.env.step(action))
+        if isinstance(out, str):
+            obs, info = self._recreate(out)
+            return obs, 0.0, False, True, {**info, "env_failure": out}
+        return out
+
+    def _guarded(self, call: Callable[[], Any]) -> Any:
+        """The call's result, or the failure reason as a string."""
+        timeout = GUARD.step_timeout_s
+        start = time.monotonic()
+        try:
+            with _deadline(timeout):
+                out = call()
+        except _StepTimeout:
+            return "hang"
+        except Exception as err:  # the user's env raised: that env is broken, not the worker
+            return f"exception: {type(err).__name__}"
+        if timeout and time.monotonic() - start > timeout:
+            return "hang"
+        if not _finite(out[0], *(out[1:2] if len(out) == 5 else ())):
+            return "non-finite"
+        return out
+
+    def _recreate(self, reason: str) -> tuple[Any, dict[str, Any]]:
+        ENV_FAILURES[reason.split(":")[0]] += 1
+        for _ in range(GUARD.max_recreate):
+            with suppress(Exception):
+                self.env.close()
+            self.env = self._make_env(self._task)
+            self._bind(self.env)
+            out = self._guarded(lambda: self.env.reset())
+            if not isinstance(out, str):
+                return out
+            ENV_FAILURES[out.split(":")[0]] += 1
+        raise EnvFailure(f"env of task {self._task.task_id} ({self._task.family}) failed {GUARD.max_recreate + 1} "
+                         f"times in a row, last: {out}")
 
 
 class GymTaskVectorEnv(TaskVectorEnv):
@@ -81,7 +187,7 @@ class GymTaskVectorEnv(TaskVectorEnv):
 
     @staticmethod
     def _slot_factory(family: TaskFamily, task: Task) -> Any:
-        return lambda: _TaskSlot(family.make_env(task))
+        return lambda: _TaskSlot(family.make_env, task)
 
     @property
     def envs(self) -> list[gym.Env]:
@@ -91,6 +197,16 @@ class GymTaskVectorEnv(TaskVectorEnv):
     def set_task(self, slot: int, task: Task) -> None:
         self._vec.envs[slot].set_task(task)
         self.tasks[slot] = task
+
+    def get_rng_state(self) -> list[dict[str, Any]]:
+        return [env.np_random.bit_generator.state for env in self._vec.envs]
+
+    def set_rng_state(self, states: list[dict[str, Any]]) -> None:
+        if len(states) != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} env states, got {len(states)}")
+        for env, state in zip(self._vec.envs, states, strict=True):
+            env.np_random.bit_generator.state = state
+        self._first_seed = None  # the restored streams continue; no reseeding at the next reset
 
     def reset(
         self,
@@ -124,6 +240,9 @@ class GymTaskVectorEnv(TaskVectorEnv):
             raise RuntimeError("call reset() before step()")
         obs, rewards, terminated, truncated, infos = self._vec.step(actions)
         truncated &= ~terminated  # TimeLimit sets both on a last-step termination; we don't
+        final_info = infos.get("final_info", {})
+        if "_env_failure" in final_info:  # lift the slot failures to a dense top-level mask
+            infos["env_failure"] = np.asarray(final_info["_env_failure"], bool)
         if self._dense_final_obs and "final_obs" in infos:
             done = infos["_final_obs"]
             final = np.array(obs, copy=True)

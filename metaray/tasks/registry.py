@@ -9,6 +9,7 @@ from typing import Any
 
 from metaray.tasks.bandit import BanditFamily
 from metaray.tasks.base import Task, TaskFamily, TaskVectorEnv
+from metaray.tasks.faulty import FaultyFamily
 from metaray.tasks.generic import GymTaskVectorEnv
 from metaray.tasks.mujoco import (
     AntDirFamily,
@@ -27,6 +28,7 @@ FAMILIES: dict[str, type] = {
     HalfCheetahDirFamily.name: HalfCheetahDirFamily,
     AntDirFamily.name: AntDirFamily,
     AntGoalFamily.name: AntGoalFamily,
+    FaultyFamily.name: FaultyFamily,
 }
 
 _REQUIRED = ("name", "max_episode_steps", "sample", "make_env")

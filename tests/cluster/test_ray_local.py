@@ -35,7 +35,7 @@ def test_rl2_trains_on_two_ray_workers(tiny_config, tmp_path):
     ps_stats = runtime.get(trainer.ps.stats.remote())
     assert ps_stats == {"version": 4, "publishes": 5, "stale_publishes": 0}  # v0 + 4 updates
     # two separate worker processes, each fetching a version only when it is new
-    pids = {runtime.get(w.sample.options(num_returns=2).remote(1)[1])["pid"] for w in trainer.workers}
+    pids = {runtime.get(w.sample.options(num_returns=2).remote(1)[1])["pid"] for w in trainer.pool.workers.values()}
     assert len(pids) == 2
 
 

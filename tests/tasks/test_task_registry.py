@@ -16,6 +16,7 @@ from metaray.tasks import (
     make_vector_env,
 )
 from metaray.tasks.bandit import BanditFamily
+from metaray.tasks.faulty import FaultyFamily
 from metaray.tasks.generic import GymTaskVectorEnv
 from metaray.tasks.mujoco import (
     AntDirFamily,
@@ -53,6 +54,7 @@ def test_builtin_names():
         "halfcheetah-dir": HalfCheetahDirFamily,
         "ant-dir": AntDirFamily,
         "ant-goal": AntGoalFamily,
+        "faulty": FaultyFamily,
     }
     assert expected == FAMILIES
     family = make_family("tabular-mdp", {"num_states": 4, "episode_length": 3})
@@ -67,6 +69,7 @@ def test_list_families_gives_one_line_descriptions():
         "ant-dir",
         "ant-goal",
         "bandit",
+        "faulty",
         "halfcheetah-dir",
         "halfcheetah-vel",
         "point-nav",
@@ -86,7 +89,7 @@ def test_builtins_use_the_native_fast_path():
 def test_unknown_name():
     message = one_line_error("foo")
     assert message == (
-        "unknown task family 'foo' (known: ant-dir, ant-goal, bandit, halfcheetah-dir, "
+        "unknown task family 'foo' (known: ant-dir, ant-goal, bandit, faulty, halfcheetah-dir, "
         "halfcheetah-vel, point-nav, tabular-mdp, or 'package.module:ClassName')"
     )
     assert issubclass(TaskFamilyError, ValueError)

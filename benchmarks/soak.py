@@ -1,0 +1,124 @@
+"""Soak run: resident memory of the driver, learner, parameter server and rollout workers over a
+long training run (target: flat).
+
+Starts `metaray train CONFIG` (local Ray) with a very large iteration count, samples every
+process's RSS from /proc every `--every` seconds for `--minutes`, then stops the run with
+SIGTERM (checkpoint, exit). Reports each role's RSS at the start and end and the slope of a
+least-squares line over the second half of the samples (MiB per hour; after warm-up), and
+writes benchmarks/results/soak.json and soak.png.
+
+    python benchmarks/soak.py --config configs/quickstart.yaml --minutes 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from rl2_duan import machine  # noqa: E402
+
+ROLES = {"ray::RolloutWorker": "worker", "ray::Learner": "learner", "ray::ParameterServer": "parameter_server"}
+
+
+def rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def ray_actor_processes() -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        for prefix, role in ROLES.items():
+            if cmd.startswith(prefix):
+                found.setdefault(role, []).append(int(proc.name))
+    return found
+
+
+def slope_mib_per_hour(t: list[float], y: list[float]) -> float:
+    half = len(t) // 2
+    tt, yy = np.array(t[half:]), np.array(y[half:])
+    if len(tt) < 3:
+        return float("nan")
+    return float(np.polyfit(tt / 3600.0, yy, 1)[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/quickstart.yaml")
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--every", type=float, default=10.0)
+    args = parser.parse_args()
+    run_dir = RESULTS / "runs" / f"soak-{Path(args.config).stem}"
+    subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+    exe = str(Path(sys.executable).with_name("metaray"))
+    proc = subprocess.Popen([exe, "train", args.config, "--run-dir", str(run_dir), "--iterations", "10000000",
+                             "--set", "checkpoint.every=100"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    samples: dict[str, list[tuple[float, float]]] = {}
+    start = time.time()
+    try:
+        while time.time() - start < args.minutes * 60:
+            time.sleep(args.every)
+            if proc.poll() is not None:
+                raise SystemExit(f"training exited early with {proc.returncode}")
+            now = time.time() - start
+            values = {"driver": rss_mib(proc.pid)}
+            for role, pids in ray_actor_processes().items():
+                for i, pid in enumerate(sorted(pids)):
+                    values[f"{role}_{i}" if role == "worker" else role] = rss_mib(pid)
+            for key, value in values.items():
+                if value is not None:
+                    samples.setdefault(key, []).append((now, value))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=300)
+    rows = [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]
+    report = {
+        "config": args.config, "minutes": args.minutes, "iterations": rows[-1]["iteration"],
+        "env_steps": rows[-1]["env_steps_total"],
+        "processes": {k: {"rss_start_mib": round(v[0][1], 1), "rss_end_mib": round(v[-1][1], 1),
+                          "rss_max_mib": round(max(x for _, x in v), 1),
+                          "slope_second_half_mib_per_hour": round(slope_mib_per_hour([t for t, _ in v], [x for _, x in v]), 2),
+                          "samples": len(v)} for k, v in sorted(samples.items())},
+        "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+    }
+    (RESULTS / "soak.json").write_text(json.dumps({**report, "series": samples}, indent=1) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.2), constrained_layout=True)
+    for key, series in sorted(samples.items()):
+        ax.plot([t / 60 for t, _ in series], [x for _, x in series], label=key)
+    ax.set(xlabel="minutes", ylabel="RSS (MiB)", title=f"soak: {args.config}, {rows[-1]['iteration']} iterations")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(RESULTS / "soak.png", dpi=100)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
