@@ -44,7 +44,7 @@ class RolloutWorker:
 
     def ping(self) -> dict[str, Any]:
         """Health probe: answers at once when the worker is alive and idle."""
-        return {"index": self.index, "pid": os.getpid(), "version": self.sampler.version}
+        return {"index": self.index, "pid": os.getpid(), "version": self.sampler.version, "node": _node_id()}
 
     def _failure_counts(self) -> dict[str, int]:
         """Env failures and dropped episodes/trials since the last call."""
@@ -115,3 +115,10 @@ class RolloutWorker:
 
     def stats(self) -> dict[str, int]:
         return {"index": self.index, "version": self.sampler.version, "weight_fetches": self.weight_fetches}
+
+
+def _node_id() -> str | None:
+    """The Ray node this worker runs on (None outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
