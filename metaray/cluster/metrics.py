@@ -26,6 +26,9 @@ COUNTERS = {
     "worker_restarts_total": ("metaray_worker_restarts", "Rollout workers restarted after dying."),
     "tasks_requeued_total": ("metaray_tasks_requeued", "Tasks re-queued after a worker failure or timeout."),
     "dropped_batches_total": ("metaray_dropped_batches", "Sample batches dropped for exceeding max_policy_lag."),
+    "dropped_episodes_total": ("metaray_dropped_episodes", "Episodes (RL²: trials) dropped after an env failure."),
+    "tasks_reissued_total": ("metaray_tasks_reissued", "Tasks issued to a second worker after task_timeout_s."),
+    "duplicate_results_total": ("metaray_duplicate_results", "Results discarded because another worker's came first."),
 }
 # progress-row key -> gauge
 GAUGES = {
