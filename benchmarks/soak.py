@@ -3,8 +3,9 @@ long training run (target: flat).
 
 Starts `metaray train CONFIG` (local Ray) with a very large iteration count, samples every
 process's RSS from /proc every `--every` seconds for `--minutes`, then stops the run with
-SIGTERM (checkpoint, exit). Reports each role's RSS at the start and end and the slope of a
-least-squares line over the second half of the samples (MiB per hour; after warm-up), and
+SIGTERM (checkpoint, exit). Reports each role's RSS and private (unshared) memory at the start
+and end and the slope of a least-squares line over the second half of the samples (MiB per
+hour; after warm-up); only the run's own processes are sampled (descendants of its driver); and
 writes benchmarks/results/soak.json and soak.png.
 
     python benchmarks/soak.py --config configs/quickstart.yaml --minutes 30
@@ -30,6 +31,16 @@ from rl2_duan import machine  # noqa: E402
 ROLES = {"ray::RolloutWorker": "worker", "ray::Learner": "learner", "ray::ParameterServer": "parameter_server"}
 
 
+def private_mib(pid: int) -> float | None:
+    """Private (unshared) resident memory: RSS also counts touched pages of Ray's shared-memory
+    object store, which grow towards the store's size without being a leak."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+        return (int(fields["Private_Clean"].split()[0]) + int(fields["Private_Dirty"].split()[0])) / 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def rss_mib(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -40,10 +51,27 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
-def ray_actor_processes() -> dict[str, list[int]]:
+def parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def descends_from(pid: int, ancestor: int) -> bool:
+    """The local Ray instance's raylet is a child of the driver and actors are its children, so
+    this keeps the run's own processes and skips other Ray instances on the machine."""
+    while pid > 1:
+        pid = parent(pid)
+        if pid == ancestor:
+            return True
+    return False
+
+
+def ray_actor_processes(driver: int) -> dict[str, list[int]]:
     found: dict[str, list[int]] = {}
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+        if not proc.name.isdigit() or not descends_from(int(proc.name), driver):
             continue
         try:
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -83,10 +111,14 @@ def main() -> None:
             if proc.poll() is not None:
                 raise SystemExit(f"training exited early with {proc.returncode}")
             now = time.time() - start
-            values = {"driver": rss_mib(proc.pid)}
-            for role, pids in ray_actor_processes().items():
-                for i, pid in enumerate(sorted(pids)):
-                    values[f"{role}_{i}" if role == "worker" else role] = rss_mib(pid)
+            pids = {"driver": proc.pid}
+            for role, found in ray_actor_processes(proc.pid).items():
+                for i, pid in enumerate(sorted(found)):
+                    pids[f"{role}_{i}" if role == "worker" else role] = pid
+            values = {}
+            for name, pid in pids.items():
+                values[name] = rss_mib(pid)
+                values[f"{name} (private)"] = private_mib(pid)
             for key, value in values.items():
                 if value is not None:
                     samples.setdefault(key, []).append((now, value))

@@ -152,6 +152,18 @@ class Trainer:
         if target != self.pool.target():
             self.pool.resize(target)
 
+    def _result_or_replace(self, future: Any, slot: int, handle: Any) -> dict[str, Any] | None:
+        """A worker call's info, or None when the worker failed; it is then replaced (unless a
+        newer worker already holds its slot)."""
+        try:
+            return self.runtime.get(future)
+        except Exception as err:
+            if not is_worker_failure(err):
+                raise
+            if self.pool.workers.get(slot) is handle:
+                self._replace_worker(slot, err)
+            return None
+
     def _count_worker_info(self, info: dict[str, Any]) -> None:
         self.counters["env_steps_total"] += info["env_steps"]
         self.counters["episodes_total"] += info["episodes"]
@@ -216,13 +228,8 @@ class Trainer:
         while self.counters["iteration"] < self.config.iterations:
             ready, _ = rt.wait(list(pending), num_returns=1)
             slot, batch, handle = pending.pop(ready[0])
-            try:
-                info = rt.get(ready[0])
-            except Exception as err:
-                if not is_worker_failure(err):
-                    raise
-                if pool.workers.get(slot) is handle:
-                    self._replace_worker(slot, err)
+            info = self._result_or_replace(ready[0], slot, handle)
+            if info is None:
                 launch(slot)
                 continue
             if slot in pool.retiring:
@@ -300,13 +307,8 @@ class Trainer:
                 self._reissue_slow_jobs(jobs, pending, done, reissued, submit, timeout)
                 continue
             j, slot, batch, handle, _ = pending.pop(ready[0])
-            try:
-                info = rt.get(ready[0])
-            except Exception as err:
-                if not is_worker_failure(err):
-                    raise
-                if pool.workers.get(slot) is handle:
-                    self._replace_worker(slot, err)
+            info = self._result_or_replace(ready[0], slot, handle)
+            if info is None:
                 if j not in done and all(p[0] != j for p in pending.values()):
                     self.counters["tasks_requeued_total"] += len(jobs[j][1])
                     submit(j, slot)
