@@ -39,6 +39,8 @@ from metaray.learner import get_algorithm
 from metaray.learner.learner import Learner
 from metaray.tasks import make_family, make_vector_env
 
+MAX_BATCH_LOSSES = 3  # iterations re-collected after sample batches were lost with a node
+
 
 class Trainer:
     def __init__(self, config: RunConfig, run_dir: Path, runtime: SerialRuntime | RayRuntime, resume: bool = False,
@@ -88,8 +90,7 @@ class Trainer:
         self.control_name: str | None = None
         if runtime.name == "ray":
             self.control_name = control_name(self.run_dir)
-            self.control = runtime.spawn(RunControl, config.workers.num_workers, config.workers.max_workers,
-                                         num_cpus=0, name=self.control_name, namespace=CONTROL_NAMESPACE)
+            self.control = self._spawn_control(config.workers.num_workers)
         self._launch_order: list[int] = []
         self._pending: dict[Any, tuple] = {}
         if resume_state is not None:
@@ -118,7 +119,10 @@ class Trainer:
         return self.runtime.spawn(
             RolloutWorker, slot, cfg.algo, self.algo_config.model_dump(), cfg.task.family, cfg.task.kwargs, seed,
             self._variables, cfg.workers.torch_threads, guard, num_cpus=1,
-            scheduling_strategy="SPREAD",  # over the cluster's nodes: one lost node takes few workers
+            # First placement spreads over the nodes (one lost node takes few workers); a
+            # replacement uses Ray's default, which prefers the driver's node, because SPREAD
+            # would pick the node that just lost its workers, often dead but not yet marked so.
+            scheduling_strategy="SPREAD" if generation == 0 else "DEFAULT",
         )
 
     def _restore_workers(self, tensors: dict[str, np.ndarray], state: dict[str, Any]) -> None:
@@ -144,11 +148,24 @@ class Trainer:
             raise TrainingError(f"{stop}; {where}") from None
         self.counters["worker_restarts_total"] = self._restarts_base + self.pool.restarts_total
 
+    def _spawn_control(self, num_workers: int) -> Any:
+        """The run's named control actor, on the driver's node (it lives and dies with the driver)."""
+        return self.runtime.spawn(RunControl, num_workers, self.config.workers.max_workers, num_cpus=0,
+                                  name=self.control_name, namespace=CONTROL_NAMESPACE,
+                                  scheduling_strategy=self.runtime.driver_node(soft=False))
+
     def _poll_control(self) -> None:
         """Apply a `metaray scale` request: the pool is resized towards the new target."""
         if self.control is None:
             return
-        target = self.runtime.get(self.control.get_target.remote())
+        try:
+            target = self.runtime.get(self.control.get_target.remote())
+        except Exception as err:  # should not happen on the driver's node; training must not stop for it
+            if not is_worker_failure(err):
+                raise
+            self.display.message(f"run control actor lost ({type(err).__name__}); registering it again")
+            self.control = self._spawn_control(self.pool.target())
+            return
         if target != self.pool.target():
             self.pool.resize(target)
 
@@ -247,7 +264,16 @@ class Trainer:
             trials += info["num_trials"]
             if trials < algo.trials_per_update:
                 continue
-            stats = rt.get(self.learner.update.remote(*collected))
+            try:
+                stats = rt.get(self.learner.update.remote(*collected))
+            except Exception as err:
+                if not is_worker_failure(err):
+                    raise
+                # a batch on a lost node: drop what was collected (the update did not run), go on
+                self.display.message(f"a sample batch was lost ({type(err).__name__}); dropping {len(collected)} batches")
+                self.counters["dropped_batches_total"] += len(collected)
+                collected, infos, trials = [], [], 0
+                continue
             self._end_iteration(stats, {"sample_s_mean": float(np.mean([x["sample_s"] for x in infos]))})
             collected, infos, trials = [], [], 0
 
@@ -264,16 +290,28 @@ class Trainer:
                 self.counters["worker_restarts_total"] = self._restarts_base + pool.restarts_total
             t0 = time.perf_counter()
             tasks = self.scheduler.next_batch(algo.meta_batch_size)
-            parts = self.scheduler.balance(tasks, len(pool))
-            done = self._collect([(slot, part) for slot, part in zip(pool.slots, parts, strict=True) if part])
-            sampling_s = time.perf_counter() - t0
+            for attempt in range(MAX_BATCH_LOSSES + 1):
+                parts = self.scheduler.balance(tasks, len(pool))
+                done = self._collect([(slot, part) for slot, part in zip(pool.slots, parts, strict=True) if part])
+                sampling_s = time.perf_counter() - t0
+                try:
+                    stats = rt.get(self.learner.update.remote(*[batch for batch, _ in done]))
+                    break
+                except Exception as err:
+                    # A batch kept on a node that died after its worker answered is lost before the
+                    # learner could read it (the update did not run): collect the same tasks again.
+                    if not is_worker_failure(err) or attempt == MAX_BATCH_LOSSES:
+                        raise
+                    self.display.message(f"a sample batch was lost ({type(err).__name__}); re-running the iteration's tasks")
+                    self.counters["tasks_requeued_total"] += len(tasks)
+                    if pool.probe():
+                        self.counters["worker_restarts_total"] = self._restarts_base + pool.restarts_total
             infos = [info for _, info in done]
             for info in infos:
                 self._count_worker_info(info)
                 for task_id, pre, post, *steps in info["per_task"]:
                     self.scheduler.observe(task_id, return_pre=pre, return_post=post,
                                            **({"env_steps": steps[0]} if steps else {}))
-            stats = rt.get(self.learner.update.remote(*[batch for batch, _ in done]))
             n = sum(x["num_tasks"] for x in infos)
             self._end_iteration(stats, {
                 "return_pre": sum(x["return_pre"] * x["num_tasks"] for x in infos) / n,
