@@ -26,6 +26,15 @@ TINY_RL2 = {
 }
 
 
+def free_port() -> int:
+    """A TCP port free on loopback right now (for servers the tests start)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture
 def tiny_config(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"

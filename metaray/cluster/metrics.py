@@ -85,7 +85,6 @@ class RunMetrics:
         self.grpc_requests = Counter(GRPC_NAME, "gRPC requests served, by method and status code.",
                                      (*LABELS, "method", "code"), registry=self.registry)
         self._grpc_labels = labels
-        self._workers_alive = self._gauges["workers_alive"]
         self.address: tuple[str, int] | None = None
         self._server: Any = None
 

@@ -46,24 +46,26 @@ GUARD = EnvGuardConfig()
 ENV_FAILURES: Counter[str] = Counter()  # reason -> count, in this process (workers report deltas)
 
 
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise _StepTimeout()
+
+
 @contextmanager
 def _deadline(seconds: float | None) -> Iterator[None]:
-    """Raise _StepTimeout in the main thread if the body runs past `seconds` (SIGALRM). Off the
-    main thread (or without SIGALRM) the body runs unguarded and the caller checks its duration."""
+    """Raise _StepTimeout in the main thread if the body runs past `seconds` (SIGALRM; the
+    handler is (re)installed only when another one replaced it, each call just arms and disarms
+    the timer). Off the main thread (or without SIGALRM) the body runs unguarded and the caller
+    checks its duration."""
     if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
         yield
         return
-
-    def on_alarm(signum: int, frame: Any) -> None:
-        raise _StepTimeout()
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
+    if signal.getsignal(signal.SIGALRM) is not _on_alarm:
+        signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _finite(*values: Any) -> bool:

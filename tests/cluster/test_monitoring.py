@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, TINY_RL2
+from conftest import ROOT, TINY_RL2, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from metaray.cli import main
@@ -29,12 +29,6 @@ from metaray.cluster.metrics import METRIC_NAMES, RunMetrics
 
 BIN = Path(sys.executable).parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "metaray-dashboard.json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_get(url: str, timeout: float = 5.0) -> bytes:

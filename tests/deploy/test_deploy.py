@@ -9,7 +9,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port
 
 from metaray.cli import build_parser
 from metaray.cluster.config import load_config
@@ -103,12 +103,6 @@ def test_dockerfile_installs_metaray_with_a_cpu_torch_by_default_and_its_entrypo
 
 
 # ------------------------------------------------------------------ Ray Jobs
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def head_with_dashboard():
     temp_dir = tempfile.mkdtemp(prefix="mrj-", dir="/tmp")
