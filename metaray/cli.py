@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--iterations", type=_positive_int, help="total iterations of the run (also across --resume)")
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its newest checkpoint")
     train.add_argument("--metrics-port", type=_port, help="serve Prometheus metrics on this port (metrics.port; 0 = any free port)")
+    train.add_argument("--grpc-port", type=_port, help="serve the gRPC service for actors outside Ray on this port (grpc.port; 0 = any free port)")
 
     ev = sub.add_parser("eval", help="evaluate a run on held-out tasks")
     ev.add_argument("run_dir", type=Path)
@@ -112,6 +113,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"iterations={args.iterations}")
     if args.metrics_port is not None:
         overrides.append(f"metrics.port={args.metrics_port}")
+    if args.grpc_port is not None:
+        overrides.append(f"grpc.port={args.grpc_port}")
     config = load_config(args.config, overrides)
     make_family(config.task.family, config.task.kwargs)  # unknown family / bad kwargs: fail now
 
@@ -121,9 +124,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (args.run_dir / "config.yaml").is_file():
             raise CheckpointError(f"{args.run_dir} is not a metaray run directory (no config.yaml)")
         saved = validate(load_yaml(args.run_dir / "config.yaml")).model_dump()
-        saved["iterations"] = config.iterations
-        if saved != config.model_dump():
-            diff = _first_difference(saved, config.model_dump())
+        now = config.model_dump()
+        for key in RESUME_MAY_CHANGE:  # where the run reports and serves, not what it computes
+            saved[key] = now[key]
+        if saved != now:
+            diff = _first_difference(saved, now)
             raise ConfigError(f"--resume: config differs from {args.run_dir}/config.yaml at {diff}")
         if latest_checkpoint(args.run_dir) is None:
             raise CheckpointError(f"{args.run_dir} has no checkpoint to resume from")
@@ -152,6 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"metaray: {config.algo} on {config.task.family}, {config.workers.num_workers} workers "
             f"({where}), learner on {trainer.device}, run dir {run_dir}"
             + (f", metrics at {trainer.metrics_url}" if trainer.metrics_url else "")
+            + (f", gRPC on {trainer.grpc.address} (token: {trainer.grpc_token_source})" if trainer.grpc else "")
         )
         last = trainer.run()
     except BaseException:
@@ -164,6 +170,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"done: {last.get('iteration')} iterations, {last.get('env_steps_total')} env steps, "
           f"{json.dumps(ret)}; run dir {run_dir}")
     return 0
+
+
+RESUME_MAY_CHANGE = ("iterations", "metrics", "grpc")
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from metaray.learner.maml import MAMLConfig
 from metaray.learner.rl2 import RL2Config
@@ -67,6 +67,34 @@ class MetricsConfig(BaseModel):
     tensorboard: bool = Field(True, description="Write TensorBoard scalars to RUN_DIR/tensorboard.")
 
 
+class GrpcConfig(BaseModel):
+    """The gRPC service for rollout actors outside Ray (see metaray/cluster/grpc_service.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    port: int | None = Field(None, ge=0, le=65535, description="Serve on this port (0 = any free port); null = off. `--grpc-port` sets it.")
+    host: str = Field("127.0.0.1", min_length=1, description="Interface to bind; loopback unless you mean to expose it (then use TLS).")
+    token_env: str = Field("METARAY_GRPC_TOKEN", description="Environment variable holding the token clients must send.")
+    token_file: str | None = Field(None, description="File holding the token (used when the env var is unset). Neither: a random token is written to RUN_DIR/grpc_token.")
+    tls_cert: str | None = Field(None, description="PEM certificate chain; with tls_key the service speaks TLS only.")
+    tls_key: str | None = Field(None, description="PEM private key for tls_cert.")
+    max_message_mb: float = Field(16.0, gt=0, le=1024, description="Largest message accepted or sent, in MiB; larger ones are refused (RESOURCE_EXHAUSTED).")
+    max_rollouts_per_push: int = Field(1024, ge=1, description="Most rollouts in one PushEpisodes stream.")
+    max_queued_rollouts: int = Field(8192, ge=1, description="RL²: most accepted trials waiting for the learner; pushes beyond it are refused (RESOURCE_EXHAUSTED), so memory stays bounded.")
+    max_concurrent_rpcs: int = Field(64, ge=1, description="Calls served at once (threads); more are refused (RESOURCE_EXHAUSTED).")
+    max_open_assignments: int = Field(10000, ge=1, description="RL²: most handed-out tasks not yet pushed; the oldest are forgotten beyond it.")
+    assignment_ttl_s: float = Field(600.0, gt=0, description="RL²: a task handed out is forgotten after this long.")
+    external_tasks: int = Field(0, ge=0, description="MAML family: tasks of each meta-batch offered to gRPC actors (the rest go to Ray workers).")
+    task_timeout_s: float = Field(60.0, gt=0, description="MAML family: an offered task taken by an actor but not delivered within this is run by a Ray worker instead.")
+    take_wait_s: float = Field(0.0, ge=0, description="MAML family: once the Ray workers are done, wait up to this long for actors to take offered tasks nobody took yet (0: run them on Ray workers at once).")
+    max_abs_value: float = Field(1e6, gt=0, description="Observations, rewards, log-probs and continuous actions beyond this magnitude are rejected.")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> GrpcConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
+
+
 class SchedulerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     strategy: Literal["uniform", "fixed-set"] = Field("uniform", description="Meta-batch tasks: 'uniform' (fresh train tasks every iteration) or 'fixed-set' (a fixed list of train tasks, cycled).")
@@ -87,6 +115,7 @@ class RunConfig(BaseModel):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    grpc: GrpcConfig = Field(default_factory=GrpcConfig)
     rl2: RL2Config = Field(default_factory=RL2Config)
     maml: MAMLConfig = Field(default_factory=MAMLConfig)
 

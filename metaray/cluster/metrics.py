@@ -29,6 +29,11 @@ COUNTERS = {
     "dropped_episodes_total": ("metaray_dropped_episodes", "Episodes (RL²: trials) dropped after an env failure."),
     "tasks_reissued_total": ("metaray_tasks_reissued", "Tasks issued to a second worker after task_timeout_s."),
     "duplicate_results_total": ("metaray_duplicate_results", "Results discarded because another worker's came first."),
+    "grpc_rollouts_accepted_total": ("metaray_grpc_rollouts_accepted", "Rollouts pushed by gRPC actors that passed every check."),
+    "grpc_rollouts_rejected_total": ("metaray_grpc_rollouts_rejected", "Rollouts pushed by gRPC actors and refused (invalid, stale, over a limit, queue full)."),
+    "grpc_rollouts_learned_total": ("metaray_grpc_rollouts_learned", "Rollouts from gRPC actors the learner trained on."),
+    "grpc_rollouts_stale_total": ("metaray_grpc_rollouts_stale", "Accepted gRPC rollouts dropped for exceeding max_policy_lag by the time of the update."),
+    "grpc_tasks_reassigned_total": ("metaray_grpc_tasks_reassigned", "Tasks offered to gRPC actors that Ray workers ran instead (not taken, or late)."),
 }
 # progress-row key -> gauge
 GAUGES = {

@@ -108,7 +108,10 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "env_steps_total": last["env_steps_total"], "env_steps_per_s": steps / span if span > 0 else None,
         "workers_alive": last.get("workers_alive"), "worker_restarts_total": last.get("worker_restarts_total", 0),
         "policy_version": last.get("policy_version"), "checkpoint": checkpoint.name if checkpoint else None,
-        "metrics_url": driver.get("metrics_url"), "last_update_age_s": time.time() - (run_dir / "progress.jsonl").stat().st_mtime,
+        "metrics_url": driver.get("metrics_url"), "grpc_address": driver.get("grpc_address"),
+        "grpc_rollouts_accepted_total": last.get("grpc_rollouts_accepted_total"),
+        "grpc_rollouts_learned_total": last.get("grpc_rollouts_learned_total"),
+        "last_update_age_s": time.time() - (run_dir / "progress.jsonl").stat().st_mtime,
     }
     status.update({k: last[k] for k in RETURN_LABELS if k in last})
     return status
@@ -147,6 +150,9 @@ def print_status(status: dict[str, Any]) -> None:
     ]
     rows += [(RETURN_LABELS[k], f"{status[k]:.3f}") for k in RETURN_LABELS if k in status]
     rows += [("checkpoint", status["checkpoint"] or "-"), ("metrics", status["metrics_url"] or "off")]
+    if status.get("grpc_address"):
+        rows.append(("gRPC", f"{status['grpc_address']}: {status['grpc_rollouts_accepted_total'] or 0:,} rollouts "
+                             f"accepted, {status['grpc_rollouts_learned_total'] or 0:,} learned"))
     for key, value in rows:
         table.add_row(key, value)
     Console().print(table)

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from metaray.cluster.checkpoint import (
 from metaray.cluster.config import ConfigError, RunConfig
 from metaray.cluster.control import NAMESPACE as CONTROL_NAMESPACE
 from metaray.cluster.control import RunControl, control_name
+from metaray.cluster.grpc_service import CheckedRollout, GrpcService, RunSpec, load_token
 from metaray.cluster.metrics import RunMetrics, TensorBoardScalars
 from metaray.cluster.progress import ProgressDisplay
 from metaray.cluster.runtime import RayRuntime, SerialRuntime
@@ -37,9 +39,12 @@ from metaray.cluster.scheduler import TaskScheduler
 from metaray.cluster.worker_pool import TrainingError, WorkerPool, is_worker_failure
 from metaray.learner import get_algorithm
 from metaray.learner.learner import Learner
+from metaray.learner.rl2 import SpaceSpec, pad_trials
 from metaray.tasks import make_family, make_vector_env
 
 MAX_BATCH_LOSSES = 3  # iterations re-collected after sample batches were lost with a node
+GRPC_COUNTERS = ("grpc_rollouts_accepted_total", "grpc_rollouts_rejected_total", "grpc_rollouts_learned_total",
+                 "grpc_rollouts_stale_total", "grpc_tasks_reassigned_total")
 
 
 class Trainer:
@@ -53,6 +58,8 @@ class Trainer:
         probe = make_vector_env(family, family.sample(1, np.random.default_rng(0)), seed=0)
         obs_space, act_space = probe.single_observation_space, probe.single_action_space
         probe.close()
+        self._family, self._spaces = family, (obs_space, act_space)
+        self._scheduler_lock = threading.Lock()  # gRPC threads draw tasks too
 
         self.counters = {"iteration": 0, "wall_time_s": 0.0, "env_steps_total": 0, "episodes_total": 0,
                          "dropped_batches_total": 0, "worker_restarts_total": 0, "tasks_requeued_total": 0,
@@ -109,6 +116,63 @@ class Trainer:
             self.reporters.append(self.metrics)
         if config.metrics.tensorboard:
             self.reporters.append(TensorBoardScalars(self.run_dir / "tensorboard"))
+        self.grpc: GrpcService | None = None
+        self.grpc_token_source: str | None = None
+        self._grpc_version = -1
+        if config.grpc.port is not None:
+            self.counters.update({k: int(resume_state[1].get(k, 0)) if resume_state else 0 for k in GRPC_COUNTERS})
+            self._grpc_base = {k: self.counters[k] for k in GRPC_COUNTERS}
+            self._start_grpc()
+
+    def _start_grpc(self) -> None:
+        """Serve actors outside Ray (config.grpc); the current weights are published first."""
+        cfg = self.config.grpc
+        try:
+            token, self.grpc_token_source = load_token(cfg.token_env, cfg.token_file, self.run_dir)
+            tls = None
+            if cfg.tls_cert is not None:
+                tls = (Path(cfg.tls_cert).read_bytes(), Path(cfg.tls_key).read_bytes())
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"grpc: {err}") from None
+        obs_space, act_space = self._spaces
+        spec = RunSpec(self.run_dir.name, self.config.algo, self.config.task.family, dict(self.config.task.kwargs),
+                       self.algo_config.model_dump(), obs_space, act_space, self._family.max_episode_steps)
+
+        def next_task() -> Any:
+            with self._scheduler_lock:
+                return self.scheduler.next_batch(1)[0]
+
+        self.grpc = GrpcService(spec, cfg, next_task, token, self.metrics.count_grpc if self.metrics else None)
+        self._publish_grpc()
+        try:
+            self.grpc.start(cfg.port, cfg.host, tls)
+        except (OSError, RuntimeError) as err:
+            self.grpc = None
+            reason = getattr(err, "strerror", None) or err
+            raise ConfigError(f"grpc.port: cannot serve on {cfg.host}:{cfg.port} ({reason})") from None
+
+    def _publish_grpc(self) -> None:
+        found = self._variables.latest(self._grpc_version)
+        if found is not None and self.grpc is not None:
+            self._grpc_version = found[0]
+            self.grpc.publish(*found)
+
+    def _external_trials(self) -> dict[str, Any] | None:
+        """RL²: the trials gRPC actors pushed since the last call, as one batch (None: none
+        usable). Trials older than max_policy_lag by now are dropped and counted as stale."""
+        if self.grpc is None:
+            return None
+        rows: list[CheckedRollout] = self.grpc.drain_rollouts()
+        fresh = [r for r in rows if self.version - r.policy_version <= self.algo_config.max_policy_lag]
+        self.counters["grpc_rollouts_stale_total"] += len(rows) - len(fresh)
+        if not fresh:
+            return None
+        batch = pad_trials([(r.obs, r.actions, r.rewards, r.dones, r.logp, r.policy_version, r.task_id) for r in fresh],
+                           SpaceSpec.from_spaces(*self._spaces))
+        batch["grpc_rollouts"] = len(fresh)
+        self.counters["env_steps_total"] += int(batch["mask"].sum())
+        self.counters["episodes_total"] += int(batch["dones"].sum())
+        return batch
 
     def _make_worker(self, slot: int, generation: int) -> Any:
         """A rollout worker for `slot`; its seed depends on the slot, the restart generation and the
@@ -211,7 +275,9 @@ class Trainer:
         return self._last_record
 
     def close(self) -> None:
-        """Stop the metrics endpoint and flush TensorBoard (idempotent)."""
+        """Stop the gRPC service and the metrics endpoint, flush TensorBoard (idempotent)."""
+        if self.grpc is not None:
+            self.grpc.stop()
         for reporter in self.reporters:
             reporter.close()
         self.reporters = []
@@ -220,7 +286,7 @@ class Trainer:
         """`driver.json`: who runs this run and where its metrics are (read by `metaray status`)."""
         info = {"state": state, "pid": os.getpid(), "host": socket.gethostname(), "metrics_url": self.metrics_url,
                 "runtime": self.runtime.name, "ray_address": getattr(self.runtime, "address", None),
-                "control_actor": self.control_name,
+                "control_actor": self.control_name, "grpc_address": self.grpc.address if self.grpc else None,
                 "target_iterations": self.config.iterations, "updated": time.time()}
         write_text_atomic(self.run_dir / "driver.json", json.dumps(info, indent=1) + "\n")
 
@@ -242,26 +308,33 @@ class Trainer:
         collected: list[Any] = []
         infos: list[dict[str, Any]] = []
         trials = 0
+        # with a gRPC service, also look at its queue at least every 50 ms
+        timeout = 0.05 if self.grpc is not None else None
         while self.counters["iteration"] < self.config.iterations:
-            ready, _ = rt.wait(list(pending), num_returns=1)
-            slot, batch, handle = pending.pop(ready[0])
-            info = self._result_or_replace(ready[0], slot, handle)
-            if info is None:
-                launch(slot)
-                continue
-            if slot in pool.retiring:
-                pool.retire(slot)
-            else:
-                launch(slot)
-            for joined in pool.admit_ready():
-                launch(joined)
-            self._count_worker_info(info)
-            if self.version - info["policy_version"] > algo.max_policy_lag:
-                self.counters["dropped_batches_total"] += 1
-                continue
-            collected.append(batch)
-            infos.append(info)
-            trials += info["num_trials"]
+            ready, _ = rt.wait(list(pending), num_returns=1, timeout=timeout)
+            if ready:
+                slot, batch, handle = pending.pop(ready[0])
+                info = self._result_or_replace(ready[0], slot, handle)
+                if info is None:
+                    launch(slot)
+                    continue
+                if slot in pool.retiring:
+                    pool.retire(slot)
+                else:
+                    launch(slot)
+                for joined in pool.admit_ready():
+                    launch(joined)
+                self._count_worker_info(info)
+                if self.version - info["policy_version"] > algo.max_policy_lag:
+                    self.counters["dropped_batches_total"] += 1
+                else:
+                    collected.append(batch)
+                    infos.append(info)
+                    trials += info["num_trials"]
+            external = self._external_trials()
+            if external is not None:
+                collected.append(external)
+                trials += external["grpc_rollouts"]
             if trials < algo.trials_per_update:
                 continue
             try:
@@ -274,7 +347,7 @@ class Trainer:
                 self.counters["dropped_batches_total"] += len(collected)
                 collected, infos, trials = [], [], 0
                 continue
-            self._end_iteration(stats, {"sample_s_mean": float(np.mean([x["sample_s"] for x in infos]))})
+            self._end_iteration(stats, {"sample_s_mean": float(np.mean([x["sample_s"] for x in infos])) if infos else 0.0})
             collected, infos, trials = [], [], 0
 
     def _run_sync(self) -> None:
@@ -289,13 +362,28 @@ class Trainer:
             if pool.probe():
                 self.counters["worker_restarts_total"] = self._restarts_base + pool.restarts_total
             t0 = time.perf_counter()
-            tasks = self.scheduler.next_batch(algo.meta_batch_size)
+            with self._scheduler_lock:
+                tasks = self.scheduler.next_batch(algo.meta_batch_size)
+            n_external = min(self.config.grpc.external_tasks, len(tasks)) if self.grpc is not None else 0
+            if n_external:
+                self.grpc.offer(tasks[:n_external], self.version)
+            ray_tasks = tasks[n_external:]
+            external: list[tuple[dict[str, Any], dict[str, Any]]] = []
             for attempt in range(MAX_BATCH_LOSSES + 1):
-                parts = self.scheduler.balance(tasks, len(pool))
-                done = self._collect([(slot, part) for slot, part in zip(pool.slots, parts, strict=True) if part])
+                done = self._collect_tasks(ray_tasks)
+                if n_external and attempt == 0:
+                    external, missing = self.grpc.close_offer()
+                    if missing:  # nobody took them, or their actor is late: the Ray workers run them
+                        self.counters["grpc_tasks_reassigned_total"] += len(missing)
+                        ray_tasks = ray_tasks + missing
+                        done += self._collect_tasks(missing)
                 sampling_s = time.perf_counter() - t0
+                batches = [batch for batch, _ in done]
+                if external:
+                    batches.append({"policy_version": self.version, "tasks": [r for r, _ in external],
+                                    "grpc_rollouts": sum(info["rollouts"] for _, info in external)})
                 try:
-                    stats = rt.get(self.learner.update.remote(*[batch for batch, _ in done]))
+                    stats = rt.get(self.learner.update.remote(*batches))
                     break
                 except Exception as err:
                     # A batch kept on a node that died after its worker answered is lost before the
@@ -303,7 +391,7 @@ class Trainer:
                     if not is_worker_failure(err) or attempt == MAX_BATCH_LOSSES:
                         raise
                     self.display.message(f"a sample batch was lost ({type(err).__name__}); re-running the iteration's tasks")
-                    self.counters["tasks_requeued_total"] += len(tasks)
+                    self.counters["tasks_requeued_total"] += len(ray_tasks)
                     if pool.probe():
                         self.counters["worker_restarts_total"] = self._restarts_base + pool.restarts_total
             infos = [info for _, info in done]
@@ -312,13 +400,26 @@ class Trainer:
                 for task_id, pre, post, *steps in info["per_task"]:
                     self.scheduler.observe(task_id, return_pre=pre, return_post=post,
                                            **({"env_steps": steps[0]} if steps else {}))
-            n = sum(x["num_tasks"] for x in infos)
+            for _, info in external:
+                self._count_worker_info(info)
+                self.scheduler.observe(info["task_id"], return_pre=info["return_pre"], return_post=info["return_post"],
+                                       env_steps=info["env_steps"])
+            per_task = [(x["return_pre"], x["return_post"], x["num_tasks"]) for x in infos]
+            per_task += [(x["return_pre"], x["return_post"], 1) for _, x in external]
+            n = sum(k for _, _, k in per_task)
             self._end_iteration(stats, {
-                "return_pre": sum(x["return_pre"] * x["num_tasks"] for x in infos) / n,
-                "return_post": sum(x["return_post"] * x["num_tasks"] for x in infos) / n,
+                "return_pre": sum(pre * k for pre, _, k in per_task) / n,
+                "return_post": sum(post * k for _, post, k in per_task) / n,
                 "sampling_s": sampling_s,
-                "sample_s_mean": float(np.mean([x["sample_s"] for x in infos])),
+                "sample_s_mean": float(np.mean([x["sample_s"] for x in infos] + [x["sample_s"] for _, x in external])),
             })
+
+    def _collect_tasks(self, tasks: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
+        """Run `tasks` on the Ray workers, balanced by expected cost."""
+        if not tasks:
+            return []
+        parts = self.scheduler.balance(tasks, len(self.pool))
+        return self._collect([(slot, part) for slot, part in zip(self.pool.slots, parts, strict=True) if part])
 
     def _collect(self, jobs: list[tuple[int, list[Any]]]) -> list[tuple[Any, dict[str, Any]]]:
         """Run each (slot, tasks) job; returns (batch ref, info) per job, in job order.
@@ -378,6 +479,11 @@ class Trainer:
         """Count the iteration, append its progress row, show it, checkpoint when due."""
         self.version = stats["policy_version"]
         self.counters["iteration"] += 1
+        if self.grpc is not None:
+            self._publish_grpc()
+            self.counters["grpc_rollouts_learned_total"] += int(stats.pop("grpc_rollouts_learned", 0))
+            for key, value in self.grpc.counts.items():
+                self.counters[key] = self._grpc_base[key] + value
         now = time.perf_counter()
         self.counters["wall_time_s"] = now - self._start
         record = {
@@ -391,6 +497,7 @@ class Trainer:
             **{k: self.counters[k] for k in ("worker_restarts_total", "tasks_requeued_total", "tasks_reissued_total",
                                              "duplicate_results_total", "env_failures_total", "dropped_episodes_total",
                                              "dropped_batches_total")},
+            **({k: self.counters[k] for k in GRPC_COUNTERS} if self.grpc is not None else {}),
             **extra,
             **stats,
         }

@@ -57,6 +57,9 @@ class Learner:
             stats = self.impl.update(list(batches))
         self.version += 1
         self.publish()
+        external = [b["grpc_rollouts"] for b in batches if "grpc_rollouts" in b]
+        if external:  # rollouts from actors outside Ray that this update learned from
+            stats["grpc_rollouts_learned"] = int(sum(external))
         stats.update(
             policy_version=self.version,
             learner_step_s=time.perf_counter() - start,

@@ -289,7 +289,7 @@ class RL2Sampler:
             if dropped.size:
                 self.dropped_trials += dropped.size
                 self._start_new_trials(dropped, same_task=not self.refill)
-        batch = _pad_trials(done_rows, self.max_len, spec)
+        batch = pad_trials(done_rows, spec)
         returns = batch["rewards"].sum(1)
         info = {
             "policy_version": int(batch["policy_version"]),
@@ -322,7 +322,9 @@ class RL2Sampler:
         self.trial_version[slots] = self.version
 
 
-def _pad_trials(rows: list[tuple], max_len: int, spec: SpaceSpec) -> TrialBatch:
+def pad_trials(rows: list[tuple], spec: SpaceSpec) -> TrialBatch:
+    """Whole trials (obs, actions, rewards, dones, logp, policy version, task id) as one batch
+    padded to the longest, with a `mask` of real steps."""
     n = len(rows)
     length = max(len(r[0]) for r in rows)
     batch = {

@@ -1,0 +1,628 @@
+"""The gRPC service for rollout actors outside Ray: versioned parameters out, rollouts in.
+
+It runs in the driver beside the training loop (`metaray train --grpc-port P`). Actors ask
+for a task (`GetTask`, from the run's task scheduler), fetch or watch the parameters, run
+their env loop wherever they are, and push the rollouts back. What enters training:
+
+- RL² (asynchronous): each pushed trial joins the learner's queue like a Ray worker's trial,
+  under the same `max_policy_lag` rule (a trial that has grown too old by the time the learner
+  would use it is dropped and counted as stale).
+- MAML family (synchronous): `grpc.external_tasks` tasks of each meta-batch are offered to
+  gRPC actors; an actor pushes all stages' episodes of its task (it adapts locally, as a Ray
+  worker does) and the task joins that iteration's batch. A task nobody took, or whose actor is
+  late past `grpc.task_timeout_s`, is run by the Ray workers instead.
+
+Every call must carry `authorization: Bearer <token>` (constant-time compare). Every field of
+every rollout is checked (assignment, actor, task, policy version, dtypes, shapes, lengths,
+episode ends, finiteness, observation bounds, action range) before anything is queued, and a
+push is all or nothing. Rejections use the matching gRPC status code and are counted
+(`grpc_rollouts_rejected_total`, `metaray_grpc_requests_total{method,code}`). Each parameter
+version is serialized once and the same bytes are sent to every client.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import json
+import logging
+import math
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import gymnasium as gym
+import numpy as np
+
+from metaray.cluster.proto import metaray_pb2 as pb
+from metaray.tasks import Task
+
+log = logging.getLogger(__name__)
+SERVICE = "metaray.v1.MetaRay"
+DTYPES = {"float32": np.dtype("<f4"), "int64": np.dtype("<i8"), "bool": np.dtype("bool")}
+MAX_WAIT_S = 30.0  # longest a GetParameters / GetTask call may wait for something to appear
+MAX_ACTOR_ID = 128
+
+
+class Reject(Exception):
+    """A request the service refuses: a gRPC status code and a one-line reason."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _invalid(message: str) -> Reject:
+    return Reject(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What the service must know about the run to hand out tasks and check rollouts."""
+
+    run: str
+    algo: str
+    family: str
+    family_kwargs: dict[str, Any]
+    algo_config: dict[str, Any]
+    observation_space: gym.spaces.Box
+    action_space: gym.Space
+    max_episode_steps: int
+
+    @property
+    def discrete(self) -> bool:
+        return isinstance(self.action_space, gym.spaces.Discrete)
+
+    @property
+    def stages(self) -> list[str]:
+        if self.algo == "rl2":
+            return ["trial"]
+        k = int(self.algo_config["num_inner_steps"])
+        return [f"inner_{j}" for j in range(k)] + ["post"]
+
+    @property
+    def rollouts_per_stage(self) -> int:
+        return 1 if self.algo == "rl2" else int(self.algo_config["episodes_per_task"])
+
+    @property
+    def episodes_per_rollout(self) -> int:
+        return int(self.algo_config["episodes_per_trial"]) if self.algo == "rl2" else 1
+
+    @property
+    def max_steps(self) -> int:
+        return self.episodes_per_rollout * self.max_episode_steps
+
+    @property
+    def max_policy_lag(self) -> int:
+        return int(self.algo_config.get("max_policy_lag", 0))
+
+
+@dataclass
+class Assignment:
+    id: int
+    task: Task
+    policy_version: int
+    expires: float
+    actor_id: str = ""
+    started: float = 0.0
+
+
+@dataclass
+class Offer:
+    """The external share of one MAML meta-batch."""
+
+    version: int
+    open: collections.deque[Assignment] = field(default_factory=collections.deque)
+    taken: dict[int, Assignment] = field(default_factory=dict)
+    results: dict[int, tuple[dict[str, np.ndarray], dict[str, Any]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckedRollout:
+    """A rollout that passed every check, as numpy arrays."""
+
+    assignment_id: int
+    task_id: int
+    policy_version: int
+    stage: str
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
+    logp: np.ndarray
+
+
+def encode_tensor(name: str, array: np.ndarray) -> pb.Tensor:
+    """A numpy array as a Tensor message (little-endian, C order)."""
+    array = np.asarray(array)
+    dtype = next((k for k, v in DTYPES.items() if (v.kind, v.itemsize) == (array.dtype.kind, array.dtype.itemsize)), None)
+    if dtype is None:
+        raise ValueError(f"{name}: dtype {array.dtype} cannot be sent (use float32, int64 or bool)")
+    data = np.ascontiguousarray(array, DTYPES[dtype]).tobytes()
+    return pb.Tensor(name=name, dtype=dtype, shape=list(array.shape), data=data)
+
+
+def decode_tensor(tensor: pb.Tensor) -> np.ndarray:
+    """A Tensor message as a (read-only) numpy array; raises ValueError when it is malformed."""
+    if tensor.dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {tensor.dtype!r}")
+    dtype = DTYPES[tensor.dtype]
+    shape = tuple(int(s) for s in tensor.shape)
+    if any(s < 0 for s in shape):
+        raise ValueError(f"negative dimension in shape {shape}")
+    count = math.prod(shape)
+    if len(tensor.data) != count * dtype.itemsize:
+        raise ValueError(f"{len(tensor.data)} bytes of data for shape {shape} of {tensor.dtype} "
+                         f"({count * dtype.itemsize} expected)")
+    if dtype == np.bool_ and count and np.frombuffer(tensor.data, np.uint8).max() > 1:
+        raise ValueError("bool data must be bytes 0 or 1")
+    return np.frombuffer(tensor.data, dtype).reshape(shape)
+
+
+def load_token(env_var: str | None, token_file: str | Path | None, run_dir: Path) -> tuple[str, str]:
+    """The service's token and where it came from: the env var, the token file, or (neither
+    given) a new random token written to RUN_DIR/grpc_token, readable by the owner only."""
+    import os
+    import secrets
+
+    if env_var and os.environ.get(env_var):
+        token, source = os.environ[env_var].strip(), f"${env_var}"
+    elif token_file:
+        path = Path(token_file)
+        if not path.is_file():
+            raise ValueError(f"grpc.token_file: no such file {path}")
+        token, source = path.read_text().strip(), str(path)
+    else:
+        path = run_dir / "grpc_token"
+        token = path.read_text().strip() if path.is_file() else secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        source = str(path)
+    if len(token) < 16 or not token.isascii() or not token.isprintable():
+        raise ValueError(f"gRPC token from {source}: needs at least 16 printable ASCII characters")
+    return token, source
+
+
+class _TokenCheck(grpc.ServerInterceptor):
+    """Refuses every call without `authorization: Bearer <token>` (constant-time compare)."""
+
+    def __init__(self, token: str, on_reject: Callable[[str], None]):
+        self._expected = f"Bearer {token}".encode()
+        self._on_reject = on_reject
+
+    def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        given = ""
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization" and isinstance(value, str):
+                given = value
+        if hmac.compare_digest(given.encode("utf-8", "replace"), self._expected):
+            return continuation(details)
+        handler = continuation(details)
+        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED
+            return None
+        method = details.method.rsplit("/", 1)[-1]
+        self._on_reject(method)
+        message = "missing or wrong token (metadata 'authorization: Bearer <token>')"
+
+        def deny(request: Any, context: grpc.ServicerContext) -> Any:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(deny)
+        if handler.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(deny)
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(deny)
+        return grpc.unary_unary_rpc_method_handler(deny)
+
+
+class GrpcService:
+    """The server and the state it shares with the training loop (thread-safe)."""
+
+    def __init__(self, spec: RunSpec, config: Any, next_task: Callable[[], Task], token: str,
+                 count_request: Callable[[str, str], None] | None = None):
+        self.spec, self.config = spec, config
+        self._next_task = next_task
+        self._token = token
+        self._count_request = count_request or (lambda method, code: None)
+        self._lock = threading.Condition()
+        self._version = -1
+        self._params: bytes = b""
+        self._next_id = 1
+        self._assignments: collections.OrderedDict[int, Assignment] = collections.OrderedDict()  # rl2
+        self._queue: collections.deque[CheckedRollout] = collections.deque()  # rl2 trials for the learner
+        self._offer: Offer | None = None  # maml
+        self._stopping = False
+        self._server: grpc.Server | None = None
+        self.address: str | None = None
+        self.counts = collections.Counter({"grpc_rollouts_accepted_total": 0, "grpc_rollouts_rejected_total": 0})
+        obs = spec.observation_space
+        self._obs_low = np.where(np.isfinite(obs.low), obs.low, -np.inf).astype(np.float64)
+        self._obs_high = np.where(np.isfinite(obs.high), obs.high, np.inf).astype(np.float64)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, port: int, host: str = "127.0.0.1", tls: tuple[bytes, bytes] | None = None) -> str:
+        """Serve on host:port (0 = a free port); `tls` = (certificate chain, private key) PEM."""
+        if port:  # a clear error before gRPC's own (which also logs to stderr)
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: TIME_WAIT is fine
+                probe.bind((host, port))
+        limit = int(self.config.max_message_mb * 2**20)
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.config.max_concurrent_rpcs, thread_name_prefix="metaray-grpc"),
+            interceptors=[_TokenCheck(self._token, self._count_unauthenticated)],
+            # no SO_REUSEPORT: a port already in use is an error, not a port shared with another server
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+                     ("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
+        )
+        server.add_generic_rpc_handlers([self._handlers()])
+        where = f"{host}:{port}"
+        if tls is None:
+            bound = server.add_insecure_port(where)
+        else:
+            bound = server.add_secure_port(where, grpc.ssl_server_credentials([(tls[1], tls[0])]))
+        if bound == 0:
+            raise OSError(f"cannot bind the gRPC service to {where}")
+        server.start()
+        self._server = server
+        self.address = f"{host}:{bound}"
+        return self.address
+
+    def stop(self, grace: float = 1.0) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._server is not None:
+            self._server.stop(grace).wait()
+            self._server = None
+
+    def _handlers(self) -> grpc.GenericRpcHandler:
+        def out(message: Any) -> bytes:  # parameters arrive pre-serialized (once per version)
+            return message if isinstance(message, bytes) else message.SerializeToString()
+
+        unary = {"GetRunInfo": (self.get_run_info, pb.RunInfoRequest),
+                 "GetParameters": (self.get_parameters, pb.ParametersRequest),
+                 "GetTask": (self.get_task, pb.TaskRequest)}
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(self._counted(name, fn), fn_in.FromString, out)
+            for name, (fn, fn_in) in unary.items()
+        }
+        handlers["WatchParameters"] = grpc.unary_stream_rpc_method_handler(
+            self._counted_stream("WatchParameters", self.watch_parameters), pb.ParametersRequest.FromString, out)
+        handlers["PushEpisodes"] = grpc.stream_unary_rpc_method_handler(
+            self._counted("PushEpisodes", self.push_episodes), pb.Rollout.FromString, out)
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+    def _count_unauthenticated(self, method: str) -> None:
+        self._count_request(method, "UNAUTHENTICATED")
+
+    def _counted(self, method: str, fn: Callable[[Any, grpc.ServicerContext], Any]) -> Callable:
+        def run(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                response = fn(request, context)
+            except Reject as err:
+                self._count_request(method, err.code.name)
+                context.abort(err.code, err.message)
+            except grpc.RpcError as err:  # reading a client stream failed (cancelled, oversize)
+                code = err.code() if callable(getattr(err, "code", None)) else grpc.StatusCode.UNKNOWN
+                self._count_request(method, code.name)
+                raise
+            except Exception:
+                log.exception("gRPC %s failed", method)
+                self._count_request(method, "INTERNAL")
+                context.abort(grpc.StatusCode.INTERNAL, "internal error (see the training run's log)")
+            self._count_request(method, "OK")
+            return response
+        return run
+
+    def _counted_stream(self, method: str, fn: Callable[[Any, grpc.ServicerContext], Iterator[Any]]) -> Callable:
+        def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from fn(request, context)
+            except Reject as err:
+                self._count_request(method, err.code.name)
+                context.abort(err.code, err.message)
+            self._count_request(method, "OK")
+        return run
+
+    # ------------------------------------------------------------------ training-loop side
+    def publish(self, version: int, weights: dict[str, np.ndarray]) -> None:
+        """Make `version` the newest parameters; serialized once here for every client."""
+        message = pb.Parameters(version=version, tensors=[encode_tensor(k, v) for k, v in weights.items()])
+        data = message.SerializeToString()
+        with self._lock:
+            self._version, self._params = version, data
+            self._lock.notify_all()
+
+    def drain_rollouts(self) -> list[CheckedRollout]:
+        """RL²: every trial accepted since the last call, oldest first."""
+        with self._lock:
+            out = list(self._queue)
+            self._queue.clear()
+        return out
+
+    def offer(self, tasks: list[Task], version: int) -> None:
+        """MAML: open `tasks` to gRPC actors for the iteration acting with `version`."""
+        now = time.monotonic()
+        with self._lock:
+            offer = Offer(version)
+            for task in tasks:
+                offer.open.append(Assignment(self._new_id(), task, version, expires=now + self.config.task_timeout_s))
+            self._offer = offer
+            self._lock.notify_all()
+
+    def close_offer(self) -> tuple[list[tuple[dict[str, np.ndarray], dict[str, Any]]], list[Task]]:
+        """MAML: wait for the tasks actors took (each until task_timeout_s after it was taken), then close the offer.
+        Returns the delivered results and the tasks to run elsewhere (never taken, or late)."""
+        with self._lock:
+            offer = self._offer
+            if offer is None:
+                return [], []
+            if offer.open and self.config.take_wait_s > 0:
+                self._lock.wait_for(lambda: not offer.open or self._stopping, timeout=self.config.take_wait_s)
+            missing = list(offer.open)  # nobody took them: no need to wait
+            offer.open.clear()
+            deadline = max((a.expires for a in offer.taken.values()), default=0.0)
+            self._lock.wait_for(lambda: set(offer.results) >= set(offer.taken) or self._stopping,
+                                timeout=max(0.0, deadline - time.monotonic()))
+            missing += [a for a_id, a in offer.taken.items() if a_id not in offer.results]
+            self._offer = None
+            results = [offer.results[a_id] for a_id in offer.taken if a_id in offer.results]
+        return results, [a.task for a in missing]
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
+    # ------------------------------------------------------------------ RPCs
+    def get_run_info(self, request: pb.RunInfoRequest, context: grpc.ServicerContext) -> pb.RunInfo:
+        spec = self.spec
+        act = spec.action_space
+        return pb.RunInfo(
+            run=spec.run, algo=spec.algo, family=spec.family, family_kwargs_json=json.dumps(spec.family_kwargs),
+            algo_config_json=json.dumps(spec.algo_config), observation_shape=list(spec.observation_space.shape),
+            discrete_actions=spec.discrete, num_actions=int(act.n) if spec.discrete else 0,
+            action_shape=[] if spec.discrete else list(act.shape), max_episode_steps=spec.max_episode_steps,
+            policy_version=self._version, max_policy_lag=spec.max_policy_lag,
+        )
+
+    def get_parameters(self, request: pb.ParametersRequest, context: grpc.ServicerContext) -> bytes:
+        wait = min(max(float(request.wait_s), 0.0), MAX_WAIT_S) if math.isfinite(request.wait_s) else 0.0
+        with self._lock:
+            self._lock.wait_for(lambda: self._version >= request.min_version or self._stopping, timeout=wait)
+            if self._version < request.min_version:
+                raise Reject(grpc.StatusCode.UNAVAILABLE,
+                             f"version {request.min_version} is not published yet (newest: {self._version}); retry")
+            return self._params
+
+    def watch_parameters(self, request: pb.ParametersRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+        last = int(request.min_version) - 1
+        while context.is_active():
+            with self._lock:
+                self._lock.wait_for(lambda seen=last: self._version > seen or self._stopping, timeout=1.0)
+                if self._stopping:
+                    return
+                version, data = self._version, self._params
+            if version > last:
+                last = version
+                yield data
+
+    def get_task(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> pb.TaskAssignment:
+        actor = _check_actor_id(request.actor_id)
+        wait = min(max(float(request.wait_s), 0.0), MAX_WAIT_S) if math.isfinite(request.wait_s) else 0.0
+        now = time.monotonic()
+        if self.spec.algo == "rl2":
+            task = self._next_task()
+            with self._lock:
+                assignment = Assignment(self._new_id(), task, self._version, now + self.config.assignment_ttl_s,
+                                        actor, now)
+                self._assignments[assignment.id] = assignment
+                self._evict_assignments(now)
+        else:
+            with self._lock:
+                self._lock.wait_for(lambda: (self._offer is not None and bool(self._offer.open)) or self._stopping,
+                                    timeout=wait)
+                if self._offer is None or not self._offer.open:
+                    raise Reject(grpc.StatusCode.UNAVAILABLE, "no task is open for gRPC actors now; retry")
+                assignment = self._offer.open.popleft()
+                assignment.actor_id, assignment.started = actor, now
+                assignment.expires = now + self.config.task_timeout_s
+                self._offer.taken[assignment.id] = assignment
+        spec = self.spec
+        return pb.TaskAssignment(
+            assignment_id=assignment.id, family=assignment.task.family, split=assignment.task.split,
+            task_id=assignment.task.task_id, params=list(assignment.task.params),
+            policy_version=assignment.policy_version, stages=spec.stages, rollouts_per_stage=spec.rollouts_per_stage,
+            max_steps=spec.max_steps, episodes_per_rollout=spec.episodes_per_rollout,
+            expires_in_s=max(0.0, assignment.expires - now),
+        )
+
+    def _evict_assignments(self, now: float) -> None:
+        while self._assignments:
+            oldest = next(iter(self._assignments.values()))
+            if oldest.expires > now and len(self._assignments) <= self.config.max_open_assignments:
+                break
+            self._assignments.popitem(last=False)
+
+    def push_episodes(self, requests: Iterable[pb.Rollout], context: grpc.ServicerContext) -> pb.PushResult:
+        received = 0
+        checked: list[CheckedRollout] = []
+        try:
+            for message in requests:
+                received += 1
+                if received > self.config.max_rollouts_per_push:
+                    raise Reject(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                 f"more than grpc.max_rollouts_per_push={self.config.max_rollouts_per_push} rollouts in one push")
+                checked.append(self._check(message, index=received - 1))
+            if not checked:
+                raise _invalid("empty push: no rollouts")
+            self._commit(checked)
+        except (Reject, grpc.RpcError):
+            with self._lock:
+                self.counts["grpc_rollouts_rejected_total"] += max(received, 1)
+            raise
+        with self._lock:
+            self.counts["grpc_rollouts_accepted_total"] += len(checked)
+            version = self._version
+        return pb.PushResult(accepted=len(checked), policy_version=version)
+
+    # ------------------------------------------------------------------ checks
+    def _assignment(self, assignment_id: int) -> Assignment | None:
+        if self.spec.algo == "rl2":
+            return self._assignments.get(assignment_id)
+        offer = self._offer
+        return None if offer is None else offer.taken.get(assignment_id)
+
+    def _check(self, msg: pb.Rollout, index: int) -> CheckedRollout:
+        """Every field of one rollout, or Reject naming the first bad one."""
+        spec, where = self.spec, f"rollout {index}"
+        actor = _check_actor_id(msg.actor_id, where)
+        with self._lock:
+            assignment = self._assignment(msg.assignment_id)
+            version = self._version
+        if assignment is None:
+            code = grpc.StatusCode.NOT_FOUND if spec.algo == "rl2" else grpc.StatusCode.FAILED_PRECONDITION
+            raise Reject(code, f"{where}: assignment {msg.assignment_id} is unknown, expired or already closed")
+        if assignment.actor_id != actor:
+            raise Reject(grpc.StatusCode.PERMISSION_DENIED, f"{where}: assignment {msg.assignment_id} belongs to another actor")
+        if msg.task_id != assignment.task.task_id:
+            raise _invalid(f"{where}: task_id {msg.task_id} is not the assigned task {assignment.task.task_id}")
+        if msg.stage not in spec.stages:
+            raise _invalid(f"{where}: stage must be one of {spec.stages}, got {msg.stage!r}")
+        if spec.algo == "rl2":
+            if msg.policy_version > version or msg.policy_version < version - spec.max_policy_lag:
+                raise Reject(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"{where}: policy_version {msg.policy_version} outside [{version - spec.max_policy_lag}, {version}] "
+                             f"(max_policy_lag {spec.max_policy_lag})")
+        elif msg.policy_version != assignment.policy_version:
+            raise Reject(grpc.StatusCode.FAILED_PRECONDITION,
+                         f"{where}: policy_version {msg.policy_version}, the task must be run with {assignment.policy_version}")
+        arrays = {}
+        for name in ("observations", "actions", "rewards", "dones", "log_probs"):
+            if not msg.HasField(name):
+                raise _invalid(f"{where}: {name} is missing")
+            try:
+                arrays[name] = decode_tensor(getattr(msg, name))
+            except ValueError as err:
+                raise _invalid(f"{where}: {name}: {err}") from None
+        steps = arrays["rewards"].shape[0] if arrays["rewards"].ndim == 1 else -1
+        if not 1 <= steps <= spec.max_steps:
+            raise _invalid(f"{where}: rewards must have shape [T] with 1 <= T <= {spec.max_steps}, got {arrays['rewards'].shape}")
+        act_tail = () if spec.discrete else tuple(spec.action_space.shape)
+        expected = {"observations": ("float32", (steps, *spec.observation_space.shape)),
+                    "actions": ("int64" if spec.discrete else "float32", (steps, *act_tail)),
+                    "rewards": ("float32", (steps,)), "dones": ("bool", (steps,)), "log_probs": ("float32", (steps,))}
+        for name, (dtype, shape) in expected.items():
+            if getattr(msg, name).dtype != dtype or arrays[name].shape != shape:
+                raise _invalid(f"{where}: {name} must be {dtype} {list(shape)}, got {getattr(msg, name).dtype} "
+                               f"{list(arrays[name].shape)}")
+        limit = self.config.max_abs_value
+        for name in ("observations", "rewards", "log_probs") + (() if spec.discrete else ("actions",)):
+            a = arrays[name]
+            if not np.isfinite(a).all():
+                raise _invalid(f"{where}: {name} has NaN or infinite values")
+            if a.size and np.abs(a).max() > limit:
+                raise _invalid(f"{where}: {name} has values beyond ±{limit:g} (grpc.max_abs_value)")
+        obs = arrays["observations"]
+        if ((obs < self._obs_low) | (obs > self._obs_high)).any():
+            raise _invalid(f"{where}: observations outside the observation space's bounds")
+        if spec.discrete:
+            acts = arrays["actions"]
+            if acts.min() < 0 or acts.max() >= spec.action_space.n:
+                raise _invalid(f"{where}: actions must be in [0, {spec.action_space.n})")
+            if arrays["log_probs"].max() > 1e-6:
+                raise _invalid(f"{where}: log_probs of discrete actions must be <= 0")
+        self._check_episode_ends(arrays["dones"], where)
+        return CheckedRollout(int(msg.assignment_id), int(msg.task_id), int(msg.policy_version), msg.stage, obs,
+                              arrays["actions"], arrays["rewards"], arrays["dones"], arrays["log_probs"])
+
+    def _check_episode_ends(self, dones: np.ndarray, where: str) -> None:
+        spec = self.spec
+        ends = np.flatnonzero(dones)
+        if spec.algo == "rl2":
+            if len(ends) != spec.episodes_per_rollout or ends[-1] != len(dones) - 1:
+                raise _invalid(f"{where}: a trial has exactly {spec.episodes_per_rollout} episodes, the last step "
+                               f"ending the last one (dones marks {len(ends)})")
+            lengths = np.diff(np.concatenate([[-1], ends]))
+            if lengths.max() > spec.max_episode_steps:
+                raise _invalid(f"{where}: an episode is longer than the horizon {spec.max_episode_steps}")
+        elif (len(ends) > 1 or (len(ends) == 1 and ends[0] != len(dones) - 1)
+              or (len(ends) == 0 and len(dones) != spec.max_episode_steps)):
+            raise _invalid(f"{where}: one episode per rollout: dones only on the last step, and an episode "
+                           f"without an end runs the full horizon {spec.max_episode_steps}")
+
+    def _commit(self, rollouts: list[CheckedRollout]) -> None:
+        """All of a push enters, or none of it (Reject)."""
+        by_assignment: dict[int, list[CheckedRollout]] = collections.defaultdict(list)
+        for r in rollouts:
+            by_assignment[r.assignment_id].append(r)
+        with self._lock:
+            if self.spec.algo == "rl2":
+                for a_id, rs in by_assignment.items():
+                    if len(rs) != 1:
+                        raise _invalid(f"assignment {a_id}: one trial per assignment, got {len(rs)}")
+                    if a_id not in self._assignments:
+                        raise Reject(grpc.StatusCode.NOT_FOUND, f"assignment {a_id} was used or expired meanwhile")
+                if len(self._queue) + len(rollouts) > self.config.max_queued_rollouts:
+                    raise Reject(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                 f"the learner's queue is full ({len(self._queue)} trials); retry later")
+                for a_id in by_assignment:
+                    del self._assignments[a_id]
+                self._queue.extend(rollouts)
+                return
+            offer = self._offer
+            results = {}
+            for a_id, rs in by_assignment.items():
+                if offer is None or a_id not in offer.taken:
+                    raise Reject(grpc.StatusCode.FAILED_PRECONDITION, f"assignment {a_id} was closed meanwhile")
+                if a_id in offer.results:
+                    raise Reject(grpc.StatusCode.ALREADY_EXISTS, f"assignment {a_id} was delivered already")
+                results[a_id] = self._task_result(offer.taken[a_id], rs)
+            offer.results.update(results)
+            self._lock.notify_all()
+
+    def _task_result(self, assignment: Assignment, rollouts: list[CheckedRollout]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """MAML: one task's rollouts as the TaskResult a Ray worker's MAMLSampler returns."""
+        spec, per, horizon = self.spec, self.spec.rollouts_per_stage, self.spec.max_episode_steps
+        result: dict[str, np.ndarray] = {}
+        returns: dict[str, float] = {}
+        steps = 0
+        for stage in spec.stages:
+            rs = [r for r in rollouts if r.stage == stage]
+            if len(rs) != per:
+                raise _invalid(f"assignment {assignment.id}: stage {stage} needs {per} episodes, got {len(rs)}")
+            obs = np.zeros((per, horizon, *spec.observation_space.shape), np.float32)
+            act = np.zeros((per, horizon, *spec.action_space.shape), np.float32)
+            rew, logp = np.zeros((per, horizon), np.float32), np.zeros((per, horizon), np.float32)
+            mask = np.zeros((per, horizon), bool)
+            for e, r in enumerate(rs):
+                n = len(r.rewards)
+                obs[e, :n], act[e, :n], rew[e, :n], logp[e, :n], mask[e, :n] = r.obs, r.actions, r.rewards, r.logp, True
+                steps += n
+            result.update({f"{stage}/obs": obs, f"{stage}/actions": act, f"{stage}/rewards": rew,
+                           f"{stage}/mask": mask, f"{stage}/logp": logp})
+            returns[stage] = float(rew.sum(1).mean())
+        pre, post = returns[spec.stages[0]], returns["post"]
+        result.update(task_id=np.array(assignment.task.task_id, np.int64),
+                      policy_version=np.array(assignment.policy_version, np.int64),
+                      return_pre=np.array(pre), return_post=np.array(post),
+                      env_steps=np.array(steps, np.int64), episodes=np.array(per * len(spec.stages), np.int64))
+        info = {"task_id": assignment.task.task_id, "return_pre": pre, "return_post": post, "env_steps": steps,
+                "episodes": per * len(spec.stages), "rollouts": len(rollouts), "actor_id": assignment.actor_id,
+                "sample_s": time.monotonic() - assignment.started}
+        return result, info
+
+
+def _check_actor_id(actor_id: str, where: str = "request") -> str:
+    if not actor_id or len(actor_id) > MAX_ACTOR_ID or not actor_id.isprintable():
+        raise _invalid(f"{where}: actor_id must be 1..{MAX_ACTOR_ID} printable characters")
+    return actor_id
