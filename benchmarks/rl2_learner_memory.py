@@ -7,11 +7,12 @@ trial batches once, then runs `--updates` RL2Learner.update() calls in one proce
 its private memory (/proc/self/smaps_rollup Private_Clean + Private_Dirty) after every
 `--every`-th update. Each variant runs in a fresh subprocess:
 
-- baseline: as the learner actor runs it;
-- gc: gc.collect() after every update (Python reference cycles?);
-- malloc_trim: glibc malloc_trim(0) after every update (memory freed but kept by the allocator?);
-- mmap_threshold: MALLOC_MMAP_THRESHOLD_=131072 (fixed: large temporaries are mmapped and given
-  back on free instead of fragmenting the heap).
+- before: RL2Learner.update() alone;
+- gc: before + gc.collect() after every update (Python reference cycles?);
+- fixed: as shipped: the learner actor (metaray.learner.learner.Learner) calls glibc's
+  malloc_trim(0) after every update (memory freed but kept by the allocator?);
+- mmap_threshold: before + MALLOC_MMAP_THRESHOLD_=131072 (fixed threshold: large temporaries
+  are mmapped and given back on free instead of staying in the heap).
 
 Writes benchmarks/results/rl2_learner_memory.json (start / end / min / max / slope per variant).
 
@@ -21,7 +22,6 @@ Writes benchmarks/results/rl2_learner_memory.json (start / end / min / max / slo
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -35,9 +35,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 VARIANTS = {
-    "baseline": {},
+    "before": {},
     "gc": {},
-    "malloc_trim": {},
+    "fixed": {},
     "mmap_threshold": {"MALLOC_MMAP_THRESHOLD_": "131072"},
 }
 
@@ -53,6 +53,7 @@ def run_variant(variant: str, updates: int, every: int) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from metaray.learner import rl2
+    from metaray.learner.learner import release_freed_memory
     from metaray.tasks import make_family
 
     torch.set_num_threads(1)
@@ -64,7 +65,6 @@ def run_variant(variant: str, updates: int, every: int) -> dict:
         pool = [sampler.sample(config.slots_per_worker)[0] for _ in range(16)]
     learner = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config.hidden_size), config, torch.device("cpu"), seed=0)
     del sampler
-    libc = ctypes.CDLL("libc.so.6")
     gc.collect()
     series: list[tuple[int, float, float]] = []
     start = time.perf_counter()
@@ -72,8 +72,8 @@ def run_variant(variant: str, updates: int, every: int) -> dict:
         learner.update([pool[(4 * i + j) % len(pool)] for j in range(4)])
         if variant == "gc":
             gc.collect()
-        elif variant == "malloc_trim":
-            libc.malloc_trim(0)
+        elif variant == "fixed":
+            release_freed_memory()
         if i % every == 0 or i == updates - 1:
             series.append((i + 1, round(time.perf_counter() - start, 1), round(private_mib(), 1)))
             print(variant, *series[-1], flush=True)

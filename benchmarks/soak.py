@@ -4,8 +4,9 @@ long training run (target: flat).
 Starts `metaray train CONFIG` (local Ray) with a very large iteration count, samples every
 process's RSS from /proc every `--every` seconds for `--minutes`, then stops the run with
 SIGTERM (checkpoint, exit). Reports each role's RSS and private (unshared) memory at the start
-and end and the slope of a least-squares line over the second half of the samples (MiB per
-hour; after warm-up); only the run's own processes are sampled (descendants of its driver); and
+and end, the slope of a least-squares line over the second half of the samples (MiB per
+hour; after warm-up) and the lowest value in each 5-minute window after 3 minutes of warm-up (a
+leak raises this floor; memory the allocator frees and reuses only swings above it); only the run's own processes are sampled (descendants of its driver); and
 writes benchmarks/results/soak.json and soak.png.
 
     python benchmarks/soak.py --config configs/quickstart.yaml --minutes 30
@@ -91,6 +92,18 @@ def slope_mib_per_hour(t: list[float], y: list[float]) -> float:
     return float(np.polyfit(tt / 3600.0, yy, 1)[0])
 
 
+def window_floors(t: list[float], y: list[float], window_s: float = 300.0, warmup_s: float = 180.0) -> list[float]:
+    """The lowest value in each `window_s` window after warm-up: memory that an allocator keeps
+    and hands back swings up and down between updates, so a leak shows as a rising floor, not as
+    a line fitted through the swings."""
+    floors: dict[int, float] = {}
+    for tt, yy in zip(t, y, strict=True):
+        if tt >= warmup_s:
+            k = int((tt - warmup_s) // window_s)
+            floors[k] = min(floors.get(k, float("inf")), yy)
+    return [round(floors[k], 1) for k in sorted(floors)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/quickstart.yaml")
@@ -132,6 +145,7 @@ def main() -> None:
         "processes": {k: {"rss_start_mib": round(v[0][1], 1), "rss_end_mib": round(v[-1][1], 1),
                           "rss_max_mib": round(max(x for _, x in v), 1),
                           "slope_second_half_mib_per_hour": round(slope_mib_per_hour([t for t, _ in v], [x for _, x in v]), 2),
+                          "floor_per_5min_after_warmup_mib": window_floors([t for t, _ in v], [x for _, x in v]),
                           "samples": len(v)} for k, v in sorted(samples.items())},
         "date": time.strftime("%Y-%m-%d"), "machine": machine(),
     }
