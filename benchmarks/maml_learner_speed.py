@@ -86,7 +86,12 @@ def loop_update(policy, results, config) -> dict[str, float]:
 
 
 def main() -> None:
-    torch.set_num_threads(1)
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for every variant")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     family = make_family("point-nav")
     config = maml.MAMLConfig()
     sampler = maml.MAMLSampler(family, config, 1, seed=0)
@@ -125,9 +130,10 @@ def main() -> None:
         "meta_gradient_loop_over_vmapped": round(grad_loop_s / vmap_s, 2),
         "meta_gradient_max_abs_diff": diff, "meta_gradient_max_abs": scale,
         "tasks": config.meta_batch_size, "episodes_per_task": config.episodes_per_task, "horizon": 100,
-        "torch_threads": 1, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+        "torch_threads": args.threads, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
     }
-    (ROOT / "benchmarks" / "results" / "maml_learner_speed.json").write_text(json.dumps(row, indent=1) + "\n")
+    name = "maml_learner_speed" + ("" if args.threads == 1 else f"_threads{args.threads}")
+    (ROOT / "benchmarks" / "results" / f"{name}.json").write_text(json.dumps(row, indent=1) + "\n")
     print(json.dumps(row))
 
 

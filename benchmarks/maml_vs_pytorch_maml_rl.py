@@ -34,14 +34,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from rl2_duan import machine  # noqa: E402
 
 
-def run_metaray(iterations: int, seed: int) -> dict:
-    run_dir = RESULTS / "runs" / f"sbs-metaray-point-nav-it{iterations}-seed{seed}"
+def run_metaray(iterations: int, seed: int, learner_threads: int = 1) -> dict:
+    run_dir = RESULTS / "runs" / f"sbs-metaray-point-nav-it{iterations}-seed{seed}-lt{learner_threads}"
     if run_dir.exists():
         subprocess.run(["rm", "-rf", str(run_dir)], check=True)
     exe = str(Path(sys.executable).with_name("metaray"))
     start = time.time()
     subprocess.run([exe, "train", "configs/maml-trpo-point-nav.yaml", "--run-dir", str(run_dir), "--iterations",
-                    str(iterations), "--set", f"seed={seed}", "--set", "metrics.tensorboard=false"],
+                    str(iterations), "--set", f"seed={seed}", "--set", "metrics.tensorboard=false",
+                    "--set", f"learner.torch_threads={learner_threads}"],
                    check=True, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     command_s = time.time() - start
     rows = [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]
@@ -57,13 +58,14 @@ def run_metaray(iterations: int, seed: int) -> dict:
     }
 
 
-def run_peer(iterations: int, seed: int, peer_dir: Path) -> dict:
+def run_peer(iterations: int, seed: int, peer_dir: Path, learner_threads: int = 1) -> dict:
     out = RESULTS / "tmp" / f"pytorch-maml-rl-it{iterations}-seed{seed}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
     start = time.time()
     subprocess.run([str(peer_dir / "venv" / "bin" / "python"), str(ROOT / "benchmarks" / "peer" / "run_pytorch_maml_rl.py"),
                     "--iterations", str(iterations), "--seed", str(seed), "--num-workers", "2", "--out", str(out),
+                    "--learner-threads", str(learner_threads),
                     "--repo", str(peer_dir / "pytorch-maml-rl")],
                    check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     command_s = time.time() - start
@@ -121,15 +123,24 @@ def main() -> None:
     parser.add_argument("--peer-dir", type=Path, default=ROOT / "benchmarks" / "peer" / "build",
                         help="where setup_pytorch_maml_rl.sh put the checkout and venv")
     parser.add_argument("--window", type=int, default=5, help="returns are averaged over the last WINDOW iterations")
+    parser.add_argument("--learner-threads", type=int, default=1,
+                        help="torch threads of metaray's learner (its sampling workers keep 1 and wait while "
+                             "it updates, so 2 uses both cores)")
+    parser.add_argument("--peer-learner-threads", type=int, default=None,
+                        help="torch threads of pytorch-maml-rl's learner process (default: --learner-threads; "
+                             "1 is its best: its workers sample while its learner runs)")
     args = parser.parse_args()
     if not (args.peer_dir / "venv" / "bin" / "python").exists():
         sys.exit(f"no pytorch-maml-rl set-up in {args.peer_dir}: run benchmarks/peer/setup_pytorch_maml_rl.sh first")
-    results = {"metaray": run_metaray(args.iterations, args.seed),
-               "pytorch-maml-rl": run_peer(args.iterations, args.seed, args.peer_dir)}
+    peer_threads = args.learner_threads if args.peer_learner_threads is None else args.peer_learner_threads
+    results = {"metaray": run_metaray(args.iterations, args.seed, args.learner_threads),
+               "pytorch-maml-rl": run_peer(args.iterations, args.seed, args.peer_dir, peer_threads)}
     summaries = {name: summary(res, args.window) for name, res in results.items()}
     ours, peer = summaries["metaray"], summaries["pytorch-maml-rl"]
     report = {
-        "iterations": args.iterations, "seed": args.seed, "summary": summaries,
+        "iterations": args.iterations, "seed": args.seed,
+        "learner_threads": {"metaray": args.learner_threads, "pytorch-maml-rl": peer_threads},
+        "summary": summaries,
         "speedup_iteration": round(peer["iteration_s_median"] / ours["iteration_s_median"], 2),
         "speedup_learner": round(peer["learner_s_median"] / ours["learner_s_median"], 2),
         "speedup_sampling": round(peer["sampling_s_median"] / ours["sampling_s_median"], 2),
@@ -138,6 +149,8 @@ def main() -> None:
         "per_iteration": results, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
     }
     name = f"maml_vs_pytorch_maml_rl_it{args.iterations}_seed{args.seed}"
+    if (args.learner_threads, peer_threads) != (1, 1):
+        name += f"_lt{args.learner_threads}-{peer_threads}"
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
     plot(results, RESULTS / f"{name}.png")
     print(json.dumps({k: v for k, v in report.items() if k != "per_iteration"}, indent=1))

@@ -19,9 +19,10 @@ Usage:
     OMP_NUM_THREADS=1 /work/peer/venv/bin/python /work/peer/run_pytorch_maml_rl.py \
         --iterations 3 --seed 0 --num-workers 2 --out /tmp/maml.jsonl
 
-Thread count: the caller's OMP_NUM_THREADS is honoured; this script never calls
-torch.set_num_threads.  torch reads OMP_NUM_THREADS at import time and the
-sampler's worker processes are fork()ed from this process, so they inherit it.
+Thread count: the caller's OMP_NUM_THREADS is honoured.  torch reads OMP_NUM_THREADS at
+import time and the sampler's worker processes are fork()ed from this process, so they
+inherit it.  ``--learner-threads N`` then sets torch.set_num_threads(N) in this (the
+learner's) process only, after the workers exist.
 
 Compatibility shims (applied before the library is used; no algorithm change):
   1. torch.lstsq was removed from PyTorch 2.x (it now raises RuntimeError), and
@@ -53,6 +54,9 @@ def parse_args():
     p.add_argument('--iterations', type=int, required=True,
                    help='number of meta-iterations (batches of tasks)')
     p.add_argument('--seed', type=int, default=0, help='random seed (train.py --seed)')
+    p.add_argument('--learner-threads', type=int, default=0,
+                   help='torch threads of the main (learner) process after the workers are started '
+                        '(0: leave as OMP_NUM_THREADS set it)')
     p.add_argument('--num-workers', type=int, default=2,
                    help='number of sampler worker processes (train.py --num-workers)')
     p.add_argument('--out', type=str, required=True,
@@ -154,6 +158,9 @@ def main():
                            fast_lr=config['fast-lr'],
                            first_order=config['first-order'],
                            device=device)
+
+    if args.learner_threads:
+        torch.set_num_threads(args.learner_threads)  # the workers were forked with OMP_NUM_THREADS
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)

@@ -8,6 +8,7 @@ import copy
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,6 +101,38 @@ def test_dockerfile_installs_metaray_with_a_cpu_torch_by_default_and_its_entrypo
                 assert (ROOT / source).exists(), source
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv/" in ignored and ".git/" in ignored
+
+
+def test_the_images_install_step_builds_a_complete_package(tmp_path):
+    """What `RUN pip install .` does in the image, without Docker (no daemon here): a wheel built
+    from exactly the files the Dockerfile copies, installed on its own, imports every part
+    (gRPC code and proto included) and runs the `metaray` entry point."""
+    text = (DEPLOY / "docker" / "Dockerfile").read_text()
+    context = tmp_path / "context"
+    context.mkdir()
+    for line in text.splitlines():
+        if line.startswith("COPY "):
+            for source in line.split()[1:-1]:
+                src = ROOT / source
+                (shutil.copytree if src.is_dir() else shutil.copy)(src, context / source)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(context)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("metaray-*.whl")
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    for name in ("metaray.proto", "metaray_pb2.py", "metaray_pb2.pyi", "metaray_pb2_grpc.py"):
+        assert (target / "metaray" / "cluster" / "proto" / name).is_file(), name
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    probe = ("import metaray, metaray.cli, metaray.cluster.grpc_service, metaray.actors.remote, metaray.learner.maml;"
+             "print(metaray.__file__)")
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.strip().startswith(str(target))
+    entry = (target / "bin" / "metaray").read_text()
+    assert "from metaray.cli import main" in entry
+    out = subprocess.run([sys.executable, str(target / "bin" / "metaray"), "tasks"], env=env, capture_output=True,
+                         text=True, check=True, cwd=tmp_path)
+    assert "halfcheetah-vel" in out.stdout
 
 
 # ------------------------------------------------------------------ Ray Jobs
