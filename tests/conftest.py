@@ -35,6 +35,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def kill_processes_of(temp_dir: str) -> None:
+    """End the Ray processes started with this temp dir (`ray stop` would stop every Ray
+    instance on the machine, other tests' included)."""
+    import contextlib
+    import signal
+    import subprocess
+
+    out = subprocess.run(["pgrep", "-f", temp_dir], capture_output=True, text=True).stdout.split()
+    for pid in map(int, out):
+        if pid != os.getpid():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 @pytest.fixture
 def tiny_config(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"

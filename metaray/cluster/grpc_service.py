@@ -115,9 +115,8 @@ class Assignment:
 
 @dataclass
 class Offer:
-    """The external share of one MAML meta-batch."""
+    """The external share of one MAML meta-batch (each assignment carries its policy version)."""
 
-    version: int
     open: collections.deque[Assignment] = field(default_factory=collections.deque)
     taken: dict[int, Assignment] = field(default_factory=dict)
     results: dict[int, tuple[dict[str, np.ndarray], dict[str, Any]]] = field(default_factory=dict)
@@ -354,7 +353,7 @@ class GrpcService:
         """MAML: open `tasks` to gRPC actors for the iteration acting with `version`."""
         now = time.monotonic()
         with self._lock:
-            offer = Offer(version)
+            offer = Offer()
             for task in tasks:
                 offer.open.append(Assignment(self._new_id(), task, version, expires=now + self.config.task_timeout_s))
             self._offer = offer

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port
+from conftest import free_port, kill_processes_of
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -34,12 +34,7 @@ def ray_head():
         check=True, capture_output=True, env=env, timeout=120,
     )
     yield f"127.0.0.1:{port}", env
-    # `ray stop` would stop every Ray instance on the machine; end only this cluster's processes.
-    out = subprocess.run(["pgrep", "-f", temp_dir], capture_output=True, text=True).stdout.split()
-    for pid in map(int, out):
-        if pid != os.getpid():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    kill_processes_of(temp_dir)
 
 
 def test_train_joins_running_cluster_with_address_auto(ray_head, tiny_config, tmp_path):

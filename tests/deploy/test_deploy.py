@@ -3,13 +3,11 @@ KubeRay manifests, the Dockerfile, and a real Ray Jobs submission of a training 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port
+from conftest import free_port, kill_processes_of
 
 from metaray.cli import build_parser
 from metaray.cluster.config import load_config
@@ -147,10 +145,7 @@ def head_with_dashboard():
                     "--disable-usage-stats"],
                    check=True, capture_output=True, env=env, timeout=180)
     yield f"http://127.0.0.1:{dashboard}", env
-    for pid in map(int, subprocess.run(["pgrep", "-f", temp_dir], capture_output=True, text=True).stdout.split()):
-        if pid != os.getpid():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    kill_processes_of(temp_dir)
 
 
 def test_ray_job_submit_runs_training_to_success(head_with_dashboard, tiny_config, tmp_path):
