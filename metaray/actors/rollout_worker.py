@@ -89,6 +89,9 @@ class RolloutWorker:
             "return_post": float(np.mean([p[2] for p in per_task])),
             "per_task": per_task, "sample_s": time.perf_counter() - start, **self._failure_counts(),
         }
+        for key in ("success_pre", "success_post"):  # families that report success (Meta-World)
+            if results and key in results[0]:
+                info[key] = float(np.nanmean([r[key] for r in results]))
         return {"policy_version": self.sampler.version, "tasks": results}, info
 
     def get_state(self) -> tuple[dict[str, Any], np.ndarray]:

@@ -67,6 +67,10 @@ def evaluate_run(run_dir: Path, split: str = "test", num_tasks: int | None = Non
         "std_return": float(np.std(returns)),
         **({"return_pre": float(np.mean([r["return_pre"] for r in per_task])),
             "return_post": float(np.mean(returns))} if key == "return_post" else {}),
+        # Families that report info["success"] (Meta-World): share of episodes with a successful
+        # step (MAML: post-adaptation episodes; RL²: the trial's episodes), mean over tasks.
+        **{key: float(np.nanmean([r[key] for r in per_task]))
+           for key in ("success_rate", "success_rate_pre", "success_last") if key in per_task[0]},
         "tasks": per_task,
     }
     write_text_atomic(Path(run_dir) / "eval.json", json.dumps(result, indent=1))

@@ -347,7 +347,11 @@ class Trainer:
                 self.counters["dropped_batches_total"] += len(collected)
                 collected, infos, trials = [], [], 0
                 continue
-            self._end_iteration(stats, {"sample_s_mean": float(np.mean([x["sample_s"] for x in infos])) if infos else 0.0})
+            extra = {"sample_s_mean": float(np.mean([x["sample_s"] for x in infos])) if infos else 0.0}
+            rates = [(x["success_rate"], x["num_trials"]) for x in infos if "success_rate" in x]
+            if rates:  # families that report success (Meta-World): share of successful episodes
+                extra["success_rate"] = sum(r * k for r, k in rates) / sum(k for _, k in rates)
+            self._end_iteration(stats, extra)
             collected, infos, trials = [], [], 0
 
     def _run_sync(self) -> None:
@@ -407,7 +411,12 @@ class Trainer:
             per_task = [(x["return_pre"], x["return_post"], x["num_tasks"]) for x in infos]
             per_task += [(x["return_pre"], x["return_post"], 1) for _, x in external]
             n = sum(k for _, _, k in per_task)
+            success = {  # families that report success (Meta-World), when every part has it
+                f"success_rate_{stage}": sum(x[f"success_{stage}"] * x["num_tasks"] for x in infos) / n
+                for stage in ("pre", "post") if not external and infos and all(f"success_{stage}" in x for x in infos)
+            }
             self._end_iteration(stats, {
+                **success,
                 "return_pre": sum(pre * k for pre, _, k in per_task) / n,
                 "return_post": sum(post * k for _, post, k in per_task) / n,
                 "sampling_s": sampling_s,

@@ -41,7 +41,7 @@ from torch import nn
 from torch.func import functional_call
 
 from metaray.learner.optim_state import load_optimizer_tensors, optimizer_tensors
-from metaray.tasks import Task, TaskFamily, make_vector_env
+from metaray.tasks import Task, TaskFamily, make_vector_env, step_success
 
 Params = dict[str, torch.Tensor]  # parameter name -> tensor; "stacked" = a leading task axis
 TaskResult = dict[str, np.ndarray]  # see MAMLSampler.collect
@@ -386,6 +386,9 @@ class MAMLSampler:
                 env_steps=np.array(env_steps // n, np.int64),
                 episodes=np.array(per * len(stages), np.int64),
             )
+            if "success" in stages["post"]:  # the family reports success (Meta-World)
+                result.update(success_pre=episode_success_rate(stages["inner_0"], i),
+                              success_post=episode_success_rate(stages["post"], i))
             results.append(result)
         return results
 
@@ -405,6 +408,7 @@ class MAMLSampler:
         logp_buf = np.zeros((n_slots, horizon), np.float32)
         noise = torch.randn((horizon, n_slots, act_dim), generator=self.torch_gen)
         alive = np.ones(n_slots, bool)
+        success: np.ndarray | None = None  # per slot: any step with info["success"] (families that report it)
         obs, _ = self.env.reset()
         steps = 0
         for t in range(horizon):
@@ -423,6 +427,9 @@ class MAMLSampler:
             obs, reward, terminated, truncated, info = self.env.step(np.clip(action.numpy(), self.act_low, self.act_high))
             rew_buf[alive, t] = reward[alive]
             steps += n_slots
+            succeeded = step_success(info, n_slots)
+            if succeeded is not None:
+                success = (succeeded & alive) if success is None else success | (succeeded & alive)
             if "env_failure" in info:  # slot env rebuilt: drop the episode (all steps masked out)
                 dropped = info["env_failure"] & alive
                 mask_buf[dropped] = False
@@ -436,6 +443,8 @@ class MAMLSampler:
             "obs": obs_buf.reshape(*shape, obs_dim), "actions": act_buf.reshape(*shape, act_dim),
             "rewards": rew_buf.reshape(shape), "mask": mask_buf.reshape(shape), "logp": logp_buf.reshape(shape),
         }
+        if success is not None:  # not a learner field: collect turns it into success_pre/post
+            arrays["success"] = success.reshape(shape[:2])
         return arrays, steps
 
 
@@ -443,6 +452,12 @@ def mean_episode_return(arrays: dict[str, np.ndarray], task: int) -> np.ndarray:
     """Mean return of a task's episodes in one stage, over the episodes not dropped."""
     valid = arrays["mask"][task].any(-1)
     return np.array(arrays["rewards"][task].sum(-1)[valid].mean() if valid.any() else np.nan, np.float64)
+
+
+def episode_success_rate(arrays: dict[str, np.ndarray], task: int) -> np.ndarray:
+    """Share of a task's episodes in one stage with a successful step, over the episodes not dropped."""
+    valid = arrays["mask"][task].any(-1)
+    return np.array(arrays["success"][task][valid].mean() if valid.any() else np.nan, np.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -889,7 +904,9 @@ def evaluate(
     out = []
     for start in range(0, len(tasks), config.meta_batch_size):
         for r in sampler.collect(tasks[start : start + config.meta_batch_size], 0):
-            out.append({"task_id": int(r["task_id"]), "return_pre": float(r["return_pre"]), "return_post": float(r["return_post"])})
+            out.append({"task_id": int(r["task_id"]), "return_pre": float(r["return_pre"]), "return_post": float(r["return_post"]),
+                        **({"success_rate_pre": float(r["success_pre"]), "success_rate": float(r["success_post"])}
+                           if "success_post" in r else {})})
     return out
 
 

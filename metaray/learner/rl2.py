@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from metaray.learner.optim_state import load_optimizer_tensors, optimizer_tensors
-from metaray.tasks import Task, TaskFamily, make_vector_env
+from metaray.tasks import Task, TaskFamily, make_vector_env, step_success
 
 TrialBatch = dict[str, Any]  # str -> np.ndarray (+ "policy_version": int); see RL2Sampler.sample
 
@@ -232,6 +232,13 @@ class RL2Sampler:
         self.prev_a = np.full(s, -1, np.int64) if spec.discrete else np.zeros((s, spec.act_dim), np.float32)
         self.prev_r = np.zeros(s, np.float32)
         self.prev_d = np.zeros(s, np.float32)
+        # Success bookkeeping for families that report info["success"] (Meta-World): whether the
+        # running episode had a successful step, successful episodes so far in the trial, and
+        # whether the trial's last finished episode succeeded.
+        self.ep_success = np.zeros(s, bool)
+        self.trial_successes = np.zeros(s, np.int64)
+        self.last_success = np.zeros(s, bool)
+        self.reports_success = False
 
     def sample(self, min_trials: int) -> tuple[TrialBatch, dict[str, Any]]:
         """Step until at least `min_trials` trials finish; return them padded to one length.
@@ -240,6 +247,7 @@ class RL2Sampler:
         oldest policy version it was sampled with, `policy_version` is the batch's oldest.
         """
         done_rows: list[tuple[np.ndarray, ...]] = []
+        self.trial_success: list[tuple[int, float, bool]] = []  # (task id, success rate, last episode's)
         rows = np.arange(self.slots)
         env_steps = episodes = 0
         spec = self.spec
@@ -269,6 +277,13 @@ class RL2Sampler:
             self.episodes += ended
             env_steps += self.slots
             episodes += int(ended.sum())
+            succeeded = step_success(step_info, self.slots)
+            if succeeded is not None:
+                self.reports_success = True
+                self.ep_success |= succeeded
+                self.trial_successes += ended & self.ep_success
+                self.last_success[ended] = self.ep_success[ended]
+                self.ep_success[ended | failed] = False
             self.obs, self.prev_a, self.prev_r, self.prev_d = next_obs, action, reward.astype(np.float32), ended.astype(np.float32)
 
             finished = np.flatnonzero(self.active & (self.episodes >= self.config.episodes_per_trial) & ~failed)
@@ -281,6 +296,10 @@ class RL2Sampler:
                         self.logp_buf[slot, :n].copy(), int(self.trial_version[slot]),
                         self.env.tasks[slot].task_id,
                     ))
+                    if self.reports_success:
+                        self.trial_success.append((self.env.tasks[slot].task_id,
+                                                   float(self.trial_successes[slot] / self.episodes[slot]),
+                                                   bool(self.last_success[slot])))
                 if self.refill:
                     self._start_new_trials(finished)
                 else:
@@ -298,6 +317,8 @@ class RL2Sampler:
             "episodes": episodes,
             "trial_return_mean": float(returns.mean()),
         }
+        if self.trial_success:
+            info["success_rate"] = float(np.mean([rate for _, rate, _ in self.trial_success]))
         return batch, info
 
     def restart_all_trials(self) -> None:
@@ -320,6 +341,9 @@ class RL2Sampler:
         self.prev_r[slots] = 0.0
         self.prev_d[slots] = 0.0
         self.trial_version[slots] = self.version
+        self.ep_success[slots] = False
+        self.trial_successes[slots] = 0
+        self.last_success[slots] = False
 
 
 def pad_trials(rows: list[tuple], spec: SpaceSpec) -> TrialBatch:
@@ -474,7 +498,10 @@ def evaluate(
     with torch.no_grad():
         batch, _ = sampler.sample(min_trials=len(tasks))
     returns = dict(zip(batch["task_ids"].tolist(), batch["rewards"].sum(1).tolist(), strict=True))
-    return [{"task_id": t.task_id, "trial_return": float(returns[t.task_id])} for t in tasks]
+    # Families that report success: the share of the trial's episodes with a successful step, and
+    # whether its last episode (the most adapted one) had one.
+    success = {task_id: {"success_rate": rate, "success_last": last} for task_id, rate, last in sampler.trial_success}
+    return [{"task_id": t.task_id, "trial_return": float(returns[t.task_id]), **success.get(t.task_id, {})} for t in tasks]
 
 
 # The algorithm interface the runtime uses (see metaray.learner.get_algorithm).

@@ -4,7 +4,7 @@
 tasks)` gives the vector env a rollout worker steps (natively batched where the family has one).
 """
 
-from metaray.tasks.base import Task, TaskFamily, TaskVectorEnv
+from metaray.tasks.base import Task, TaskFamily, TaskVectorEnv, step_success
 from metaray.tasks.registry import (
     FAMILIES,
     TaskFamilyError,
@@ -22,4 +22,5 @@ __all__ = [
     "list_families",
     "make_family",
     "make_vector_env",
+    "step_success",
 ]

@@ -120,6 +120,22 @@ class TaskVectorEnv(gym.vector.VectorEnv):
         self.np_random.bit_generator.state = states[0]
 
 
+def step_success(infos: dict[str, Any], num_envs: int) -> np.ndarray | None:
+    """Which slots reported `info["success"]` on this step (None when no slot reports success).
+
+    Families with a success notion (Meta-World) put it in each step's info; an episode counts as
+    a success if any of its steps does. In SAME_STEP mode the last step's info of an ended
+    episode is in `infos["final_info"]`, so both places are read.
+    """
+    out = None
+    for source in (infos, infos.get("final_info") or {}):
+        if "success" in source:
+            flags = np.asarray(source["success"], dtype=np.float64) >= 1.0
+            mask = np.asarray(source.get("_success", np.ones(num_envs, bool)), bool)
+            out = (flags & mask) if out is None else out | (flags & mask)
+    return out
+
+
 @runtime_checkable
 class TaskFamily(Protocol):
     """A distribution over tasks and the environments that run them.

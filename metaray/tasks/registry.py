@@ -11,6 +11,11 @@ from metaray.tasks.bandit import BanditFamily
 from metaray.tasks.base import Task, TaskFamily, TaskVectorEnv
 from metaray.tasks.faulty import FaultyFamily
 from metaray.tasks.generic import GymTaskVectorEnv
+from metaray.tasks.metaworld import (
+    MetaWorldML1Family,
+    MetaWorldML10Family,
+    MetaWorldML45Family,
+)
 from metaray.tasks.mujoco import (
     AntDirFamily,
     AntGoalFamily,
@@ -28,6 +33,9 @@ FAMILIES: dict[str, type] = {
     HalfCheetahDirFamily.name: HalfCheetahDirFamily,
     AntDirFamily.name: AntDirFamily,
     AntGoalFamily.name: AntGoalFamily,
+    MetaWorldML1Family.name: MetaWorldML1Family,
+    MetaWorldML10Family.name: MetaWorldML10Family,
+    MetaWorldML45Family.name: MetaWorldML45Family,
     FaultyFamily.name: FaultyFamily,
 }
 

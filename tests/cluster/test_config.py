@@ -23,6 +23,16 @@ def test_quickstart_config_loads_and_round_trips(tmp_path):
     assert load_config(saved) == config
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid_and_names_a_buildable_family(path):
+    from metaray.tasks import make_family
+
+    config = load_config(path)
+    config.algo_config()
+    family = make_family(config.task.family, config.task.kwargs)
+    assert family.max_episode_steps >= 1
+
+
 def test_overrides_are_typed_like_yaml():
     assert parse_override("rl2.lr=1e-3") == (["rl2", "lr"], "1e-3")  # YAML 1.1: a string...
     config = validate(apply_overrides(BASE, ["rl2.lr=1e-3", "rl2.hidden_size=64", "task.kwargs={num_arms: 3}"]))
