@@ -116,7 +116,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.grpc_port is not None:
         overrides.append(f"grpc.port={args.grpc_port}")
     config = load_config(args.config, overrides)
-    make_family(config.task.family, config.task.kwargs)  # unknown family / bad kwargs: fail now
+    family = make_family(config.task.family, config.task.kwargs)  # unknown family / bad kwargs: fail now
+    if config.algo == "adversarial" and not callable(getattr(family, "expert", None)):
+        raise ConfigError(f"algo adversarial imitates an expert: task family {config.task.family!r} has no expert(task)")
 
     if args.resume:
         if args.run_dir is None:

@@ -30,6 +30,7 @@ class RolloutWorker:
             setattr(generic.GUARD, key, value)
         self.index = index
         algorithm = get_algorithm(algo)
+        self.metrics_only = getattr(algorithm, "METRICS_ONLY", ())  # true-reward keys the learner must not get
         self.config = algorithm.Config.model_validate(algo_config)
         self.family = make_family(family, family_kwargs)
         slots = getattr(self.config, "slots_per_worker", 1)  # stream algorithms keep a fixed env
@@ -92,6 +93,9 @@ class RolloutWorker:
         for key in ("success_pre", "success_post"):  # families that report success (Meta-World)
             if results and key in results[0]:
                 info[key] = float(np.nanmean([r[key] for r in results]))
+        for r in results:
+            for key in self.metrics_only:
+                r.pop(key, None)
         return {"policy_version": self.sampler.version, "tasks": results}, info
 
     def get_state(self) -> tuple[dict[str, Any], np.ndarray]:

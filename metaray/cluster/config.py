@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from metaray.learner.adversarial import AdversarialConfig
 from metaray.learner.maml import MAMLConfig
 from metaray.learner.rl2 import RL2Config
 
@@ -105,7 +106,7 @@ class RunConfig(BaseModel):
     """A whole run."""
 
     model_config = ConfigDict(extra="forbid")
-    algo: Literal["rl2", "maml"] = Field(description="Algorithm: rl2 or maml (MAML-TRPO, first-order, ProMP, Reptile).")
+    algo: Literal["rl2", "maml", "adversarial"] = Field(description="Algorithm: rl2, maml (MAML-TRPO, first-order, ProMP, Reptile) or adversarial (meta adversarial imitation).")
     seed: int = Field(0, description="Seed of everything the run draws.")
     iterations: int = Field(100, ge=1, description="Learner updates (meta-iterations) in total, across resumes.")
     task: TaskConfig
@@ -118,6 +119,13 @@ class RunConfig(BaseModel):
     grpc: GrpcConfig = Field(default_factory=GrpcConfig)
     rl2: RL2Config = Field(default_factory=RL2Config)
     maml: MAMLConfig = Field(default_factory=MAMLConfig)
+    adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
+
+    @model_validator(mode="after")
+    def _external_actors_fit_the_algorithm(self) -> RunConfig:
+        if self.algo == "adversarial" and self.grpc.external_tasks > 0:
+            raise ValueError("grpc.external_tasks: actors outside Ray cannot run adversarial tasks yet (their demos and discriminator steps); use 0")
+        return self
 
     def algo_config(self) -> BaseModel:
         return getattr(self, self.algo)

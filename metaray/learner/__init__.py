@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-ALGORITHMS = ("rl2", "maml")
+ALGORITHMS = ("rl2", "maml", "adversarial")
 
 
 def get_algorithm(name: str) -> ModuleType:
@@ -17,4 +17,8 @@ def get_algorithm(name: str) -> ModuleType:
         from metaray.learner import maml
 
         return maml
+    if name == "adversarial":
+        from metaray.learner import adversarial
+
+        return adversarial
     raise ValueError(f"unknown algorithm {name!r} (known: {', '.join(ALGORITHMS)})")

@@ -331,6 +331,7 @@ class MAMLSampler:
         self.version = -1
         self.dropped_episodes = 0  # episodes cut short by an env failure and masked out
         self.adapted_params: Params = {}  # the last collect's final adapted parameters (stacked)
+        self.record_next_obs = False  # rollouts also return "next_obs" (adversarial imitation needs s')
 
     def set_weights(self, version: int, weights: dict[str, np.ndarray]) -> None:
         load_weights(self.policy, weights)
@@ -406,6 +407,7 @@ class MAMLSampler:
         rew_buf = np.zeros((n_slots, horizon), np.float32)
         mask_buf = np.zeros((n_slots, horizon), bool)
         logp_buf = np.zeros((n_slots, horizon), np.float32)
+        next_buf = np.zeros((n_slots, horizon, obs_dim), np.float32) if self.record_next_obs else None
         noise = torch.randn((horizon, n_slots, act_dim), generator=self.torch_gen)
         alive = np.ones(n_slots, bool)
         success: np.ndarray | None = None  # per slot: any step with info["success"] (families that report it)
@@ -427,6 +429,9 @@ class MAMLSampler:
             obs, reward, terminated, truncated, info = self.env.step(np.clip(action.numpy(), self.act_low, self.act_high))
             rew_buf[alive, t] = reward[alive]
             steps += n_slots
+            if next_buf is not None:  # s' of each step: the final observation where an episode ended
+                next_obs = obs if "final_obs" not in info else np.where(info["_final_obs"][:, None], info["final_obs"], obs)
+                next_buf[alive, t] = next_obs[alive]
             succeeded = step_success(info, n_slots)
             if succeeded is not None:
                 success = (succeeded & alive) if success is None else success | (succeeded & alive)
@@ -443,6 +448,8 @@ class MAMLSampler:
             "obs": obs_buf.reshape(*shape, obs_dim), "actions": act_buf.reshape(*shape, act_dim),
             "rewards": rew_buf.reshape(shape), "mask": mask_buf.reshape(shape), "logp": logp_buf.reshape(shape),
         }
+        if next_buf is not None:
+            arrays["next_obs"] = next_buf.reshape(*shape, obs_dim)
         if success is not None:  # not a learner field: collect turns it into success_pre/post
             arrays["success"] = success.reshape(shape[:2])
         return arrays, steps

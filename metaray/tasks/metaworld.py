@@ -168,6 +168,10 @@ class _MetaWorldFamily:
         order = np.concatenate([rng.permutation(size) for _ in range(-(-n // size))]) if n else []
         return [self.task(split, int(i)) for i in order[:n]]
 
+    def train_tasks(self) -> list[Task]:
+        """Every train task in the benchmark's order (the `fixed-set` scheduler cycles through them)."""
+        return [self.task("train", i) for i in range(len(self.split_tasks("train")))]
+
     def make_env(self, task: Task | None = None) -> MetaWorldTaskEnv:
         """A single env; without a task it runs train task 0 until `set_task`."""
         return MetaWorldTaskEnv(self, task if task is not None else self.task("train", 0))

@@ -64,6 +64,7 @@ def test_sampling_beyond_the_split_uses_every_task_evenly(ml1):
     counts = Counter(t.task_id for t in tasks)
     assert set(counts) == set(range(50)) and set(counts.values()) <= {2, 3}
     assert ml1.sample(0, np.random.default_rng(0)) == []
+    assert [t.task_id for t in ml1.train_tasks()] == list(range(50))  # the fixed-set scheduler's list
     assert ml1.task("test", 4) == ml1.task("test", 4) and ml1.task("test", 4).split == "test"
     with pytest.raises(ValueError, match=r"task_id must be in \[0, 50\)"):
         ml1.task("train", 50)

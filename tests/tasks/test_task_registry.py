@@ -18,6 +18,7 @@ from metaray.tasks import (
 from metaray.tasks.bandit import BanditFamily
 from metaray.tasks.faulty import FaultyFamily
 from metaray.tasks.generic import GymTaskVectorEnv
+from metaray.tasks.metaworld import MetaWorldML1Family, MetaWorldML10Family, MetaWorldML45Family
 from metaray.tasks.mujoco import (
     AntDirFamily,
     AntGoalFamily,
@@ -54,6 +55,9 @@ def test_builtin_names():
         "halfcheetah-dir": HalfCheetahDirFamily,
         "ant-dir": AntDirFamily,
         "ant-goal": AntGoalFamily,
+        "metaworld-ml1": MetaWorldML1Family,
+        "metaworld-ml10": MetaWorldML10Family,
+        "metaworld-ml45": MetaWorldML45Family,
         "faulty": FaultyFamily,
     }
     assert expected == FAMILIES
@@ -72,6 +76,9 @@ def test_list_families_gives_one_line_descriptions():
         "faulty",
         "halfcheetah-dir",
         "halfcheetah-vel",
+        "metaworld-ml1",
+        "metaworld-ml10",
+        "metaworld-ml45",
         "point-nav",
         "tabular-mdp",
     ]
@@ -90,7 +97,8 @@ def test_unknown_name():
     message = one_line_error("foo")
     assert message == (
         "unknown task family 'foo' (known: ant-dir, ant-goal, bandit, faulty, halfcheetah-dir, "
-        "halfcheetah-vel, point-nav, tabular-mdp, or 'package.module:ClassName')"
+        "halfcheetah-vel, metaworld-ml1, metaworld-ml10, metaworld-ml45, point-nav, tabular-mdp, "
+        "or 'package.module:ClassName')"
     )
     assert issubclass(TaskFamilyError, ValueError)
 

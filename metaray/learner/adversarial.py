@@ -1,0 +1,468 @@
+"""Meta adversarial imitation: a generator and a discriminator both adapted per task from K
+expert demonstrations, never from the task's reward (Meta-AIRL, Wang et al. 2021; PEMIRL; SMILe).
+
+Per task i, from the meta-parameters θ (generator = Gaussian policy) and φ (discriminator):
+- the worker collects N episodes with π_θj; the discriminator takes `disc_inner_steps` full-batch
+  gradient steps on the game value V on the task's *support* demos vs those episodes,
+  φ_{j+1} = φ_j + β ∇φ V; the episodes are relabelled with the reward r̂ = log D − log(1 − D)
+  of φ_{j+1}; the generator takes MAML's inner policy-gradient step (GAE, linear baseline) on r̂;
+- after k such steps, episodes of the adapted π_θk are relabelled with φ_k's r̂ (the post stage),
+  and the task's *query* demos are paired with them for the meta-objective
+  min_θ max_φ Σ_i V(θ_i^k, φ_i^k).
+
+The discriminator is AIRL's by default: f_φ(s,a,s') = g_φ(s,a) + γ h_φ(s') − h_φ(s),
+D = σ(f_φ − log π_θ(a|s)), so r̂ = f_φ − log π_θ; `discriminator: gail` uses D = σ(d_φ(s,a)).
+V(θ,φ) = E_demos[log D] + E_policy[log(1 − D)]; the code minimises −V (two softplus terms).
+
+The meta-update (learner): θ takes MAML's outer step (`outer`: trpo / ppo-clip / reptile,
+`first_order` as in MAML) on the post-stage surrogate at θ_i^k, with the r̂ advantages; this is
+exactly `maml.MAMLLearner` fed relabelled episodes. φ is recomputed per task from the support
+demos and inner episodes (the same full-batch steps as the worker) and updated by Adam on the
+mean query gradient −∇V(θ_i^k, φ_i^k): at φ_i^k (`disc_outer: first-order`), through the inner
+steps (`second-order`), or φ ← φ + ε mean_i(φ_i^k − φ) (`reptile`).
+
+The learner never sees the true reward: workers keep it for metrics only (`METRICS_ONLY`, which
+the rollout worker strips from the learner's batch); a test replaces it with noise and checks
+that the update does not change.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from functools import partial
+from typing import Any, Literal, NamedTuple
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, PositiveInt
+from torch import nn
+from torch.func import functional_call
+
+from metaray.learner import maml
+from metaray.learner.maml import (
+    FIELDS,
+    GaussianMLPPolicy,
+    MAMLConfig,
+    MAMLLearner,
+    MAMLSampler,
+    Params,
+    Stage,
+    TaskResult,
+    inner_step,
+    load_weights,
+    mean_episode_return,
+    per_task_forward,
+    policy_forward,
+    stage_names,
+)
+from metaray.learner.optim_state import load_optimizer_tensors, optimizer_tensors
+from metaray.tasks import Task, TaskFamily, make_vector_env
+
+# Result keys computed from the true reward: metrics and evaluation only, never learner input.
+METRICS_ONLY = ("return_pre", "return_post", "expert_return", "success_pre", "success_post")
+DEMO_FIELDS = ("obs", "actions", "next_obs", "mask")
+
+
+class AdversarialConfig(MAMLConfig):
+    """MAML's generator settings (outer step, inner lr, episodes, policy) plus the discriminator's
+    and the demonstrations'. Defaults: point-nav scale."""
+
+    discriminator: Literal["airl", "gail"] = Field("airl", description="'airl': f = g(s,a) + γh(s') − h(s), D = σ(f − log π); 'gail': D = σ(d(s,a)).")
+    disc_hidden_sizes: list[PositiveInt] = Field(default_factory=lambda: [32, 32], min_length=1, description="Hidden widths of the discriminator's MLPs (g and h, or d); tanh.")
+    disc_inner_lr: float = Field(0.5, gt=0, description="Discriminator inner step size β (full-batch gradient steps on −V per task).")
+    disc_inner_steps: int = Field(5, ge=1, description="Discriminator gradient steps per inner step.")
+    disc_outer: Literal["first-order", "second-order", "reptile"] = Field("first-order", description="Discriminator meta-update: query gradient at φ_i^k ('first-order'), through the inner steps ('second-order'), or Reptile.")
+    disc_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the discriminator meta-update (first/second-order).")
+    disc_reptile_lr: float = Field(0.1, gt=0, description="disc_outer=reptile: φ ← φ + ε mean_i(φ_i^k − φ).")
+    num_demos: int = Field(4, ge=1, description="K: support demonstrations per task (what adaptation sees).")
+    num_query_demos: int = Field(4, ge=1, description="Query demonstrations per task (the meta-objective's expert data).")
+    demo_noise: float = Field(0.01, ge=0, description="Std of the Gaussian noise added to the expert's actions (relative to half the action range).")
+    demo_cache_size: int = Field(4096, ge=1, description="Tasks whose demonstrations a worker keeps.")
+
+
+# --------------------------------------------------------------------------------------------
+# Networks
+
+
+def mlp(inputs: int, hidden: list[int], outputs: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(inputs, width), nn.Tanh()]
+        inputs = width
+    return nn.Sequential(*layers, nn.Linear(inputs, outputs))
+
+
+class Discriminator(nn.Module):
+    """AIRL's f_φ(s,a,s') = g(s,a) + γ h(s') − h(s), or GAIL's d_φ(s,a); returns the logit's
+    φ-part (AIRL's D subtracts log π outside, since π changes per task)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], kind: str, gamma: float):
+        super().__init__()
+        self.kind, self.gamma = kind, gamma
+        self.g = mlp(obs_dim + act_dim, hidden, 1)
+        self.h = mlp(obs_dim, hidden, 1) if kind == "airl" else None
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+        f = self.g(torch.cat([obs, actions], -1)).squeeze(-1)
+        if self.h is not None:
+            f = f + self.gamma * self.h(next_obs).squeeze(-1) - self.h(obs).squeeze(-1)
+        return f
+
+
+class AdversarialAgent(nn.Module):
+    """Generator and discriminator as one module: one state dict is published and checkpointed."""
+
+    def __init__(self, generator: GaussianMLPPolicy, discriminator: Discriminator):
+        super().__init__()
+        self.generator, self.discriminator = generator, discriminator
+
+
+def make_policy(obs_space: gym.Space, act_space: gym.Space, config: AdversarialConfig) -> AdversarialAgent:
+    generator = maml.make_policy(obs_space, act_space, config)
+    disc = Discriminator(obs_space.shape[0], act_space.shape[0], list(config.disc_hidden_sizes),
+                         config.discriminator, config.gamma)
+    return AdversarialAgent(generator, disc)
+
+
+def split_weights(weights: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An agent state dict -> (generator's, discriminator's)."""
+    gen = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith("generator.")}
+    disc = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith("discriminator.")}
+    return gen, disc
+
+
+# --------------------------------------------------------------------------------------------
+# The game value (shared by worker and learner). Batches are one task's [E, T, ...] tensors.
+
+
+class Transitions(NamedTuple):
+    """Steps (s, a, s') of demos or policy episodes, with the policy's log π(a|s) at them."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    next_obs: torch.Tensor
+    mask: torch.Tensor
+    logp: torch.Tensor
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def disc_logits(disc: Discriminator, params: Params, batch: Transitions) -> torch.Tensor:
+    """log D − log(1 − D) at each step: f − log π (AIRL) or d (GAIL); also the reward r̂."""
+    f = functional_call(disc, params, (batch.obs, batch.actions, batch.next_obs))
+    return f - batch.logp if disc.kind == "airl" else f
+
+
+def disc_loss(disc: Discriminator, params: Params, demos: Transitions, policy: Transitions) -> torch.Tensor:
+    """−V = −E_demos[log D] − E_policy[log(1 − D)] over valid steps."""
+    return (masked_mean(F.softplus(-disc_logits(disc, params, demos)), demos.mask)
+            + masked_mean(F.softplus(disc_logits(disc, params, policy)), policy.mask))
+
+
+def disc_adapt(disc: Discriminator, params: Params, demos: Transitions, policy: Transitions,
+               lr: float, steps: int, stacked: bool) -> Params:
+    """φ_i ← φ_i − β ∇(−V) `steps` times for all tasks at once (vmap over the task axis).
+    Differentiable w.r.t. `params` under an outer graph (second-order)."""
+    grad_fn = torch.func.grad(partial(disc_loss, disc))
+    for _ in range(steps):
+        grads = torch.vmap(grad_fn, in_dims=(0 if stacked else None, 0, 0))(params, demos, policy)
+        params = {k: p - lr * grads[k] for k, p in params.items()}
+        stacked = True
+    return params
+
+
+def relabel(disc: Discriminator, params: Params, policy: Transitions) -> torch.Tensor:
+    """r̂ per step of every task's episodes [N, E, T] with that task's φ (stacked), 0 on padding."""
+    return torch.vmap(partial(disc_logits, disc))(params, policy) * policy.mask
+
+
+def transitions(arrays: dict[str, Any], logp: Any, dtype: torch.dtype = torch.float32,
+                device: torch.device | None = None) -> Transitions:
+    def t(x: Any) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, device=device).to(dtype)
+    return Transitions(t(arrays["obs"]), t(arrays["actions"]), t(arrays["next_obs"]), t(arrays["mask"]), t(logp))
+
+
+def stage_logp(policy: GaussianMLPPolicy, params: Params, batch_obs: torch.Tensor, actions: torch.Tensor,
+               per_task: bool) -> torch.Tensor:
+    """log π(a|s) of every task's steps [N, E, T] under θ (shared) or θ_i (stacked)."""
+    mean, log_std = per_task_forward(policy, params, batch_obs) if per_task else policy_forward(policy, params, batch_obs)
+    return maml.gaussian_log_prob(mean, log_std, actions)
+
+
+# --------------------------------------------------------------------------------------------
+# Worker side
+
+
+def expert_demos(family: TaskFamily, tasks: list[Task], count: int, noise: float, seed: int) -> dict[str, np.ndarray]:
+    """`count` episodes of the family's expert per task: arrays [N, count, T, ...] of DEMO_FIELDS
+    plus the true rewards. A task's action noise depends only on (task, seed)."""
+    env = make_vector_env(family, tasks, count, seed=seed)
+    n_slots, horizon = env.num_envs, family.max_episode_steps
+    act_space = env.single_action_space
+    low, high = act_space.low, act_space.high
+    experts = [family.expert(task) for task in tasks]
+    rngs = [np.random.default_rng([seed, t.task_id, 0 if t.split == "train" else 1]) for t in tasks]
+    obs_dim, act_dim = env.single_observation_space.shape[0], act_space.shape[0]
+    out = {"obs": np.zeros((n_slots, horizon, obs_dim), np.float32), "actions": np.zeros((n_slots, horizon, act_dim), np.float32),
+           "next_obs": np.zeros((n_slots, horizon, obs_dim), np.float32), "mask": np.zeros((n_slots, horizon), bool),
+           "rewards": np.zeros((n_slots, horizon), np.float32)}
+    alive = np.ones(n_slots, bool)
+    obs, _ = env.reset()
+    for t in range(horizon):
+        action = np.stack([experts[s // count](obs[s]) for s in range(n_slots)]).astype(np.float32)
+        gauss = np.concatenate([r.standard_normal((count, act_dim)) for r in rngs])
+        action = np.clip(action + noise * (high - low) / 2 * gauss, low, high).astype(np.float32)
+        out["obs"][alive, t], out["actions"][alive, t], out["mask"][:, t] = obs[alive], action[alive], alive
+        obs, reward, terminated, truncated, info = env.step(action)
+        next_obs = obs if "final_obs" not in info else np.where(info["_final_obs"][:, None], info["final_obs"], obs)
+        out["next_obs"][alive, t], out["rewards"][alive, t] = next_obs[alive], reward[alive]
+        alive &= ~(terminated | truncated)
+        if not alive.any():
+            break
+    env.close()
+    return {k: v.reshape(len(tasks), count, *v.shape[1:]) for k, v in out.items()}
+
+
+class AdversarialSampler(MAMLSampler):
+    """MAML's worker step with the reward replaced by the adapting discriminator's (see module)."""
+
+    def __init__(self, family: TaskFamily, config: AdversarialConfig, slots: int = 1, seed: int = 0):
+        if not callable(getattr(family, "expert", None)):
+            raise ValueError(f"adversarial imitation needs demonstrations: task family {family.name!r} has no expert(task)")
+        super().__init__(family, config, slots, seed)
+        self.record_next_obs = True
+        space_o, space_a = self.env.single_observation_space, self.env.single_action_space
+        self.disc = make_policy(space_o, space_a, config).discriminator
+        self.disc.requires_grad_(False)
+        self.demo_seed = int(seed)
+        self.demo_cache: OrderedDict[tuple[str, int], dict[str, np.ndarray]] = OrderedDict()
+
+    def set_weights(self, version: int, weights: dict[str, np.ndarray]) -> None:
+        gen, disc = split_weights(weights)
+        load_weights(self.policy, gen)
+        load_weights(self.disc, disc)
+        self.version = version
+
+    def demos(self, tasks: list[Task]) -> dict[str, np.ndarray]:
+        """Support and query demos of each task, [N, K, T, ...] (cached per task)."""
+        cfg = self.config
+        missing = [t for t in tasks if (t.split, t.task_id) not in self.demo_cache]
+        if missing:
+            count = cfg.num_demos + cfg.num_query_demos
+            made = expert_demos(self.family, missing, count, cfg.demo_noise, self.demo_seed)
+            for i, task in enumerate(missing):
+                self.demo_cache[(task.split, task.task_id)] = {k: v[i] for k, v in made.items()}
+                while len(self.demo_cache) > cfg.demo_cache_size:
+                    self.demo_cache.popitem(last=False)
+        rows = [self.demo_cache[(t.split, t.task_id)] for t in tasks]
+        k = cfg.num_demos
+        out = {f"support/{f}": np.stack([r[f][:k] for r in rows]) for f in DEMO_FIELDS}
+        out.update({f"query/{f}": np.stack([r[f][k:] for r in rows]) for f in DEMO_FIELDS})
+        out["expert_return"] = np.stack([r["rewards"].sum(-1).mean() for r in rows]).astype(np.float64)
+        return out
+
+    def collect(self, tasks: list[Task], version: int) -> list[TaskResult]:
+        """One result per task. Learner keys: "{stage}/{field}" for FIELDS (rewards = r̂), next_obs
+        and demo_logp (log π_θj of the stage's demos), "support/..." and "query/..." demo arrays,
+        task_id, policy_version, env_steps, episodes. Metrics only (METRICS_ONLY): the true
+        return_pre/return_post and the expert's return."""
+        if version != self.version:
+            raise ValueError(f"collect asked for policy version {version}, this sampler holds {self.version}")
+        cfg = self.config
+        n, per = len(tasks), cfg.episodes_per_task
+        if self.env.num_envs == n * per:
+            for slot in range(n * per):
+                self.env.set_task(slot, tasks[slot // per])
+        else:
+            self.env.close()
+            self.env = make_vector_env(self.family, tasks, per, seed=int(self.rng.integers(2**31)))
+        demos = self.demos(tasks)
+        theta: Params = dict(self.policy.named_parameters())
+        phi: Params = dict(self.disc.named_parameters())
+        stages: dict[str, dict[str, np.ndarray]] = {}
+        true_returns: dict[str, np.ndarray] = {}
+        env_steps = 0
+        with torch.no_grad():
+            for j, name in enumerate(stage_names(cfg.num_inner_steps)):
+                arrays, steps = self.rollout(theta, per_task=j > 0, num_tasks=n)
+                env_steps += steps
+                true_returns[name] = np.stack([mean_episode_return(arrays, i) for i in range(n)])
+                side = "query" if name == "post" else "support"
+                demo = {f: demos[f"{side}/{f}"] for f in DEMO_FIELDS}
+                demo_logp = stage_logp(self.policy, theta, torch.from_numpy(demo["obs"]),
+                                       torch.from_numpy(demo["actions"]), per_task=j > 0)
+                policy_data = transitions(arrays, arrays["logp"])
+                if name != "post":
+                    phi = disc_adapt(self.disc, phi, transitions(demo, demo_logp), policy_data,
+                                     cfg.disc_inner_lr, cfg.disc_inner_steps, stacked=j > 0)
+                arrays["rewards"] = relabel(self.disc, phi, policy_data).numpy()
+                arrays["demo_logp"] = demo_logp.numpy()
+                arrays.pop("success", None)
+                stages[name] = arrays
+                if name != "post":
+                    stage = Stage.from_arrays(arrays, cfg, torch.float32, torch.device("cpu"))
+                    theta = inner_step(self.policy, theta, stage, cfg.inner_lr, per_task=j > 0)
+        self.adapted_params, self.adapted_disc = theta, phi
+        results = []
+        for i, task in enumerate(tasks):
+            result = {f"{s}/{k}": stages[s][k][i] for s in stages for k in (*FIELDS, "next_obs", "demo_logp")}
+            result.update({k: v[i] for k, v in demos.items()})
+            result.update(
+                task_id=np.array(task.task_id, np.int64), policy_version=np.array(version, np.int64),
+                env_steps=np.array(env_steps // n, np.int64), episodes=np.array(per * len(stages), np.int64),
+                return_pre=np.array(true_returns["inner_0"][i], np.float64),
+                return_post=np.array(true_returns["post"][i], np.float64),
+            )
+            results.append(result)
+        return results
+
+
+# --------------------------------------------------------------------------------------------
+# Learner side
+
+
+class AdversarialLearner:
+    """θ: MAML's outer step on the relabelled episodes; φ: the discriminator meta-update."""
+
+    def __init__(self, policy: AdversarialAgent, config: AdversarialConfig, device: torch.device, seed: int):
+        self.config = config
+        self.policy = policy  # the whole agent: the learner actor publishes its state dict
+        self.gen = MAMLLearner(policy.generator, config, device, seed)
+        self.device, self.dtype = self.gen.device, self.gen.dtype
+        self.disc = policy.discriminator.to(self.device)
+        self.generator = self.gen.generator  # torch RNG state (checkpointed by the learner actor)
+        self.disc_optimizer = torch.optim.Adam(self.disc.parameters(), lr=config.disc_lr) if config.disc_outer != "reptile" else None
+
+    def _stage_data(self, results: list[TaskResult], stage: str, demo_side: str) -> tuple[Transitions, Transitions]:
+        def stack(key: str) -> np.ndarray:
+            return np.stack([r[key] for r in results])
+        demo = transitions({f: stack(f"{demo_side}/{f}") for f in DEMO_FIELDS}, stack(f"{stage}/demo_logp"), self.dtype, self.device)
+        pol = transitions({f: stack(f"{stage}/{f}") for f in ("obs", "actions", "next_obs", "mask")}, stack(f"{stage}/logp"),
+                          self.dtype, self.device)
+        return demo, pol
+
+    def adapted_discriminators(self, results: list[TaskResult], params: Params) -> Params:
+        """φ_i^k from φ, each task's support demos and inner episodes (as the workers computed)."""
+        cfg = self.config
+        for j in range(cfg.num_inner_steps):
+            demo, pol = self._stage_data(results, f"inner_{j}", "support")
+            params = disc_adapt(self.disc, params, demo, pol, cfg.disc_inner_lr, cfg.disc_inner_steps, stacked=j > 0)
+        return params
+
+    def update(self, results: list[TaskResult]) -> dict[str, float]:
+        leaked = [k for k in METRICS_ONLY if k in results[0]]
+        if leaked:
+            raise ValueError(f"adversarial learner got true-reward keys {leaked}: the rollout worker must strip them")
+        inner, post = self.gen.stages(results)
+        params = dict(self.gen.policy.named_parameters())
+        cfg = self.config
+        if cfg.outer == "trpo":
+            stats = self.gen._trpo(params, inner, post)
+        elif cfg.outer == "ppo-clip":
+            stats = self.gen._ppo_clip(params, inner, post)
+        else:
+            stats = self.gen._reptile(params, inner, post)
+        stats.update(self._update_discriminator(results), num_tasks=float(len(results)))
+        return stats
+
+    def _update_discriminator(self, results: list[TaskResult]) -> dict[str, float]:
+        cfg = self.config
+        phi = dict(self.disc.named_parameters())
+        query_demo, query_pol = self._stage_data(results, "post", "query")
+        query_loss = torch.vmap(partial(disc_loss, self.disc))
+        if cfg.disc_outer == "reptile":
+            with torch.no_grad():
+                adapted = self.adapted_discriminators(results, phi)
+                loss = query_loss(adapted, query_demo, query_pol).mean()
+                delta = {k: (adapted[k] - p).mean(0) for k, p in phi.items()}
+                for k, p in phi.items():
+                    p.add_(cfg.disc_reptile_lr * delta[k])
+            return {"disc_loss": loss.item(), "disc_grad_norm": maml.flat(delta.values()).norm().item()}
+        assert self.disc_optimizer is not None
+        if cfg.disc_outer == "second-order":
+            adapted = self.adapted_discriminators(results, phi)  # graph back to φ
+            loss = query_loss(adapted, query_demo, query_pol).mean()
+            grads = torch.autograd.grad(loss, list(phi.values()))
+        else:  # first-order: the query gradient at φ_i^k, applied to φ
+            with torch.no_grad():
+                adapted = self.adapted_discriminators(results, {k: p.detach() for k, p in phi.items()})
+            per_task = torch.vmap(torch.func.grad_and_value(partial(disc_loss, self.disc)))(adapted, query_demo, query_pol)
+            grads = [per_task[0][k].mean(0) for k in phi]
+            loss = per_task[1].mean()
+        self.disc_optimizer.zero_grad(set_to_none=True)
+        for p, g in zip(phi.values(), grads, strict=True):
+            p.grad = g.detach().clone()
+        self.disc_optimizer.step()
+        return {"disc_loss": loss.item(), "disc_grad_norm": maml.flat(grads).norm().item()}
+
+    def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        gen_tensors, gen_meta = self.gen.optimizer_state()
+        tensors = {f"generator/{k}": v for k, v in gen_tensors.items()}
+        meta: dict[str, Any] = {"generator": gen_meta}
+        if self.disc_optimizer is not None:
+            disc_tensors, meta["discriminator"] = optimizer_tensors(self.disc_optimizer)
+            tensors.update({f"discriminator/{k}": v for k, v in disc_tensors.items()})
+        return tensors, meta
+
+    def load_optimizer_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        def part(prefix: str) -> dict[str, torch.Tensor]:
+            return {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{prefix}/")}
+        self.gen.load_optimizer_state(part("generator"), meta.get("generator", {}))
+        if self.disc_optimizer is not None and "discriminator" in meta:
+            load_optimizer_tensors(self.disc_optimizer, part("discriminator"), meta["discriminator"], self.device)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate(policy: AdversarialAgent, family: TaskFamily, tasks: list[Task], config: AdversarialConfig,
+             seed: int) -> list[dict[str, Any]]:
+    """Per held-out task: K support demos and k·N reward-free episodes adapt θ and φ, then the
+    adapted policy's true return; the expert's and a random policy's true returns on the same
+    task give normalised_score = (R − R_random) / (R_expert − R_random)."""
+    sampler = AdversarialSampler(family, config, config.episodes_per_task, seed)
+    sampler.set_weights(0, {k: v.detach().cpu().numpy() for k, v in policy.state_dict().items()})
+    random_returns = random_policy_returns(family, tasks, config.episodes_per_task, seed)
+    out = []
+    for start in range(0, len(tasks), config.meta_batch_size):
+        for r in sampler.collect(tasks[start : start + config.meta_batch_size], 0):
+            task_id = int(r["task_id"])
+            post, expert, rand = float(r["return_post"]), float(r["expert_return"]), random_returns[task_id]
+            gap = expert - rand
+            out.append({"task_id": task_id, "return_pre": float(r["return_pre"]), "return_post": post,
+                        "expert_return": expert, "random_return": rand,
+                        "normalised_score": (post - rand) / gap if abs(gap) > 1e-8 else float("nan")})
+    return out
+
+
+def random_policy_returns(family: TaskFamily, tasks: list[Task], episodes: int, seed: int) -> dict[int, float]:
+    """Mean true return of uniformly random actions per task (the normalised score's zero)."""
+    env = make_vector_env(family, tasks, episodes, seed=seed + 1)
+    space = env.single_action_space
+    rng = np.random.default_rng(seed + 1)
+    totals, alive = np.zeros(env.num_envs), np.ones(env.num_envs, bool)
+    env.reset()
+    for _ in range(family.max_episode_steps):
+        action = rng.uniform(space.low, space.high, (env.num_envs, *space.shape)).astype(np.float32)
+        _, reward, terminated, truncated, _ = env.step(action)
+        totals += reward * alive
+        alive &= ~(terminated | truncated)
+        if not alive.any():
+            break
+    env.close()
+    per_task = totals.reshape(len(tasks), episodes).mean(1)
+    return {t.task_id: float(r) for t, r in zip(tasks, per_task, strict=True)}
+
+
+# The algorithm interface the runtime uses (see metaray.learner.get_algorithm).
+name = "adversarial"
+mode = "sync"
+Config = AdversarialConfig
+Sampler = AdversarialSampler
+Learner = AdversarialLearner

@@ -1,0 +1,218 @@
+"""Meta adversarial imitation: the learner never sees the true reward, worker and learner adapt
+the discriminator alike, the discriminator's steps match their formulas, and a run evaluates
+to a normalised score."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metaray.cli import main
+from metaray.cluster.checkpoint import read_progress
+from metaray.learner import adversarial as adv
+from metaray.learner import maml
+from metaray.tasks import make_family
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+N_TASKS, PER = 3, 3
+
+
+def small_config(**changes) -> adv.AdversarialConfig:
+    base = dict(meta_batch_size=N_TASKS, episodes_per_task=PER, hidden_sizes=[8], disc_hidden_sizes=[8],
+                num_demos=2, num_query_demos=2, first_order=True, disc_inner_steps=2)
+    return adv.AdversarialConfig(**{**base, **changes})
+
+
+def collect(config: adv.AdversarialConfig, reward_noise: int | None = None):
+    """One worker step on 3 point-nav tasks from fixed initial weights; optionally with the env's
+    reward replaced by noise."""
+    family = make_family("point-nav", {"horizon": 20})
+    tasks = family.sample(N_TASKS, np.random.default_rng(3))
+    sampler = adv.AdversarialSampler(family, config, N_TASKS * PER, seed=0)
+    if reward_noise is not None:
+        noise, step = np.random.default_rng(reward_noise), sampler.env.step
+
+        def noisy_step(actions):
+            obs, reward, terminated, truncated, info = step(actions)
+            return obs, noise.normal(0.0, 5.0, reward.shape).astype(reward.dtype), terminated, truncated, info
+
+        sampler.env.step = noisy_step
+    torch.manual_seed(0)
+    agent = adv.make_policy(sampler.env.single_observation_space, sampler.env.single_action_space, config)
+    sampler.set_weights(0, {k: v.numpy().copy() for k, v in agent.state_dict().items()})
+    return agent, sampler, sampler.collect(tasks, 0)
+
+
+def learner_batch(results):
+    return [{k: v for k, v in r.items() if k not in adv.METRICS_ONLY} for r in results]
+
+
+@pytest.mark.parametrize("discriminator", ["airl", "gail"])
+def test_replacing_the_env_reward_with_noise_leaves_the_update_identical(discriminator):
+    config = small_config(discriminator=discriminator)
+    updated, true_post = [], []
+    for noise in (None, 1, 2):
+        agent, _, results = collect(config, reward_noise=noise)
+        true_post.append([float(r["return_post"]) for r in results])
+        learner = adv.AdversarialLearner(agent, config, torch.device("cpu"), seed=0)
+        stats = learner.update(learner_batch(results))
+        assert stats["step_accepted"] == 1.0 and np.isfinite(stats["disc_loss"])
+        updated.append({k: v.clone() for k, v in agent.state_dict().items()})
+    assert true_post[0] != true_post[1] != true_post[2]  # the rewards did change...
+    for other in updated[1:]:  # ...the update did not
+        assert all(torch.equal(updated[0][k], other[k]) for k in updated[0])
+    assert not torch.equal(updated[0]["discriminator.g.0.weight"],
+                           adv.make_policy(*spaces(), config).state_dict()["discriminator.g.0.weight"])
+
+
+def spaces():
+    env = make_family("point-nav", {"horizon": 20}).make_env()
+    return env.observation_space, env.action_space
+
+
+def test_learner_refuses_batches_that_carry_the_true_reward():
+    config = small_config()
+    agent, _, results = collect(config)
+    learner = adv.AdversarialLearner(agent, config, torch.device("cpu"), seed=0)
+    with pytest.raises(ValueError, match="true-reward keys"):
+        learner.update(results)
+
+
+def test_learner_recomputes_the_workers_adapted_generator_and_discriminator():
+    config = small_config(num_inner_steps=2)
+    agent, sampler, results = collect(config)
+    learner = adv.AdversarialLearner(agent, config, torch.device("cpu"), seed=0)
+    batch = learner_batch(results)
+    phi = learner.adapted_discriminators(batch, dict(agent.discriminator.named_parameters()))
+    for k, p in phi.items():
+        torch.testing.assert_close(p, sampler.adapted_disc[k], atol=1e-5, rtol=1e-5)
+    inner, _ = learner.gen.stages(batch)
+    theta = maml.adapt(agent.generator, dict(agent.generator.named_parameters()), inner, config.inner_lr)[-1]
+    for k, p in theta.items():
+        torch.testing.assert_close(p, sampler.adapted_params[k], atol=1e-5, rtol=1e-5)
+
+
+def random_transitions(n: int, e: int, t: int, gen: torch.Generator, dtype=torch.float32) -> adv.Transitions:
+    mask = torch.ones(n, e, t, dtype=dtype)
+    mask[:, 0, t - 2:] = 0.0  # one shorter episode
+    return adv.Transitions(torch.randn(n, e, t, 2, generator=gen, dtype=dtype), torch.randn(n, e, t, 2, generator=gen, dtype=dtype),
+                           torch.randn(n, e, t, 2, generator=gen, dtype=dtype), mask, -torch.rand(n, e, t, generator=gen, dtype=dtype))
+
+
+def test_airl_logits_rewards_and_inner_step_match_their_formulas():
+    gen = torch.Generator().manual_seed(0)
+    disc = adv.Discriminator(2, 2, [5], "airl", gamma=0.9)
+    phi = dict(disc.named_parameters())
+    demos, policy = random_transitions(2, 3, 4, gen), random_transitions(2, 3, 4, gen)
+    one = adv.Transitions(*(x[0] for x in policy))
+    f = (disc.g(torch.cat([one.obs, one.actions], -1)) + 0.9 * disc.h(one.next_obs) - disc.h(one.obs)).squeeze(-1)
+    logit = f - one.logp
+    torch.testing.assert_close(adv.disc_logits(disc, phi, one), logit)
+    d = torch.sigmoid(logit)  # r̂ = log D − log(1 − D), zero on padding
+    torch.testing.assert_close(adv.relabel(disc, {k: p.expand(2, *p.shape) for k, p in phi.items()}, policy)[0],
+                               (d.log() - (1 - d).log()) * one.mask, atol=1e-5, rtol=1e-5)
+    beta = 0.3
+    stepped = adv.disc_adapt(disc, phi, demos, policy, beta, steps=1, stacked=False)
+    for i in range(2):
+        de, po = adv.Transitions(*(x[i] for x in demos)), adv.Transitions(*(x[i] for x in policy))
+        le, lb = adv.disc_logits(disc, phi, de), adv.disc_logits(disc, phi, po)
+        minus_v = -(F.logsigmoid(le) * de.mask).sum() / de.mask.sum() - (torch.log1p(-torch.sigmoid(lb)) * po.mask).sum() / po.mask.sum()
+        grads = torch.autograd.grad(minus_v, list(phi.values()))
+        for (k, p), g in zip(phi.items(), grads, strict=True):
+            torch.testing.assert_close(stepped[k][i], p - beta * g, atol=1e-5, rtol=1e-4)
+
+
+def test_gail_logits_ignore_the_policy_log_prob():
+    gen = torch.Generator().manual_seed(1)
+    disc = adv.Discriminator(2, 2, [5], "gail", gamma=0.9)
+    batch = adv.Transitions(*(x[0] for x in random_transitions(1, 2, 3, gen)))
+    phi = dict(disc.named_parameters())
+    torch.testing.assert_close(adv.disc_logits(disc, phi, batch), adv.disc_logits(disc, phi, batch._replace(logp=batch.logp * 7)))
+    assert disc.h is None
+
+
+def test_second_order_discriminator_meta_gradient_matches_finite_differences():
+    gen = torch.Generator().manual_seed(2)
+    disc = adv.Discriminator(2, 2, [4], "airl", gamma=0.9).double()
+    support, inner = random_transitions(2, 2, 3, gen, torch.float64), random_transitions(2, 2, 3, gen, torch.float64)
+    q_demo, q_pol = random_transitions(2, 2, 3, gen, torch.float64), random_transitions(2, 2, 3, gen, torch.float64)
+    names = [k for k, _ in disc.named_parameters()]
+
+    def objective(flat_phi: torch.Tensor) -> torch.Tensor:
+        phi = maml.unflat(flat_phi, dict(disc.named_parameters()))
+        adapted = adv.disc_adapt(disc, phi, support, inner, lr=0.5, steps=2, stacked=False)
+        return torch.vmap(partial(adv.disc_loss, disc))(adapted, q_demo, q_pol).mean()
+
+    x = maml.flat(p.detach() for p in disc.parameters()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(objective(x), x)
+    eps = 1e-6
+    for _ in range(3):
+        v = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+        with torch.no_grad():
+            fd = (objective(x + eps * v) - objective(x - eps * v)) / (2 * eps)
+        assert float(grad @ v) == pytest.approx(float(fd), rel=1e-5, abs=1e-8)
+    assert len(names) == 8  # g and h: two linear layers each
+    # and the first-order gradient differs from it (the inner steps matter)
+    with torch.no_grad():
+        adapted = adv.disc_adapt(disc, maml.unflat(x.detach(), dict(disc.named_parameters())), support, inner, 0.5, 2, False)
+    first = torch.vmap(torch.func.grad(partial(adv.disc_loss, disc)))(adapted, q_demo, q_pol)
+    assert not torch.allclose(maml.flat(first[k].mean(0) for k in names), grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("disc_outer", ["first-order", "reptile"])
+def test_discriminator_meta_update_matches_its_formula(disc_outer):
+    config = small_config(disc_outer=disc_outer, outer="reptile", disc_lr=0.01, disc_reptile_lr=0.5)
+    agent, _, results = collect(config)
+    batch = learner_batch(results)
+    learner = adv.AdversarialLearner(agent, config, torch.device("cpu"), seed=0)
+    phi0 = {k: p.detach().clone() for k, p in agent.discriminator.named_parameters()}
+    adapted = learner.adapted_discriminators(batch, phi0)
+    learner.update(batch)
+    new = dict(agent.discriminator.named_parameters())
+    if disc_outer == "reptile":
+        expected = {k: p + 0.5 * (adapted[k] - p).mean(0) for k, p in phi0.items()}
+    else:  # Adam's first step from the mean query gradient at φ_i^k
+        demo, pol = learner._stage_data(batch, "post", "query")
+        grads = torch.vmap(torch.func.grad(partial(adv.disc_loss, agent.discriminator)))(adapted, demo, pol)
+        params = [p.clone().requires_grad_(True) for p in phi0.values()]
+        opt = torch.optim.Adam(params, lr=0.01)
+        for p, k in zip(params, phi0, strict=True):
+            p.grad = grads[k].mean(0)
+        opt.step()
+        expected = dict(zip(phi0, (p.detach() for p in params), strict=True))
+    for k in phi0:
+        torch.testing.assert_close(new[k].detach(), expected[k], atol=1e-6, rtol=1e-5)
+        assert not torch.equal(new[k].detach(), phi0[k])
+
+
+def test_serial_run_and_eval_report_normalised_score(tmp_path, capsys):
+    run = tmp_path / "adv"
+    assert main(["train", str(CONFIGS / "adversarial-point-nav.yaml"), "--serial", "--run-dir", str(run),
+                 "--iterations", "2", "--set", "adversarial.meta_batch_size=4", "--set", "adversarial.episodes_per_task=4",
+                 "--set", "task.kwargs.horizon=30"]) == 0
+    row = read_progress(run)[-1]
+    assert {"return_pre", "return_post", "disc_loss"} <= set(row) and row["iteration"] == 2
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json", "--num-tasks", "5"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(result["tasks"]) == 5
+    for t in result["tasks"]:
+        expected = (t["return_post"] - t["random_return"]) / (t["expert_return"] - t["random_return"])
+        assert t["normalised_score"] == pytest.approx(expected)
+        assert t["expert_return"] > t["random_return"]  # the scripted expert beats random actions
+    assert result["normalised_score"] == pytest.approx(np.mean([t["normalised_score"] for t in result["tasks"]]))
+    assert result["mean_return"] == result["return_post"]
+
+
+def test_a_family_without_an_expert_is_a_one_line_error(tmp_path, capsys):
+    code = main(["train", str(CONFIGS / "adversarial-point-nav.yaml"), "--serial", "--run-dir", str(tmp_path / "x"),
+                 "--set", "task.family=halfcheetah-vel", "--set", "task.kwargs={}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "has no expert(task)" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()
