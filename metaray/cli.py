@@ -119,6 +119,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     family = make_family(config.task.family, config.task.kwargs)  # unknown family / bad kwargs: fail now
     if config.algo == "adversarial" and not callable(getattr(family, "expert", None)):
         raise ConfigError(f"algo adversarial imitates an expert: task family {config.task.family!r} has no expert(task)")
+    if config.scheduler.strategy == "regret" and not callable(getattr(family, "expert", None)):
+        raise ConfigError(f"scheduler.strategy regret measures regret against an expert: task family {config.task.family!r} has no expert(task)")
 
     if args.resume:
         if args.run_dir is None:

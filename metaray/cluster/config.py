@@ -98,8 +98,12 @@ class GrpcConfig(BaseModel):
 
 class SchedulerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    strategy: Literal["uniform", "fixed-set"] = Field("uniform", description="Meta-batch tasks: 'uniform' (fresh train tasks every iteration) or 'fixed-set' (a fixed list of train tasks, cycled).")
+    strategy: Literal["uniform", "fixed-set", "regret"] = Field("uniform", description="Meta-batch tasks: 'uniform' (fresh train tasks every iteration), 'fixed-set' (a fixed list of train tasks, cycled) or 'regret' (replay high-regret train tasks; needs a family with an expert and a meta-batch algorithm).")
     fixed_set_size: int = Field(50, ge=1, description="fixed-set: tasks in the set when the family does not define its own train_tasks().")
+    regret_share: float = Field(0.5, ge=0, le=1, description="regret: share λ of each meta-batch replayed by regret; the rest are fresh uniform draws.")
+    regret_temperature: float = Field(0.3, gt=0, description="regret: rank-based prioritisation P ∝ (1/rank)^(1/temperature); lower = greedier.")
+    regret_pool_size: int = Field(1000, ge=1, description="regret: seen train tasks kept as replay candidates (the highest-regret ones).")
+    regret_smoothing: float = Field(0.5, gt=0, le=1, description="regret: weight of the newest observation in a task's running regret.")
 
 
 class RunConfig(BaseModel):
@@ -123,6 +127,8 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _external_actors_fit_the_algorithm(self) -> RunConfig:
+        if self.algo == "rl2" and self.scheduler.strategy == "regret":
+            raise ValueError("scheduler.strategy: regret schedules meta-batches; rl2 draws its own tasks per trial (use maml or adversarial)")
         if self.algo == "adversarial" and self.grpc.external_tasks > 0:
             raise ValueError("grpc.external_tasks: actors outside Ray cannot run adversarial tasks yet (their demos and discriminator steps); use 0")
         return self
@@ -138,6 +144,8 @@ def _format_error(err: ValidationError) -> str:
         return f"{loc}: unknown key"
     if e["type"] == "missing":
         return f"{loc}: required key is missing"
+    if e["type"] == "value_error" and loc == "<top level>":  # a whole-config rule: its message names the keys
+        return str(e["ctx"]["error"]) if "error" in e.get("ctx", {}) else e["msg"]
     return f"{loc}: {e['msg'][0].lower()}{e['msg'][1:]} (got {e.get('input')!r})"
 
 

@@ -54,7 +54,9 @@ class Trainer:
         self.algo_config = config.algo_config()
         self.algorithm = get_algorithm(config.algo)
         family = make_family(config.task.family, config.task.kwargs)
-        self.scheduler = TaskScheduler(family, config.seed, config.scheduler.strategy, config.scheduler.fixed_set_size)
+        sched = config.scheduler
+        self.scheduler = TaskScheduler(family, config.seed, sched.strategy, sched.fixed_set_size, sched.regret_share,
+                                       sched.regret_temperature, sched.regret_pool_size, sched.regret_smoothing)
         probe = make_vector_env(family, family.sample(1, np.random.default_rng(0)), seed=0)
         obs_space, act_space = probe.single_observation_space, probe.single_action_space
         probe.close()
@@ -416,7 +418,7 @@ class Trainer:
                 for stage in ("pre", "post") if not external and infos and all(f"success_{stage}" in x for x in infos)
             }
             self._end_iteration(stats, {
-                **success,
+                **success, **self.scheduler.regret_stats(),
                 "return_pre": sum(pre * k for pre, _, k in per_task) / n,
                 "return_post": sum(post * k for _, post, k in per_task) / n,
                 "sampling_s": sampling_s,

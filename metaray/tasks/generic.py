@@ -9,6 +9,7 @@ or hangs is rebuilt and its episode marked dropped (`info["env_failure"]`), the 
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -69,10 +70,20 @@ def _deadline(seconds: float | None) -> Iterator[None]:
 
 
 def _finite(*values: Any) -> bool:
-    try:
-        return all(bool(np.all(np.isfinite(np.asarray(v, dtype=np.float64)))) for v in values)
-    except (TypeError, ValueError):
-        return True  # non-numeric observations (e.g. dicts of strings) are not checked
+    for v in values:
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                return False
+        elif isinstance(v, np.ndarray) and v.dtype.kind == "f":  # the common case: no conversion
+            if not np.isfinite(v).all():
+                return False
+        else:
+            try:
+                if not np.all(np.isfinite(np.asarray(v, dtype=np.float64))):
+                    return False
+            except (TypeError, ValueError):
+                pass  # non-numeric observations (e.g. dicts of strings) are not checked
+    return True
 
 
 class _TaskSlot(gym.Wrapper):
@@ -115,18 +126,21 @@ class _TaskSlot(gym.Wrapper):
         return reason
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
-        out = self._guarded(lambda: self.env.step(action))
+        # the deadline is armed once around the whole vector step (GymTaskVectorEnv.step): a hang
+        # raises _StepTimeout inside the slot that hangs, caught here
+        out = self._guarded(lambda: self.env.step(action), arm=False)
         if isinstance(out, str):
             obs, info = self._recreate(out)
             return obs, 0.0, False, True, {**info, "env_failure": out}
         return out
 
-    def _guarded(self, call: Callable[[], Any]) -> Any:
-        """The call's result, or the failure reason as a string."""
+    def _guarded(self, call: Callable[[], Any], arm: bool = True) -> Any:
+        """The call's result, or the failure reason as a string. `arm`: set the deadline here (else
+        the caller armed one around several calls)."""
         timeout = GUARD.step_timeout_s
         start = time.monotonic()
         try:
-            with _deadline(timeout):
+            with _deadline(timeout if arm else None):
                 out = call()
         except _StepTimeout:
             return "hang"
@@ -240,7 +254,8 @@ class GymTaskVectorEnv(TaskVectorEnv):
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         if self._last_obs is None:
             raise RuntimeError("call reset() before step()")
-        obs, rewards, terminated, truncated, infos = self._vec.step(actions)
+        with _deadline(GUARD.step_timeout_s):  # one timer per vector step, not one per slot
+            obs, rewards, terminated, truncated, infos = self._vec.step(actions)
         truncated &= ~terminated  # TimeLimit sets both on a last-step termination; we don't
         final_info = infos.get("final_info", {})
         if "_env_failure" in final_info:  # lift the slot failures to a dense top-level mask

@@ -84,3 +84,91 @@ def test_balance_evens_out_expected_cost_from_observed_env_steps():
     assert s.balance(family.sample(4, np.random.default_rng(9)), 2) == TaskScheduler.assign(
         family.sample(4, np.random.default_rng(9)), 2)  # unseen tasks: equal cost, round robin
     assert TaskScheduler.assign(tasks, 2) == [tasks[0::2], tasks[1::2]]
+
+
+def test_expert_return_runs_the_family_expert_on_the_true_reward():
+    from metaray.cluster.scheduler import expert_return
+
+    family = make_family("point-nav")
+    task = family.sample(1, np.random.default_rng(0))[0]
+    distance = float(np.linalg.norm(np.array(task.params)))
+    ret = expert_return(family, task)
+    # the expert walks straight at 0.1 per axis per step: its return is a few steps of -distance
+    assert -distance * (distance / 0.1 + 2) < ret < 0
+
+
+def scored_scheduler(share: float = 0.5) -> tuple[TaskScheduler, list, set[int]]:
+    """A regret scheduler that has seen 10 train tasks, two of them with a far worse adapted return."""
+    family = make_family("point-nav")
+    s = TaskScheduler(family, seed=0, strategy="regret", regret_share=share, regret_temperature=0.3)
+    first = s.next_batch(10)  # nothing scored yet: all fresh
+    hard = {first[0].task_id, first[1].task_id}
+    for task in first:
+        s.observe(task.task_id, return_pre=-40.0, return_post=-60.0 if task.task_id in hard else -5.0)
+    return s, first, hard
+
+
+def test_regret_replays_high_regret_train_tasks_and_fills_up_with_fresh_ones():
+    s, first, hard = scored_scheduler()
+    seen = {t.task_id for t in first}
+    for entry in (s.stats[i] for i in seen):  # regret = expert's true return - adapted return
+        assert entry["regret"] == pytest.approx(entry["expert_return"] - entry["return_post"])
+    counts = {i: 0 for i in seen}
+    fresh = 0
+    for _ in range(200):
+        state = s.get_state()
+        batch = s.next_batch(10)
+        assert all(t.split == "train" for t in batch) and len({t.task_id for t in batch}) == 10
+        replayed = [t for t in batch if t.task_id in seen]
+        assert len(replayed) == 5  # regret_share 0.5 of the batch, the rest fresh draws
+        fresh += len(batch) - len(replayed)
+        for t in replayed:
+            counts[t.task_id] += 1
+        s.set_state(state)  # rewind: forget the fresh tasks, keep drawing from the same 10 scores
+        s.rng.integers(1 << 30)  # ...but a different draw next time
+    assert fresh == 1000
+    assert min(counts[i] for i in hard) == 200  # the two hardest are (almost) always replayed
+    easy = [counts[i] for i in seen - hard]
+    assert max(easy) < 200 and sum(easy) == 200 * 3
+    s.observe(first[0].task_id, return_post=-5.0)  # it got solved: its regret halves (smoothing 0.5)
+    assert s.stats[first[0].task_id]["regret"] < s.stats[first[2].task_id]["regret"] + 30
+
+
+def test_regret_state_round_trip_keeps_pool_and_scores():
+    s, _, _ = scored_scheduler()
+    state = s.get_state()
+    expected = s.next_batch(6)
+    t = TaskScheduler(make_family("point-nav"), seed=5, strategy="regret")
+    t.set_state(state)
+    assert t.next_batch(6) == expected
+    assert t.regret_stats() == s.regret_stats() != {}
+
+
+def test_regret_needs_an_expert():
+    with pytest.raises(ValueError, match="has no expert"):
+        TaskScheduler(make_family("halfcheetah-vel"), 0, strategy="regret")
+
+
+def test_a_regret_run_reports_regret_and_bad_pairings_are_one_line_errors(tmp_path, capsys):
+    from pathlib import Path
+
+    from metaray.cli import main
+    from metaray.cluster.checkpoint import read_progress
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    run = tmp_path / "regret"
+    assert main(["train", str(configs / "maml-trpo-point-nav.yaml"), "--serial", "--run-dir", str(run), "--iterations", "3",
+                 "--set", "scheduler.strategy=regret", "--set", "maml.meta_batch_size=4", "--set", "maml.episodes_per_task=2"]) == 0
+    rows = read_progress(run)
+    assert "regret_mean" not in rows[0] or rows[0]["regret_mean"] > 0
+    assert all(r["regret_max"] >= r["regret_mean"] > 0 for r in rows[1:])
+    capsys.readouterr()
+    for config, sets, fragment in [
+        ("rl2-bandit-n10-k5.yaml", ["scheduler.strategy=regret"], "rl2 draws its own tasks"),
+        ("maml-trpo-halfcheetah-vel.yaml", ["scheduler.strategy=regret"], "has no expert(task)"),
+    ]:
+        args = ["train", str(configs / config), "--serial", "--run-dir", str(tmp_path / "bad")]
+        assert main(args + [a for s in sets for a in ("--set", s)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert fragment in err and len(err.splitlines()) == 1
+        assert not (tmp_path / "bad").exists()

@@ -435,3 +435,20 @@ def test_reptile_update_matches_its_formula():
         want = theta[k] + 0.3 * sum(d[k] for d in deltas) / 3
         torch.testing.assert_close(p.detach(), want)
     assert stats["grad_norm"] > 0
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_written_out_forwards_equal_the_modules_own(activation):
+    """policy_forward / per_task_forward (F.linear, baddbmm) against functional_call / vmap of it."""
+    policy = maml.GaussianMLPPolicy(3, 2, [5, 4], activation)
+    gen = torch.Generator().manual_seed(0)
+    stacked = {k: p.detach() + 0.1 * torch.randn((4, *p.shape), generator=gen) for k, p in policy.named_parameters()}
+    obs = torch.randn(4, 6, 7, 3, generator=gen)
+    module = torch.func.functional_call
+    for got, want in zip(maml.policy_forward(policy, dict(policy.named_parameters()), obs[0]),
+                         module(policy, dict(policy.named_parameters()), (obs[0],)), strict=True):
+        torch.testing.assert_close(got, want)
+    want = torch.vmap(lambda p, o: module(policy, p, (o,)))(stacked, obs)
+    for got, ref in zip(maml.per_task_forward(policy, stacked, obs), want, strict=True):
+        assert got.shape == ref.shape
+        torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
