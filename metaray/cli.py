@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-tasks", type=_positive_int)
     ev.add_argument("--seed", type=int)
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="change task.kwargs.* or eval.* for this evaluation (e.g. an out-of-distribution goal range)")
+    ev.add_argument("--output", type=Path, help="write the result here instead of RUN_DIR/eval.json")
 
     plot = sub.add_parser("plot", help="plot a run's learning curves to a PNG")
     plot.add_argument("run_dir", type=Path)
@@ -200,14 +203,19 @@ def _first_difference(a: object, b: object, path: str = "") -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     from metaray.cluster.evaluation import evaluate_run
 
-    result = evaluate_run(args.run_dir, args.split, args.num_tasks, args.seed)
+    if args.output is not None and args.output.suffix.lower() != ".json":
+        from metaray.cluster.config import ConfigError
+
+        raise ConfigError(f"--output must be a .json file, got {args.output}")
+    result = evaluate_run(args.run_dir, args.split, args.num_tasks, args.seed, args.overrides, args.output)
     if args.json:
         print(json.dumps(result))
     else:
         pre = f"pre-adaptation {result['return_pre']:.3f} -> post " if "return_pre" in result else ""
         print(f"{args.run_dir}: {result['algo']} on {result['family']}, iteration {result['iteration']}, "
               f"{result['num_tasks']} {result['split']} tasks: mean return {pre}{result['mean_return']:.3f} "
-              f"(std {result['std_return']:.3f}); wrote {args.run_dir / 'eval.json'}")
+              f"(std {result['std_return']:.3f}, worst 10% {result['cvar10_return']:.3f}); "
+              f"wrote {args.output or args.run_dir / 'eval.json'}")
     return 0
 
 

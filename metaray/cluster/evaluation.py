@@ -19,23 +19,39 @@ from metaray.cluster.config import ConfigError, RunConfig, load_config
 from metaray.learner import get_algorithm
 from metaray.tasks import make_family, make_vector_env
 
+EVAL_OVERRIDABLE = ("task.kwargs.", "eval.")  # what `metaray eval --set` may change: which tasks, not the model
 
-def load_run(run_dir: Path) -> tuple[RunConfig, Path]:
+
+def load_run(run_dir: Path, overrides: list[str] | None = None) -> tuple[RunConfig, Path]:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir} is not a metaray run directory (no config.yaml)")
+    for text in overrides or []:
+        if not text.startswith(EVAL_OVERRIDABLE):
+            raise ConfigError(f"eval --set {text!r}: only task.kwargs.* and eval.* can change at evaluation")
     try:
         config = load_config(run_dir / "config.yaml")
     except ConfigError as err:
         raise CheckpointError(f"{run_dir}/config.yaml: {err}") from None
+    if overrides:
+        config = load_config(run_dir / "config.yaml", overrides)
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise CheckpointError(f"{run_dir} has no checkpoint yet")
     return config, ckpt
 
 
-def evaluate_run(run_dir: Path, split: str = "test", num_tasks: int | None = None, seed: int | None = None) -> dict[str, Any]:
-    config, ckpt = load_run(run_dir)
+def cvar(values: list[float], share: float = 0.1) -> float:
+    """Mean of the worst `share` of the values (at least one): CVaR at that level."""
+    worst = np.sort(np.asarray(values, dtype=np.float64))
+    return float(worst[: max(1, int(np.ceil(share * len(worst))))].mean())
+
+
+def evaluate_run(run_dir: Path, split: str = "test", num_tasks: int | None = None, seed: int | None = None,
+                 overrides: list[str] | None = None, output: Path | None = None) -> dict[str, Any]:
+    """Evaluate the newest checkpoint; writes RUN_DIR/eval.json (or `output`). `overrides` may
+    change task.kwargs.* and eval.* (e.g. evaluate on an out-of-distribution task range)."""
+    config, ckpt = load_run(run_dir, overrides)
     tensors, state = load_checkpoint(ckpt)
     algorithm = get_algorithm(config.algo)
     algo_config = config.algo_config()
@@ -63,8 +79,10 @@ def evaluate_run(run_dir: Path, split: str = "test", num_tasks: int | None = Non
         "seed": seed,
         "checkpoint": ckpt.name,
         "iteration": state["iteration"],
+        "task_kwargs": config.task.kwargs,
         "mean_return": float(np.mean(returns)),
         "std_return": float(np.std(returns)),
+        "cvar10_return": cvar(returns, 0.1),  # mean over the worst 10% of tasks
         **({"return_pre": float(np.mean([r["return_pre"] for r in per_task])),
             "return_post": float(np.mean(returns))} if key == "return_post" else {}),
         # Families that report info["success"] (Meta-World): share of episodes with a successful
@@ -77,5 +95,5 @@ def evaluate_run(run_dir: Path, split: str = "test", num_tasks: int | None = Non
            for key in ("normalised_score", "expert_return", "random_return") if key in per_task[0]},
         "tasks": per_task,
     }
-    write_text_atomic(Path(run_dir) / "eval.json", json.dumps(result, indent=1))
+    write_text_atomic(Path(output) if output is not None else Path(run_dir) / "eval.json", json.dumps(result, indent=1))
     return result

@@ -80,6 +80,9 @@ class AdversarialConfig(MAMLConfig):
     num_query_demos: int = Field(4, ge=1, description="Query demonstrations per task (the meta-objective's expert data).")
     demo_noise: float = Field(0.01, ge=0, description="Std of the Gaussian noise added to the expert's actions (relative to half the action range).")
     demo_cache_size: int = Field(4096, ge=1, description="Tasks whose demonstrations a worker keeps.")
+    adapt_generator: bool = Field(True, description="Ablation switch: false keeps θ fixed in the inner loop (only D adapts).")
+    adapt_discriminator: bool = Field(True, description="Ablation switch: false keeps φ fixed in the inner loop (only G adapts).")
+    wrong_demos: bool = Field(False, description="Control: each task gets another task's demos (task i uses task i+1's of the same meta-batch); scores should fall.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,6 +171,9 @@ def disc_adapt(disc: Discriminator, params: Params, demos: Transitions, policy: 
     """φ_i ← φ_i − β ∇(−V) `steps` times for all tasks at once (vmap over the task axis).
     Differentiable w.r.t. `params` under an outer graph (second-order)."""
     grad_fn = torch.func.grad(partial(disc_loss, disc))
+    if steps == 0 and not stacked:  # no adaptation (ablation): every task keeps φ
+        n = demos.obs.shape[0]
+        return {k: p.expand(n, *p.shape) for k, p in params.items()}
     for _ in range(steps):
         grads = torch.vmap(grad_fn, in_dims=(0 if stacked else None, 0, 0))(params, demos, policy)
         params = {k: p - lr * grads[k] for k, p in params.items()}
@@ -259,11 +265,12 @@ class AdversarialSampler(MAMLSampler):
                 self.demo_cache[(task.split, task.task_id)] = {k: v[i] for k, v in made.items()}
                 while len(self.demo_cache) > cfg.demo_cache_size:
                     self.demo_cache.popitem(last=False)
-        rows = [self.demo_cache[(t.split, t.task_id)] for t in tasks]
+        own = [self.demo_cache[(t.split, t.task_id)] for t in tasks]
+        rows = own[1:] + own[:1] if cfg.wrong_demos and len(own) > 1 else own  # the control: a neighbour's demos
         k = cfg.num_demos
         out = {f"support/{f}": np.stack([r[f][:k] for r in rows]) for f in DEMO_FIELDS}
         out.update({f"query/{f}": np.stack([r[f][k:] for r in rows]) for f in DEMO_FIELDS})
-        out["expert_return"] = np.stack([r["rewards"].sum(-1).mean() for r in rows]).astype(np.float64)
+        out["expert_return"] = np.stack([r["rewards"].sum(-1).mean() for r in own]).astype(np.float64)  # the task's own
         return out
 
     def collect(self, tasks: list[Task], version: int) -> list[TaskResult]:
@@ -298,15 +305,16 @@ class AdversarialSampler(MAMLSampler):
                                        torch.from_numpy(demo["actions"]), per_task=j > 0)
                 policy_data = transitions(arrays, arrays["logp"])
                 if name != "post":
-                    phi = disc_adapt(self.disc, phi, transitions(demo, demo_logp), policy_data,
-                                     cfg.disc_inner_lr, cfg.disc_inner_steps, stacked=j > 0)
+                    phi = disc_adapt(self.disc, phi, transitions(demo, demo_logp), policy_data, cfg.disc_inner_lr,
+                                     cfg.disc_inner_steps if cfg.adapt_discriminator else 0, stacked=j > 0)
                 arrays["rewards"] = relabel(self.disc, phi, policy_data).numpy()
                 arrays["demo_logp"] = demo_logp.numpy()
                 arrays.pop("success", None)
                 stages[name] = arrays
                 if name != "post":
                     stage = Stage.from_arrays(arrays, cfg, torch.float32, torch.device("cpu"))
-                    theta = inner_step(self.policy, theta, stage, cfg.inner_lr, per_task=j > 0)
+                    theta = inner_step(self.policy, theta, stage, cfg.inner_lr if cfg.adapt_generator else 0.0,
+                                       per_task=j > 0)
         self.adapted_params, self.adapted_disc = theta, phi
         results = []
         for i, task in enumerate(tasks):
@@ -332,7 +340,9 @@ class AdversarialLearner:
     def __init__(self, policy: AdversarialAgent, config: AdversarialConfig, device: torch.device, seed: int):
         self.config = config
         self.policy = policy  # the whole agent: the learner actor publishes its state dict
-        self.gen = MAMLLearner(policy.generator, config, device, seed)
+        # adapt_generator=false (ablation): the learner recomputes θ_i = θ, as the workers did
+        gen_config = config if config.adapt_generator else config.model_copy(update={"inner_lr": 0.0})
+        self.gen = MAMLLearner(policy.generator, gen_config, device, seed)
         self.device, self.dtype = self.gen.device, self.gen.dtype
         self.disc = policy.discriminator.to(self.device)
         self.generator = self.gen.generator  # torch RNG state (checkpointed by the learner actor)
@@ -349,9 +359,10 @@ class AdversarialLearner:
     def adapted_discriminators(self, results: list[TaskResult], params: Params) -> Params:
         """φ_i^k from φ, each task's support demos and inner episodes (as the workers computed)."""
         cfg = self.config
+        steps = cfg.disc_inner_steps if cfg.adapt_discriminator else 0
         for j in range(cfg.num_inner_steps):
             demo, pol = self._stage_data(results, f"inner_{j}", "support")
-            params = disc_adapt(self.disc, params, demo, pol, cfg.disc_inner_lr, cfg.disc_inner_steps, stacked=j > 0)
+            params = disc_adapt(self.disc, params, demo, pol, cfg.disc_inner_lr, steps, stacked=j > 0)
         return params
 
     def update(self, results: list[TaskResult]) -> dict[str, float]:

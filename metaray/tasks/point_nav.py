@@ -124,6 +124,7 @@ class PointNavFamily(NativeFamily):
     horizon: int = 100
     goal_low: float = -0.5
     goal_high: float = 0.5
+    goal_min_abs: float = 0.0  # > 0: only goals with max(|x|, |y|) >= this (a ring, e.g. out of distribution)
 
     name: ClassVar[str] = "point-nav"
     env_class: ClassVar[type[TaskEnv]] = PointNavEnv
@@ -137,13 +138,21 @@ class PointNavFamily(NativeFamily):
             raise ValueError(
                 f"PointNavFamily: goal_low must be < goal_high, got {self.goal_low} >= {self.goal_high}"
             )
+        check_float("PointNavFamily", "goal_min_abs", self.goal_min_abs)
+        if not 0 <= self.goal_min_abs < max(abs(self.goal_low), abs(self.goal_high)):
+            raise ValueError(
+                f"PointNavFamily: goal_min_abs must be in [0, max(|goal_low|, |goal_high|)), got {self.goal_min_abs}"
+            )
 
     @property
     def max_episode_steps(self) -> int:
         return self.horizon
 
     def draw_params(self, rng: np.random.Generator) -> tuple[float, ...]:
-        return tuple(rng.uniform(self.goal_low, self.goal_high, size=2).tolist())
+        goal = rng.uniform(self.goal_low, self.goal_high, size=2)
+        while np.abs(goal).max() < self.goal_min_abs:  # the ring: redraw inside it
+            goal = rng.uniform(self.goal_low, self.goal_high, size=2)
+        return tuple(goal.tolist())
 
     def env_kwargs(self) -> dict[str, Any]:
         return {"horizon": self.horizon}

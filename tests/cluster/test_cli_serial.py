@@ -132,3 +132,33 @@ def test_maml_serial_run_and_eval_report_pre_and_post(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["mean_return"] == result["return_post"]
     assert [set(t) >= {"task_id", "return_pre", "return_post"} for t in result["tasks"]] == [True] * 3
+
+
+def test_eval_on_an_out_of_distribution_ring_writes_its_own_file(tmp_path, capsys):
+    run = tmp_path / "maml"
+    cfg = Path(__file__).resolve().parents[2] / "configs" / "maml-trpo-point-nav.yaml"
+    assert main(["train", str(cfg), "--serial", "--run-dir", str(run), "--iterations", "1",
+                 "--set", "maml.meta_batch_size=2", "--set", "maml.episodes_per_task=2"]) == 0
+    assert main(["eval", str(run), "--json", "--num-tasks", "10"]) == 0
+    inside = json.loads((run / "eval.json").read_text())
+    capsys.readouterr()
+    ring = tmp_path / "ring.json"
+    assert main(["eval", str(run), "--json", "--num-tasks", "10", "--output", str(ring),
+                 "--set", "task.kwargs.goal_low=-0.7", "--set", "task.kwargs.goal_high=0.7",
+                 "--set", "task.kwargs.goal_min_abs=0.5"]) == 0
+    result = json.loads(ring.read_text())
+    assert json.loads((run / "eval.json").read_text()) == inside  # the in-distribution result is kept
+    assert result["task_kwargs"] == {"horizon": 100, "goal_low": -0.7, "goal_high": 0.7, "goal_min_abs": 0.5}
+    from metaray.tasks import make_family
+
+    family = make_family("point-nav", result["task_kwargs"])
+    for t in result["tasks"]:
+        goal = np.abs(family.task("test", t["task_id"]).params)
+        assert 0.5 <= goal.max() <= 0.7
+    returns = sorted(t["return_post"] for t in result["tasks"])
+    assert result["cvar10_return"] == pytest.approx(returns[0])  # 10% of 10 tasks: the worst one
+    assert result["cvar10_return"] <= result["mean_return"]
+    capsys.readouterr()
+    assert main(["eval", str(run), "--set", "maml.inner_lr=1.0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "only task.kwargs.* and eval.*" in err and len(err.splitlines()) == 1

@@ -216,3 +216,27 @@ def test_a_family_without_an_expert_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "has no expert(task)" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("switch", ["adapt_generator", "adapt_discriminator"])
+def test_ablation_switches_freeze_one_side_on_worker_and_learner(switch):
+    config = small_config(**{switch: False})
+    agent, sampler, results = collect(config)
+    frozen = agent.generator if switch == "adapt_generator" else agent.discriminator
+    adapted = sampler.adapted_params if switch == "adapt_generator" else sampler.adapted_disc
+    for k, p in frozen.named_parameters():  # every task kept the meta-parameters
+        assert torch.equal(adapted[k], p.detach().expand_as(adapted[k]))
+    other = sampler.adapted_disc if switch == "adapt_generator" else sampler.adapted_params
+    assert any(not torch.allclose(v[0], v[1]) for v in other.values())  # the other side still adapts per task
+    learner = adv.AdversarialLearner(agent, config, torch.device("cpu"), seed=0)
+    stats = learner.update(learner_batch(results))
+    assert np.isfinite(stats["disc_loss"]) and stats["behaviour_logp_err"] < 1e-4  # learner saw the same θ_i
+
+
+def test_wrong_demos_control_gives_each_task_its_neighbours_demos():
+    right = collect(small_config())[2]
+    wrong = collect(small_config(wrong_demos=True))[2]
+    for i in range(N_TASKS):
+        assert np.array_equal(wrong[i]["support/actions"], right[(i + 1) % N_TASKS]["support/actions"])
+        assert wrong[i]["task_id"] == right[i]["task_id"]
+        assert wrong[i]["expert_return"] == right[i]["expert_return"]  # scored against its own expert
