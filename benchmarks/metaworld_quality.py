@@ -52,7 +52,8 @@ def run(algo: str, env_name: str, iterations: int, seed: int, eval_tasks: int) -
     config, overrides = RUNS[algo]
     run_dir = RESULTS / "runs" / f"metaworld-{algo}-{env_name}-s{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    sets = [*overrides, f"task.kwargs.env_name={env_name}", f"seed={seed}", "metrics.tensorboard=false"]
+    sets = [*overrides, f"task.kwargs.env_name={env_name}", f"seed={seed}", "metrics.tensorboard=false",
+            "checkpoint.keep=1000"]  # keep the first checkpoint for the before/after evaluation
     start = time.perf_counter()
     out = metaray("train", config, "--run-dir", str(run_dir), "--iterations", str(iterations),
                   *[a for s in sets for a in ("--set", s)])

@@ -550,6 +550,31 @@ def table(measurements: dict[str, Result], ratio_row: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_maml(args: argparse.Namespace) -> dict[str, Any]:
+    """The MAML learner (closed form vs per-task loop vs vmapped autograd, one process) and, with a
+    peer set-up, whole meta-iterations beside pytorch-maml-rl; their own scripts, summarised here."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out: dict[str, Any] = {}
+    for threads in (1, 2):
+        cmd = [sys.executable, "benchmarks/maml_learner_speed.py", "--threads", str(threads)]
+        subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
+        name = "maml_learner_speed" + ("" if threads == 1 else f"_threads{threads}")
+        row = json.loads((RESULTS / f"{name}.json").read_text())
+        out[f"learner_threads{threads}"] = {k: row[k] for k in (
+            "update_closed_form_s", "update_loop_s", "update_vmapped_autograd_s", "update_loop_over_closed_form",
+            "update_speedup", "meta_gradient_vmapped_s", "meta_gradient_loop_s")} | {"command": " ".join(cmd[1:])}
+    if args.peer_dir is not None:
+        cmd = [sys.executable, "benchmarks/maml_vs_pytorch_maml_rl.py", "--iterations", str(args.maml_iterations),
+               "--peer-dir", str(args.peer_dir), "--learner-threads", "2", "--peer-learner-threads", "1"]
+        subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
+        row = json.loads((RESULTS / f"maml_vs_pytorch_maml_rl_it{args.maml_iterations}_seed0_lt2-1.json").read_text())
+        out["vs_pytorch_maml_rl"] = {"command": " ".join(cmd[1:]), "speedup_iteration": row["speedup_iteration"],
+                                     "speedup_sampling": row["speedup_sampling"], "speedup_learner": row["speedup_learner"],
+                                     "iteration_s_median": {k: v["iteration_s_median"] for k, v in row["summary"].items()}}
+    print(json.dumps(out, indent=1), flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="timed wall time per measurement")
@@ -559,6 +584,11 @@ def main() -> None:
     parser.add_argument("--rllib-python", default=os.environ.get("METARAY_RLLIB_PYTHON", sys.executable),
                         help="python of a venv with ray[rllib] of the same Ray version (default: this one, "
                              "or $METARAY_RLLIB_PYTHON)")
+    parser.add_argument("--maml", action="store_true",
+                        help="also run the MAML learner comparison (maml_learner_speed.py) and, with --peer-dir, "
+                             "a meta-iteration against pytorch-maml-rl (maml_vs_pytorch_maml_rl.py)")
+    parser.add_argument("--peer-dir", type=Path, help="pytorch-maml-rl set-up (benchmarks/peer/setup_pytorch_maml_rl.sh)")
+    parser.add_argument("--maml-iterations", type=int, default=20, help="meta-iterations of each side with --peer-dir")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: run one measurement, print its JSON
     parser.add_argument("--runners", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -606,6 +636,7 @@ def main() -> None:
         for path in NATIVE_CONFIGS:
             measurements.update(child(sys.executable, "native", args, ["--config", path]))
 
+    maml_rows = run_maml(args) if args.maml else None
     ratio_row = ratios(measurements)
     row = {
         "date": time.strftime("%Y-%m-%d"), "machine": machine(), "versions": versions(), "rllib": rllib,
@@ -628,6 +659,7 @@ def main() -> None:
                         "actors lose CPU to other processes: compare numbers from a quiet machine only",
         },
         "measurements": measurements, "ratios": ratio_row,
+        **({"maml": maml_rows} if maml_rows is not None else {}),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "speed_suite.json").write_text(json.dumps(row, indent=1) + "\n")
