@@ -101,13 +101,21 @@ class Discriminator(nn.Module):
     """AIRL's f_φ(s,a,s') = g(s,a) + γ h(s') − h(s), or GAIL's d_φ(s,a); returns the logit's
     φ-part (AIRL's D subtracts log π outside, since π changes per task)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], kind: str, gamma: float):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], kind: str, gamma: float,
+                 act_low: np.ndarray | None = None, act_high: np.ndarray | None = None):
         super().__init__()
         self.kind, self.gamma = kind, gamma
         self.g = mlp(obs_dim + act_dim, hidden, 1)
         self.h = mlp(obs_dim, hidden, 1) if kind == "airl" else None
+        # D judges the actions the env executed: policy samples are clipped to the action space
+        # like the expert's (else |a| beyond the bounds alone would tell them apart)
+        low = torch.full((act_dim,), -torch.inf) if act_low is None else torch.as_tensor(act_low, dtype=torch.float32)
+        high = torch.full((act_dim,), torch.inf) if act_high is None else torch.as_tensor(act_high, dtype=torch.float32)
+        self.register_buffer("act_low", low)
+        self.register_buffer("act_high", high)
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+        actions = torch.maximum(torch.minimum(actions, self.act_high), self.act_low)
         f = self.g(torch.cat([obs, actions], -1)).squeeze(-1)
         if self.h is not None:
             f = f + self.gamma * self.h(next_obs).squeeze(-1) - self.h(obs).squeeze(-1)
@@ -125,7 +133,7 @@ class AdversarialAgent(nn.Module):
 def make_policy(obs_space: gym.Space, act_space: gym.Space, config: AdversarialConfig) -> AdversarialAgent:
     generator = maml.make_policy(obs_space, act_space, config)
     disc = Discriminator(obs_space.shape[0], act_space.shape[0], list(config.disc_hidden_sizes),
-                         config.discriminator, config.gamma)
+                         config.discriminator, config.gamma, act_space.low, act_space.high)
     return AdversarialAgent(generator, disc)
 
 
@@ -206,13 +214,13 @@ def stage_logp(policy: GaussianMLPPolicy, params: Params, batch_obs: torch.Tenso
 
 def expert_demos(family: TaskFamily, tasks: list[Task], count: int, noise: float, seed: int) -> dict[str, np.ndarray]:
     """`count` episodes of the family's expert per task: arrays [N, count, T, ...] of DEMO_FIELDS
-    plus the true rewards. A task's action noise depends only on (task, seed)."""
+    plus the true rewards. Demo j of a task depends only on (task, j, seed), not on `count`."""
     env = make_vector_env(family, tasks, count, seed=seed)
     n_slots, horizon = env.num_envs, family.max_episode_steps
     act_space = env.single_action_space
     low, high = act_space.low, act_space.high
     experts = [family.expert(task) for task in tasks]
-    rngs = [np.random.default_rng([seed, t.task_id, 0 if t.split == "train" else 1]) for t in tasks]
+    rngs = [np.random.default_rng([seed, t.task_id, 0 if t.split == "train" else 1, j]) for t in tasks for j in range(count)]
     obs_dim, act_dim = env.single_observation_space.shape[0], act_space.shape[0]
     out = {"obs": np.zeros((n_slots, horizon, obs_dim), np.float32), "actions": np.zeros((n_slots, horizon, act_dim), np.float32),
            "next_obs": np.zeros((n_slots, horizon, obs_dim), np.float32), "mask": np.zeros((n_slots, horizon), bool),
@@ -221,7 +229,7 @@ def expert_demos(family: TaskFamily, tasks: list[Task], count: int, noise: float
     obs, _ = env.reset()
     for t in range(horizon):
         action = np.stack([experts[s // count](obs[s]) for s in range(n_slots)]).astype(np.float32)
-        gauss = np.concatenate([r.standard_normal((count, act_dim)) for r in rngs])
+        gauss = np.stack([r.standard_normal(act_dim) for r in rngs])
         action = np.clip(action + noise * (high - low) / 2 * gauss, low, high).astype(np.float32)
         out["obs"][alive, t], out["actions"][alive, t], out["mask"][:, t] = obs[alive], action[alive], alive
         obs, reward, terminated, truncated, info = env.step(action)
@@ -267,10 +275,11 @@ class AdversarialSampler(MAMLSampler):
                     self.demo_cache.popitem(last=False)
         own = [self.demo_cache[(t.split, t.task_id)] for t in tasks]
         rows = own[1:] + own[:1] if cfg.wrong_demos and len(own) > 1 else own  # the control: a neighbour's demos
-        k = cfg.num_demos
-        out = {f"support/{f}": np.stack([r[f][:k] for r in rows]) for f in DEMO_FIELDS}
-        out.update({f"query/{f}": np.stack([r[f][k:] for r in rows]) for f in DEMO_FIELDS})
-        out["expert_return"] = np.stack([r["rewards"].sum(-1).mean() for r in own]).astype(np.float64)  # the task's own
+        q = cfg.num_query_demos  # demos [0, q) are the query set, [q, q + K) the support set
+        out = {f"support/{f}": np.stack([r[f][q:] for r in rows]) for f in DEMO_FIELDS}
+        out.update({f"query/{f}": np.stack([r[f][:q] for r in rows]) for f in DEMO_FIELDS})
+        # the task's own expert return, from its query demos: the same whatever K
+        out["expert_return"] = np.stack([r["rewards"][:q].sum(-1).mean() for r in own]).astype(np.float64)
         return out
 
     def collect(self, tasks: list[Task], version: int) -> list[TaskResult]:
@@ -441,8 +450,8 @@ def evaluate(policy: AdversarialAgent, family: TaskFamily, tasks: list[Task], co
     sampler.set_weights(0, {k: v.detach().cpu().numpy() for k, v in policy.state_dict().items()})
     random_returns = random_policy_returns(family, tasks, config.episodes_per_task, seed)
     out = []
-    for start in range(0, len(tasks), config.meta_batch_size):
-        for r in sampler.collect(tasks[start : start + config.meta_batch_size], 0):
+    for chunk in evaluation_chunks(len(tasks), config.meta_batch_size):
+        for r in sampler.collect([tasks[i] for i in chunk], 0):
             task_id = int(r["task_id"])
             post, expert, rand = float(r["return_post"]), float(r["expert_return"]), random_returns[task_id]
             gap = expert - rand
@@ -450,6 +459,16 @@ def evaluate(policy: AdversarialAgent, family: TaskFamily, tasks: list[Task], co
                         "expert_return": expert, "random_return": rand,
                         "normalised_score": (post - rand) / gap if abs(gap) > 1e-8 else float("nan")})
     return out
+
+
+def evaluation_chunks(n: int, size: int) -> list[range]:
+    """Consecutive chunks of at most `size` (at least 2) task indices, none of one task when n > 1,
+    so the wrong-demo control always has a neighbour to take demos from."""
+    size = max(2, size)
+    chunks = [range(a, min(a + size, n)) for a in range(0, n, size)]
+    if len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks[-2], chunks[-1] = range(chunks[-2].start, chunks[-2].stop - 1), range(chunks[-2].stop - 1, n)
+    return chunks
 
 
 def random_policy_returns(family: TaskFamily, tasks: list[Task], episodes: int, seed: int) -> dict[int, float]:

@@ -235,8 +235,25 @@ def test_ablation_switches_freeze_one_side_on_worker_and_learner(switch):
 
 def test_wrong_demos_control_gives_each_task_its_neighbours_demos():
     right = collect(small_config())[2]
+    more = collect(small_config(num_demos=3))[2]
+    assert [r["expert_return"] for r in more] == [r["expert_return"] for r in right]  # not a function of K
     wrong = collect(small_config(wrong_demos=True))[2]
     for i in range(N_TASKS):
         assert np.array_equal(wrong[i]["support/actions"], right[(i + 1) % N_TASKS]["support/actions"])
         assert wrong[i]["task_id"] == right[i]["task_id"]
         assert wrong[i]["expert_return"] == right[i]["expert_return"]  # scored against its own expert
+
+
+def test_discriminator_judges_executed_actions_and_demos_do_not_depend_on_k():
+    disc = adv.Discriminator(2, 2, [5], "gail", 0.9, np.full(2, -0.1), np.full(2, 0.1))
+    phi = dict(disc.named_parameters())
+    obs = torch.zeros(1, 3, 2)
+    inside = adv.Transitions(obs, torch.full((1, 3, 2), 0.1), obs, torch.ones(1, 3), torch.zeros(1, 3))
+    outside = inside._replace(actions=torch.full((1, 3, 2), 5.0))  # clipped to 0.1 by the env
+    torch.testing.assert_close(adv.disc_logits(disc, phi, inside), adv.disc_logits(disc, phi, outside))
+    family = make_family("point-nav", {"horizon": 20})
+    tasks = family.sample(2, np.random.default_rng(0))
+    few, many = adv.expert_demos(family, tasks, 3, 0.01, 7), adv.expert_demos(family, tasks, 6, 0.01, 7)
+    np.testing.assert_array_equal(few["actions"], many["actions"][:, :3])  # demo j is the same for any count
+    assert adv.evaluation_chunks(21, 20) == [range(0, 19), range(19, 21)]
+    assert adv.evaluation_chunks(40, 20) == [range(0, 20), range(20, 40)]
