@@ -432,6 +432,7 @@ class MAMLSampler:
         next_buf = np.zeros((n_slots, horizon, obs_dim), np.float32) if self.record_next_obs else None
         noise = torch.randn((horizon, n_slots, act_dim), generator=self.torch_gen)
         alive = np.ones(n_slots, bool)
+        n_alive = n_slots
         success: np.ndarray | None = None  # per slot: any step with info["success"] (families that report it)
         obs, _ = self.env.reset()
         steps = 0
@@ -444,12 +445,20 @@ class MAMLSampler:
                 mean, log_std = policy_forward(self.policy, params, obs_t)
             action = mean + log_std.exp() * noise[t]
             logp = gaussian_log_prob(mean, log_std, action)
-            obs_buf[alive, t] = obs[alive]
-            act_buf[alive, t] = action.numpy()[alive]
-            logp_buf[alive, t] = logp.numpy()[alive]
+            action_np = action.numpy()
+            everyone = n_alive == n_slots  # the common case: plain slices instead of masked writes
+            if everyone:
+                obs_buf[:, t], act_buf[:, t], logp_buf[:, t] = obs, action_np, logp.numpy()
+            else:
+                obs_buf[alive, t] = obs[alive]
+                act_buf[alive, t] = action_np[alive]
+                logp_buf[alive, t] = logp.numpy()[alive]
             mask_buf[:, t] = alive
-            obs, reward, terminated, truncated, info = self.env.step(np.clip(action.numpy(), self.act_low, self.act_high))
-            rew_buf[alive, t] = reward[alive]
+            obs, reward, terminated, truncated, info = self.env.step(np.clip(action_np, self.act_low, self.act_high))
+            if everyone:
+                rew_buf[:, t] = reward
+            else:
+                rew_buf[alive, t] = reward[alive]
             steps += n_slots
             if next_buf is not None:  # s' of each step: the final observation where an episode ended
                 next_obs = obs if "final_obs" not in info else np.where(info["_final_obs"][:, None], info["final_obs"], obs)
@@ -463,7 +472,8 @@ class MAMLSampler:
                 self.dropped_episodes += int(dropped.sum())
                 alive &= ~dropped
             alive &= ~(terminated | truncated)
-            if not alive.any():
+            n_alive = int(alive.sum())
+            if not n_alive:
                 break
         shape = (num_tasks, per, horizon)
         arrays = {

@@ -71,7 +71,7 @@ def _deadline(seconds: float | None) -> Iterator[None]:
 
 def _finite(*values: Any) -> bool:
     for v in values:
-        if isinstance(v, float):
+        if isinstance(v, (float, int)):
             if not math.isfinite(v):
                 return False
         elif isinstance(v, np.ndarray) and v.dtype.kind == "f":  # the common case: no conversion
@@ -126,21 +126,32 @@ class _TaskSlot(gym.Wrapper):
         return reason
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
-        # the deadline is armed once around the whole vector step (GymTaskVectorEnv.step): a hang
-        # raises _StepTimeout inside the slot that hangs, caught here
-        out = self._guarded(lambda: self.env.step(action), arm=False)
-        if isinstance(out, str):
-            obs, info = self._recreate(out)
-            return obs, 0.0, False, True, {**info, "env_failure": out}
-        return out
-
-    def _guarded(self, call: Callable[[], Any], arm: bool = True) -> Any:
-        """The call's result, or the failure reason as a string. `arm`: set the deadline here (else
-        the caller armed one around several calls)."""
+        # The hot path, inlined: the deadline is armed once around the whole vector step
+        # (GymTaskVectorEnv.step), a hang raises _StepTimeout inside the slot that hangs, caught here.
         timeout = GUARD.step_timeout_s
         start = time.monotonic()
         try:
-            with _deadline(timeout if arm else None):
+            out = self.env.step(action)
+        except _StepTimeout:
+            reason = "hang"
+        except Exception as err:  # the user's env raised: that env is broken, not the worker
+            reason = f"exception: {type(err).__name__}"
+        else:
+            if timeout and time.monotonic() - start > timeout:
+                reason = "hang"
+            elif not _finite(out[0], out[1]):
+                reason = "non-finite"
+            else:
+                return out
+        obs, info = self._recreate(reason)
+        return obs, 0.0, False, True, {**info, "env_failure": reason}
+
+    def _guarded(self, call: Callable[[], Any]) -> Any:
+        """The call's result (a reset's), or the failure reason as a string."""
+        timeout = GUARD.step_timeout_s
+        start = time.monotonic()
+        try:
+            with _deadline(timeout):
                 out = call()
         except _StepTimeout:
             return "hang"
