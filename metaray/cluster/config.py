@@ -33,7 +33,7 @@ class WorkersConfig(BaseModel):
     num_workers: int = Field(2, ge=1, description="Rollout-worker actors (1 CPU each); `--workers` overrides.")
     max_workers: int | None = Field(None, ge=1, description="Most workers `metaray scale` may ask for (null: no limit); a local Ray instance is sized for it.")
     torch_threads: int = Field(1, ge=1, description="torch threads per rollout worker; 1 avoids oversubscription.")
-    env_step_timeout_s: float | None = Field(30.0, gt=0, description="An env step or reset running longer is a hang: the env is rebuilt and its episode dropped (null: no limit).")
+    env_step_timeout_s: float | None = Field(30.0, gt=0, description="A vector-env step (all slots) or a reset running longer is a hang: the slot running when it expires is rebuilt and its episode dropped (null: no limit).")
     env_max_recreate: int = Field(3, ge=1, description="Rebuilds in a row of a slot env whose reset keeps failing before the worker gives up (and is restarted).")
     restart_failed_workers: bool = Field(True, description="Restart a rollout worker that died (RLlib: restart_failed_env_runners); false: stop the run with a checkpoint.")
     max_worker_restarts: int = Field(3, ge=0, description="Restarts allowed per worker slot over the run (RLlib: max_num_env_runner_restarts).")
