@@ -5,7 +5,7 @@ drawn with eval seed 12345: the same goals, the same K support demos per goal, t
 per-task R_expert and R_random) and reports the normalised score (R − R_random)/(R_expert −
 R_random), mean over tasks, then mean ± std over seeds:
 
-- ours (Meta-AIRL): `metaray train configs/adversarial-point-nav.yaml --set adversarial.num_demos=K`
+- ours (meta adversarial imitation): `metaray train configs/adversarial-point-nav.yaml --set adversarial.num_demos=K`
   (local Ray), then `metaray eval`: return_post after adaptation from the K support demos and
   episodes_per_task reward-free episodes per inner step;
 - meta-init: the same evaluation's return_pre (meta-parameters, zero inner steps);
@@ -13,7 +13,7 @@ R_random), mean over tasks, then mean ± std over seeds:
   test task adapts on another test task's demos); the score must fall;
 - adapt-only-G / adapt-only-D (K = --ablation-k only): trained with adapt_discriminator=false /
   adapt_generator=false, evaluated as ours (the run's own config);
-- AIRL from scratch: the untrained agent (torch.manual_seed(seed), the learner's initialisation)
+- adversarial imitation ("airl-scratch") from scratch: the untrained agent (torch.manual_seed(seed), the learner's initialisation)
   through the same adaptation (same demos, episodes and inner steps);
 - BC from scratch: per test task a fresh 64x64 tanh Gaussian MLP fitted by maximum likelihood on
   the K support demos (full-batch Adam), rolled out for episodes_per_task episodes;
@@ -66,12 +66,12 @@ EVAL_SEED = 12345  # eval.seed of both configs: which test tasks, their demos an
 TARGET_K, TARGET_SCORE = 4, 0.8
 
 METHODS = {  # name -> (label, what it is)
-    "ours": ("Meta-AIRL (ours)", "meta adversarial imitation, return after adaptation (K demos + reward-free episodes)"),
+    "ours": ("meta adversarial imitation (ours)", "meta adversarial imitation, return after adaptation (K demos + reward-free episodes)"),
     "meta-init": ("meta-init, 0 steps", "the same run's meta-parameters without adaptation (return_pre)"),
     "wrong-demos": ("wrong demos", "the same checkpoint adapted on another test task's demos (control)"),
     "adapt-only-g": ("adapt only G", "trained and evaluated with adapt_discriminator=false"),
     "adapt-only-d": ("adapt only D", "trained and evaluated with adapt_generator=false"),
-    "airl-scratch": ("AIRL from scratch", "the untrained agent through the same adaptation (same demos, episodes, steps)"),
+    "airl-scratch": ("adversarial imitation from scratch", "the untrained agent through the same adaptation (same demos, episodes, steps)"),
     "bc": ("BC from scratch", "per task a fresh Gaussian MLP fitted by max. likelihood on the K demos"),
     "meta-bc": ("Meta-BC", "MAML on the BC negative log-likelihood, adapted on the K demos"),
     "maml-rl": ("MAML-RL (true reward)", "MAML-TRPO with the task reward, same iterations (upper bound, K-independent)"),

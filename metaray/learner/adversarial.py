@@ -6,13 +6,20 @@ Per task i, from the meta-parameters θ (generator = Gaussian policy) and φ (di
   gradient steps on the game value V on the task's *support* demos vs those episodes,
   φ_{j+1} = φ_j + β ∇φ V; the episodes are relabelled with the reward r̂ = log D − log(1 − D)
   of φ_{j+1}; the generator takes MAML's inner policy-gradient step (GAE, linear baseline) on r̂;
-- after k such steps, episodes of the adapted π_θk are relabelled with φ_k's r̂ (the post stage),
-  and the task's *query* demos are paired with them for the meta-objective
-  min_θ max_φ Σ_i V(θ_i^k, φ_i^k).
+- after k such steps come episodes of the adapted π_θk (the post stage); the task's *query* demos
+  are paired with them for the meta-objective min_θ max_φ Σ_i V(θ_i^k, φ_i^k). The generator's
+  reward on the post episodes comes from φ_i^k refitted on them (the same steps on the query
+  demos vs the post episodes): the inner max over φ, a best response to θ_i^k. Relabelling
+  them with φ_i^k itself, which never saw θ_i^k's states, lets the meta-step steer the adapted
+  policy to wherever φ_i^k extrapolates high, and that measured worse than no adaptation.
 
-The discriminator is AIRL's by default: f_φ(s,a,s') = g_φ(s,a) + γ h_φ(s') − h_φ(s),
-D = σ(f_φ − log π_θ(a|s)), so r̂ = f_φ − log π_θ; `discriminator: gail` uses D = σ(d_φ(s,a)).
-V(θ,φ) = E_demos[log D] + E_policy[log(1 − D)]; the code minimises −V (two softplus terms).
+Discriminators: `airl`: f_φ(s,a,s') = g_φ(s,a) + γ h_φ(s') − h_φ(s), D = σ(f_φ − log π_θ(a|s)),
+so r̂ = f_φ − log π_θ, with log π the likelihood of the executed (clipped) action; `gail` (the
+default, measured better on point-nav): D = σ(d_φ(·)). `disc_input: state` (default) makes the
+reward part a function of the next state only, g(s') / d(s') (AIRL's state-only reward, Fu et
+al. 2018): with actions as input the discriminator separates the policy's clipped bang-bang
+actions from the expert's by their shape alone, for every task alike, and learns nothing about
+the task. V(θ,φ) = E_demos[log D] + E_policy[log(1 − D)]; the code minimises −V (softplus terms).
 
 The meta-update (learner): θ takes MAML's outer step (`outer`: trpo / ppo-clip / reptile,
 `first_order` as in MAML) on the post-stage surrogate at θ_i^k, with the r̂ advantages; this is
@@ -28,6 +35,7 @@ that the update does not change.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from functools import partial
 from typing import Any, Literal, NamedTuple
@@ -69,10 +77,11 @@ class AdversarialConfig(MAMLConfig):
     """MAML's generator settings (outer step, inner lr, episodes, policy) plus the discriminator's
     and the demonstrations'. Defaults: point-nav scale."""
 
-    discriminator: Literal["airl", "gail"] = Field("airl", description="'airl': f = g(s,a) + γh(s') − h(s), D = σ(f − log π); 'gail': D = σ(d(s,a)).")
+    discriminator: Literal["airl", "gail"] = Field("gail", description="'airl': f = g + γh(s') − h(s), D = σ(f − log π(executed a|s)); 'gail': D = σ(d).")
+    disc_input: Literal["state", "state-action"] = Field("state", description="What the reward part sees: 'state' g(s') (AIRL's state-only reward, Fu et al. 2018; GAIL: d(s')), or 'state-action' g(s,a) / d(s,a) on the executed (clipped) action.")
     disc_hidden_sizes: list[PositiveInt] = Field(default_factory=lambda: [32, 32], min_length=1, description="Hidden widths of the discriminator's MLPs (g and h, or d); tanh.")
     disc_inner_lr: float = Field(0.5, gt=0, description="Discriminator inner step size β (full-batch gradient steps on −V per task).")
-    disc_inner_steps: int = Field(5, ge=1, description="Discriminator gradient steps per inner step.")
+    disc_inner_steps: int = Field(20, ge=1, description="Discriminator gradient steps per inner step (and for the post-stage refit).")
     disc_outer: Literal["first-order", "second-order", "reptile"] = Field("first-order", description="Discriminator meta-update: query gradient at φ_i^k ('first-order'), through the inner steps ('second-order'), or Reptile.")
     disc_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the discriminator meta-update (first/second-order).")
     disc_reptile_lr: float = Field(0.1, gt=0, description="disc_outer=reptile: φ ← φ + ε mean_i(φ_i^k − φ).")
@@ -102,10 +111,10 @@ class Discriminator(nn.Module):
     φ-part (AIRL's D subtracts log π outside, since π changes per task)."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], kind: str, gamma: float,
-                 act_low: np.ndarray | None = None, act_high: np.ndarray | None = None):
+                 act_low: np.ndarray | None = None, act_high: np.ndarray | None = None, state_only: bool = False):
         super().__init__()
-        self.kind, self.gamma = kind, gamma
-        self.g = mlp(obs_dim + act_dim, hidden, 1)
+        self.kind, self.gamma, self.state_only = kind, gamma, state_only
+        self.g = mlp(obs_dim if state_only else obs_dim + act_dim, hidden, 1)
         self.h = mlp(obs_dim, hidden, 1) if kind == "airl" else None
         # D judges the actions the env executed: policy samples are clipped to the action space
         # like the expert's (else |a| beyond the bounds alone would tell them apart)
@@ -115,8 +124,11 @@ class Discriminator(nn.Module):
         self.register_buffer("act_high", high)
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
-        actions = torch.maximum(torch.minimum(actions, self.act_high), self.act_low)
-        f = self.g(torch.cat([obs, actions], -1)).squeeze(-1)
+        if self.state_only:
+            f = self.g(next_obs).squeeze(-1)
+        else:
+            actions = torch.maximum(torch.minimum(actions, self.act_high), self.act_low)
+            f = self.g(torch.cat([obs, actions], -1)).squeeze(-1)
         if self.h is not None:
             f = f + self.gamma * self.h(next_obs).squeeze(-1) - self.h(obs).squeeze(-1)
         return f
@@ -133,7 +145,8 @@ class AdversarialAgent(nn.Module):
 def make_policy(obs_space: gym.Space, act_space: gym.Space, config: AdversarialConfig) -> AdversarialAgent:
     generator = maml.make_policy(obs_space, act_space, config)
     disc = Discriminator(obs_space.shape[0], act_space.shape[0], list(config.disc_hidden_sizes),
-                         config.discriminator, config.gamma, act_space.low, act_space.high)
+                         config.discriminator, config.gamma, act_space.low, act_space.high,
+                         state_only=config.disc_input == "state")
     return AdversarialAgent(generator, disc)
 
 
@@ -201,11 +214,28 @@ def transitions(arrays: dict[str, Any], logp: Any, dtype: torch.dtype = torch.fl
     return Transitions(t(arrays["obs"]), t(arrays["actions"]), t(arrays["next_obs"]), t(arrays["mask"]), t(logp))
 
 
+def executed_log_prob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor,
+                      low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """log π of the action the env executed, clip(a, low, high), summed over action dims.
+
+    The clipped Gaussian puts mass Φ((low − μ)/σ) on `low` and 1 − Φ((high − μ)/σ) on `high`
+    and the Gaussian density in between. AIRL's r̂ = f − log π with the raw sample's density
+    would pay the policy for widening σ without changing a single executed action (everything
+    beyond the bound executes as the bound); with the executed action's likelihood it cannot.
+    """
+    std = log_std.exp()
+    inside = -0.5 * ((actions - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+    at_low = torch.special.log_ndtr((low - mean) / std)
+    at_high = torch.special.log_ndtr((mean - high) / std)
+    logp = torch.where(actions <= low, at_low, torch.where(actions >= high, at_high, inside))
+    return logp.sum(-1)
+
+
 def stage_logp(policy: GaussianMLPPolicy, params: Params, batch_obs: torch.Tensor, actions: torch.Tensor,
-               per_task: bool) -> torch.Tensor:
-    """log π(a|s) of every task's steps [N, E, T] under θ (shared) or θ_i (stacked)."""
+               per_task: bool, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """log π(executed a|s) of every task's steps [N, E, T] under θ (shared) or θ_i (stacked)."""
     mean, log_std = per_task_forward(policy, params, batch_obs) if per_task else policy_forward(policy, params, batch_obs)
-    return maml.gaussian_log_prob(mean, log_std, actions)
+    return executed_log_prob(mean, log_std, actions, low, high)
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,14 +340,21 @@ class AdversarialSampler(MAMLSampler):
                 true_returns[name] = np.stack([mean_episode_return(arrays, i) for i in range(n)])
                 side = "query" if name == "post" else "support"
                 demo = {f: demos[f"{side}/{f}"] for f in DEMO_FIELDS}
+                low, high = self.disc.act_low, self.disc.act_high
                 demo_logp = stage_logp(self.policy, theta, torch.from_numpy(demo["obs"]),
-                                       torch.from_numpy(demo["actions"]), per_task=j > 0)
-                policy_data = transitions(arrays, arrays["logp"])
+                                       torch.from_numpy(demo["actions"]), j > 0, low, high)
+                disc_logp = stage_logp(self.policy, theta, torch.from_numpy(arrays["obs"]),
+                                       torch.from_numpy(arrays["actions"]), j > 0, low, high)
+                policy_data = transitions(arrays, disc_logp)
                 if name != "post":
                     phi = disc_adapt(self.disc, phi, transitions(demo, demo_logp), policy_data, cfg.disc_inner_lr,
                                      cfg.disc_inner_steps if cfg.adapt_discriminator else 0, stacked=j > 0)
-                arrays["rewards"] = relabel(self.disc, phi, policy_data).numpy()
-                arrays["demo_logp"] = demo_logp.numpy()
+                    labeller = phi
+                else:  # the meta-objective's max over φ: φ_i^k's best response to the adapted policy
+                    labeller = disc_adapt(self.disc, phi, transitions(demo, demo_logp), policy_data, cfg.disc_inner_lr,
+                                          cfg.disc_inner_steps, stacked=True)
+                arrays["rewards"] = relabel(self.disc, labeller, policy_data).numpy()
+                arrays["demo_logp"], arrays["disc_logp"] = demo_logp.numpy(), disc_logp.numpy()
                 arrays.pop("success", None)
                 stages[name] = arrays
                 if name != "post":
@@ -327,7 +364,7 @@ class AdversarialSampler(MAMLSampler):
         self.adapted_params, self.adapted_disc = theta, phi
         results = []
         for i, task in enumerate(tasks):
-            result = {f"{s}/{k}": stages[s][k][i] for s in stages for k in (*FIELDS, "next_obs", "demo_logp")}
+            result = {f"{s}/{k}": stages[s][k][i] for s in stages for k in (*FIELDS, "next_obs", "demo_logp", "disc_logp")}
             result.update({k: v[i] for k, v in demos.items()})
             result.update(
                 task_id=np.array(task.task_id, np.int64), policy_version=np.array(version, np.int64),
@@ -361,7 +398,7 @@ class AdversarialLearner:
         def stack(key: str) -> np.ndarray:
             return np.stack([r[key] for r in results])
         demo = transitions({f: stack(f"{demo_side}/{f}") for f in DEMO_FIELDS}, stack(f"{stage}/demo_logp"), self.dtype, self.device)
-        pol = transitions({f: stack(f"{stage}/{f}") for f in ("obs", "actions", "next_obs", "mask")}, stack(f"{stage}/logp"),
+        pol = transitions({f: stack(f"{stage}/{f}") for f in ("obs", "actions", "next_obs", "mask")}, stack(f"{stage}/disc_logp"),
                           self.dtype, self.device)
         return demo, pol
 

@@ -257,3 +257,54 @@ def test_discriminator_judges_executed_actions_and_demos_do_not_depend_on_k():
     np.testing.assert_array_equal(few["actions"], many["actions"][:, :3])  # demo j is the same for any count
     assert adv.evaluation_chunks(21, 20) == [range(0, 19), range(19, 21)]
     assert adv.evaluation_chunks(40, 20) == [range(0, 20), range(20, 40)]
+
+
+def test_executed_log_prob_is_the_clipped_gaussians_likelihood():
+    low, high = torch.full((2,), -0.1), torch.full((2,), 0.1)
+    mean, log_std = torch.tensor([0.05, -0.3]), torch.tensor([-2.0, -1.0])
+    inside = torch.tensor([0.02, -0.05])
+    torch.testing.assert_close(adv.executed_log_prob(mean, log_std, inside, low, high),
+                               maml.gaussian_log_prob(mean, log_std, inside))
+    # beyond a bound: the probability that the clipped sample lands on that bound (Monte Carlo)
+    gen = torch.Generator().manual_seed(0)
+    samples = mean + log_std.exp() * torch.randn(400_000, 2, generator=gen)
+    at_high_x, at_low_y = (samples[:, 0] >= 0.1).double().mean(), (samples[:, 1] <= -0.1).double().mean()
+    got = adv.executed_log_prob(mean, log_std, torch.tensor([0.7, -0.1]), low, high)
+    assert float(got) == pytest.approx(float((at_high_x * at_low_y).log()), abs=0.01)
+    # a wider Gaussian cannot buy AIRL's entropy bonus: the executed action's −log π stays bounded
+    wide = torch.full((2,), 5.0)
+    corner = torch.tensor([3.0, -40.0])
+    assert -float(adv.executed_log_prob(torch.zeros(2), wide, corner, low, high)) < 2 * np.log(2) + 0.01
+    assert -float(maml.gaussian_log_prob(torch.zeros(2), wide, corner)) > 10
+
+
+def test_state_only_reward_ignores_actions():
+    gen = torch.Generator().manual_seed(4)
+    batch = adv.Transitions(*(x[0] for x in random_transitions(1, 2, 3, gen)))
+    for kind in ("gail", "airl"):
+        disc = adv.Discriminator(2, 2, [5], kind, 0.9, state_only=True)
+        phi = dict(disc.named_parameters())
+        other = batch._replace(actions=batch.actions + 3.0)
+        torch.testing.assert_close(adv.disc_logits(disc, phi, batch), adv.disc_logits(disc, phi, other))
+        if kind == "gail":  # d(s') alone
+            torch.testing.assert_close(adv.disc_logits(disc, phi, batch), disc.g(batch.next_obs).squeeze(-1))
+
+
+@pytest.mark.parametrize("discriminator", ["gail", "airl"])
+def test_post_episodes_are_relabelled_by_the_discriminator_refitted_on_them(discriminator):
+    config = small_config(discriminator=discriminator, disc_inner_steps=3)
+    agent, sampler, results = collect(config)
+    batch = learner_batch(results)
+    learner = adv.AdversarialLearner(agent, config, torch.device("cpu"), seed=0)
+    disc = agent.discriminator
+    with torch.no_grad():
+        phi_k = learner.adapted_discriminators(batch, dict(disc.named_parameters()))
+        demo, pol = learner._stage_data(batch, "post", "query")
+        refit = adv.disc_adapt(disc, phi_k, demo, pol, config.disc_inner_lr, config.disc_inner_steps, stacked=True)
+        post_rewards = torch.stack([torch.as_tensor(r["post/rewards"]) for r in batch])
+        torch.testing.assert_close(post_rewards, adv.relabel(disc, refit, pol), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(post_rewards, adv.relabel(disc, phi_k, pol), atol=1e-4)
+        # the refit is a step of the max over φ: it tells the query demos from the post episodes better
+        before = torch.vmap(partial(adv.disc_loss, disc))(phi_k, demo, pol)
+        after = torch.vmap(partial(adv.disc_loss, disc))(refit, demo, pol)
+    assert bool((after < before).all())
