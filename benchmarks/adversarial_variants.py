@@ -1,0 +1,78 @@
+"""Design variants of meta adversarial imitation on point-nav, trained in one process (no Ray):
+quick side-by-side runs of discriminator settings before a full `adversarial_point_nav.py` run.
+
+    python benchmarks/adversarial_variants.py NAME [--iterations 60] [key=value ...]
+
+key=value pairs override `configs/adversarial-point-nav.yaml`'s `adversarial` section (values
+parsed as JSON where they parse). Every 30 iterations the agent is evaluated as `metaray eval`
+does (adversarial.evaluate: K support demos, reward-free adaptation, true return) on 20 test
+tasks of eval seed 12345; prints one line per 5 iterations and writes
+benchmarks/results/tmp/adversarial_variant_NAME.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metaray.cluster.config import load_config
+from metaray.learner import adversarial as adv
+from metaray.tasks import make_family
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse(value: str):
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name")
+    parser.add_argument("overrides", nargs="*", help="adversarial config key=value")
+    parser.add_argument("--iterations", type=int, default=60)
+    parser.add_argument("--eval-every", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_intermixed_args()
+    torch.set_num_threads(1)
+    base = load_config(ROOT / "configs" / "adversarial-point-nav.yaml")
+    changes = dict(kv.split("=", 1) for kv in args.overrides)
+    config = adv.AdversarialConfig(**{**base.adversarial.model_dump(), **{k: parse(v) for k, v in changes.items()}})
+    family = make_family(base.task.family, base.task.kwargs)
+    rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+    sampler = adv.AdversarialSampler(family, config, config.meta_batch_size * config.episodes_per_task, args.seed)
+    agent = adv.make_policy(sampler.env.single_observation_space, sampler.env.single_action_space, config)
+    learner = adv.AdversarialLearner(agent, config, torch.device("cpu"), args.seed)
+    test_tasks = family.sample(20, np.random.default_rng(12345), split="test")
+    log: list[dict] = []
+    start = time.perf_counter()
+    for it in range(args.iterations):
+        sampler.set_weights(it, {k: v.detach().numpy().copy() for k, v in agent.state_dict().items()})
+        results = sampler.collect(family.sample(config.meta_batch_size, rng), it)
+        pre, post = (float(np.mean([r[k] for r in results])) for k in ("return_pre", "return_post"))
+        stats = learner.update([{k: v for k, v in r.items() if k not in adv.METRICS_ONLY} for r in results])
+        row = {"iteration": it + 1, "return_pre": pre, "return_post": post, "disc_loss": stats["disc_loss"],
+               "log_std": agent.generator.log_std.detach().mean().item(), "wall_s": time.perf_counter() - start}
+        if (it + 1) % args.eval_every == 0:
+            rows = adv.evaluate(agent, family, test_tasks, config, 12345)
+            row.update({f"eval_{k}": float(np.mean([r[k] for r in rows])) for k in ("return_pre", "return_post", "normalised_score")})
+        log.append(row)
+        if it % 5 == 4 or "eval_normalised_score" in row:
+            print(f"[{args.name}] " + " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+    out = ROOT / "benchmarks" / "results" / "tmp" / f"adversarial_variant_{args.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"name": args.name, "overrides": changes, "seed": args.seed, "log": log}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
