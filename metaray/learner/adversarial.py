@@ -81,7 +81,7 @@ class AdversarialConfig(MAMLConfig):
     disc_input: Literal["state", "state-action"] = Field("state", description="What the reward part sees: 'state' g(s') (AIRL's state-only reward, Fu et al. 2018; GAIL: d(s')), or 'state-action' g(s,a) / d(s,a) on the executed (clipped) action.")
     disc_hidden_sizes: list[PositiveInt] = Field(default_factory=lambda: [32, 32], min_length=1, description="Hidden widths of the discriminator's MLPs (g and h, or d); tanh.")
     disc_inner_lr: float = Field(0.5, gt=0, description="Discriminator inner step size β (full-batch gradient steps on −V per task).")
-    disc_inner_steps: int = Field(20, ge=1, description="Discriminator gradient steps per inner step (and for the post-stage refit).")
+    disc_inner_steps: int = Field(50, ge=1, description="Discriminator gradient steps per inner step (and for the post-stage refit).")
     disc_outer: Literal["first-order", "second-order", "reptile"] = Field("first-order", description="Discriminator meta-update: query gradient at φ_i^k ('first-order'), through the inner steps ('second-order'), or Reptile.")
     disc_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the discriminator meta-update (first/second-order).")
     disc_reptile_lr: float = Field(0.1, gt=0, description="disc_outer=reptile: φ ← φ + ε mean_i(φ_i^k − φ).")
