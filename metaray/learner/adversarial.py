@@ -90,7 +90,7 @@ class AdversarialConfig(MAMLConfig):
     demo_noise: float = Field(0.01, ge=0, description="Std of the Gaussian noise added to the expert's actions (relative to half the action range).")
     demo_cache_size: int = Field(4096, ge=1, description="Tasks whose demonstrations a worker keeps.")
     adapt_generator: bool = Field(True, description="Ablation switch: false keeps θ fixed in the inner loop (only D adapts).")
-    adapt_discriminator: bool = Field(True, description="Ablation switch: false keeps φ fixed in the inner loop (only G adapts).")
+    adapt_discriminator: bool = Field(True, description="Ablation switch: false keeps φ fixed in the inner loop (only G adapts); the post-stage refit, the meta-objective's training signal, still runs.")
     wrong_demos: bool = Field(False, description="Control: each task gets another task's demos (task i uses task i+1's of the same meta-batch); scores should fall.")
 
 
@@ -314,7 +314,8 @@ class AdversarialSampler(MAMLSampler):
 
     def collect(self, tasks: list[Task], version: int) -> list[TaskResult]:
         """One result per task. Learner keys: "{stage}/{field}" for FIELDS (rewards = r̂), next_obs
-        and demo_logp (log π_θj of the stage's demos), "support/..." and "query/..." demo arrays,
+        demo_logp / disc_logp (AIRL: log π_θj of the executed actions of the stage's demos / episodes;
+        GAIL: zeros), "support/..." and "query/..." demo arrays,
         task_id, policy_version, env_steps, episodes. Metrics only (METRICS_ONLY): the true
         return_pre/return_post and the expert's return."""
         if version != self.version:
@@ -341,10 +342,13 @@ class AdversarialSampler(MAMLSampler):
                 side = "query" if name == "post" else "support"
                 demo = {f: demos[f"{side}/{f}"] for f in DEMO_FIELDS}
                 low, high = self.disc.act_low, self.disc.act_high
-                demo_logp = stage_logp(self.policy, theta, torch.from_numpy(demo["obs"]),
-                                       torch.from_numpy(demo["actions"]), j > 0, low, high)
-                disc_logp = stage_logp(self.policy, theta, torch.from_numpy(arrays["obs"]),
-                                       torch.from_numpy(arrays["actions"]), j > 0, low, high)
+                if self.disc.kind == "airl":  # log π(executed a|s) enters AIRL's D; GAIL's ignores it
+                    demo_logp = stage_logp(self.policy, theta, torch.from_numpy(demo["obs"]),
+                                           torch.from_numpy(demo["actions"]), j > 0, low, high)
+                    disc_logp = stage_logp(self.policy, theta, torch.from_numpy(arrays["obs"]),
+                                           torch.from_numpy(arrays["actions"]), j > 0, low, high)
+                else:
+                    demo_logp, disc_logp = torch.zeros(demo["mask"].shape), torch.zeros(arrays["mask"].shape)
                 policy_data = transitions(arrays, disc_logp)
                 if name != "post":
                     phi = disc_adapt(self.disc, phi, transitions(demo, demo_logp), policy_data, cfg.disc_inner_lr,
