@@ -350,13 +350,13 @@ class AdversarialSampler(MAMLSampler):
                 else:
                     demo_logp, disc_logp = torch.zeros(demo["mask"].shape), torch.zeros(arrays["mask"].shape)
                 policy_data = transitions(arrays, disc_logp)
+                # inner stages adapt φ; the post stage refits φ_i^k on the adapted policy's episodes
+                # (the meta-objective's max over φ) only to relabel them, keeping φ_i^k itself
+                steps = cfg.disc_inner_steps if cfg.adapt_discriminator or name == "post" else 0
+                labeller = disc_adapt(self.disc, phi, transitions(demo, demo_logp), policy_data, cfg.disc_inner_lr,
+                                      steps, stacked=j > 0)
                 if name != "post":
-                    phi = disc_adapt(self.disc, phi, transitions(demo, demo_logp), policy_data, cfg.disc_inner_lr,
-                                     cfg.disc_inner_steps if cfg.adapt_discriminator else 0, stacked=j > 0)
-                    labeller = phi
-                else:  # the meta-objective's max over φ: φ_i^k's best response to the adapted policy
-                    labeller = disc_adapt(self.disc, phi, transitions(demo, demo_logp), policy_data, cfg.disc_inner_lr,
-                                          cfg.disc_inner_steps, stacked=True)
+                    phi = labeller
                 arrays["rewards"] = relabel(self.disc, labeller, policy_data).numpy()
                 arrays["demo_logp"], arrays["disc_logp"] = demo_logp.numpy(), disc_logp.numpy()
                 arrays.pop("success", None)
