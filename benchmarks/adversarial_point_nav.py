@@ -75,6 +75,7 @@ METHODS = {  # name -> (label, what it is)
     "bc": ("BC from scratch", "per task a fresh Gaussian MLP fitted by max. likelihood on the K demos"),
     "meta-bc": ("Meta-BC", "MAML on the BC negative log-likelihood, adapted on the K demos"),
     "maml-rl": ("MAML-RL (true reward)", "MAML-TRPO with the task reward, same iterations (upper bound, K-independent)"),
+    "maml-rl-sigma": ("MAML-RL (true reward), ours' init", "as maml-rl with the adversarial config's init_log_std and init_output_scale"),
 }
 ADV_RUN_METHODS = ("ours", "meta-init", "wrong-demos")  # share one training run per (K, seed)
 BASE = load_config(ROOT / ADV_CONFIG)
@@ -312,10 +313,11 @@ def table(methods: dict, ks: list[int], key: str = "mean", digits: int = 3) -> s
 def plot(methods: dict, ks: list[int], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     n = len(methods)
+    line_styles = iter(["--", "-.", (0, (5, 1, 1, 1, 1, 1))])
     for i, (name, m) in enumerate(methods.items()):
         if "any" in m["ks"]:
             cell = m["ks"]["any"]
-            ax.axhline(cell["mean"], color="k", ls="--", lw=1, label=f"{m['label']}")
+            ax.axhline(cell["mean"], color="k", ls=next(line_styles), lw=1, label=f"{m['label']}")
             ax.axhspan(cell["mean"] - cell["std"], cell["mean"] + cell["std"], color="k", alpha=0.08)
             continue
         xs = [k for k in ks if str(k) in m["ks"]]
@@ -437,12 +439,14 @@ def main() -> None:
                 keep(method, str(args.ablation_k), seed, [t["return_post"] for t in ev["tasks"]],
                      [t["task_id"] for t in ev["tasks"]], return_pre=[t["return_pre"] for t in ev["tasks"]])
                 adv_evals.append({"K": args.ablation_k, "seed": seed, "tasks": ev["tasks"]})
-        if "maml-rl" in todo:
-            run_dir = run_root / f"apn-maml-rl-s{seed}-{tag}"
-            runs.append({"method": "maml-rl", **train(MAML_CONFIG, run_dir, args.iterations, seed, [], args.serial, args.reuse)})
-            ev = cli_eval(run_dir, args.eval_tasks)
-            keep("maml-rl", "any", seed, [t["return_post"] for t in ev["tasks"]], [t["task_id"] for t in ev["tasks"]],
-                 return_pre=[t["return_pre"] for t in ev["tasks"]])
+        for method, sets in (("maml-rl", []), ("maml-rl-sigma", [f"maml.init_log_std={base.init_log_std}",
+                                                                 f"maml.init_output_scale={base.init_output_scale}"])):
+            if method in todo:
+                run_dir = run_root / f"apn-{method}-s{seed}-{tag}"
+                runs.append({"method": method, **train(MAML_CONFIG, run_dir, args.iterations, seed, sets, args.serial, args.reuse)})
+                ev = cli_eval(run_dir, args.eval_tasks)
+                keep(method, "any", seed, [t["return_post"] for t in ev["tasks"]], [t["task_id"] for t in ev["tasks"]],
+                     return_pre=[t["return_pre"] for t in ev["tasks"]])
 
     # The reference: per test task R_expert and R_random from the adversarial evaluation at K =
     # TARGET_K (else the first K), first seed; every method and K is scored against it.

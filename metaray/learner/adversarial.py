@@ -5,7 +5,9 @@ Per task i, from the meta-parameters θ (generator = Gaussian policy) and φ (di
 - the worker collects N episodes with π_θj; the discriminator takes `disc_inner_steps` full-batch
   gradient steps on the game value V on the task's *support* demos vs those episodes,
   φ_{j+1} = φ_j + β ∇φ V; the episodes are relabelled with the reward r̂ = log D − log(1 − D)
-  of φ_{j+1}; the generator takes MAML's inner policy-gradient step (GAE, linear baseline) on r̂;
+  of φ_{j+1}; the generator takes MAML's inner policy-gradient step (GAE, linear baseline) on r̂
+  (with `demo_advantage` c > 0 the support demos join that step as episodes of advantage c: a
+  behaviour-cloning term beside the r̂ gradient, so adaptation also uses the demos' actions);
 - after k such steps come episodes of the adapted π_θk (the post stage); the task's *query* demos
   are paired with them for the meta-objective min_θ max_φ Σ_i V(θ_i^k, φ_i^k). The generator's
   reward on the post episodes comes from φ_i^k refitted on them (the same steps on the query
@@ -66,7 +68,7 @@ from metaray.learner.maml import (
     stage_names,
 )
 from metaray.learner.optim_state import load_optimizer_tensors, optimizer_tensors
-from metaray.tasks import Task, TaskFamily, make_vector_env
+from metaray.tasks import SAMPLER_INFO_KEYS, Task, TaskFamily, make_vector_env
 
 # Result keys computed from the true reward: metrics and evaluation only, never learner input.
 METRICS_ONLY = ("return_pre", "return_post", "expert_return", "success_pre", "success_post")
@@ -77,6 +79,7 @@ class AdversarialConfig(MAMLConfig):
     """MAML's generator settings (outer step, inner lr, episodes, policy) plus the discriminator's
     and the demonstrations'. Defaults: point-nav scale."""
 
+    num_inner_steps: int = Field(1, ge=1, description="Inner steps (each: D steps on the support demos vs fresh episodes, then a generator policy-gradient step on r̂).")
     discriminator: Literal["airl", "gail"] = Field("gail", description="'airl': f = g + γh(s') − h(s), D = σ(f − log π(executed a|s)); 'gail': D = σ(d).")
     disc_input: Literal["state", "state-action"] = Field("state", description="What the reward part sees: 'state' g(s') (AIRL's state-only reward, Fu et al. 2018; GAIL: d(s')), or 'state-action' g(s,a) / d(s,a) on the executed (clipped) action.")
     disc_hidden_sizes: list[PositiveInt] = Field(default_factory=lambda: [32, 32], min_length=1, description="Hidden widths of the discriminator's MLPs (g and h, or d); tanh.")
@@ -91,6 +94,7 @@ class AdversarialConfig(MAMLConfig):
     demo_cache_size: int = Field(4096, ge=1, description="Tasks whose demonstrations a worker keeps.")
     adapt_generator: bool = Field(True, description="Ablation switch: false keeps θ fixed in the inner loop (only D adapts).")
     adapt_discriminator: bool = Field(True, description="Ablation switch: false keeps φ fixed in the inner loop (only G adapts); the post-stage refit, the meta-objective's training signal, still runs.")
+    demo_advantage: float = Field(0.0, ge=0, description="c > 0: the support demos join each inner policy-gradient step as extra episodes with advantage c at every step (a behaviour-cloning term c·∇log π(a_demo|s_demo) beside the r̂ policy gradient, whose advantages are normalised); 0: the issue's pure r̂ step.")
     wrong_demos: bool = Field(False, description="Control: each task gets another task's demos (task i uses task i+1's of the same meta-batch); scores should fall.")
 
 
@@ -202,6 +206,21 @@ def disc_adapt(disc: Discriminator, params: Params, demos: Transitions, policy: 
     return params
 
 
+def with_demos(stage: Stage, demos: dict[str, Any], advantage: float) -> Stage:
+    """The inner stage plus task i's support demos as K more episodes with advantage c at every
+    valid step, so the inner step's policy gradient gains c·∇log π(a_demo|s_demo): adaptation
+    uses the demos' actions directly, not only through D's reward. Pure stage arithmetic, so the
+    worker, the learner and MAML's closed-form curvature treat them like any episode. Their logp
+    (a behaviour log-prob, read only for post stages) is 0."""
+    like = stage.obs
+    obs, actions = (torch.as_tensor(np.asarray(demos[f]), device=like.device).to(like.dtype) for f in ("obs", "actions"))
+    mask = torch.as_tensor(np.asarray(demos["mask"]), device=like.device).to(like.dtype)
+    zeros = torch.zeros_like(mask)
+    return Stage(torch.cat([stage.obs, obs], 1), torch.cat([stage.actions, actions], 1),
+                 torch.cat([stage.rewards, zeros], 1), torch.cat([stage.mask, mask], 1),
+                 torch.cat([stage.logp, zeros], 1), torch.cat([stage.advantages, advantage * mask], 1))
+
+
 def relabel(disc: Discriminator, params: Params, policy: Transitions) -> torch.Tensor:
     """r̂ per step of every task's episodes [N, E, T] with that task's φ (stacked), 0 on padding."""
     return torch.vmap(partial(disc_logits, disc))(params, policy) * policy.mask
@@ -245,7 +264,7 @@ def stage_logp(policy: GaussianMLPPolicy, params: Params, batch_obs: torch.Tenso
 def expert_demos(family: TaskFamily, tasks: list[Task], count: int, noise: float, seed: int) -> dict[str, np.ndarray]:
     """`count` episodes of the family's expert per task: arrays [N, count, T, ...] of DEMO_FIELDS
     plus the true rewards. Demo j of a task depends only on (task, j, seed), not on `count`."""
-    env = make_vector_env(family, tasks, count, seed=seed)
+    env = make_vector_env(family, tasks, count, seed=seed, info_keys=SAMPLER_INFO_KEYS)
     n_slots, horizon = env.num_envs, family.max_episode_steps
     act_space = env.single_action_space
     low, high = act_space.low, act_space.high
@@ -327,7 +346,7 @@ class AdversarialSampler(MAMLSampler):
                 self.env.set_task(slot, tasks[slot // per])
         else:
             self.env.close()
-            self.env = make_vector_env(self.family, tasks, per, seed=int(self.rng.integers(2**31)))
+            self.env = make_vector_env(self.family, tasks, per, seed=int(self.rng.integers(2**31)), info_keys=SAMPLER_INFO_KEYS)
         demos = self.demos(tasks)
         theta: Params = dict(self.policy.named_parameters())
         phi: Params = dict(self.disc.named_parameters())
@@ -363,6 +382,8 @@ class AdversarialSampler(MAMLSampler):
                 stages[name] = arrays
                 if name != "post":
                     stage = Stage.from_arrays(arrays, cfg, torch.float32, torch.device("cpu"))
+                    if cfg.demo_advantage > 0:
+                        stage = with_demos(stage, demo, cfg.demo_advantage)
                     theta = inner_step(self.policy, theta, stage, cfg.inner_lr if cfg.adapt_generator else 0.0,
                                        per_task=j > 0)
         self.adapted_params, self.adapted_disc = theta, phi
@@ -422,6 +443,9 @@ class AdversarialLearner:
         inner, post = self.gen.stages(results)
         params = dict(self.gen.policy.named_parameters())
         cfg = self.config
+        if cfg.demo_advantage > 0:  # as the workers adapted: support demos join every inner stage
+            support = {f: np.stack([r[f"support/{f}"] for r in results]) for f in DEMO_FIELDS}
+            inner = [with_demos(stage, support, cfg.demo_advantage) for stage in inner]
         if cfg.outer == "trpo":
             stats = self.gen._trpo(params, inner, post)
         elif cfg.outer == "ppo-clip":
@@ -514,7 +538,7 @@ def evaluation_chunks(n: int, size: int) -> list[range]:
 
 def random_policy_returns(family: TaskFamily, tasks: list[Task], episodes: int, seed: int) -> dict[int, float]:
     """Mean true return of uniformly random actions per task (the normalised score's zero)."""
-    env = make_vector_env(family, tasks, episodes, seed=seed + 1)
+    env = make_vector_env(family, tasks, episodes, seed=seed + 1, info_keys=SAMPLER_INFO_KEYS)
     space = env.single_action_space
     rng = np.random.default_rng(seed + 1)
     totals, alive = np.zeros(env.num_envs), np.ones(env.num_envs, bool)

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import nn
 
 from metaray.learner.optim_state import load_optimizer_tensors, optimizer_tensors
-from metaray.tasks import Task, TaskFamily, make_vector_env, step_success
+from metaray.tasks import SAMPLER_INFO_KEYS, Task, TaskFamily, make_vector_env, step_success
 
 Params = dict[str, torch.Tensor]  # parameter name -> tensor; "stacked" = a leading task axis
 TaskResult = dict[str, np.ndarray]  # see MAMLSampler.collect
@@ -57,7 +57,7 @@ class MAMLConfig(BaseModel):
     outer: Literal["trpo", "ppo-clip", "reptile"] = Field("trpo", description="Outer step: 'trpo' (MAML-TRPO), 'ppo-clip' (ProMP: clipped surrogate + inner KL penalty, Adam), 'reptile' (θ moves towards the adapted parameters).")
     first_order: bool = Field(False, description="Drop second-order terms (trpo, ppo-clip): the meta-gradient is the post-update policy gradient at θ'_i applied to θ.")
     inner_lr: float = Field(0.1, gt=0, description="Inner (adaptation) step size α.")
-    num_inner_steps: int = Field(1, ge=1, description="Inner policy-gradient steps per task; each uses fresh episodes sampled with the current adapted parameters.")
+    num_inner_steps: int = Field(1, ge=0, description="Inner policy-gradient steps per task; each uses fresh episodes sampled with the current adapted parameters. 0: no adaptation, the outer step is plain multi-task TRPO / PPO-clip on θ (Finn et al.'s 'pretrained' baseline; with a task-observing family, a task-conditioned policy).")
     episodes_per_task: int = Field(20, ge=1, description="Episodes per task per stage (pre-update batch of each inner step, and the post-update batch).")
     meta_batch_size: int = Field(20, ge=1, description="Tasks per meta-iteration.")
     gamma: float = Field(0.99, gt=0, le=1, description="Discount.")
@@ -65,6 +65,8 @@ class MAMLConfig(BaseModel):
     baseline_reg: float = Field(1e-5, gt=0, description="Ridge term of the linear feature baseline's least squares (multiplied by 10 up to 4 times if the solve fails).")
     hidden_sizes: list[PositiveInt] = Field(default_factory=lambda: [64, 64], min_length=1, description="Hidden layer widths of the Gaussian MLP policy.")
     activation: Literal["tanh", "relu"] = Field("tanh", description="Hidden-layer activation.")
+    init_log_std: float = Field(0.0, ge=-5, le=2, description="Initial log-std of the Gaussian policy (0: σ = 1, as pytorch-maml-rl). Lower it when the action range is much narrower than 1.")
+    init_output_scale: float = Field(1.0, gt=0, le=1, description="Scale of the mean layer's initial weights (1: Xavier-uniform as pytorch-maml-rl; 0.01 as CleanRL's PPO): a small one starts every state near mean 0, so a low initial σ gives a random walk, not a deterministic drift.")
     max_kl: float = Field(0.01, gt=0, description="TRPO: largest mean KL between old and new adapted policies on the post-update episodes.")
     cg_iters: int = Field(10, ge=1, description="TRPO: conjugate-gradient iterations.")
     cg_damping: float = Field(1e-5, ge=0, description="TRPO: damping added to the KL Hessian-vector product.")
@@ -83,14 +85,15 @@ class MAMLConfig(BaseModel):
 
 
 class GaussianMLPPolicy(nn.Module):
-    """Diagonal Gaussian over actions: MLP mean, state-independent log-std (initialised to 0).
+    """Diagonal Gaussian over actions: MLP mean, state-independent log-std (initialised to 0 unless set).
 
     Initialisation as pytorch-maml-rl (Xavier-uniform weights, zero biases). `forward` returns
     (mean, log_std) with log_std expanded to the mean's shape, so the outputs broadcast the same
     way whether or not the call is inside `vmap`.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: list[int], activation: str):
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: list[int], activation: str, init_log_std: float = 0.0,
+                 init_output_scale: float = 1.0):
         super().__init__()
         act_cls = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
         layers: list[nn.Module] = []
@@ -101,11 +104,13 @@ class GaussianMLPPolicy(nn.Module):
         self.activation = activation
         self.body = nn.Sequential(*layers)
         self.mu = nn.Linear(last, act_dim)
-        self.log_std = nn.Parameter(torch.zeros(act_dim))
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
+        with torch.no_grad():
+            self.mu.weight.mul_(init_output_scale)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = self.mu(self.body(obs))
@@ -124,7 +129,8 @@ def make_policy(obs_space: gym.Space, act_space: gym.Space, config: MAMLConfig) 
         raise ValueError(f"MAML needs a flat Box observation space, got {obs_space}")
     if not isinstance(act_space, gym.spaces.Box) or len(act_space.shape) != 1:
         raise ValueError(f"MAML's Gaussian policy needs a flat Box action space, got {act_space}")
-    return GaussianMLPPolicy(obs_space.shape[0], act_space.shape[0], list(config.hidden_sizes), config.activation)
+    return GaussianMLPPolicy(obs_space.shape[0], act_space.shape[0], list(config.hidden_sizes), config.activation,
+                             config.init_log_std, config.init_output_scale)
 
 
 def get_weights(module: nn.Module) -> dict[str, np.ndarray]:
@@ -311,6 +317,14 @@ def inner_step(policy: nn.Module, params: Params, stage: Stage, inner_lr: float,
     return {k: p - inner_lr * grads[k] for k, p in params.items()}
 
 
+def adapted_params(policy: nn.Module, params: Params, inner: list[Stage], num_tasks: int, inner_lr: float,
+                   first_order: bool = False) -> Params:
+    """θ'_i stacked per task after all inner steps; without inner steps θ for every task."""
+    if not inner:
+        return {k: p.expand(num_tasks, *p.shape) for k, p in params.items()}
+    return adapt(policy, params, inner, inner_lr, first_order)[-1]
+
+
 def adapt(policy: nn.Module, params: Params, inner: list[Stage], inner_lr: float,
           first_order: bool = False) -> list[Params]:
     """[θ_1, ..., θ_k] per task (stacked) from θ_0 = θ and the k inner stages' episodes."""
@@ -344,7 +358,7 @@ class MAMLSampler:
         self.rng = np.random.default_rng(seed)
         self.torch_gen = torch.Generator().manual_seed(int(self.rng.integers(2**62)))
         probe_tasks = family.sample(max(1, slots // config.episodes_per_task), self.rng, "train")
-        self.env = make_vector_env(family, probe_tasks, config.episodes_per_task, seed=int(self.rng.integers(2**31)))
+        self.env = make_vector_env(family, probe_tasks, config.episodes_per_task, seed=int(self.rng.integers(2**31)), info_keys=SAMPLER_INFO_KEYS)
         obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
         self.policy = make_policy(obs_space, act_space, config)
         self.policy.requires_grad_(False)
@@ -366,7 +380,7 @@ class MAMLSampler:
             per = self.config.episodes_per_task
             placeholder = self.family.sample(max(1, num_envs // per), np.random.default_rng(0), "train")
             self.env.close()
-            self.env = make_vector_env(self.family, placeholder, per, seed=0)
+            self.env = make_vector_env(self.family, placeholder, per, seed=0, info_keys=SAMPLER_INFO_KEYS)
 
     def collect(self, tasks: list[Task], version: int) -> list[TaskResult]:
         """One result per task: numpy arrays only.
@@ -374,7 +388,8 @@ class MAMLSampler:
         Keys: "{stage}/{field}" for stage in inner_0..inner_{k-1}, post and field in obs [E, T,
         obs_dim], actions [E, T, act_dim] (unclipped samples), rewards [E, T], mask [E, T] bool,
         logp [E, T] (behaviour log-probs); plus 0-d arrays task_id, policy_version,
-        return_pre (mean episode return of inner_0), return_post, env_steps, episodes.
+        return_pre (mean episode return of inner_0; of post when k = 0), return_post, env_steps,
+        episodes.
         """
         if version != self.version:
             raise ValueError(f"collect asked for policy version {version}, this sampler holds {self.version}")
@@ -385,7 +400,7 @@ class MAMLSampler:
                 self.env.set_task(slot, tasks[slot // per])
         else:
             self.env.close()
-            self.env = make_vector_env(self.family, tasks, per, seed=int(self.rng.integers(2**31)))
+            self.env = make_vector_env(self.family, tasks, per, seed=int(self.rng.integers(2**31)), info_keys=SAMPLER_INFO_KEYS)
         params: Params = dict(self.policy.named_parameters())
         stages: dict[str, dict[str, np.ndarray]] = {}
         env_steps = 0
@@ -399,18 +414,19 @@ class MAMLSampler:
         self.adapted_params = params
 
         results = []
+        first = stages[stage_names(cfg.num_inner_steps)[0]]  # the unadapted θ's episodes
         for i, task in enumerate(tasks):
             result = {f"{s}/{k}": stages[s][k][i] for s in stages for k in FIELDS}
             result.update(
                 task_id=np.array(task.task_id, np.int64),
                 policy_version=np.array(version, np.int64),
-                return_pre=mean_episode_return(stages["inner_0"], i),
+                return_pre=mean_episode_return(first, i),
                 return_post=mean_episode_return(stages["post"], i),
                 env_steps=np.array(env_steps // n, np.int64),
                 episodes=np.array(per * len(stages), np.int64),
             )
             if "success" in stages["post"]:  # the family reports success (Meta-World)
-                result.update(success_pre=episode_success_rate(stages["inner_0"], i),
+                result.update(success_pre=episode_success_rate(first, i),
                               success_post=episode_success_rate(stages["post"], i))
             results.append(result)
         return results
@@ -745,7 +761,7 @@ def surrogate_and_kl(policy: nn.Module, params: Params, inner: list[Stage], post
     """The MAML-TRPO objective of θ: adapt every task, then on its post-update episodes
     loss = −mean_i mean(π_θ'_i(a|s) / π_old(a|s) · A) and kl = mean_i mean KL(π_old ‖ π_θ'_i),
     where π_old are the adapted policies of the θ the episodes were judged against."""
-    adapted = adapt(policy, params, inner, config.inner_lr, config.first_order)[-1]
+    adapted = adapted_params(policy, params, inner, post.obs.shape[0], config.inner_lr, config.first_order)
     mean, log_std = per_task_forward(policy, adapted, post.obs)
     ratio = (gaussian_log_prob(mean, log_std, post.actions) - post.logp).exp()
     loss = -episode_mean(ratio * post.advantages, post.mask).mean()
@@ -849,7 +865,7 @@ class MAMLLearner:
     def _old_post_policy(self, params: Params, inner: list[Stage], post: Stage) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mean, log_std, log-prob of the taken actions) of the adapted policies of the current θ."""
         with torch.no_grad():
-            adapted = adapt(self.policy, params, inner, self.config.inner_lr)[-1]
+            adapted = adapted_params(self.policy, params, inner, post.obs.shape[0], self.config.inner_lr)
             mean, log_std = per_task_forward(self.policy, adapted, post.obs)
             return mean, log_std, gaussian_log_prob(mean, log_std, post.actions)
 
@@ -880,7 +896,7 @@ class MAMLLearner:
         cfg, policy = self.config, self.policy
         assert self.optimizer is not None
         with torch.no_grad():  # the pre-update policies of the old θ, one per inner stage
-            thetas = [params, *adapt(policy, params, inner, cfg.inner_lr)[:-1]]
+            thetas = [params, *adapt(policy, params, inner, cfg.inner_lr)][:len(inner)]
             old_pre = [
                 policy_forward(policy, th, st.obs) if j == 0 else per_task_forward(policy, th, st.obs)
                 for j, (th, st) in enumerate(zip(thetas, inner, strict=True))
@@ -889,11 +905,12 @@ class MAMLLearner:
         stats = {"meta_loss_before": 0.0, "inner_kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0}
         for epoch in range(cfg.ppo_epochs):
             adapted = adapt(policy, params, inner, cfg.inner_lr, cfg.first_order)
+            final = adapted[-1] if adapted else adapted_params(policy, params, inner, post.obs.shape[0], cfg.inner_lr)
             inner_kl = torch.zeros((), dtype=self.dtype, device=self.device)
             for j, (stage, (m_old, s_old)) in enumerate(zip(inner, old_pre, strict=True)):
                 mean, log_std = policy_forward(policy, params, stage.obs) if j == 0 else per_task_forward(policy, adapted[j - 1], stage.obs)
                 inner_kl = inner_kl + episode_mean(gaussian_kl(m_old, s_old, mean, log_std), stage.mask).mean()
-            mean, log_std = per_task_forward(policy, adapted[-1], post.obs)
+            mean, log_std = per_task_forward(policy, final, post.obs)
             ratio = (gaussian_log_prob(mean, log_std, post.actions) - post.logp).exp()
             clipped = ratio.clamp(1 - cfg.ppo_clip, 1 + cfg.ppo_clip)
             surrogate = -episode_mean(torch.min(ratio * post.advantages, clipped * post.advantages), post.mask).mean()
@@ -918,7 +935,7 @@ class MAMLLearner:
         Reptile has no surrogate: meta_loss and kl are reported as 0, grad_norm is |mean Δ|."""
         cfg, policy = self.config, self.policy
         with torch.no_grad():
-            adapted = adapt(policy, params, inner, cfg.inner_lr)[-1]
+            adapted = adapted_params(policy, params, inner, post.obs.shape[0], cfg.inner_lr)
             phi = inner_step(policy, adapted, post, cfg.inner_lr, per_task=True)
             delta = {k: (phi[k] - p).mean(0) for k, p in params.items()}
             for k, p in params.items():

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from metaray.learner.optim_state import load_optimizer_tensors, optimizer_tensors
-from metaray.tasks import Task, TaskFamily, make_vector_env, step_success
+from metaray.tasks import SAMPLER_INFO_KEYS, Task, TaskFamily, make_vector_env, step_success
 
 TrialBatch = dict[str, Any]  # str -> np.ndarray (+ "policy_version": int); see RL2Sampler.sample
 
@@ -201,7 +201,7 @@ class RL2Sampler:
         if tasks is None:
             tasks = family.sample(slots, self.rng, split)
         self.slots = len(tasks)
-        self.env = make_vector_env(family, tasks, seed=int(self.rng.integers(2**31)))
+        self.env = make_vector_env(family, tasks, seed=int(self.rng.integers(2**31)), info_keys=SAMPLER_INFO_KEYS)
         self.spec = SpaceSpec.from_spaces(self.env.single_observation_space, self.env.single_action_space)
         self.policy = RL2Policy(self.spec, config.hidden_size)
         self.policy.requires_grad_(False)

@@ -4,7 +4,7 @@
 tasks)` gives the vector env a rollout worker steps (natively batched where the family has one).
 """
 
-from metaray.tasks.base import Task, TaskFamily, TaskVectorEnv, step_success
+from metaray.tasks.base import SAMPLER_INFO_KEYS, Task, TaskFamily, TaskVectorEnv, step_success
 from metaray.tasks.registry import (
     FAMILIES,
     TaskFamilyError,
@@ -15,6 +15,7 @@ from metaray.tasks.registry import (
 
 __all__ = [
     "FAMILIES",
+    "SAMPLER_INFO_KEYS",
     "Task",
     "TaskFamily",
     "TaskFamilyError",

@@ -120,6 +120,11 @@ class TaskVectorEnv(gym.vector.VectorEnv):
         self.np_random.bit_generator.state = states[0]
 
 
+# The per-slot info keys the samplers read (with final_obs / final_info / env_failure, which
+# every vector env keeps): what they pass to `make_vector_env(info_keys=...)`.
+SAMPLER_INFO_KEYS = ("success",)
+
+
 def step_success(infos: dict[str, Any], num_envs: int) -> np.ndarray | None:
     """Which slots reported `info["success"]` on this step (None when no slot reports success).
 

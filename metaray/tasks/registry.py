@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from metaray.tasks.bandit import BanditFamily
@@ -126,12 +126,16 @@ def make_family(name: str, kwargs: Mapping[str, Any] | None = None) -> TaskFamil
 
 
 def make_vector_env(
-    family: TaskFamily, tasks: Sequence[Task], envs_per_task: int = 1, seed: int | None = None
+    family: TaskFamily, tasks: Sequence[Task], envs_per_task: int = 1, seed: int | None = None,
+    info_keys: Collection[str] | None = None,
 ) -> TaskVectorEnv:
-    """The family's natively batched env when it has one, else its `make_env` envs side by side."""
+    """The family's natively batched env when it has one, else its `make_env` envs side by side.
+
+    `info_keys` limits the per-slot info keys the `make_env` path batches (None: all of them);
+    natively batched envs report their own small infos whatever it says."""
     fast = getattr(family, "make_vector_env", None)
     if fast is None:
-        return GymTaskVectorEnv(family, tasks, envs_per_task=envs_per_task, seed=seed)
+        return GymTaskVectorEnv(family, tasks, envs_per_task=envs_per_task, seed=seed, info_keys=info_keys)
     env = fast(tasks, envs_per_task=envs_per_task, seed=seed)
     if not isinstance(env, TaskVectorEnv):
         raise TaskFamilyError(

@@ -84,8 +84,9 @@ def test_learner_refuses_batches_that_carry_the_true_reward():
         learner.update(results)
 
 
-def test_learner_recomputes_the_workers_adapted_generator_and_discriminator():
-    config = small_config(num_inner_steps=2)
+@pytest.mark.parametrize("demo_advantage", [0.0, 1.0])
+def test_learner_recomputes_the_workers_adapted_generator_and_discriminator(demo_advantage):
+    config = small_config(num_inner_steps=2, demo_advantage=demo_advantage)
     agent, sampler, results = collect(config)
     learner = adv.AdversarialLearner(agent, config, torch.device("cpu"), seed=0)
     batch = learner_batch(results)
@@ -93,9 +94,47 @@ def test_learner_recomputes_the_workers_adapted_generator_and_discriminator():
     for k, p in phi.items():
         torch.testing.assert_close(p, sampler.adapted_disc[k], atol=1e-5, rtol=1e-5)
     inner, _ = learner.gen.stages(batch)
+    if demo_advantage:
+        support = {f: np.stack([r[f"support/{f}"] for r in batch]) for f in adv.DEMO_FIELDS}
+        inner = [adv.with_demos(stage, support, demo_advantage) for stage in inner]
     theta = maml.adapt(agent.generator, dict(agent.generator.named_parameters()), inner, config.inner_lr)[-1]
     for k, p in theta.items():
         torch.testing.assert_close(p, sampler.adapted_params[k], atol=1e-5, rtol=1e-5)
+    stats = learner.update(batch)  # the TRPO step re-checks the post episodes' behaviour log-probs
+    assert np.isfinite(stats["disc_loss"])
+
+
+def test_demo_episodes_add_a_behaviour_cloning_term_to_the_inner_step():
+    """With c > 0 the inner gradient is (E·g_pg + K·c·g_bc) / (E + K), g_bc = −∇ mean_demo
+    ep-mean log π(a_demo|s_demo); it raises the demos' likelihood where the pure r̂ step does not."""
+    config = small_config(demo_advantage=2.0)
+    agent, sampler, results = collect(config)
+    batch = learner_batch(results)
+    policy = agent.generator
+    theta = dict(policy.named_parameters())
+    stage = maml.MAMLLearner(policy, config, torch.device("cpu"), 0).stages(batch)[0][0]
+    support = {f: np.stack([r[f"support/{f}"] for r in batch]) for f in adv.DEMO_FIELDS}
+    both = adv.with_demos(stage, support, 2.0)
+    e, k = stage.obs.shape[1], support["obs"].shape[1]
+    stepped = maml.inner_step(policy, theta, both, config.inner_lr, per_task=False)
+    plain = maml.inner_step(policy, theta, stage, config.inner_lr, per_task=False)
+    demo_obs, demo_act = torch.as_tensor(support["obs"]), torch.as_tensor(support["actions"])
+    demo_mask = torch.as_tensor(support["mask"]).float()
+    for i in range(N_TASKS):
+        g_pg = torch.autograd.grad(maml.inner_loss(policy, theta, stage.obs[i], stage.actions[i], stage.advantages[i], stage.mask[i]),
+                                   list(theta.values()))
+        bc = -maml.episode_mean(maml.gaussian_log_prob(*policy(demo_obs[i]), demo_act[i]), demo_mask[i])
+        g_bc = torch.autograd.grad(bc, list(theta.values()))
+        for (name, p), gp, gb in zip(theta.items(), g_pg, g_bc, strict=True):
+            expected = p - config.inner_lr * (e * gp + k * 2.0 * gb) / (e + k)
+            torch.testing.assert_close(stepped[name][i], expected, atol=1e-5, rtol=1e-4)
+
+    def demo_nll(params):
+        mean, log_std = maml.per_task_forward(policy, params, demo_obs)
+        return -maml.episode_mean(maml.gaussian_log_prob(mean, log_std, demo_act), demo_mask)
+
+    with torch.no_grad():
+        assert (demo_nll(stepped) < demo_nll(plain)).all()
 
 
 def random_transitions(n: int, e: int, t: int, gen: torch.Generator, dtype=torch.float32) -> adv.Transitions:

@@ -3,6 +3,7 @@ learner's outer steps, on tiny hand-made batches. Worker-side tests: test_maml_s
 
 import math
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -48,7 +49,7 @@ def tiny_batch(config, n=3, seed=0):
 def old_post_policy(policy, params, inner, post, config):
     """The old adapted policies' distributions on the post episodes; post.logp set to theirs."""
     with torch.no_grad():
-        adapted = maml.adapt(policy, params, inner, config.inner_lr)[-1]
+        adapted = maml.adapted_params(policy, params, inner, post.obs.shape[0], config.inner_lr)
         mean, log_std = maml.per_task_forward(policy, adapted, post.obs)
     return mean, log_std, post._replace(logp=maml.gaussian_log_prob(mean, log_std, post.actions))
 
@@ -90,10 +91,24 @@ def test_config_defaults_and_validation():
     assert cfg.hidden_sizes == [64, 64] and cfg.activation == "tanh"
     for name, field in maml.MAMLConfig.model_fields.items():
         assert field.description, f"{name} is not documented"
-    for bad in ({"inner_lr": 0}, {"num_inner_steps": 0}, {"outer": "sgd"}, {"max_kl": -1.0},
-                {"ls_backtrack_ratio": 1.0}, {"activation": "gelu"}, {"hidden_sizes": []}, {"typo": 1}):
+    assert (cfg.init_log_std, cfg.init_output_scale) == (0.0, 1.0)
+    for bad in ({"inner_lr": 0}, {"num_inner_steps": -1}, {"outer": "sgd"}, {"max_kl": -1.0},
+                {"ls_backtrack_ratio": 1.0}, {"activation": "gelu"}, {"hidden_sizes": []}, {"typo": 1},
+                {"init_output_scale": 0.0}, {"init_log_std": 9.0}):
         with pytest.raises(ValidationError):
             maml.MAMLConfig(**bad)
+
+
+def test_policy_initialisation_options_scale_the_mean_layer_and_set_sigma():
+    obs, act = gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-1, 1, (2,))
+    torch.manual_seed(0)
+    default = maml.make_policy(obs, act, maml.MAMLConfig())
+    torch.manual_seed(0)
+    small = maml.make_policy(obs, act, maml.MAMLConfig(init_output_scale=0.01, init_log_std=-1.0))
+    torch.testing.assert_close(small.mu.weight, 0.01 * default.mu.weight)
+    torch.testing.assert_close(small.body[0].weight, default.body[0].weight)
+    torch.testing.assert_close(small.log_std, torch.full((2,), -1.0))
+    assert default.log_std.abs().max() == 0
     assert maml.name == "maml" and maml.mode == "sync" and maml.Config is maml.MAMLConfig
     assert maml.Sampler is maml.MAMLSampler and maml.Learner is maml.MAMLLearner
 
@@ -238,7 +253,8 @@ def test_first_order_meta_gradient_is_the_post_update_gradient_at_the_adapted_pa
 # the closed forms used by TRPO (meta-gradient and KL Hessian-vector products)
 
 
-@pytest.mark.parametrize(("steps", "first_order", "activation"), [(1, False, "tanh"), (2, False, "tanh"), (1, True, "tanh"), (2, False, "relu")])
+@pytest.mark.parametrize(("steps", "first_order", "activation"),
+                         [(1, False, "tanh"), (2, False, "tanh"), (1, True, "tanh"), (2, False, "relu"), (0, False, "tanh")])
 def test_closed_form_meta_gradient_and_kl_hessian_equal_autograd(steps, first_order, activation):
     cfg = maml.MAMLConfig(num_inner_steps=steps, first_order=first_order, inner_lr=0.4, activation=activation)
     policy = tiny_policy(hidden=(5, 3), activation=activation)
@@ -251,7 +267,7 @@ def test_closed_form_meta_gradient_and_kl_hessian_equal_autograd(steps, first_or
     old_mean, old_log_std, post = old_post_policy(policy, params, inner, post, cfg)
     torch.testing.assert_close(curvature.old_mean, old_mean)
     torch.testing.assert_close(curvature.old_log_std, old_log_std)
-    adapted = maml.adapt(policy, params, inner, cfg.inner_lr)[-1]
+    adapted = maml.adapted_params(policy, params, inner, post.obs.shape[0], cfg.inner_lr)
     for k in params:
         torch.testing.assert_close(curvature.adapted[k], adapted[k])
 
@@ -294,8 +310,8 @@ def results_from(inner, post, config, returns=(-2.0, -1.0)):
 def post_kl_and_loss(policy, old_params, new_params, inner, post, config):
     """Measured independently of the learner: KL(old adapted ‖ new adapted) and the surrogate."""
     with torch.no_grad():
-        old = maml.adapt(policy, old_params, inner, config.inner_lr)[-1]
-        new = maml.adapt(policy, new_params, inner, config.inner_lr)[-1]
+        old = maml.adapted_params(policy, old_params, inner, post.obs.shape[0], config.inner_lr)
+        new = maml.adapted_params(policy, new_params, inner, post.obs.shape[0], config.inner_lr)
         m0, s0 = maml.per_task_forward(policy, old, post.obs)
         m1, s1 = maml.per_task_forward(policy, new, post.obs)
         kl = maml.episode_mean(maml.gaussian_kl(m0, s0, m1, s1), post.mask).mean()
@@ -304,9 +320,11 @@ def post_kl_and_loss(policy, old_params, new_params, inner, post, config):
     return kl.item(), loss.item()
 
 
-@pytest.mark.parametrize(("max_kl", "inner_lr", "backtrack"), [(0.01, 0.1, False), (0.05, 3.0, True), (1e-4, 0.1, False)])
-def test_trpo_step_respects_max_kl_and_improves_the_surrogate(max_kl, inner_lr, backtrack):
-    cfg = maml.MAMLConfig(max_kl=max_kl, inner_lr=inner_lr, hidden_sizes=[8], ls_backtrack_ratio=0.5)
+@pytest.mark.parametrize(("max_kl", "inner_lr", "backtrack", "steps"),
+                         [(0.01, 0.1, False, 1), (0.05, 3.0, True, 1), (1e-4, 0.1, False, 1), (0.01, 0.1, False, 0)])
+def test_trpo_step_respects_max_kl_and_improves_the_surrogate(max_kl, inner_lr, backtrack, steps):
+    """steps = 0: no adaptation, plain multi-task TRPO on θ."""
+    cfg = maml.MAMLConfig(max_kl=max_kl, inner_lr=inner_lr, hidden_sizes=[8], ls_backtrack_ratio=0.5, num_inner_steps=steps)
     policy = tiny_policy(hidden=(8,))
     inner, post = tiny_batch(cfg, n=4, seed=5)
     _, _, post = old_post_policy(policy, dict(policy.named_parameters()), inner, post, cfg)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from metaray.learner import maml
+from metaray.learner import adversarial, maml
 from metaray.tasks import Task, make_family
 
 torch.set_num_threads(1)
@@ -177,3 +177,22 @@ def test_collect_reuses_its_envs_and_switches_every_slot_to_the_new_tasks():
     assert [int(r["task_id"]) for r in results] == [t.task_id for t in second]
     sampler.collect(second[:2], sampler.version)
     assert sampler.env is not env and sampler.env.num_envs == 2 * per
+
+
+@pytest.mark.parametrize("outer", ["trpo", "ppo-clip", "reptile"])
+def test_zero_inner_steps_is_multi_task_training_of_theta(outer):
+    """num_inner_steps = 0: one stage of θ's own episodes (return_pre = return_post), and every
+    outer step updates θ from it."""
+    sampler, policy, config = make_sampler(num_inner_steps=0, outer=outer)
+    results = sampler.collect(FAMILY.sample(2, np.random.default_rng(4)), 0)
+    assert not any(k.startswith("inner_") for k in results[0])
+    for r in results:
+        assert float(r["return_pre"]) == float(r["return_post"])
+        np.testing.assert_allclose(r["post/logp"], recompute_logp(policy, dict(policy.named_parameters()),
+                                                                  r["post/obs"], r["post/actions"]), atol=1e-5)
+    before = maml.flat(p.detach().clone() for p in policy.parameters())
+    stats = maml.MAMLLearner(policy, config, torch.device("cpu"), seed=0).update(results)
+    assert np.isfinite(stats["grad_norm"])
+    assert not torch.equal(before, maml.flat(p.detach() for p in policy.parameters()))
+    with pytest.raises(ValueError, match="num_inner_steps"):
+        adversarial.AdversarialConfig(num_inner_steps=0)  # adversarial imitation adapts: k >= 1

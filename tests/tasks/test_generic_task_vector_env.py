@@ -86,3 +86,33 @@ def test_sync_vector_env_does_not_leak_autoreset_mode_into_env_classes():
     family = Family()
     GymTaskVectorEnv(family, family.sample(1, np.random.default_rng(0))).close()
     assert ClassMetadataEnv.metadata == {"render_modes": []}
+
+
+def test_info_keys_keep_what_samplers_read_and_drop_the_rest():
+    """With the samplers' info keys, the per-slot MuJoCo terms are not batched, but the episode
+    ends (final_obs / final_info) and env failures still are, with the same values."""
+    from metaray.tasks import SAMPLER_INFO_KEYS, make_family
+    from metaray.tasks.faulty import FaultyFamily
+
+    family = make_family("halfcheetah-vel", {"horizon": 2})
+    tasks = family.sample(2, np.random.default_rng(0))
+    full = GymTaskVectorEnv(family, tasks, seed=3)
+    lean = GymTaskVectorEnv(family, tasks, seed=3, info_keys=SAMPLER_INFO_KEYS)
+    full.reset(), lean.reset()
+    actions = np.full((2, 6), 0.3, dtype=np.float32)
+    for t in range(2):
+        f_out, l_out = full.step(actions), lean.step(actions)
+        for a, b in zip(f_out[:4], l_out[:4], strict=True):
+            np.testing.assert_array_equal(a, b)
+        if t == 0:
+            assert "x_velocity" in f_out[4] and l_out[4] == {}
+    f_infos, l_infos = f_out[4], l_out[4]
+    assert "x_velocity" in f_infos["final_info"] and l_infos["final_info"] == {}
+    np.testing.assert_array_equal(l_infos["final_obs"], f_infos["final_obs"])
+    np.testing.assert_array_equal(l_infos["_final_obs"], [True, True])
+
+    faulty = FaultyFamily(nan_rate=1.0)
+    env = GymTaskVectorEnv(faulty, faulty.sample(2, np.random.default_rng(0)), seed=0, info_keys=SAMPLER_INFO_KEYS)
+    env.reset()
+    *_, infos = env.step(np.zeros((2, 2), np.float32))
+    np.testing.assert_array_equal(infos["env_failure"], [True, True])
