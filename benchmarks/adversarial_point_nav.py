@@ -1,4 +1,4 @@
-"""Meta adversarial imitation on point-nav against its baselines, K expert demos per task.
+"""Meta adversarial imitation on point-nav (or halfcheetah-vel) against its baselines, K expert demos per task.
 
 One command trains and evaluates every method on the same held-out test tasks (the test split
 drawn with eval seed 12345: the same goals, the same K support demos per goal, the same
@@ -29,6 +29,7 @@ benchmarks/results/tmp/), prints a table.
     python benchmarks/adversarial_point_nav.py                      # 3 seeds, K 1 4 8, 200 iterations, 40 tasks
     python benchmarks/adversarial_point_nav.py --iterations 300 --seeds 0 1 2 3 --skip maml-rl
     python benchmarks/adversarial_point_nav.py --quick              # validation, about 2 minutes
+    python benchmarks/adversarial_point_nav.py --family halfcheetah-vel --ks 4 --seeds 0 --iterations 100
 """
 
 from __future__ import annotations
@@ -60,8 +61,6 @@ from metaray.learner import adversarial as adv  # noqa: E402
 from metaray.learner import maml  # noqa: E402
 from metaray.tasks import make_family, make_vector_env  # noqa: E402
 
-ADV_CONFIG = "configs/adversarial-point-nav.yaml"
-MAML_CONFIG = "configs/maml-trpo-point-nav.yaml"
 EVAL_SEED = 12345  # eval.seed of both configs: which test tasks, their demos and rollout noise
 TARGET_K, TARGET_SCORE = 4, 0.8
 
@@ -78,10 +77,29 @@ METHODS = {  # name -> (label, what it is)
     "maml-rl-sigma": ("MAML-RL (true reward), ours' init", "as maml-rl with the adversarial config's init_log_std and init_output_scale"),
 }
 ADV_RUN_METHODS = ("ours", "meta-init", "wrong-demos")  # share one training run per (K, seed)
-BASE = load_config(ROOT / ADV_CONFIG)
-FAMILY = make_family(BASE.task.family, BASE.task.kwargs)  # point-nav, horizon 100 (as maml-trpo-point-nav)
-_PROBE = make_vector_env(FAMILY, FAMILY.sample(1, np.random.default_rng(0)), seed=0)
-SPACES = (_PROBE.single_observation_space, _PROBE.single_action_space)
+# --family -> (adversarial config, MAML-RL config, --set for MAML-RL, run-dir prefix, output stem)
+SETUPS = {
+    "point-nav": ("configs/adversarial-point-nav.yaml", "configs/maml-trpo-point-nav.yaml", [], "apn",
+                  "adversarial_point_nav"),
+    # MAML-RL sized like the adversarial config (20 tasks x 10 episodes, 64x64 tanh), not Finn et al.'s
+    "halfcheetah-vel": ("configs/adversarial-halfcheetah-vel.yaml", "configs/maml-trpo-halfcheetah-vel.yaml",
+                        ["maml.meta_batch_size=20", "maml.episodes_per_task=10", "maml.hidden_sizes=[64,64]",
+                         "maml.activation=tanh"], "ahc", "adversarial_halfcheetah_vel"),
+}
+
+
+def select(family: str) -> None:
+    """Point the module at one task family's configs (the functions below read these globals)."""
+    global ADV_CONFIG, MAML_CONFIG, MAML_SETS, PREFIX, STEM, BASE, FAMILY, SPACES
+    ADV_CONFIG, MAML_CONFIG, MAML_SETS, PREFIX, STEM = SETUPS[family]
+    BASE = load_config(ROOT / ADV_CONFIG)
+    FAMILY = make_family(BASE.task.family, BASE.task.kwargs)
+    probe = make_vector_env(FAMILY, FAMILY.sample(1, np.random.default_rng(0)), seed=0)
+    SPACES = (probe.single_observation_space, probe.single_action_space)
+    probe.close()
+
+
+select("point-nav")
 
 
 def log(msg: str, start: float = time.perf_counter()) -> None:
@@ -343,6 +361,8 @@ def plot(methods: dict, ks: list[int], path: Path, title: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--family", choices=sorted(SETUPS), default="point-nav",
+                        help="task family: its adversarial and MAML-RL configs (default point-nav)")
     parser.add_argument("--ks", type=int, nargs="+", help="K values (default 1 4 8)")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2)")
     parser.add_argument("--iterations", type=int, help="meta-iterations of every training run (default 200: about 75 min in all on 2 cores)")
@@ -358,8 +378,9 @@ def main() -> None:
     parser.add_argument("--serial", action="store_true", help="train without Ray (metaray train --serial)")
     parser.add_argument("--reuse", action="store_true", help="keep finished training runs of the same length")
     parser.add_argument("--quick", action="store_true", help="validation: 2 iterations, seed 0, K 1 4, 5 tasks, outputs in results/tmp")
-    parser.add_argument("--output", type=Path, help="JSON path (default results/adversarial_point_nav.json; --quick: results/tmp/...)")
+    parser.add_argument("--output", type=Path, help="JSON path (default results/adversarial_<family>.json; --quick: results/tmp/...)")
     args = parser.parse_args()
+    select(args.family)
     quick = {"ks": [1, 4], "seeds": [0], "iterations": 2, "eval_tasks": 5, "bc_steps": 50, "metabc_iterations": 10}
     full = {"ks": [1, 4, 8], "seeds": [0, 1, 2], "iterations": 200, "eval_tasks": 40, "bc_steps": 2000,
             "metabc_iterations": 2000}
@@ -367,12 +388,11 @@ def main() -> None:
         if getattr(args, key) is None:
             setattr(args, key, value)
     run_root = RESULTS / ("tmp" if args.quick else "runs")
-    output = args.output or (RESULTS / "tmp" / "adversarial_point_nav_quick.json" if args.quick
-                             else RESULTS / "adversarial_point_nav.json")
+    output = args.output or (RESULTS / "tmp" / f"{STEM}_quick.json" if args.quick else RESULTS / f"{STEM}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     todo = [m for m in METHODS if m not in args.skip]
     base = BASE.algo_config()
-    maml_run = load_config(ROOT / MAML_CONFIG)
+    maml_run = load_config(ROOT / MAML_CONFIG, MAML_SETS)
     if (maml_run.task, maml_run.eval.seed, BASE.eval.seed) != (BASE.task, EVAL_SEED, EVAL_SEED):
         raise SystemExit(f"{MAML_CONFIG} and {ADV_CONFIG} must share the task and eval.seed {EVAL_SEED}")
     tag = f"it{args.iterations}"
@@ -390,7 +410,7 @@ def main() -> None:
         for k in args.ks:
             kk = str(k)
             if any(m in todo for m in ADV_RUN_METHODS):
-                run_dir = run_root / f"apn-adv-K{k}-s{seed}-{tag}"
+                run_dir = run_root / f"{PREFIX}-adv-K{k}-s{seed}-{tag}"
                 runs.append({"method": "ours", "K": k, **train(ADV_CONFIG, run_dir, args.iterations, seed,
                                                                 [f"adversarial.num_demos={k}"], args.serial, args.reuse)})
                 ev = cli_eval(run_dir, args.eval_tasks)
@@ -431,7 +451,7 @@ def main() -> None:
         for method, flag in (("adapt-only-g", "adversarial.adapt_discriminator=false"),
                              ("adapt-only-d", "adversarial.adapt_generator=false")):
             if method in todo:
-                run_dir = run_root / f"apn-{method}-K{args.ablation_k}-s{seed}-{tag}"
+                run_dir = run_root / f"{PREFIX}-{method}-K{args.ablation_k}-s{seed}-{tag}"
                 runs.append({"method": method, "K": args.ablation_k, **train(
                     ADV_CONFIG, run_dir, args.iterations, seed, [f"adversarial.num_demos={args.ablation_k}", flag],
                     args.serial, args.reuse)})
@@ -439,10 +459,10 @@ def main() -> None:
                 keep(method, str(args.ablation_k), seed, [t["return_post"] for t in ev["tasks"]],
                      [t["task_id"] for t in ev["tasks"]], return_pre=[t["return_pre"] for t in ev["tasks"]])
                 adv_evals.append({"K": args.ablation_k, "seed": seed, "tasks": ev["tasks"]})
-        for method, sets in (("maml-rl", []), ("maml-rl-sigma", [f"maml.init_log_std={base.init_log_std}",
-                                                                 f"maml.init_output_scale={base.init_output_scale}"])):
+        for method, sets in (("maml-rl", MAML_SETS), ("maml-rl-sigma", [*MAML_SETS, f"maml.init_log_std={base.init_log_std}",
+                                                                          f"maml.init_output_scale={base.init_output_scale}"])):
             if method in todo:
-                run_dir = run_root / f"apn-{method}-s{seed}-{tag}"
+                run_dir = run_root / f"{PREFIX}-{method}-s{seed}-{tag}"
                 runs.append({"method": method, **train(MAML_CONFIG, run_dir, args.iterations, seed, sets, args.serial, args.reuse)})
                 ev = cli_eval(run_dir, args.eval_tasks)
                 keep(method, "any", seed, [t["return_post"] for t in ev["tasks"]], [t["task_id"] for t in ev["tasks"]],
@@ -501,12 +521,12 @@ def main() -> None:
             target["wrong_demos_falls"] = methods["wrong-demos"]["ks"][str(TARGET_K)]["mean"] < ours
 
     result = {
-        "benchmark": "meta adversarial imitation on point-nav vs baselines (normalised score, held-out test tasks)",
+        "benchmark": f"meta adversarial imitation on {FAMILY.name} vs baselines (normalised score, held-out test tasks)",
         "date": time.strftime("%Y-%m-%d"), "machine": machine(), "command": " ".join(["python", *sys.argv]),
         "settings": {"ks": args.ks, "seeds": args.seeds, "iterations": args.iterations, "eval_tasks": args.eval_tasks,
                      "eval_seed": EVAL_SEED, "ablation_k": args.ablation_k, "skip": args.skip, "quick": args.quick,
                      "training": "metaray train --serial" if args.serial else "metaray train (local Ray, 2 workers)",
-                     "adversarial_config": ADV_CONFIG, "maml_config": MAML_CONFIG,
+                     "adversarial_config": ADV_CONFIG, "maml_config": MAML_CONFIG, "maml_sets": MAML_SETS,
                      "eval_command": f"metaray eval RUN_DIR --json --num-tasks {args.eval_tasks} --seed {EVAL_SEED} "
                                      f"--output RUN_DIR/eval-test{args.eval_tasks}.json",
                      "in_process_eval": f"metaray.learner.adversarial.evaluate(agent, family, test tasks, config, {EVAL_SEED}): "
@@ -527,7 +547,7 @@ def main() -> None:
         "wall_s": round(time.perf_counter() - wall_start, 1),
     }
     output.write_text(json.dumps(result, indent=1) + "\n")
-    title = (f"point-nav, {args.eval_tasks} test tasks, {len(args.seeds)} seed(s), {args.iterations} iterations"
+    title = (f"{FAMILY.name}, {args.eval_tasks} test tasks, {len(args.seeds)} seed(s), {args.iterations} iterations"
              f"{' (quick)' if args.quick else ''}")
     plot(methods, args.ks, output.with_suffix(".png"), title)
     print(f"normalised score (mean over {args.eval_tasks} test tasks; mean ± std over seeds):")

@@ -26,8 +26,11 @@ RUNS = RESULTS / "runs"
 # name -> (config, Duan et al. 2016 reference numbers)
 BENCHES = {
     "bandit-n10-k5": ("configs/rl2-bandit-n10-k5.yaml", {"Gittins": 6.6, "RL2 (Duan)": 6.7, "random": 5.0}),
+    "bandit-n10-k10": ("configs/rl2-bandit-n10-k10.yaml", {}),
     "bandit-n100-k5": ("configs/rl2-bandit-n100-k5.yaml", {"Gittins": 78.3, "RL2 (Duan)": 78.7, "random": 50.0}),
+    "bandit-n100-k10": ("configs/rl2-bandit-n100-k10.yaml", {}),
     "tabular-mdp-n10": ("configs/rl2-tabular-mdp-n10.yaml", {"RL2 (Duan)": 156.2, "UCRL2": 146.6, "random": 100.6}),
+    "tabular-mdp-n25": ("configs/rl2-tabular-mdp-n25.yaml", {}),
 }
 
 
@@ -85,20 +88,35 @@ def evaluate(bench: str, seed: int, run_dir: Path, serial: bool, command_s: floa
     }
 
 
+def classical_results() -> dict[str, dict]:
+    """config path -> measured classical baselines (benchmarks/rl2_classical.py), if run."""
+    store = RESULTS / "rl2_classical.json"
+    rows = json.loads(store.read_text()) if store.exists() else []
+    return {r["config"]: r["results"] for r in rows}
+
+
 def write_table(rows: list[dict]) -> str:
-    lines = ["| benchmark | seeds | held-out mean return (per seed) | mean | train time / seed | env steps / seed | Duan et al. 2016 |",
-             "|---|---|---|---|---|---|---|"]
-    for bench, (_, ref) in BENCHES.items():
+    classical = classical_results()
+    lines = ["| benchmark | seeds | RL² held-out mean return (per seed) | mean | train time / seed | env steps / seed "
+             "| classical, same held-out tasks (`rl2_classical.py`) | Duan et al. 2016 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for bench, (config, ref) in BENCHES.items():
         got = [r for r in rows if r["bench"] == bench]
+        base = classical.get(config, {})
+        if not got and not base:
+            continue
+        cells = ", ".join(f"{name} {v['mean_return']:.2f}" for name, v in
+                          sorted(base.items(), key=lambda kv: -kv[1]["mean_return"])) or "—"
+        duan = ", ".join(f"{k} {v}" for k, v in ref.items()) or "—"
         if not got:
+            lines.append(f"| {bench} | 0 | not run | — | — | — | {cells} | {duan} |")
             continue
         vals = [r["test_mean_return"] for r in got]
         mean = sum(vals) / len(vals)
         lines.append(
             f"| {bench} | {len(got)} | {', '.join(f'{v:.2f}' for v in vals)} | **{mean:.2f}** | "
             f"{sum(r['train_wall_s'] for r in got) / len(got) / 60:.1f} min | "
-            f"{sum(r['env_steps'] for r in got) / len(got) / 1e6:.1f}M | "
-            + ", ".join(f"{k} {v}" for k, v in ref.items()) + " |"
+            f"{sum(r['env_steps'] for r in got) / len(got) / 1e6:.1f}M | {cells} | {duan} |"
         )
     machines = sorted({r["machine"] for r in rows})
     lines.append("")

@@ -33,10 +33,10 @@ def run_trial(env, policy: rl2.RL2Policy, episodes: int, rng: torch.Generator):
     prev_a = np.array([-1]) if spec.discrete else np.zeros((1, spec.act_dim), np.float32)
     prev_r, prev_d = np.zeros(1, np.float32), np.zeros(1, np.float32)
     obs, _ = env.reset()
-    for _ in range(episodes):
+    for finished in range(episodes):
         done = False
         while not done:
-            x = rl2.build_inputs(spec, np.asarray(obs, np.float32)[None], prev_a, prev_r, prev_d)
+            x = rl2.build_inputs(spec, np.asarray(obs, np.float32)[None], prev_a, prev_r, prev_d, np.array([finished]))
             with torch.no_grad():
                 head, _, h = policy(torch.from_numpy(x)[:, None], h)
                 dist = policy.distribution(head[:, 0])

@@ -268,7 +268,14 @@ def expert_demos(family: TaskFamily, tasks: list[Task], count: int, noise: float
     n_slots, horizon = env.num_envs, family.max_episode_steps
     act_space = env.single_action_space
     low, high = act_space.low, act_space.high
-    experts = [family.expert(task) for task in tasks]
+    slot_tasks = [task for task in tasks for _ in range(count)]
+    if callable(getattr(family, "batched_expert", None)):  # one call for all slots per step
+        act = family.batched_expert(slot_tasks)
+    else:
+        experts = [family.expert(task) for task in tasks]
+
+        def act(obs: np.ndarray) -> np.ndarray:
+            return np.stack([experts[s // count](obs[s]) for s in range(n_slots)])
     rngs = [np.random.default_rng([seed, t.task_id, 0 if t.split == "train" else 1, j]) for t in tasks for j in range(count)]
     obs_dim, act_dim = env.single_observation_space.shape[0], act_space.shape[0]
     out = {"obs": np.zeros((n_slots, horizon, obs_dim), np.float32), "actions": np.zeros((n_slots, horizon, act_dim), np.float32),
@@ -277,7 +284,7 @@ def expert_demos(family: TaskFamily, tasks: list[Task], count: int, noise: float
     alive = np.ones(n_slots, bool)
     obs, _ = env.reset()
     for t in range(horizon):
-        action = np.stack([experts[s // count](obs[s]) for s in range(n_slots)]).astype(np.float32)
+        action = np.asarray(act(obs), np.float32)
         gauss = np.stack([r.standard_normal(act_dim) for r in rngs])
         action = np.clip(action + noise * (high - low) / 2 * gauss, low, high).astype(np.float32)
         out["obs"][alive, t], out["actions"][alive, t], out["mask"][:, t] = obs[alive], action[alive], alive

@@ -54,6 +54,7 @@ class RL2Config(BaseModel):
     target_kl: float = Field(0.0, ge=0, description="Stop the update's epochs early once a minibatch's approximate KL exceeds 1.5x this (0 = never). Long trials need it: Adam steps compound through the recurrence.")
     bptt_len: int = Field(0, ge=0, description="Truncated BPTT window in steps; 0 = backpropagate through the whole trial.")
     normalize_advantages: bool = Field(True, description="Normalise advantages per batch.")
+    progress_input: bool = Field(False, description="Also feed the trial's progress (episodes finished / episodes_per_trial) to the GRU. With long trials the value depends on the steps left, which the GRU must otherwise learn to count (Pardo et al. 2018, time limits in RL). Off = Duan et al.'s inputs.")
 
 
 @dataclass(frozen=True)
@@ -65,23 +66,26 @@ class SpaceSpec:
     act_dim: int  # number of actions if discrete, else action vector size
     act_low: tuple[float, ...] = ()
     act_high: tuple[float, ...] = ()
+    progress_episodes: int = 0  # > 0: input episodes-finished / this (RL2Config.progress_input)
 
     @staticmethod
-    def from_spaces(obs_space: gym.Space, act_space: gym.Space) -> SpaceSpec:
+    def from_spaces(obs_space: gym.Space, act_space: gym.Space, progress_episodes: int = 0) -> SpaceSpec:
         if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
             raise ValueError(f"RL² needs a flat Box observation space, got {obs_space}")
         if isinstance(act_space, gym.spaces.Discrete):
-            return SpaceSpec(obs_space.shape[0], True, int(act_space.n))
+            return SpaceSpec(obs_space.shape[0], True, int(act_space.n), progress_episodes=progress_episodes)
         if isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:
             return SpaceSpec(
                 obs_space.shape[0], False, act_space.shape[0],
                 tuple(float(x) for x in act_space.low), tuple(float(x) for x in act_space.high),
+                progress_episodes,
             )
         raise ValueError(f"RL² needs a Discrete or flat Box action space, got {act_space}")
 
     @property
     def input_dim(self) -> int:
-        return self.obs_dim + self.act_dim + 2  # + previous reward, previous done
+        # + previous reward, previous done (+ trial progress)
+        return self.obs_dim + self.act_dim + 2 + (self.progress_episodes > 0)
 
 
 class RL2Policy(nn.Module):
@@ -137,25 +141,44 @@ class RL2Policy(nn.Module):
         return ent if self.spec.discrete else ent.sum(-1)
 
 
+def space_spec(obs_space: gym.Space, act_space: gym.Space, config: RL2Config) -> SpaceSpec:
+    """The policy's input/output spec for these spaces under `config`."""
+    return SpaceSpec.from_spaces(obs_space, act_space, config.episodes_per_trial if config.progress_input else 0)
+
+
 def make_policy(obs_space: gym.Space, act_space: gym.Space, config: RL2Config) -> RL2Policy:
-    return RL2Policy(SpaceSpec.from_spaces(obs_space, act_space), config.hidden_size)
+    return RL2Policy(space_spec(obs_space, act_space, config), config.hidden_size)
 
 
 def build_inputs(
     spec: SpaceSpec, obs: np.ndarray, prev_actions: np.ndarray, prev_rewards: np.ndarray,
-    prev_dones: np.ndarray,
+    prev_dones: np.ndarray, episodes_done: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Concatenate the RL² input features; works on [..., feature] arrays of any batch shape."""
+    """Concatenate the RL² input features; works on [..., feature] arrays of any batch shape.
+
+    `episodes_done` (episodes of the trial finished before this step) is needed only when the
+    spec takes the trial's progress as input.
+    """
     if spec.discrete:
         prev_act = np.eye(spec.act_dim, dtype=np.float32)[prev_actions]
         prev_act *= (prev_actions >= 0)[..., None]  # -1 marks "no previous action"
     else:
         prev_act = prev_actions.astype(np.float32)
-    return np.concatenate(
-        [obs.astype(np.float32), prev_act, prev_rewards[..., None].astype(np.float32),
-         prev_dones[..., None].astype(np.float32)],
-        axis=-1,
-    )
+    parts = [obs.astype(np.float32), prev_act, prev_rewards[..., None].astype(np.float32),
+             prev_dones[..., None].astype(np.float32)]
+    if spec.progress_episodes > 0:
+        if episodes_done is None:
+            raise ValueError("this RL² policy takes the trial's progress: pass episodes_done")
+        parts.append((np.asarray(episodes_done, np.float32) / spec.progress_episodes)[..., None])
+    return np.concatenate(parts, axis=-1)
+
+
+def trial_inputs(
+    spec: SpaceSpec, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, dones: np.ndarray
+) -> np.ndarray:
+    """RL² inputs for whole trials [B, T, ...], exactly as the worker built them step by step."""
+    prev_a, prev_r, prev_d = shift_previous(spec, actions, rewards, dones)
+    return build_inputs(spec, obs, prev_a, prev_r, prev_d, np.cumsum(prev_d, axis=1))
 
 
 def shift_previous(spec: SpaceSpec, actions: np.ndarray, rewards: np.ndarray, dones: np.ndarray):
@@ -202,7 +225,7 @@ class RL2Sampler:
             tasks = family.sample(slots, self.rng, split)
         self.slots = len(tasks)
         self.env = make_vector_env(family, tasks, seed=int(self.rng.integers(2**31)), info_keys=SAMPLER_INFO_KEYS)
-        self.spec = SpaceSpec.from_spaces(self.env.single_observation_space, self.env.single_action_space)
+        self.spec = space_spec(self.env.single_observation_space, self.env.single_action_space, config)
         self.policy = RL2Policy(self.spec, config.hidden_size)
         self.policy.requires_grad_(False)
         self.max_len = config.episodes_per_trial * family.max_episode_steps
@@ -253,7 +276,7 @@ class RL2Sampler:
         spec = self.spec
         self.trial_version[self.t == 0] = self.version
         while len(done_rows) < min_trials and self.active.any():
-            x = build_inputs(spec, self.obs, self.prev_a, self.prev_r, self.prev_d)
+            x = build_inputs(spec, self.obs, self.prev_a, self.prev_r, self.prev_d, self.episodes)
             head, _, self.h = self.policy(torch.from_numpy(x)[:, None], self.h)
             dist = self.policy.distribution(head[:, 0])
             if spec.discrete:
@@ -418,8 +441,7 @@ class RL2Learner:
     def update(self, batches: list[TrialBatch]) -> dict[str, float]:
         cfg, policy, spec = self.config, self.policy, self.policy.spec
         batch = concat_batches(batches)
-        prev_a, prev_r, prev_d = shift_previous(spec, batch["actions"], batch["rewards"], batch["dones"])
-        inputs = build_inputs(spec, batch["obs"], prev_a, prev_r, prev_d)
+        inputs = trial_inputs(spec, batch["obs"], batch["actions"], batch["rewards"], batch["dones"])
 
         def to_dev(a: np.ndarray) -> torch.Tensor:
             t = torch.from_numpy(np.ascontiguousarray(a))

@@ -20,6 +20,7 @@ envs side by side in a SAME_STEP SyncVectorEnv (`GymTaskVectorEnv`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -81,10 +82,36 @@ class MujocoTaskWrapper(gym.Wrapper):
 
 
 class HalfCheetahVelEnv(MujocoTaskWrapper):
-    """HalfCheetah paid -|x_velocity - v*| - 0.05 ||a||^2."""
+    """HalfCheetah paid -|x_velocity - v*| - 0.05 ||a||^2.
+
+    With `observe_target` the observation ends with v* (a task-conditioned policy, e.g. the
+    expert that demonstrates the tasks); by default the task is hidden, as meta-RL needs.
+    """
 
     family = "halfcheetah-vel"
     num_params = 1
+
+    def __init__(self, env: gym.Env, task: Task, observe_target: bool = False) -> None:
+        super().__init__(env, task)
+        self.observe_target = observe_target
+        if observe_target:
+            inner = env.observation_space
+            self.observation_space = gym.spaces.Box(
+                np.append(inner.low, -np.inf), np.append(inner.high, np.inf), dtype=inner.dtype
+            )
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        obs, info = super().reset(seed=seed, options=options)
+        return self._observe(obs), info
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = super().step(action)
+        return self._observe(obs), reward, terminated, truncated, info
+
+    def _observe(self, obs: np.ndarray) -> np.ndarray:
+        return np.append(obs, self.target_velocity).astype(obs.dtype) if self.observe_target else obs
 
     def _load(self, task: Task) -> None:
         self.target_velocity = float(task.params[0])
@@ -163,7 +190,10 @@ class _MujocoFamily(SeededFamily):
     def make_env(self, task: Task | None = None) -> MujocoTaskWrapper:
         """A single env; without a task it runs train task 0 until `set_task`."""
         env = gym.make(self.env_id, max_episode_steps=self.horizon, **self.env_kwargs())
-        return self.wrapper(env, task if task is not None else self.task("train", 0))
+        return self.wrapper(env, task if task is not None else self.task("train", 0), **self.wrapper_kwargs())
+
+    def wrapper_kwargs(self) -> dict[str, Any]:
+        return {}
 
 
 def _draw_direction(rng: np.random.Generator) -> tuple[float, ...]:
@@ -175,12 +205,16 @@ class HalfCheetahVelFamily(_MujocoFamily):
     """HalfCheetah-v5 target velocity v* ~ U[0,2], reward -|v - v*| - 0.05|a|^2, horizon 200 (Finn et al. 2017).
 
     Task params: (v*,). The control cost is HalfCheetah-v5's own, built with
-    `ctrl_cost_weight=0.05`, read from `info["reward_ctrl"]`.
+    `ctrl_cost_weight=0.05`, read from `info["reward_ctrl"]`. `observe_target: true` appends v*
+    to the observation (for training the task-conditioned expert, not for meta-RL).
+    `expert(task)` is the shipped expert (`metaray/tasks/experts/`), which demonstrates the
+    tasks for adversarial imitation.
     """
 
     horizon: int = 200
     low: float = 0.0
     high: float = 2.0
+    observe_target: bool = False
 
     name: ClassVar[str] = "halfcheetah-vel"
     env_id: ClassVar[str] = HALFCHEETAH_ID
@@ -194,12 +228,43 @@ class HalfCheetahVelFamily(_MujocoFamily):
             raise ValueError(
                 f"HalfCheetahVelFamily: low must be < high, got low={self.low} high={self.high}"
             )
+        if not isinstance(self.observe_target, bool):
+            raise ValueError(f"HalfCheetahVelFamily: observe_target must be true or false, got {self.observe_target!r}")
 
     def draw_params(self, rng: np.random.Generator) -> tuple[float, ...]:
         return (float(rng.uniform(self.low, self.high)),)
 
     def env_kwargs(self) -> dict[str, Any]:
         return {"ctrl_cost_weight": HALFCHEETAH_CTRL_COST}
+
+    def wrapper_kwargs(self) -> dict[str, Any]:
+        return {"observe_target": self.observe_target}
+
+    def expert(self, task: Task) -> Callable[[np.ndarray], np.ndarray]:
+        """The shipped velocity-conditioned expert acting on `task` (mean action, one obs or a batch)."""
+        from metaray.tasks.experts import load_expert
+
+        policy = load_expert("halfcheetah-vel")
+        target = float(task.params[0])
+        return lambda obs: policy.act(obs if self.observe_target else _append_column(obs, target))
+
+    def batched_expert(self, tasks: list[Task]) -> Callable[[np.ndarray], np.ndarray]:
+        """The expert on a batch of observations [len(tasks), obs_dim], row i acting on tasks[i]."""
+        from metaray.tasks.experts import load_expert
+
+        policy = load_expert("halfcheetah-vel")
+        targets = np.array([[float(t.params[0])] for t in tasks])
+
+        def act(obs: np.ndarray) -> np.ndarray:
+            obs = np.asarray(obs)
+            return policy.act(obs if self.observe_target else np.concatenate([obs, targets.astype(obs.dtype)], axis=1))
+
+        return act
+
+
+def _append_column(obs: np.ndarray, value: float) -> np.ndarray:
+    obs = np.asarray(obs)
+    return np.concatenate([obs, np.full(obs.shape[:-1] + (1,), value, obs.dtype)], axis=-1)
 
 
 @dataclass(frozen=True)

@@ -347,3 +347,37 @@ def test_post_episodes_are_relabelled_by_the_discriminator_refitted_on_them(disc
         before = torch.vmap(partial(adv.disc_loss, disc))(phi_k, demo, pol)
         after = torch.vmap(partial(adv.disc_loss, disc))(refit, demo, pol)
     assert bool((after < before).all())
+
+
+def test_halfcheetah_vel_demos_come_from_the_shipped_expert():
+    """The worker demonstrates halfcheetah-vel tasks with the shipped expert (real MuJoCo): the
+    demos hold each task's target velocity, and the learner's batch carries them without it."""
+    family = make_family("halfcheetah-vel", {"horizon": 60})
+    tasks = [family.task("test", 0), family.task("test", 1)]
+    config = small_config(meta_batch_size=2, episodes_per_task=1, num_demos=1, num_query_demos=1)
+    sampler = adv.AdversarialSampler(family, config, 2, seed=0)
+    agent = adv.make_policy(sampler.env.single_observation_space, sampler.env.single_action_space, config)
+    sampler.set_weights(0, {k: v.numpy().copy() for k, v in agent.state_dict().items()})
+    results = sampler.collect(tasks, 0)
+    assert sampler.env.single_observation_space.shape == (17,)  # the target stays hidden
+    for task, result in zip(tasks, results, strict=True):
+        demos = adv.expert_demos(family, [task], 1, 0.0, seed=0)
+        velocity = demos["obs"][0, 0, -20:, 8].mean()  # qvel[0]: the cheetah's x velocity
+        assert abs(velocity - task.params[0]) < 0.35
+        # the expert's return is far above the adapted random policy's
+        assert result["expert_return"] > result["return_post"] + 20
+
+
+def test_batched_expert_acts_like_the_per_task_expert():
+    """Demos use the family's batched expert (one forward per step); row i must act as tasks[i]'s
+    expert does. (Whole demos differ in the last float bits, which MuJoCo's dynamics amplify.)"""
+    family = make_family("halfcheetah-vel", {"horizon": 15})
+    tasks = [family.task("train", i) for i in range(3)]
+    demos = adv.expert_demos(family, tasks, 2, 0.0, seed=5)
+    obs = demos["obs"].reshape(-1, 15, 17)[:, 7]  # real mid-episode observations, 6 slots
+    slot_tasks = [task for task in tasks for _ in range(2)]
+    batched = family.batched_expert(slot_tasks)(obs)
+    single = np.stack([family.expert(task)(o) for task, o in zip(slot_tasks, obs, strict=True)])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    same_obs = family.batched_expert(tasks[:2])(np.stack([obs[0], obs[0]]))
+    assert tasks[0].params != tasks[1].params and not np.allclose(same_obs[0], same_obs[1])  # the target matters

@@ -14,21 +14,23 @@ def make_sampler(family_name="bandit", kwargs=None, slots=8, seed=0, **cfg):
 
 def recompute_logp(policy, batch):
     spec = policy.spec
-    prev = rl2.shift_previous(spec, batch["actions"], batch["rewards"], batch["dones"])
-    x = torch.from_numpy(rl2.build_inputs(spec, batch["obs"], *prev))
+    x = torch.from_numpy(rl2.trial_inputs(spec, batch["obs"], batch["actions"], batch["rewards"], batch["dones"]))
     with torch.no_grad():
         head, _, _ = policy(x, policy.initial_state(x.shape[0]))
         return policy.log_prob(policy.distribution(head), torch.from_numpy(batch["actions"])).numpy()
 
 
+@pytest.mark.parametrize("progress_input", [False, True])
 @pytest.mark.parametrize(("family", "kwargs", "n"), [("bandit", {"num_arms": 5}, 10), ("tabular-mdp", {}, 3), ("point-nav", {}, 2)])
-def test_learner_sees_exactly_what_the_worker_sampled(family, kwargs, n):
+def test_learner_sees_exactly_what_the_worker_sampled(family, kwargs, n, progress_input):
     """Recomputing log-probs over whole trials reproduces the worker's step-by-step ones.
 
     This holds only if the hidden state is carried across the episodes of a trial, reset between
-    trials, and the learner rebuilds the same (obs, prev action, prev reward, done) inputs.
+    trials, and the learner rebuilds the same (obs, prev action, prev reward, done, progress)
+    inputs.
     """
-    sampler, _ = make_sampler(family, kwargs, episodes_per_trial=n)
+    sampler, _ = make_sampler(family, kwargs, episodes_per_trial=n, progress_input=progress_input)
+    assert sampler.policy.spec.input_dim == sampler.spec.obs_dim + sampler.spec.act_dim + 2 + progress_input
     sampler.set_weights(3, rl2.get_weights(sampler.policy))
     batch, info = sampler.sample(min_trials=12)  # more trials than slots: slots start new trials
     assert info["num_trials"] >= 12 and batch["policy_version"] == 3
@@ -38,6 +40,12 @@ def test_learner_sees_exactly_what_the_worker_sampled(family, kwargs, n):
     assert (batch["dones"].sum(1) == n).all()
     if family == "bandit":
         assert batch["mask"].all() and batch["obs"].shape[1] == n
+    if progress_input:  # the last input column counts finished episodes: 0, 1/n, ... within a trial
+        x = rl2.trial_inputs(sampler.spec, batch["obs"], batch["actions"], batch["rewards"], batch["dones"])
+        first = x[:, 0, -1]
+        last = x[mask.sum(1) > 0, mask.sum(1) - 1, -1]
+        assert (first == 0).all() and np.allclose(last, (n - 1) / n)
+        assert (np.diff(x[..., -1], axis=1)[mask[:, 1:]] >= 0).all()
 
 
 def test_gae_over_a_trial_matches_hand_computation():
