@@ -241,30 +241,29 @@ class HalfCheetahVelFamily(_MujocoFamily):
         return {"observe_target": self.observe_target}
 
     def expert(self, task: Task) -> Callable[[np.ndarray], np.ndarray]:
-        """The shipped velocity-conditioned expert acting on `task` (mean action, one obs or a batch)."""
-        from metaray.tasks.experts import load_expert
+        """The shipped velocity-conditioned expert on `task` (mean action; one obs or a batch)."""
+        act = self.batched_expert([task])
 
-        policy = load_expert("halfcheetah-vel")
-        target = float(task.params[0])
-        return lambda obs: policy.act(obs if self.observe_target else _append_column(obs, target))
+        def on_task(obs: np.ndarray) -> np.ndarray:
+            obs = np.asarray(obs)
+            return act(obs[None])[0] if obs.ndim == 1 else act(obs)
+
+        return on_task
 
     def batched_expert(self, tasks: list[Task]) -> Callable[[np.ndarray], np.ndarray]:
-        """The expert on a batch of observations [len(tasks), obs_dim], row i acting on tasks[i]."""
+        """The expert on observations [N, obs_dim], row i on tasks[i] (or all on one task)."""
         from metaray.tasks.experts import load_expert
 
         policy = load_expert("halfcheetah-vel")
         targets = np.array([[float(t.params[0])] for t in tasks])
 
         def act(obs: np.ndarray) -> np.ndarray:
-            obs = np.asarray(obs)
-            return policy.act(obs if self.observe_target else np.concatenate([obs, targets.astype(obs.dtype)], axis=1))
+            if self.observe_target:
+                return policy.act(obs)
+            column = np.broadcast_to(targets, (len(obs), 1)).astype(obs.dtype)
+            return policy.act(np.concatenate([obs, column], axis=1))
 
         return act
-
-
-def _append_column(obs: np.ndarray, value: float) -> np.ndarray:
-    obs = np.asarray(obs)
-    return np.concatenate([obs, np.full(obs.shape[:-1] + (1,), value, obs.dtype)], axis=-1)
 
 
 @dataclass(frozen=True)

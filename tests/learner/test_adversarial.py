@@ -251,7 +251,7 @@ def test_serial_run_and_eval_report_normalised_score(tmp_path, capsys):
 
 def test_a_family_without_an_expert_is_a_one_line_error(tmp_path, capsys):
     code = main(["train", str(CONFIGS / "adversarial-point-nav.yaml"), "--serial", "--run-dir", str(tmp_path / "x"),
-                 "--set", "task.family=halfcheetah-vel", "--set", "task.kwargs={}"])
+                 "--set", "task.family=halfcheetah-dir", "--set", "task.kwargs={}"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "has no expert(task)" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists()
