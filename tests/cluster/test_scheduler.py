@@ -146,7 +146,7 @@ def test_regret_state_round_trip_keeps_pool_and_scores():
 
 def test_regret_needs_an_expert():
     with pytest.raises(ValueError, match="has no expert"):
-        TaskScheduler(make_family("halfcheetah-vel"), 0, strategy="regret")
+        TaskScheduler(make_family("halfcheetah-dir"), 0, strategy="regret")
 
 
 def test_a_regret_run_reports_regret_and_bad_pairings_are_one_line_errors(tmp_path, capsys):
@@ -165,7 +165,7 @@ def test_a_regret_run_reports_regret_and_bad_pairings_are_one_line_errors(tmp_pa
     capsys.readouterr()
     for config, sets, fragment in [
         ("rl2-bandit-n10-k5.yaml", ["scheduler.strategy=regret"], "rl2 draws its own tasks"),
-        ("maml-trpo-halfcheetah-vel.yaml", ["scheduler.strategy=regret"], "has no expert(task)"),
+        ("promp-halfcheetah-dir.yaml", ["scheduler.strategy=regret"], "has no expert(task)"),
     ]:
         args = ["train", str(configs / config), "--serial", "--run-dir", str(tmp_path / "bad")]
         assert main(args + [a for s in sets for a in ("--set", s)]) == 2
