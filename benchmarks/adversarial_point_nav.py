@@ -13,6 +13,8 @@ R_random), mean over tasks, then mean ± std over seeds:
   test task adapts on another test task's demos); the score must fall;
 - adapt-only-G / adapt-only-D (K = --ablation-k only): trained with adapt_discriminator=false /
   adapt_generator=false, evaluated as ours (the run's own config);
+- meta-sgd (K = --ablation-k only): ours with learn_inner_lr=true (Meta-SGD: the generator's
+  inner step size learned per parameter entry), evaluated as ours;
 - adversarial imitation ("airl-scratch") from scratch: the untrained agent (torch.manual_seed(seed), the learner's initialisation)
   through the same adaptation (same demos, episodes and inner steps);
 - BC from scratch: per test task a fresh 64x64 tanh Gaussian MLP fitted by maximum likelihood on
@@ -70,6 +72,7 @@ METHODS = {  # name -> (label, what it is)
     "wrong-demos": ("wrong demos", "the same checkpoint adapted on another test task's demos (control)"),
     "adapt-only-g": ("adapt only G", "trained and evaluated with adapt_discriminator=false"),
     "adapt-only-d": ("adapt only D", "trained and evaluated with adapt_generator=false"),
+    "meta-sgd": ("ours + Meta-SGD step sizes", "trained and evaluated with learn_inner_lr=true (one learned α per generator parameter entry)"),
     "airl-scratch": ("adversarial imitation from scratch", "the untrained agent through the same adaptation (same demos, episodes, steps)"),
     "bc": ("BC from scratch", "per task a fresh Gaussian MLP fitted by max. likelihood on the K demos"),
     "meta-bc": ("Meta-BC", "MAML on the BC negative log-likelihood, adapted on the K demos"),
@@ -449,7 +452,8 @@ def main() -> None:
                 log(f"K={k} seed {seed}: Meta-BC {res['train_s']} s, test support nll {res['test_support_nll_pre']:.3f} "
                     f"-> {res['test_support_nll_post']:.3f}")
         for method, flag in (("adapt-only-g", "adversarial.adapt_discriminator=false"),
-                             ("adapt-only-d", "adversarial.adapt_generator=false")):
+                             ("adapt-only-d", "adversarial.adapt_generator=false"),
+                             ("meta-sgd", "adversarial.learn_inner_lr=true")):
             if method in todo:
                 run_dir = run_root / f"{PREFIX}-{method}-K{args.ablation_k}-s{seed}-{tag}"
                 runs.append({"method": method, "K": args.ablation_k, **train(

@@ -62,6 +62,7 @@ def main() -> None:
         stats = learner.update([{k: v for k, v in r.items() if k not in adv.METRICS_ONLY} for r in results])
         row = {"iteration": it + 1, "return_pre": pre, "return_post": post, "disc_loss": stats["disc_loss"],
                "log_std": agent.generator.log_std.detach().mean().item(), "wall_s": time.perf_counter() - start}
+        row.update({k: v for k, v in stats.items() if k.startswith("inner_lr_")})  # Meta-SGD's α (learn_inner_lr)
         if (it + 1) % args.eval_every == 0:
             rows = adv.evaluate(agent, family, test_tasks, config, 12345)
             row.update({f"eval_{k}": float(np.mean([r[k] for r in rows])) for k in ("return_pre", "return_post", "normalised_score")})
@@ -70,7 +71,12 @@ def main() -> None:
             print(f"[{args.name}] " + " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
     out = ROOT / "benchmarks" / "results" / "tmp" / f"adversarial_variant_{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"name": args.name, "overrides": changes, "seed": args.seed, "log": log}, indent=1))
+    record = {"name": args.name, "overrides": changes, "seed": args.seed, "log": log}
+    if agent.inner_log_lr is not None:  # Meta-SGD: where the learned step sizes ended, per parameter
+        record["inner_lr"] = {k: {"mean": a.mean().item(), "min": a.min().item(), "max": a.max().item()}
+                              for k, a in agent.inner_lrs().items()}
+        print(f"[{args.name}] α: " + json.dumps({k: round(v["mean"], 4) for k, v in record["inner_lr"].items()}))
+    out.write_text(json.dumps(record, indent=1))
     print(f"wrote {out}")
 
 

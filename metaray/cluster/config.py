@@ -98,7 +98,7 @@ class GrpcConfig(BaseModel):
 
 class SchedulerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    strategy: Literal["uniform", "fixed-set", "regret"] = Field("uniform", description="Meta-batch tasks: 'uniform' (fresh train tasks every iteration), 'fixed-set' (a fixed list of train tasks, cycled) or 'regret' (replay high-regret train tasks; needs a family with an expert and a meta-batch algorithm).")
+    strategy: Literal["uniform", "fixed-set", "regret"] = Field("uniform", description="Meta-batch tasks: 'uniform' (fresh train tasks every iteration), 'fixed-set' (a fixed list of train tasks, cycled) or 'regret' (replay high-regret train tasks; needs a family with an expert). fixed-set and regret schedule meta-batches (maml, adversarial); rl2 draws its tasks per trial and takes uniform only.")
     fixed_set_size: int = Field(50, ge=1, description="fixed-set: tasks in the set when the family does not define its own train_tasks().")
     regret_share: float = Field(0.5, ge=0, le=1, description="regret: share λ of each meta-batch replayed by regret; the rest are fresh uniform draws.")
     regret_temperature: float = Field(0.3, gt=0, description="regret: rank-based prioritisation P ∝ (1/rank)^(1/temperature); lower = greedier.")
@@ -127,8 +127,11 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _external_actors_fit_the_algorithm(self) -> RunConfig:
-        if self.algo == "rl2" and self.scheduler.strategy == "regret":
-            raise ValueError("scheduler.strategy: regret schedules meta-batches; rl2 draws its own tasks per trial (use maml or adversarial)")
+        if self.algo == "rl2" and self.scheduler.strategy != "uniform":
+            # RL² workers refill each finished trial slot from the family themselves: a meta-batch
+            # schedule would be accepted and silently ignored
+            raise ValueError(f"scheduler.strategy: {self.scheduler.strategy} schedules meta-batches; rl2 draws its own tasks "
+                             "per trial (use uniform, or maml / adversarial)")
         if self.algo == "adversarial" and self.grpc.external_tasks > 0:
             raise ValueError("grpc.external_tasks: actors outside Ray cannot run adversarial tasks yet (their demos and discriminator steps); use 0")
         return self

@@ -28,7 +28,10 @@ The meta-update (learner): θ takes MAML's outer step (`outer`: trpo / ppo-clip 
 exactly `maml.MAMLLearner` fed relabelled episodes. φ is recomputed per task from the support
 demos and inner episodes (the same full-batch steps as the worker) and updated by Adam on the
 mean query gradient −∇V(θ_i^k, φ_i^k): at φ_i^k (`disc_outer: first-order`), through the inner
-steps (`second-order`), or φ ← φ + ε mean_i(φ_i^k − φ) (`reptile`).
+steps (`second-order`), or φ ← φ + ε mean_i(φ_i^k − φ) (`reptile`). With `learn_inner_lr`
+(Meta-SGD, Li et al. 2017) the generator's inner step size is one α per parameter entry, kept as
+log α in the agent (published and checkpointed with it) and moved by Adam along the gradient of
+the post-stage policy-gradient loss at θ_old: ∂L/∂α = −g_inner ⊙ ∇θ′L, no second derivatives.
 
 The learner never sees the true reward: workers keep it for metrics only (`METRICS_ONLY`, which
 the rollout worker strips from the learner's batch); a test replaces it with noise and checks
@@ -95,6 +98,8 @@ class AdversarialConfig(MAMLConfig):
     adapt_generator: bool = Field(True, description="Ablation switch: false keeps θ fixed in the inner loop (only D adapts).")
     adapt_discriminator: bool = Field(True, description="Ablation switch: false keeps φ fixed in the inner loop (only G adapts); the post-stage refit, the meta-objective's training signal, still runs.")
     demo_advantage: float = Field(0.0, ge=0, description="c > 0: the support demos join each inner policy-gradient step as extra episodes with advantage c at every step (a behaviour-cloning term c·∇log π(a_demo|s_demo) beside the r̂ policy gradient, whose advantages are normalised); 0: the pure r̂ step of Meta-AIRL.")
+    learn_inner_lr: bool = Field(False, description="Meta-SGD (Li et al. 2017): the generator's inner step size becomes one α per parameter entry, initialised to inner_lr and meta-learned (log α, Adam at inner_lr_lr) on the same post-stage objective as θ; published and checkpointed with the agent.")
+    inner_lr_lr: float = Field(0.01, gt=0, description="learn_inner_lr: Adam learning rate of log α.")
     wrong_demos: bool = Field(False, description="Control: each task gets another task's demos (task i uses task i+1's of the same meta-batch); scores should fall.")
 
 
@@ -139,11 +144,26 @@ class Discriminator(nn.Module):
 
 
 class AdversarialAgent(nn.Module):
-    """Generator and discriminator as one module: one state dict is published and checkpointed."""
+    """Generator and discriminator as one module: one state dict is published and checkpointed.
+    With `inner_lr` (Meta-SGD) it also holds log α per generator parameter entry."""
 
-    def __init__(self, generator: GaussianMLPPolicy, discriminator: Discriminator):
+    def __init__(self, generator: GaussianMLPPolicy, discriminator: Discriminator, inner_lr: float | None = None):
         super().__init__()
         self.generator, self.discriminator = generator, discriminator
+        self.inner_log_lr = None if inner_lr is None else nn.ParameterDict({
+            lr_key(name): nn.Parameter(torch.full_like(p, math.log(inner_lr))) for name, p in generator.named_parameters()
+        })
+
+    def inner_lrs(self) -> Params | None:
+        """α per generator parameter (a graph to log α), or None without Meta-SGD."""
+        if self.inner_log_lr is None:
+            return None
+        return {name: self.inner_log_lr[lr_key(name)].exp() for name, _ in self.generator.named_parameters()}
+
+
+def lr_key(name: str) -> str:
+    """ParameterDict keys may not contain dots: generator parameter name -> its log α's key."""
+    return name.replace(".", "_")
 
 
 def make_policy(obs_space: gym.Space, act_space: gym.Space, config: AdversarialConfig) -> AdversarialAgent:
@@ -151,14 +171,14 @@ def make_policy(obs_space: gym.Space, act_space: gym.Space, config: AdversarialC
     disc = Discriminator(obs_space.shape[0], act_space.shape[0], list(config.disc_hidden_sizes),
                          config.discriminator, config.gamma, act_space.low, act_space.high,
                          state_only=config.disc_input == "state")
-    return AdversarialAgent(generator, disc)
+    return AdversarialAgent(generator, disc, config.inner_lr if config.learn_inner_lr else None)
 
 
-def split_weights(weights: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """An agent state dict -> (generator's, discriminator's)."""
-    gen = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith("generator.")}
-    disc = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith("discriminator.")}
-    return gen, disc
+def split_weights(weights: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """An agent state dict -> (generator's, discriminator's, log α's keyed by lr_key; {} without Meta-SGD)."""
+    def part(prefix: str) -> dict[str, Any]:
+        return {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(prefix + ".")}
+    return part("generator"), part("discriminator"), part("inner_log_lr")
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,11 +331,17 @@ class AdversarialSampler(MAMLSampler):
         self.disc.requires_grad_(False)
         self.demo_seed = int(seed)
         self.demo_cache: OrderedDict[tuple[str, int], dict[str, np.ndarray]] = OrderedDict()
+        self.inner_lr: float | Params = config.inner_lr
 
     def set_weights(self, version: int, weights: dict[str, np.ndarray]) -> None:
-        gen, disc = split_weights(weights)
+        gen, disc, log_lr = split_weights(weights)
         load_weights(self.policy, gen)
         load_weights(self.disc, disc)
+        if self.config.learn_inner_lr:
+            missing = [n for n in gen if lr_key(n) not in log_lr]
+            if missing:
+                raise ValueError(f"learn_inner_lr: the weights lack the inner step sizes of {missing}")
+            self.inner_lr = {n: torch.as_tensor(np.asarray(log_lr[lr_key(n)])).exp() for n in gen}
         self.version = version
 
     def demos(self, tasks: list[Task]) -> dict[str, np.ndarray]:
@@ -391,7 +417,7 @@ class AdversarialSampler(MAMLSampler):
                     stage = Stage.from_arrays(arrays, cfg, torch.float32, torch.device("cpu"))
                     if cfg.demo_advantage > 0:
                         stage = with_demos(stage, demo, cfg.demo_advantage)
-                    theta = inner_step(self.policy, theta, stage, cfg.inner_lr if cfg.adapt_generator else 0.0,
+                    theta = inner_step(self.policy, theta, stage, self.inner_lr if cfg.adapt_generator else 0.0,
                                        per_task=j > 0)
         self.adapted_params, self.adapted_disc = theta, phi
         results = []
@@ -425,6 +451,10 @@ class AdversarialLearner:
         self.disc = policy.discriminator.to(self.device)
         self.generator = self.gen.generator  # torch RNG state (checkpointed by the learner actor)
         self.disc_optimizer = torch.optim.Adam(self.disc.parameters(), lr=config.disc_lr) if config.disc_outer != "reptile" else None
+        self.lr_optimizer = None
+        if policy.inner_log_lr is not None:
+            policy.inner_log_lr.to(self.device)
+            self.lr_optimizer = torch.optim.Adam(policy.inner_log_lr.parameters(), lr=config.inner_lr_lr)
 
     def _stage_data(self, results: list[TaskResult], stage: str, demo_side: str) -> tuple[Transitions, Transitions]:
         def stack(key: str) -> np.ndarray:
@@ -453,14 +483,45 @@ class AdversarialLearner:
         if cfg.demo_advantage > 0:  # as the workers adapted: support demos join every inner stage
             support = {f: np.stack([r[f"support/{f}"] for r in results]) for f in DEMO_FIELDS}
             inner = [with_demos(stage, support, cfg.demo_advantage) for stage in inner]
+        lr_grad_step = None
+        if self.lr_optimizer is not None and cfg.adapt_generator:
+            lr_grad_step = self._inner_lr_gradient(params, inner, post)  # at θ_old, before θ moves
         if cfg.outer == "trpo":
             stats = self.gen._trpo(params, inner, post)
         elif cfg.outer == "ppo-clip":
             stats = self.gen._ppo_clip(params, inner, post)
         else:
             stats = self.gen._reptile(params, inner, post)
+        if lr_grad_step is not None:
+            stats.update(lr_grad_step())
         stats.update(self._update_discriminator(results), num_tasks=float(len(results)))
         return stats
+
+    def _inner_lr_gradient(self, params: Params, inner: list[Stage], post: Stage) -> Any:
+        """Meta-SGD: ∇ log α of the post-stage policy-gradient loss of the adapted policies,
+        −mean_i E[A ∇ log π_θ'_i(α)], at θ_old (the gradient of the surrogate the outer step
+        descends, where every ratio is 1). Fixes the learner's α for this update and returns a
+        callable that applies the Adam step on log α afterwards (θ's step used the old α)."""
+        assert self.policy.inner_log_lr is not None and self.lr_optimizer is not None
+        alpha = self.policy.inner_lrs()
+        assert alpha is not None
+        theta = {k: p.detach() for k, p in params.items()}
+        adapted = maml.adapted_params(self.gen.policy, theta, inner, post.obs.shape[0], alpha, self.config.first_order)
+        mean, log_std = per_task_forward(self.gen.policy, adapted, post.obs)
+        loss = -maml.episode_mean(maml.gaussian_log_prob(mean, log_std, post.actions) * post.advantages, post.mask).mean()
+        self.lr_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.gen.inner_lr = {k: a.detach() for k, a in alpha.items()}
+        log_lr = list(self.policy.inner_log_lr.parameters())
+        grad_norm = maml.flat(p.grad for p in log_lr).norm().item()
+
+        def step() -> dict[str, float]:
+            self.lr_optimizer.step()
+            with torch.no_grad():
+                values = maml.flat(log_lr)
+            return {"inner_lr_grad_norm": grad_norm, "inner_lr_mean": values.exp().mean().item(),
+                    "inner_lr_min": values.exp().min().item(), "inner_lr_max": values.exp().max().item()}
+        return step
 
     def _update_discriminator(self, results: list[TaskResult]) -> dict[str, float]:
         cfg = self.config
@@ -499,6 +560,9 @@ class AdversarialLearner:
         if self.disc_optimizer is not None:
             disc_tensors, meta["discriminator"] = optimizer_tensors(self.disc_optimizer)
             tensors.update({f"discriminator/{k}": v for k, v in disc_tensors.items()})
+        if self.lr_optimizer is not None:
+            lr_tensors, meta["inner_lr"] = optimizer_tensors(self.lr_optimizer)
+            tensors.update({f"inner_lr/{k}": v for k, v in lr_tensors.items()})
         return tensors, meta
 
     def load_optimizer_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -507,6 +571,8 @@ class AdversarialLearner:
         self.gen.load_optimizer_state(part("generator"), meta.get("generator", {}))
         if self.disc_optimizer is not None and "discriminator" in meta:
             load_optimizer_tensors(self.disc_optimizer, part("discriminator"), meta["discriminator"], self.device)
+        if self.lr_optimizer is not None and "inner_lr" in meta:
+            load_optimizer_tensors(self.lr_optimizer, part("inner_lr"), meta["inner_lr"], self.device)
 
 
 # --------------------------------------------------------------------------------------------

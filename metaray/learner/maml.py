@@ -43,6 +43,7 @@ from metaray.learner.optim_state import load_optimizer_tensors, optimizer_tensor
 from metaray.tasks import SAMPLER_INFO_KEYS, Task, TaskFamily, make_vector_env, step_success
 
 Params = dict[str, torch.Tensor]  # parameter name -> tensor; "stacked" = a leading task axis
+InnerLR = float | Params  # one inner step size α, or one per parameter entry (Meta-SGD), shaped as θ
 TaskResult = dict[str, np.ndarray]  # see MAMLSampler.collect
 LOG_2PI = math.log(2 * math.pi)
 MIN_LOG_STD = math.log(1e-6)  # as pytorch-maml-rl
@@ -300,9 +301,15 @@ def inner_loss(policy: nn.Module, params: Params, obs: torch.Tensor, actions: to
     return -episode_mean(gaussian_log_prob(mean, log_std, actions) * advantages, mask)
 
 
-def inner_step(policy: nn.Module, params: Params, stage: Stage, inner_lr: float, per_task: bool,
+def step_size(inner_lr: InnerLR, name: str) -> float | torch.Tensor:
+    """α for parameter `name`: the scalar, or its per-entry tensor (broadcasts over a task axis)."""
+    return inner_lr[name] if isinstance(inner_lr, dict) else inner_lr
+
+
+def inner_step(policy: nn.Module, params: Params, stage: Stage, inner_lr: InnerLR, per_task: bool,
                first_order: bool = False) -> Params:
     """θ'_i = θ_i − α ∇ L_inner(θ_i; task i's episodes) for all tasks at once -> stacked params.
+    α is a scalar or, per parameter entry, a dict shaped as θ (Meta-SGD; differentiable).
 
     `per_task=False`: `params` is one θ shared by all tasks (the first step); else stacked [N, ...].
     The gradient comes from `vmap(grad(...))`: under an outer autograd graph it is differentiable
@@ -314,10 +321,10 @@ def inner_step(policy: nn.Module, params: Params, stage: Stage, inner_lr: float,
     )
     if first_order:
         grads = {k: g.detach() for k, g in grads.items()}
-    return {k: p - inner_lr * grads[k] for k, p in params.items()}
+    return {k: p - step_size(inner_lr, k) * grads[k] for k, p in params.items()}
 
 
-def adapted_params(policy: nn.Module, params: Params, inner: list[Stage], num_tasks: int, inner_lr: float,
+def adapted_params(policy: nn.Module, params: Params, inner: list[Stage], num_tasks: int, inner_lr: InnerLR,
                    first_order: bool = False) -> Params:
     """θ'_i stacked per task after all inner steps; without inner steps θ for every task."""
     if not inner:
@@ -325,7 +332,7 @@ def adapted_params(policy: nn.Module, params: Params, inner: list[Stage], num_ta
     return adapt(policy, params, inner, inner_lr, first_order)[-1]
 
 
-def adapt(policy: nn.Module, params: Params, inner: list[Stage], inner_lr: float,
+def adapt(policy: nn.Module, params: Params, inner: list[Stage], inner_lr: InnerLR,
           first_order: bool = False) -> list[Params]:
     """[θ_1, ..., θ_k] per task (stacked) from θ_0 = θ and the k inner stages' episodes."""
     adapted = []
@@ -676,16 +683,16 @@ class _TaskGroupCurvature:
     """The closed forms for a group of tasks; `n_total` tasks in all (the means are over them)."""
 
     def __init__(self, policy: GaussianMLPPolicy, params: Params, inner: list[Stage], post: Stage,
-                 config: MAMLConfig, n_total: int):
+                 config: MAMLConfig, n_total: int, inner_lr: InnerLR):
         n = post.obs.shape[0]
-        self.config, self.n, self.n_total = config, n, n_total
+        self.config, self.n, self.n_total, self.inner_lr = config, n, n_total, inner_lr
         self.inner: list[InnerCurvature] = []
         theta = {k: p.detach().expand(n, *p.shape) for k, p in params.items()}
         for stage in inner:
             curvature = InnerCurvature(policy, theta, stage)
             if not config.first_order:
                 self.inner.append(curvature)
-            theta = {k: p - config.inner_lr * curvature.grad[k] for k, p in theta.items()}
+            theta = {k: p - step_size(inner_lr, k) * curvature.grad[k] for k, p in theta.items()}
         self.adapted = theta
         # at θ_old every ratio is 1: the surrogate is −mean(A) and its gradient w.r.t. θ'_i is the
         # policy gradient of task i's post-update episodes (divided by the number of tasks)
@@ -702,10 +709,16 @@ class _TaskGroupCurvature:
         return tape.vjp(grad_mean, grad_log_std)[0]
 
     def jacobian(self, x: Params, transpose: bool) -> Params:
-        """J x (θ tangent -> θ' tangents) or Jᵀ x; J = Π_j (I − α H_j), each H_j symmetric."""
+        """J x (θ tangent -> θ' tangents) or Jᵀ x; J = Π_j (I − diag(α) H_j), each H_j symmetric,
+        so each factor's transpose is I − H_j diag(α)."""
+        lr = partial(step_size, self.inner_lr)
         for h in reversed(self.inner) if transpose else self.inner:
-            hx = h.hvp(x)
-            x = {k: x[k] - self.config.inner_lr * hx[k] for k in x}
+            if transpose:
+                hx = h.hvp({k: lr(k) * t for k, t in x.items()})
+                x = {k: x[k] - hx[k] for k in x}
+            else:
+                hx = h.hvp(x)
+                x = {k: x[k] - lr(k) * hx[k] for k in x}
         return x
 
     def meta_gradient(self, like: Params) -> torch.Tensor:
@@ -728,7 +741,7 @@ class KLCurvature:
     """
 
     def __init__(self, policy: GaussianMLPPolicy, params: Params, inner: list[Stage], post: Stage,
-                 config: MAMLConfig, tasks_per_group: int | None = None):
+                 config: MAMLConfig, tasks_per_group: int | None = None, inner_lr: InnerLR | None = None):
         n, rows = post.obs.shape[0], post.mask[0].numel()
         if tasks_per_group is None:
             on_gpu = post.obs.device.type != "cpu"
@@ -738,7 +751,8 @@ class KLCurvature:
             part = slice(a, a + tasks_per_group)
             group_inner = [Stage(*(x[part] for x in stage)) for stage in inner]
             group_post = Stage(*(x[part] for x in post))
-            self.groups.append(_TaskGroupCurvature(policy, params, group_inner, group_post, config, n))
+            self.groups.append(_TaskGroupCurvature(policy, params, group_inner, group_post, config, n,
+                                                   config.inner_lr if inner_lr is None else inner_lr))
         self.adapted = {k: torch.cat([g.adapted[k] for g in self.groups]) for k in params}
         shape = post.actions.shape
         self.old_mean = torch.cat([g.post.mean for g in self.groups]).view(shape)
@@ -756,12 +770,13 @@ class KLCurvature:
 
 
 def surrogate_and_kl(policy: nn.Module, params: Params, inner: list[Stage], post: Stage,
-                     old_mean: torch.Tensor, old_log_std: torch.Tensor, config: MAMLConfig
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     old_mean: torch.Tensor, old_log_std: torch.Tensor, config: MAMLConfig,
+                     inner_lr: InnerLR | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The MAML-TRPO objective of θ: adapt every task, then on its post-update episodes
     loss = −mean_i mean(π_θ'_i(a|s) / π_old(a|s) · A) and kl = mean_i mean KL(π_old ‖ π_θ'_i),
     where π_old are the adapted policies of the θ the episodes were judged against."""
-    adapted = adapted_params(policy, params, inner, post.obs.shape[0], config.inner_lr, config.first_order)
+    inner_lr = config.inner_lr if inner_lr is None else inner_lr
+    adapted = adapted_params(policy, params, inner, post.obs.shape[0], inner_lr, config.first_order)
     mean, log_std = per_task_forward(policy, adapted, post.obs)
     ratio = (gaussian_log_prob(mean, log_std, post.actions) - post.logp).exp()
     loss = -episode_mean(ratio * post.advantages, post.mask).mean()
@@ -832,6 +847,9 @@ class MAMLLearner:
         self.policy = policy.to(self.device)
         self.dtype = next(self.policy.parameters()).dtype
         self.generator = torch.Generator().manual_seed(seed)  # the MAML updates draw no randomness
+        # α of every inner step the learner recomputes; a per-parameter dict when a caller
+        # meta-learns it (Meta-SGD, adversarial.py's learn_inner_lr)
+        self.inner_lr: InnerLR = config.inner_lr
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.ppo_lr) if config.outer == "ppo-clip" else None
 
     def stages(self, results: list[TaskResult]) -> tuple[list[Stage], Stage]:
@@ -865,13 +883,13 @@ class MAMLLearner:
     def _old_post_policy(self, params: Params, inner: list[Stage], post: Stage) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mean, log_std, log-prob of the taken actions) of the adapted policies of the current θ."""
         with torch.no_grad():
-            adapted = adapted_params(self.policy, params, inner, post.obs.shape[0], self.config.inner_lr)
+            adapted = adapted_params(self.policy, params, inner, post.obs.shape[0], self.inner_lr)
             mean, log_std = per_task_forward(self.policy, adapted, post.obs)
             return mean, log_std, gaussian_log_prob(mean, log_std, post.actions)
 
     def _trpo(self, params: Params, inner: list[Stage], post: Stage) -> dict[str, float]:
         with torch.no_grad():
-            curvature = KLCurvature(self.policy, params, inner, post, self.config)
+            curvature = KLCurvature(self.policy, params, inner, post, self.config, inner_lr=self.inner_lr)
             old_mean, old_log_std = curvature.old_mean, curvature.old_log_std
             old_logp = gaussian_log_prob(old_mean, old_log_std, post.actions)
         behaviour_err = ((old_logp - post.logp).abs() * post.mask).max().item()
@@ -887,7 +905,7 @@ class MAMLLearner:
 
     def _objective(self, params: Params, inner: list[Stage], post: Stage, old_mean: torch.Tensor,
                    old_log_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return surrogate_and_kl(self.policy, params, inner, post, old_mean, old_log_std, self.config)
+        return surrogate_and_kl(self.policy, params, inner, post, old_mean, old_log_std, self.config, self.inner_lr)
 
     def _ppo_clip(self, params: Params, inner: list[Stage], post: Stage) -> dict[str, float]:
         """ProMP (Rothfuss et al. 2019): clipped surrogate of the adapted policies on the
@@ -896,7 +914,7 @@ class MAMLLearner:
         cfg, policy = self.config, self.policy
         assert self.optimizer is not None
         with torch.no_grad():  # the pre-update policies of the old θ, one per inner stage
-            thetas = [params, *adapt(policy, params, inner, cfg.inner_lr)][:len(inner)]
+            thetas = [params, *adapt(policy, params, inner, self.inner_lr)][:len(inner)]
             old_pre = [
                 policy_forward(policy, th, st.obs) if j == 0 else per_task_forward(policy, th, st.obs)
                 for j, (th, st) in enumerate(zip(thetas, inner, strict=True))
@@ -904,8 +922,8 @@ class MAMLLearner:
             old_mean, old_log_std, _ = self._old_post_policy(params, inner, post)
         stats = {"meta_loss_before": 0.0, "inner_kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0}
         for epoch in range(cfg.ppo_epochs):
-            adapted = adapt(policy, params, inner, cfg.inner_lr, cfg.first_order)
-            final = adapted[-1] if adapted else adapted_params(policy, params, inner, post.obs.shape[0], cfg.inner_lr)
+            adapted = adapt(policy, params, inner, self.inner_lr, cfg.first_order)
+            final = adapted[-1] if adapted else adapted_params(policy, params, inner, post.obs.shape[0], self.inner_lr)
             inner_kl = torch.zeros((), dtype=self.dtype, device=self.device)
             for j, (stage, (m_old, s_old)) in enumerate(zip(inner, old_pre, strict=True)):
                 mean, log_std = policy_forward(policy, params, stage.obs) if j == 0 else per_task_forward(policy, adapted[j - 1], stage.obs)
@@ -935,8 +953,8 @@ class MAMLLearner:
         Reptile has no surrogate: meta_loss and kl are reported as 0, grad_norm is |mean Δ|."""
         cfg, policy = self.config, self.policy
         with torch.no_grad():
-            adapted = adapted_params(policy, params, inner, post.obs.shape[0], cfg.inner_lr)
-            phi = inner_step(policy, adapted, post, cfg.inner_lr, per_task=True)
+            adapted = adapted_params(policy, params, inner, post.obs.shape[0], self.inner_lr)
+            phi = inner_step(policy, adapted, post, self.inner_lr, per_task=True)
             delta = {k: (phi[k] - p).mean(0) for k, p in params.items()}
             for k, p in params.items():
                 p.add_(cfg.reptile_lr * delta[k])

@@ -165,6 +165,7 @@ def test_a_regret_run_reports_regret_and_bad_pairings_are_one_line_errors(tmp_pa
     capsys.readouterr()
     for config, sets, fragment in [
         ("rl2-bandit-n10-k5.yaml", ["scheduler.strategy=regret"], "rl2 draws its own tasks"),
+        ("rl2-bandit-n10-k5.yaml", ["scheduler.strategy=fixed-set"], "fixed-set schedules meta-batches"),
         ("promp-halfcheetah-dir.yaml", ["scheduler.strategy=regret"], "has no expert(task)"),
     ]:
         args = ["train", str(configs / config), "--serial", "--run-dir", str(tmp_path / "bad")]

@@ -53,9 +53,9 @@ def learner_batch(results):
     return [{k: v for k, v in r.items() if k not in adv.METRICS_ONLY} for r in results]
 
 
-@pytest.mark.parametrize("discriminator", ["airl", "gail"])
-def test_replacing_the_env_reward_with_noise_leaves_the_update_identical(discriminator):
-    config = small_config(discriminator=discriminator)
+@pytest.mark.parametrize(("discriminator", "learn_inner_lr"), [("airl", False), ("gail", False), ("gail", True)])
+def test_replacing_the_env_reward_with_noise_leaves_the_update_identical(discriminator, learn_inner_lr):
+    config = small_config(discriminator=discriminator, learn_inner_lr=learn_inner_lr)
     updated, true_post = [], []
     for noise in (None, 1, 2):
         agent, _, results = collect(config, reward_noise=noise)
@@ -67,8 +67,10 @@ def test_replacing_the_env_reward_with_noise_leaves_the_update_identical(discrim
     assert true_post[0] != true_post[1] != true_post[2]  # the rewards did change...
     for other in updated[1:]:  # ...the update did not
         assert all(torch.equal(updated[0][k], other[k]) for k in updated[0])
-    assert not torch.equal(updated[0]["discriminator.g.0.weight"],
-                           adv.make_policy(*spaces(), config).state_dict()["discriminator.g.0.weight"])
+    initial = adv.make_policy(*spaces(), config).state_dict()
+    assert not torch.equal(updated[0]["discriminator.g.0.weight"], initial["discriminator.g.0.weight"])
+    if learn_inner_lr:  # the step sizes are learned too, from the same reward-free batch
+        assert not torch.equal(updated[0]["inner_log_lr.mu_bias"], initial["inner_log_lr.mu_bias"])
 
 
 def spaces():
@@ -381,3 +383,62 @@ def test_batched_expert_acts_like_the_per_task_expert():
     np.testing.assert_allclose(batched, single, atol=1e-5)
     same_obs = family.batched_expert(tasks[:2])(np.stack([obs[0], obs[0]]))
     assert tasks[0].params != tasks[1].params and not np.allclose(same_obs[0], same_obs[1])  # the target matters
+
+
+def test_meta_sgd_step_sizes_reach_the_workers_and_descend_the_meta_objective():
+    """learn_inner_lr: α per parameter entry travels with the weights, the workers adapt with it,
+    the learner recomputes the same θ'_i, and its Adam step on log α lowers the post-stage
+    policy-gradient loss of the adapted policies (θ held fixed)."""
+    config = small_config(learn_inner_lr=True, inner_lr_lr=0.01, demo_advantage=1.0)
+    family = make_family("point-nav", {"horizon": 20})
+    tasks = family.sample(N_TASKS, np.random.default_rng(3))
+    sampler = adv.AdversarialSampler(family, config, N_TASKS * PER, seed=0)
+    torch.manual_seed(0)
+    agent = adv.make_policy(sampler.env.single_observation_space, sampler.env.single_action_space, config)
+    with torch.no_grad():  # a different α for every entry
+        for p in agent.inner_log_lr.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    sampler.set_weights(0, {k: v.numpy().copy() for k, v in agent.state_dict().items()})
+    alpha = {k: a.detach() for k, a in agent.inner_lrs().items()}
+    for k, a in alpha.items():
+        torch.testing.assert_close(sampler.inner_lr[k], a)
+    batch = learner_batch(sampler.collect(tasks, 0))
+    learner = adv.AdversarialLearner(agent, config, torch.device("cpu"), seed=0)
+    inner, post = learner.gen.stages(batch)
+    support = {f: np.stack([r[f"support/{f}"] for r in batch]) for f in adv.DEMO_FIELDS}
+    inner = [adv.with_demos(stage, support, 1.0) for stage in inner]
+    theta = {k: p.detach().clone() for k, p in agent.generator.named_parameters()}
+    adapted = maml.adapt(agent.generator, theta, inner, alpha)[-1]
+    for k, p in adapted.items():
+        torch.testing.assert_close(p, sampler.adapted_params[k], atol=1e-5, rtol=1e-5)
+    scalar = maml.adapt(agent.generator, theta, inner, config.inner_lr)[-1]
+    assert not torch.allclose(scalar["mu.bias"], adapted["mu.bias"])  # α per entry did change the step
+
+    def post_loss(lr):
+        with torch.no_grad():
+            new = maml.adapted_params(agent.generator, theta, inner, N_TASKS, lr)
+            mean, log_std = maml.per_task_forward(agent.generator, new, post.obs)
+            logp = maml.gaussian_log_prob(mean, log_std, post.actions)
+            return -maml.episode_mean(logp * post.advantages, post.mask).mean().item()
+
+    learner.config = learner.config.model_copy(update={"outer": "reptile", "reptile_lr": 0.0})  # θ stays put
+    learner.gen.config = learner.gen.config.model_copy(update={"outer": "reptile", "reptile_lr": 0.0})
+    stats = learner.update(batch)
+    assert stats["inner_lr_grad_norm"] > 0
+    assert all(torch.equal(theta[k], p) for k, p in agent.generator.named_parameters())
+    new_alpha = {k: a.detach() for k, a in agent.inner_lrs().items()}
+    assert post_loss(new_alpha) < post_loss(alpha)
+    tensors, meta = learner.optimizer_state()  # Adam's state of log α is checkpointed
+    assert any(k.startswith("inner_lr/") for k in tensors) and "inner_lr" in meta
+    fresh = adv.AdversarialLearner(adv.make_policy(*spaces(), config), config, torch.device("cpu"), seed=0)
+    fresh.load_optimizer_state(tensors, meta)
+    assert fresh.lr_optimizer.state_dict()["state"][0]["step"] == 1
+
+
+def test_meta_sgd_weights_without_step_sizes_are_refused():
+    config = small_config(learn_inner_lr=True)
+    family = make_family("point-nav", {"horizon": 20})
+    sampler = adv.AdversarialSampler(family, config, N_TASKS * PER, seed=0)
+    plain = adv.make_policy(*spaces(), small_config())
+    with pytest.raises(ValueError, match="lack the inner step sizes"):
+        sampler.set_weights(0, {k: v.numpy() for k, v in plain.state_dict().items()})

@@ -46,10 +46,11 @@ def tiny_batch(config, n=3, seed=0):
     return inner, tiny_stage(n=n, seed=seed + 100, config=config)
 
 
-def old_post_policy(policy, params, inner, post, config):
+def old_post_policy(policy, params, inner, post, config, inner_lr=None):
     """The old adapted policies' distributions on the post episodes; post.logp set to theirs."""
     with torch.no_grad():
-        adapted = maml.adapted_params(policy, params, inner, post.obs.shape[0], config.inner_lr)
+        lr = config.inner_lr if inner_lr is None else inner_lr
+        adapted = maml.adapted_params(policy, params, inner, post.obs.shape[0], lr)
         mean, log_std = maml.per_task_forward(policy, adapted, post.obs)
     return mean, log_std, post._replace(logp=maml.gaussian_log_prob(mean, log_std, post.actions))
 
@@ -253,25 +254,31 @@ def test_first_order_meta_gradient_is_the_post_update_gradient_at_the_adapted_pa
 # the closed forms used by TRPO (meta-gradient and KL Hessian-vector products)
 
 
-@pytest.mark.parametrize(("steps", "first_order", "activation"),
-                         [(1, False, "tanh"), (2, False, "tanh"), (1, True, "tanh"), (2, False, "relu"), (0, False, "tanh")])
-def test_closed_form_meta_gradient_and_kl_hessian_equal_autograd(steps, first_order, activation):
+@pytest.mark.parametrize(("steps", "first_order", "activation", "per_entry_lr"),
+                         [(1, False, "tanh", False), (2, False, "tanh", False), (1, True, "tanh", False),
+                          (2, False, "relu", False), (0, False, "tanh", False), (2, False, "tanh", True),
+                          (1, True, "tanh", True)])
+def test_closed_form_meta_gradient_and_kl_hessian_equal_autograd(steps, first_order, activation, per_entry_lr):
+    """Also with one α per parameter entry (Meta-SGD): J = Π (I − diag(α) H_j), Jᵀ = Π (I − H_j diag(α))."""
     cfg = maml.MAMLConfig(num_inner_steps=steps, first_order=first_order, inner_lr=0.4, activation=activation)
     policy = tiny_policy(hidden=(5, 3), activation=activation)
     inner, post = tiny_batch(cfg)
     params = leaf_params(policy)
+    gen = torch.Generator().manual_seed(7)
+    lr = ({k: 0.1 + 0.6 * torch.rand(p.shape, generator=gen, dtype=p.dtype) for k, p in params.items()}
+          if per_entry_lr else cfg.inner_lr)
     with torch.no_grad():
-        curvature = maml.KLCurvature(policy, params, inner, post, cfg)
-        per_task = maml.KLCurvature(policy, params, inner, post, cfg, tasks_per_group=2)  # 2 + 1 tasks
+        curvature = maml.KLCurvature(policy, params, inner, post, cfg, inner_lr=lr)
+        per_task = maml.KLCurvature(policy, params, inner, post, cfg, tasks_per_group=2, inner_lr=lr)  # 2 + 1 tasks
     assert len(curvature.groups) == 1 and len(per_task.groups) == 2
-    old_mean, old_log_std, post = old_post_policy(policy, params, inner, post, cfg)
+    old_mean, old_log_std, post = old_post_policy(policy, params, inner, post, cfg, lr)
     torch.testing.assert_close(curvature.old_mean, old_mean)
     torch.testing.assert_close(curvature.old_log_std, old_log_std)
-    adapted = maml.adapted_params(policy, params, inner, post.obs.shape[0], cfg.inner_lr)
+    adapted = maml.adapted_params(policy, params, inner, post.obs.shape[0], lr)
     for k in params:
         torch.testing.assert_close(curvature.adapted[k], adapted[k])
 
-    loss, kl = maml.surrogate_and_kl(policy, params, inner, post, old_mean, old_log_std, cfg)
+    loss, kl = maml.surrogate_and_kl(policy, params, inner, post, old_mean, old_log_std, cfg, lr)
     values = list(params.values())
     torch.testing.assert_close(curvature.loss, loss.detach())
     grad = maml.flat(torch.autograd.grad(loss, values, retain_graph=True))
