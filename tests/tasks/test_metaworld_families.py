@@ -252,12 +252,19 @@ def test_families_without_success_report_none():
     assert all("success_rate" not in r for r in rows)
 
 
-@pytest.mark.parametrize(("config", "overrides", "progress_key"), [
-    ("maml-trpo-ml1-reach.yaml", ["maml.meta_batch_size=2", "maml.episodes_per_task=2", "maml.hidden_sizes=[16, 16]"],
-     "success_rate_post"),
-    ("rl2-ml1-reach.yaml", ["rl2.slots_per_worker=2", "rl2.trials_per_update=2", "rl2.hidden_size=16"], "success_rate"),
+MAML_SMALL = ["maml.meta_batch_size=2", "maml.episodes_per_task=2", "maml.hidden_sizes=[16, 16]"]
+RL2_SMALL = ["rl2.slots_per_worker=2", "rl2.trials_per_update=2", "rl2.hidden_size=16"]
+
+
+@pytest.mark.parametrize(("config", "overrides", "progress_key", "family"), [
+    ("maml-trpo-ml1-reach.yaml", MAML_SMALL, "success_rate_post", "metaworld-ml1"),
+    ("rl2-ml1-reach.yaml", RL2_SMALL, "success_rate", "metaworld-ml1"),
+    ("maml-trpo-ml10.yaml", MAML_SMALL, "success_rate_post", "metaworld-ml10"),
+    ("rl2-ml10.yaml", RL2_SMALL, "success_rate", "metaworld-ml10"),
 ])
-def test_ml1_configs_train_and_eval_writes_success_rate(config, overrides, progress_key, tmp_path, capsys):
+def test_meta_world_configs_train_and_eval_writes_success_rate(config, overrides, progress_key, family, tmp_path, capsys):
+    """The shipped ML1 and ML10 configs, shrunk: one training iteration, then `metaray eval` on
+    held-out tasks (ML10: the 5 held-out env classes) with success per task."""
     run = tmp_path / "run"
     args = ["train", str(CONFIGS / config), "--serial", "--run-dir", str(run), "--iterations", "1",
             "--set", "task.kwargs.horizon=40", "--set", "workers.num_workers=1"]
@@ -274,4 +281,4 @@ def test_ml1_configs_train_and_eval_writes_success_rate(config, overrides, progr
     rates = [t["success_rate"] for t in result["tasks"]]
     assert len(rates) == 3 and all(0.0 <= r <= 1.0 for r in rates)
     assert result["success_rate"] == pytest.approx(np.mean(rates))
-    assert result["family"] == "metaworld-ml1" and result["split"] == "test"
+    assert result["family"] == family and result["split"] == "test"
