@@ -483,25 +483,25 @@ class AdversarialLearner:
         if cfg.demo_advantage > 0:  # as the workers adapted: support demos join every inner stage
             support = {f: np.stack([r[f"support/{f}"] for r in results]) for f in DEMO_FIELDS}
             inner = [with_demos(stage, support, cfg.demo_advantage) for stage in inner]
-        lr_grad_step = None
-        if self.lr_optimizer is not None and cfg.adapt_generator:
-            lr_grad_step = self._inner_lr_gradient(params, inner, post)  # at θ_old, before θ moves
+        learn_lr = self.lr_optimizer is not None and cfg.adapt_generator
+        if learn_lr:
+            lr_grad_norm = self._inner_lr_gradient(params, inner, post)  # at θ_old, before θ moves
         if cfg.outer == "trpo":
             stats = self.gen._trpo(params, inner, post)
         elif cfg.outer == "ppo-clip":
             stats = self.gen._ppo_clip(params, inner, post)
         else:
             stats = self.gen._reptile(params, inner, post)
-        if lr_grad_step is not None:
-            stats.update(lr_grad_step())
+        if learn_lr:
+            stats.update(self._inner_lr_step(), inner_lr_grad_norm=lr_grad_norm)
         stats.update(self._update_discriminator(results), num_tasks=float(len(results)))
         return stats
 
-    def _inner_lr_gradient(self, params: Params, inner: list[Stage], post: Stage) -> Any:
+    def _inner_lr_gradient(self, params: Params, inner: list[Stage], post: Stage) -> float:
         """Meta-SGD: ∇ log α of the post-stage policy-gradient loss of the adapted policies,
         −mean_i E[A ∇ log π_θ'_i(α)], at θ_old (the gradient of the surrogate the outer step
-        descends, where every ratio is 1). Fixes the learner's α for this update and returns a
-        callable that applies the Adam step on log α afterwards (θ's step used the old α)."""
+        descends, where every ratio is 1), left in log α's .grad; the learner's α is fixed to
+        the current one for this update's outer step. Returns the gradient's norm."""
         assert self.policy.inner_log_lr is not None and self.lr_optimizer is not None
         alpha = self.policy.inner_lrs()
         assert alpha is not None
@@ -512,16 +512,15 @@ class AdversarialLearner:
         self.lr_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.gen.inner_lr = {k: a.detach() for k, a in alpha.items()}
-        log_lr = list(self.policy.inner_log_lr.parameters())
-        grad_norm = maml.flat(p.grad for p in log_lr).norm().item()
+        return maml.flat(p.grad for p in self.policy.inner_log_lr.parameters()).norm().item()
 
-        def step() -> dict[str, float]:
-            self.lr_optimizer.step()
-            with torch.no_grad():
-                values = maml.flat(log_lr)
-            return {"inner_lr_grad_norm": grad_norm, "inner_lr_mean": values.exp().mean().item(),
-                    "inner_lr_min": values.exp().min().item(), "inner_lr_max": values.exp().max().item()}
-        return step
+    def _inner_lr_step(self) -> dict[str, float]:
+        """The Adam step on log α (after θ's outer step, which used the old α); α's range."""
+        assert self.policy.inner_log_lr is not None and self.lr_optimizer is not None
+        self.lr_optimizer.step()
+        with torch.no_grad():
+            alpha = maml.flat(self.policy.inner_log_lr.parameters()).exp()
+        return {"inner_lr_mean": alpha.mean().item(), "inner_lr_min": alpha.min().item(), "inner_lr_max": alpha.max().item()}
 
     def _update_discriminator(self, results: list[TaskResult]) -> dict[str, float]:
         cfg = self.config
