@@ -507,8 +507,8 @@ class AdversarialLearner:
         assert alpha is not None
         theta = {k: p.detach() for k, p in params.items()}
         adapted = maml.adapted_params(self.gen.policy, theta, inner, post.obs.shape[0], alpha, self.config.first_order)
-        mean, log_std = per_task_forward(self.gen.policy, adapted, post.obs)
-        loss = -maml.episode_mean(maml.gaussian_log_prob(mean, log_std, post.actions) * post.advantages, post.mask).mean()
+        per_task_loss = torch.vmap(partial(maml.inner_loss, self.gen.policy))  # the same loss, on the post episodes
+        loss = per_task_loss(adapted, post.obs, post.actions, post.advantages, post.mask).mean()
         self.lr_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.gen.inner_lr = {k: a.detach() for k, a in alpha.items()}
