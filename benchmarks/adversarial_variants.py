@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--eval-every", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--final-eval-inner-steps", type=int, nargs="*", default=[],
+                        help="after training, also evaluate with these numbers of inner steps (test-time steps beyond training's)")
     args = parser.parse_intermixed_args()
     torch.set_num_threads(1)
     base = load_config(ROOT / "configs" / "adversarial-point-nav.yaml")
@@ -69,9 +71,14 @@ def main() -> None:
         log.append(row)
         if it % 5 == 4 or "eval_normalised_score" in row:
             print(f"[{args.name}] " + " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+    final = {}
+    for k in args.final_eval_inner_steps:  # the trained agent adapted with k inner steps at test time
+        rows = adv.evaluate(agent, family, test_tasks, config.model_copy(update={"num_inner_steps": k}), 12345)
+        final[k] = {key: float(np.mean([r[key] for r in rows])) for key in ("return_post", "normalised_score")}
+        print(f"[{args.name}] test-time inner steps {k}: score {final[k]['normalised_score']:.3f} return {final[k]['return_post']:.2f}", flush=True)
     out = ROOT / "benchmarks" / "results" / "tmp" / f"adversarial_variant_{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"name": args.name, "overrides": changes, "seed": args.seed, "log": log}
+    record = {"name": args.name, "overrides": changes, "seed": args.seed, "log": log, "test_time_inner_steps": final}
     if agent.inner_log_lr is not None:  # Meta-SGD: where the learned step sizes ended, per parameter
         record["inner_lr"] = {k: {"mean": a.mean().item(), "min": a.min().item(), "max": a.max().item()}
                               for k, a in agent.inner_lrs().items()}
