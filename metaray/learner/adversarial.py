@@ -5,8 +5,10 @@ Per task i, from the meta-parameters θ (generator = Gaussian policy) and φ (di
 - the worker collects N episodes with π_θj; the discriminator takes `disc_inner_steps` full-batch
   gradient steps on the game value V on the task's *support* demos vs those episodes,
   φ_{j+1} = φ_j + β ∇φ V; the episodes are relabelled with the reward r̂ = log D − log(1 − D)
-  of φ_{j+1}; the generator takes MAML's inner policy-gradient step (GAE, linear baseline) on r̂
-  (with `demo_advantage` c > 0 the support demos join that step as episodes of advantage c: a
+  of φ_{j+1} (or r̂ = log D ≤ 0 with `disc_reward: log-d`: a cost per step, so ending the
+  episode early pays, which suits tasks that end at their goal; the point-nav config's choice);
+  the generator takes MAML's inner policy-gradient step (GAE, linear baseline) on r̂ (with
+  `demo_advantage` c > 0 the support demos join that step as episodes of advantage c: a
   behaviour-cloning term beside the r̂ gradient, so adaptation also uses the demos' actions);
 - after k such steps come episodes of the adapted π_θk (the post stage); the task's *query* demos
   are paired with them for the meta-objective min_θ max_φ Σ_i V(θ_i^k, φ_i^k). The generator's
@@ -98,6 +100,7 @@ class AdversarialConfig(MAMLConfig):
     adapt_generator: bool = Field(True, description="Ablation switch: false keeps θ fixed in the inner loop (only D adapts).")
     adapt_discriminator: bool = Field(True, description="Ablation switch: false keeps φ fixed in the inner loop (only G adapts); the post-stage refit, the meta-objective's training signal, still runs.")
     demo_advantage: float = Field(0.0, ge=0, description="c > 0: the support demos join each inner policy-gradient step as extra episodes with advantage c at every step (a behaviour-cloning term c·∇log π(a_demo|s_demo) beside the r̂ policy gradient, whose advantages are normalised); 0: the pure r̂ step of Meta-AIRL.")
+    disc_reward: Literal["logit", "log-d"] = Field("logit", description="The generator's reward from D: 'logit' r̂ = log D − log(1 − D) (AIRL's, no sign bias); 'log-d' r̂ = log D ≤ 0, a cost at every step that ending the episode stops (Kostrikov et al. 2019's termination bias), which suits tasks that end at their goal.")
     learn_inner_lr: bool = Field(False, description="Meta-SGD (Li et al. 2017): the generator's inner step size becomes one α per parameter entry, initialised to inner_lr and meta-learned (log α, Adam at inner_lr_lr) on the same post-stage objective as θ; published and checkpointed with the agent.")
     inner_lr_lr: float = Field(0.01, gt=0, description="learn_inner_lr: Adam learning rate of log α.")
     wrong_demos: bool = Field(False, description="Control: each task gets another task's demos (task i uses task i+1's of the same meta-batch); scores should fall.")
@@ -241,9 +244,11 @@ def with_demos(stage: Stage, demos: dict[str, Any], advantage: float) -> Stage:
                  torch.cat([stage.logp, zeros], 1), torch.cat([stage.advantages, advantage * mask], 1))
 
 
-def relabel(disc: Discriminator, params: Params, policy: Transitions) -> torch.Tensor:
-    """r̂ per step of every task's episodes [N, E, T] with that task's φ (stacked), 0 on padding."""
-    return torch.vmap(partial(disc_logits, disc))(params, policy) * policy.mask
+def relabel(disc: Discriminator, params: Params, policy: Transitions, kind: str = "logit") -> torch.Tensor:
+    """r̂ per step of every task's episodes [N, E, T] with that task's φ (stacked), 0 on padding:
+    the logit log D − log(1 − D), or log D = −softplus(−logit) (`disc_reward`)."""
+    logit = torch.vmap(partial(disc_logits, disc))(params, policy)
+    return (logit if kind == "logit" else -F.softplus(-logit)) * policy.mask
 
 
 def transitions(arrays: dict[str, Any], logp: Any, dtype: torch.dtype = torch.float32,
@@ -409,7 +414,7 @@ class AdversarialSampler(MAMLSampler):
                                       steps, stacked=j > 0)
                 if name != "post":
                     phi = labeller
-                arrays["rewards"] = relabel(self.disc, labeller, policy_data).numpy()
+                arrays["rewards"] = relabel(self.disc, labeller, policy_data, cfg.disc_reward).numpy()
                 arrays["demo_logp"], arrays["disc_logp"] = demo_logp.numpy(), disc_logp.numpy()
                 arrays.pop("success", None)
                 stages[name] = arrays

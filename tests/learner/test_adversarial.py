@@ -331,9 +331,9 @@ def test_state_only_reward_ignores_actions():
             torch.testing.assert_close(adv.disc_logits(disc, phi, batch), disc.g(batch.next_obs).squeeze(-1))
 
 
-@pytest.mark.parametrize("discriminator", ["gail", "airl"])
-def test_post_episodes_are_relabelled_by_the_discriminator_refitted_on_them(discriminator):
-    config = small_config(discriminator=discriminator, disc_inner_steps=3)
+@pytest.mark.parametrize(("discriminator", "disc_reward"), [("gail", "logit"), ("airl", "logit"), ("gail", "log-d")])
+def test_post_episodes_are_relabelled_by_the_discriminator_refitted_on_them(discriminator, disc_reward):
+    config = small_config(discriminator=discriminator, disc_inner_steps=3, disc_reward=disc_reward)
     agent, sampler, results = collect(config)
     batch = learner_batch(results)
     learner = adv.AdversarialLearner(agent, config, torch.device("cpu"), seed=0)
@@ -343,8 +343,12 @@ def test_post_episodes_are_relabelled_by_the_discriminator_refitted_on_them(disc
         demo, pol = learner._stage_data(batch, "post", "query")
         refit = adv.disc_adapt(disc, phi_k, demo, pol, config.disc_inner_lr, config.disc_inner_steps, stacked=True)
         post_rewards = torch.stack([torch.as_tensor(r["post/rewards"]) for r in batch])
-        torch.testing.assert_close(post_rewards, adv.relabel(disc, refit, pol), atol=1e-5, rtol=1e-5)
-        assert not torch.allclose(post_rewards, adv.relabel(disc, phi_k, pol), atol=1e-4)
+        torch.testing.assert_close(post_rewards, adv.relabel(disc, refit, pol, disc_reward), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(post_rewards, adv.relabel(disc, phi_k, pol, disc_reward), atol=1e-4)
+        if disc_reward == "log-d":  # log D: a cost at every valid step, the logit's −softplus(−·)
+            logits = torch.vmap(partial(adv.disc_logits, disc))(refit, pol)
+            torch.testing.assert_close(post_rewards, -F.softplus(-logits) * pol.mask, atol=1e-5, rtol=1e-5)
+            assert (post_rewards <= 0).all()
         # the refit is a step of the max over φ: it tells the query demos from the post episodes better
         before = torch.vmap(partial(adv.disc_loss, disc))(phi_k, demo, pol)
         after = torch.vmap(partial(adv.disc_loss, disc))(refit, demo, pol)
