@@ -244,7 +244,7 @@ def with_demos(stage: Stage, demos: dict[str, Any], advantage: float) -> Stage:
                  torch.cat([stage.logp, zeros], 1), torch.cat([stage.advantages, advantage * mask], 1))
 
 
-def relabel(disc: Discriminator, params: Params, policy: Transitions, kind: str = "logit") -> torch.Tensor:
+def relabel(disc: Discriminator, params: Params, policy: Transitions, kind: Literal["logit", "log-d"] = "logit") -> torch.Tensor:
     """r̂ per step of every task's episodes [N, E, T] with that task's φ (stacked), 0 on padding:
     the logit log D − log(1 − D), or log D = −softplus(−logit) (`disc_reward`)."""
     logit = torch.vmap(partial(disc_logits, disc))(params, policy)
