@@ -336,7 +336,7 @@ class AdversarialSampler(MAMLSampler):
         self.disc.requires_grad_(False)
         self.demo_seed = int(seed)
         self.demo_cache: OrderedDict[tuple[str, int], dict[str, np.ndarray]] = OrderedDict()
-        self.inner_lr: float | Params = config.inner_lr
+        self.inner_lr: maml.InnerLR = config.inner_lr
 
     def set_weights(self, version: int, weights: dict[str, np.ndarray]) -> None:
         gen, disc, log_lr = split_weights(weights)
