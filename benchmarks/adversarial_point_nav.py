@@ -77,7 +77,7 @@ METHODS = {  # name -> (label, what it is)
     "bc": ("BC from scratch", "per task a fresh Gaussian MLP fitted by max. likelihood on the K demos"),
     "meta-bc": ("Meta-BC", "MAML on the BC negative log-likelihood, adapted on the K demos"),
     "maml-rl": ("MAML-RL (true reward)", "MAML-TRPO with the task reward, same iterations (upper bound, K-independent)"),
-    "maml-rl-sigma": ("MAML-RL (true reward), ours' init", "as maml-rl with the adversarial config's init_log_std and init_output_scale"),
+    "maml-rl-sigma": ("MAML-RL (true reward), ours' init", "as maml-rl with the adversarial config's init_log_std and init_output_scale (and post_std / init_post_log_std)"),
 }
 ADV_RUN_METHODS = ("ours", "meta-init", "wrong-demos")  # share one training run per (K, seed)
 # --family -> (adversarial config, MAML-RL config, --set for MAML-RL, run-dir prefix, output stem)
@@ -463,8 +463,10 @@ def main() -> None:
                 keep(method, str(args.ablation_k), seed, [t["return_post"] for t in ev["tasks"]],
                      [t["task_id"] for t in ev["tasks"]], return_pre=[t["return_pre"] for t in ev["tasks"]])
                 adv_evals.append({"K": args.ablation_k, "seed": seed, "tasks": ev["tasks"]})
-        for method, sets in (("maml-rl", MAML_SETS), ("maml-rl-sigma", [*MAML_SETS, f"maml.init_log_std={base.init_log_std}",
-                                                                          f"maml.init_output_scale={base.init_output_scale}"])):
+        same_sigma = [f"maml.init_log_std={base.init_log_std}", f"maml.init_output_scale={base.init_output_scale}"]
+        if base.post_std == "learned":
+            same_sigma += ["maml.post_std=learned", f"maml.init_post_log_std={base.init_post_log_std}"]
+        for method, sets in (("maml-rl", MAML_SETS), ("maml-rl-sigma", [*MAML_SETS, *same_sigma])):
             if method in todo:
                 run_dir = run_root / f"{PREFIX}-{method}-s{seed}-{tag}"
                 runs.append({"method": method, **train(MAML_CONFIG, run_dir, args.iterations, seed, sets, args.serial, args.reuse)})

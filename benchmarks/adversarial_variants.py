@@ -64,7 +64,7 @@ def main() -> None:
         stats = learner.update([{k: v for k, v in r.items() if k not in adv.METRICS_ONLY} for r in results])
         row = {"iteration": it + 1, "return_pre": pre, "return_post": post, "disc_loss": stats["disc_loss"],
                "log_std": agent.generator.log_std.detach().mean().item(), "wall_s": time.perf_counter() - start}
-        row.update({k: v for k, v in stats.items() if k.startswith("inner_lr_")})  # Meta-SGD's α (learn_inner_lr)
+        row.update({k: v for k, v in stats.items() if k.startswith("inner_lr_") or k == "post_log_std"})  # Meta-SGD's α, the adapted σ
         if (it + 1) % args.eval_every == 0:
             rows = adv.evaluate(agent, family, test_tasks, config, 12345)
             row.update({f"eval_{k}": float(np.mean([r[k] for r in rows])) for k in ("return_pre", "return_post", "normalised_score")})

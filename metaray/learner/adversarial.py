@@ -10,6 +10,8 @@ Per task i, from the meta-parameters θ (generator = Gaussian policy) and φ (di
   the generator takes MAML's inner policy-gradient step (GAE, linear baseline) on r̂ (with
   `demo_advantage` c > 0 the support demos join that step as episodes of advantage c: a
   behaviour-cloning term beside the r̂ gradient, so adaptation also uses the demos' actions);
+  with MAML's `post_std: learned` the adapted generator acts with its own meta-learned σ
+  (the point-nav config's choice: the pre-update σ explores, the adapted one exploits);
 - after k such steps come episodes of the adapted π_θk (the post stage); the task's *query* demos
   are paired with them for the meta-objective min_θ max_φ Σ_i V(θ_i^k, φ_i^k). The generator's
   reward on the post episodes comes from φ_i^k refitted on them (the same steps on the query
@@ -387,6 +389,7 @@ class AdversarialSampler(MAMLSampler):
             self.env = make_vector_env(self.family, tasks, per, seed=int(self.rng.integers(2**31)), info_keys=SAMPLER_INFO_KEYS)
         demos = self.demos(tasks)
         theta: Params = dict(self.policy.named_parameters())
+        meta_theta = theta
         phi: Params = dict(self.disc.named_parameters())
         stages: dict[str, dict[str, np.ndarray]] = {}
         true_returns: dict[str, np.ndarray] = {}
@@ -424,6 +427,8 @@ class AdversarialSampler(MAMLSampler):
                         stage = with_demos(stage, demo, cfg.demo_advantage)
                     theta = inner_step(self.policy, theta, stage, self.inner_lr if cfg.adapt_generator else 0.0,
                                        per_task=j > 0)
+                    if j == cfg.num_inner_steps - 1:  # the post stage's policy: σ = post_log_std if learned
+                        theta = maml.with_post_std(theta, meta_theta)
         self.adapted_params, self.adapted_disc = theta, phi
         results = []
         for i, task in enumerate(tasks):
@@ -499,7 +504,7 @@ class AdversarialLearner:
             stats = self.gen._reptile(params, inner, post)
         if learn_lr:
             stats.update(self._inner_lr_step(), inner_lr_grad_norm=lr_grad_norm)
-        stats.update(self._update_discriminator(results), num_tasks=float(len(results)))
+        stats.update(self._update_discriminator(results), num_tasks=float(len(results)), **self.gen.noise_stats())
         return stats
 
     def _inner_lr_gradient(self, params: Params, inner: list[Stage], post: Stage) -> float:
@@ -517,7 +522,9 @@ class AdversarialLearner:
         self.lr_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.gen.inner_lr = {k: a.detach() for k, a in alpha.items()}
-        return maml.flat(p.grad for p in self.policy.inner_log_lr.parameters()).norm().item()
+        # (entries the post objective does not reach, e.g. α of the replaced log σ, have no .grad)
+        return maml.flat(torch.zeros_like(p) if p.grad is None else p.grad
+                         for p in self.policy.inner_log_lr.parameters()).norm().item()
 
     def _inner_lr_step(self) -> dict[str, float]:
         """The Adam step on log α (after θ's outer step, which used the old α); α's range."""

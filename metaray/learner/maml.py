@@ -36,7 +36,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch import nn
 
 from metaray.learner.optim_state import load_optimizer_tensors, optimizer_tensors
@@ -79,6 +79,14 @@ class MAMLConfig(BaseModel):
     ppo_lr: float = Field(1e-3, gt=0, description="ppo-clip: Adam learning rate.")
     inner_kl_coef: float = Field(5e-4, ge=0, description="ppo-clip (ProMP): weight of the KL penalty between old and new pre-update policies of each inner step.")
     reptile_lr: float = Field(0.1, gt=0, description="reptile: outer step size ε in θ ← θ + ε·mean_i(φ_i − θ).")
+    post_std: Literal["shared", "learned"] = Field("shared", description="σ of the adapted policy: 'shared' (MAML: the exploring pre-update log σ, moved only by the inner steps) or 'learned' (its own meta-parameter post_log_std, initialised to init_post_log_std and learned by the outer step on the post-update objective, so exploitation noise is learned apart from exploration noise; first-order, the pre-update σ then stays at init_log_std). trpo / ppo-clip with at least one inner step.")
+    init_post_log_std: float | None = Field(None, ge=-5, le=2, description="post_std learned: initial log σ of the adapted policies (default: init_log_std).")
+
+    @model_validator(mode="after")
+    def _post_std_needs_an_adapted_policy(self) -> MAMLConfig:
+        if self.post_std == "learned" and (self.outer == "reptile" or self.num_inner_steps == 0):
+            raise ValueError("post_std 'learned' needs outer trpo or ppo-clip and num_inner_steps >= 1 (an adapted policy with an outer objective)")
+        return self
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,7 +102,7 @@ class GaussianMLPPolicy(nn.Module):
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: list[int], activation: str, init_log_std: float = 0.0,
-                 init_output_scale: float = 1.0):
+                 init_output_scale: float = 1.0, post_log_std: float | None = None):
         super().__init__()
         act_cls = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
         layers: list[nn.Module] = []
@@ -106,6 +114,8 @@ class GaussianMLPPolicy(nn.Module):
         self.body = nn.Sequential(*layers)
         self.mu = nn.Linear(last, act_dim)
         self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
+        if post_log_std is not None:  # post_std: learned; the adapted policies' log σ (see with_post_std)
+            self.post_log_std = nn.Parameter(torch.full((act_dim,), float(post_log_std)))
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
@@ -131,7 +141,9 @@ def make_policy(obs_space: gym.Space, act_space: gym.Space, config: MAMLConfig) 
     if not isinstance(act_space, gym.spaces.Box) or len(act_space.shape) != 1:
         raise ValueError(f"MAML's Gaussian policy needs a flat Box action space, got {act_space}")
     return GaussianMLPPolicy(obs_space.shape[0], act_space.shape[0], list(config.hidden_sizes), config.activation,
-                             config.init_log_std, config.init_output_scale)
+                             config.init_log_std, config.init_output_scale,
+                             None if config.post_std == "shared" else
+                             config.init_log_std if config.init_post_log_std is None else config.init_post_log_std)
 
 
 def get_weights(module: nn.Module) -> dict[str, np.ndarray]:
@@ -324,6 +336,21 @@ def inner_step(policy: nn.Module, params: Params, stage: Stage, inner_lr: InnerL
     return {k: p - step_size(inner_lr, k) * grads[k] for k, p in params.items()}
 
 
+POST_LOG_STD = "post_log_std"  # the policy's parameter with post_std: learned
+
+
+def with_post_std(adapted: Params, theta: Params) -> Params:
+    """The adapted policies θ'_i (stacked) acting with θ's own post_log_std in place of the
+    exploring log σ (post_std: learned; unchanged without it). Exploration noise helps the inner
+    step find the task; the adapted policy is judged on its return, where the same noise costs:
+    on point-nav the adapted policy with the pre-update σ scored 0.06 to 0.08 below the same
+    means with a smaller σ (benchmarks/README.md)."""
+    if POST_LOG_STD not in theta:
+        return adapted
+    n, post = adapted["log_std"].shape[0], theta[POST_LOG_STD]
+    return {**adapted, "log_std": post.expand(n, *post.shape)}
+
+
 def adapted_params(policy: nn.Module, params: Params, inner: list[Stage], num_tasks: int, inner_lr: InnerLR,
                    first_order: bool = False) -> Params:
     """θ'_i stacked per task after all inner steps; without inner steps θ for every task."""
@@ -334,11 +361,14 @@ def adapted_params(policy: nn.Module, params: Params, inner: list[Stage], num_ta
 
 def adapt(policy: nn.Module, params: Params, inner: list[Stage], inner_lr: InnerLR,
           first_order: bool = False) -> list[Params]:
-    """[θ_1, ..., θ_k] per task (stacked) from θ_0 = θ and the k inner stages' episodes."""
-    adapted = []
+    """[θ_1, ..., θ_k] per task (stacked) from θ_0 = θ and the k inner stages' episodes; θ_k,
+    the policy of the post-update episodes, with θ's post_log_std (`with_post_std`)."""
+    theta, adapted = params, []
     for j, stage in enumerate(inner):
         params = inner_step(policy, params, stage, inner_lr, per_task=j > 0, first_order=first_order)
         adapted.append(params)
+    if adapted:
+        adapted[-1] = with_post_std(adapted[-1], theta)
     return adapted
 
 
@@ -408,7 +438,8 @@ class MAMLSampler:
         else:
             self.env.close()
             self.env = make_vector_env(self.family, tasks, per, seed=int(self.rng.integers(2**31)), info_keys=SAMPLER_INFO_KEYS)
-        params: Params = dict(self.policy.named_parameters())
+        theta: Params = dict(self.policy.named_parameters())
+        params = theta
         stages: dict[str, dict[str, np.ndarray]] = {}
         env_steps = 0
         with torch.no_grad():
@@ -418,6 +449,8 @@ class MAMLSampler:
                 if name != "post":
                     stage = Stage.from_arrays(arrays, cfg, torch.float32, torch.device("cpu"))
                     params = inner_step(self.policy, params, stage, cfg.inner_lr, per_task=j > 0)
+                    if j == cfg.num_inner_steps - 1:
+                        params = with_post_std(params, theta)
         self.adapted_params = params
 
         results = []
@@ -688,15 +721,19 @@ class _TaskGroupCurvature:
         self.config, self.n, self.n_total, self.inner_lr = config, n, n_total, inner_lr
         self.inner: list[InnerCurvature] = []
         theta = {k: p.detach().expand(n, *p.shape) for k, p in params.items()}
+        # post_std learned: post_log_std is no input of the inner losses (H_j and the inner steps
+        # leave it alone) and becomes the adapted policies' log σ: θ'(θ) = P(θ_k), P copying it
+        carried = {POST_LOG_STD: theta.pop(POST_LOG_STD)} if POST_LOG_STD in theta and inner else {}
         for stage in inner:
             curvature = InnerCurvature(policy, theta, stage)
             if not config.first_order:
                 self.inner.append(curvature)
             theta = {k: p - step_size(inner_lr, k) * curvature.grad[k] for k, p in theta.items()}
-        self.adapted = theta
+        self.post_std = bool(carried)
+        self.adapted = {**theta, **carried, "log_std": carried[POST_LOG_STD]} if carried else theta
         # at θ_old every ratio is 1: the surrogate is −mean(A) and its gradient w.r.t. θ'_i is the
         # policy gradient of task i's post-update episodes (divided by the number of tasks)
-        self.post_gradient = InnerCurvature(policy, theta, post, second_order=False)
+        self.post_gradient = InnerCurvature(policy, self.adapted, post, second_order=False)
         self.post = self.post_gradient.tape
         self.post_weights = (row_weights(post.mask) / n_total).flatten(1, 2)[..., None]  # KL = Σ w·KL_r
 
@@ -712,6 +749,13 @@ class _TaskGroupCurvature:
         """J x (θ tangent -> θ' tangents) or Jᵀ x; J = Π_j (I − diag(α) H_j), each H_j symmetric,
         so each factor's transpose is I − H_j diag(α)."""
         lr = partial(step_size, self.inner_lr)
+        carried: Params = {}
+        if self.post_std:  # J = P Π_j (…): Pᵀ moves the log σ tangent to post_log_std
+            if transpose:
+                x, carried = {**x, "log_std": torch.zeros_like(x["log_std"])}, {POST_LOG_STD: x["log_std"]}
+            else:
+                x = dict(x)
+                carried = {POST_LOG_STD: x.pop(POST_LOG_STD)}
         for h in reversed(self.inner) if transpose else self.inner:
             if transpose:
                 hx = h.hvp({k: lr(k) * t for k, t in x.items()})
@@ -719,7 +763,9 @@ class _TaskGroupCurvature:
             else:
                 hx = h.hvp(x)
                 x = {k: x[k] - lr(k) * hx[k] for k in x}
-        return x
+        if self.post_std and not transpose:
+            return {**x, "log_std": carried[POST_LOG_STD]}
+        return {**x, **carried}
 
     def meta_gradient(self, like: Params) -> torch.Tensor:
         x = self.jacobian({k: g / self.n_total for k, g in self.post_gradient.grad.items()}, transpose=True)
@@ -800,11 +846,13 @@ def trpo_step(objective: Callable[[Params], tuple[torch.Tensor, torch.Tensor]], 
     names, values = list(params), list(params.values())
     if closed_form is None:
         loss, kl = objective(params)
-        g = flat(torch.autograd.grad(loss, values, retain_graph=True))
-        grad_kl = flat(torch.autograd.grad(kl, values, create_graph=True))
+        # materialize_grads: a parameter the objective does not reach gets a zero gradient (the
+        # exploring log σ with post_std learned and first-order)
+        g = flat(torch.autograd.grad(loss, values, retain_graph=True, materialize_grads=True))
+        grad_kl = flat(torch.autograd.grad(kl, values, create_graph=True, materialize_grads=True))
 
         def kl_hessian(v: torch.Tensor) -> torch.Tensor:
-            return flat(torch.autograd.grad(grad_kl @ v, values, retain_graph=True))
+            return flat(torch.autograd.grad(grad_kl @ v, values, retain_graph=True, materialize_grads=True))
     else:
         loss, g = closed_form.loss, closed_form.meta_gradient(params)
         kl_hessian = partial(closed_form, like=params)
@@ -877,8 +925,16 @@ class MAMLLearner:
             return_pre=float(np.mean([r["return_pre"] for r in results])),
             return_post=float(np.mean([r["return_post"] for r in results])),
             num_tasks=float(len(results)),
+            **self.noise_stats(),
         )
         return stats
+
+    def noise_stats(self) -> dict[str, float]:
+        """Mean log σ of the exploring policy, and of the adapted ones with post_std: learned."""
+        out = {"log_std": self.policy.log_std.mean().item()}
+        if hasattr(self.policy, POST_LOG_STD):
+            out["post_log_std"] = self.policy.post_log_std.mean().item()
+        return out
 
     def _old_post_policy(self, params: Params, inner: list[Stage], post: Stage) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mean, log_std, log-prob of the taken actions) of the adapted policies of the current θ."""
@@ -935,7 +991,7 @@ class MAMLLearner:
             loss = surrogate + cfg.inner_kl_coef * inner_kl
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = flat(p.grad for p in policy.parameters()).norm()
+            grad_norm = flat(torch.zeros_like(p) if p.grad is None else p.grad for p in policy.parameters()).norm()
             self.optimizer.step()
             if epoch == 0:
                 stats["meta_loss_before"] = surrogate.item()

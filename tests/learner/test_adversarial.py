@@ -86,9 +86,9 @@ def test_learner_refuses_batches_that_carry_the_true_reward():
         learner.update(results)
 
 
-@pytest.mark.parametrize("demo_advantage", [0.0, 1.0])
-def test_learner_recomputes_the_workers_adapted_generator_and_discriminator(demo_advantage):
-    config = small_config(num_inner_steps=2, demo_advantage=demo_advantage)
+@pytest.mark.parametrize(("demo_advantage", "post_std"), [(0.0, "shared"), (1.0, "shared"), (1.0, "learned")])
+def test_learner_recomputes_the_workers_adapted_generator_and_discriminator(demo_advantage, post_std):
+    config = small_config(num_inner_steps=2, demo_advantage=demo_advantage, post_std=post_std)
     agent, sampler, results = collect(config)
     learner = adv.AdversarialLearner(agent, config, torch.device("cpu"), seed=0)
     batch = learner_batch(results)
@@ -102,8 +102,10 @@ def test_learner_recomputes_the_workers_adapted_generator_and_discriminator(demo
     theta = maml.adapt(agent.generator, dict(agent.generator.named_parameters()), inner, config.inner_lr)[-1]
     for k, p in theta.items():
         torch.testing.assert_close(p, sampler.adapted_params[k], atol=1e-5, rtol=1e-5)
+    if post_std == "learned":
+        torch.testing.assert_close(theta["log_std"], agent.generator.post_log_std.detach().expand(N_TASKS, -1))
     stats = learner.update(batch)  # the TRPO step re-checks the post episodes' behaviour log-probs
-    assert np.isfinite(stats["disc_loss"])
+    assert np.isfinite(stats["disc_loss"]) and stats["behaviour_logp_err"] < 1e-4
 
 
 def test_demo_episodes_add_a_behaviour_cloning_term_to_the_inner_step():

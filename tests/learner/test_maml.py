@@ -18,9 +18,9 @@ torch.set_num_threads(1)
 # helpers: a tiny float64 policy and a tiny fixed batch whose episodes have different lengths
 
 
-def tiny_policy(hidden=(4,), activation="tanh", seed=0):
+def tiny_policy(hidden=(4,), activation="tanh", seed=0, post_log_std=None):
     torch.manual_seed(seed)
-    policy = maml.GaussianMLPPolicy(2, 2, list(hidden), activation).double()
+    policy = maml.GaussianMLPPolicy(2, 2, list(hidden), activation, post_log_std=post_log_std).double()
     with torch.no_grad():  # break the symmetry of the default init (zero biases, log-std 0)
         for p in policy.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -95,7 +95,8 @@ def test_config_defaults_and_validation():
     assert (cfg.init_log_std, cfg.init_output_scale) == (0.0, 1.0)
     for bad in ({"inner_lr": 0}, {"num_inner_steps": -1}, {"outer": "sgd"}, {"max_kl": -1.0},
                 {"ls_backtrack_ratio": 1.0}, {"activation": "gelu"}, {"hidden_sizes": []}, {"typo": 1},
-                {"init_output_scale": 0.0}, {"init_log_std": 9.0}):
+                {"init_output_scale": 0.0}, {"init_log_std": 9.0}, {"post_std": "maybe"},
+                {"post_std": "learned", "outer": "reptile"}, {"post_std": "learned", "num_inner_steps": 0}):
         with pytest.raises(ValidationError):
             maml.MAMLConfig(**bad)
 
@@ -110,6 +111,12 @@ def test_policy_initialisation_options_scale_the_mean_layer_and_set_sigma():
     torch.testing.assert_close(small.body[0].weight, default.body[0].weight)
     torch.testing.assert_close(small.log_std, torch.full((2,), -1.0))
     assert default.log_std.abs().max() == 0
+    assert not hasattr(default, "post_log_std")  # post_std: shared (MAML's)
+    learned = maml.make_policy(obs, act, maml.MAMLConfig(init_log_std=-1.0, post_std="learned"))
+    torch.testing.assert_close(learned.post_log_std, torch.full((2,), -1.0))
+    set_apart = maml.make_policy(obs, act, maml.MAMLConfig(init_log_std=-1.0, post_std="learned", init_post_log_std=-2.5))
+    torch.testing.assert_close(set_apart.post_log_std, torch.full((2,), -2.5))
+    torch.testing.assert_close(set_apart.log_std, torch.full((2,), -1.0))
     assert maml.name == "maml" and maml.mode == "sync" and maml.Config is maml.MAMLConfig
     assert maml.Sampler is maml.MAMLSampler and maml.Learner is maml.MAMLLearner
 
@@ -254,14 +261,18 @@ def test_first_order_meta_gradient_is_the_post_update_gradient_at_the_adapted_pa
 # the closed forms used by TRPO (meta-gradient and KL Hessian-vector products)
 
 
-@pytest.mark.parametrize(("steps", "first_order", "activation", "per_entry_lr"),
-                         [(1, False, "tanh", False), (2, False, "tanh", False), (1, True, "tanh", False),
-                          (2, False, "relu", False), (0, False, "tanh", False), (2, False, "tanh", True),
-                          (1, True, "tanh", True)])
-def test_closed_form_meta_gradient_and_kl_hessian_equal_autograd(steps, first_order, activation, per_entry_lr):
-    """Also with one α per parameter entry (Meta-SGD): J = Π (I − diag(α) H_j), Jᵀ = Π (I − H_j diag(α))."""
-    cfg = maml.MAMLConfig(num_inner_steps=steps, first_order=first_order, inner_lr=0.4, activation=activation)
-    policy = tiny_policy(hidden=(5, 3), activation=activation)
+@pytest.mark.parametrize(("steps", "first_order", "activation", "per_entry_lr", "post_std"),
+                         [(1, False, "tanh", False, "shared"), (2, False, "tanh", False, "shared"),
+                          (1, True, "tanh", False, "shared"), (2, False, "relu", False, "shared"),
+                          (0, False, "tanh", False, "shared"), (2, False, "tanh", True, "shared"),
+                          (1, True, "tanh", True, "shared"), (2, False, "tanh", False, "learned"),
+                          (1, True, "tanh", False, "learned"), (1, False, "relu", True, "learned")])
+def test_closed_form_meta_gradient_and_kl_hessian_equal_autograd(steps, first_order, activation, per_entry_lr, post_std):
+    """Also with one α per parameter entry (Meta-SGD): J = Π (I − diag(α) H_j), Jᵀ = Π (I − H_j diag(α)),
+    and with a learned post-update σ: J = P Π (…), P putting post_log_std in the adapted log σ."""
+    cfg = maml.MAMLConfig(num_inner_steps=steps, first_order=first_order, inner_lr=0.4, activation=activation,
+                          post_std=post_std)
+    policy = tiny_policy(hidden=(5, 3), activation=activation, post_log_std=-0.5 if post_std == "learned" else None)
     inner, post = tiny_batch(cfg)
     params = leaf_params(policy)
     gen = torch.Generator().manual_seed(7)
@@ -281,15 +292,20 @@ def test_closed_form_meta_gradient_and_kl_hessian_equal_autograd(steps, first_or
     loss, kl = maml.surrogate_and_kl(policy, params, inner, post, old_mean, old_log_std, cfg, lr)
     values = list(params.values())
     torch.testing.assert_close(curvature.loss, loss.detach())
-    grad = maml.flat(torch.autograd.grad(loss, values, retain_graph=True))
+    grad = maml.flat(torch.autograd.grad(loss, values, retain_graph=True, materialize_grads=True))
     torch.testing.assert_close(curvature.meta_gradient(params), grad, atol=1e-12, rtol=1e-9)
-    grad_kl = maml.flat(torch.autograd.grad(kl, values, create_graph=True))
+    grad_kl = maml.flat(torch.autograd.grad(kl, values, create_graph=True, materialize_grads=True))
     for seed in range(3):
         v = torch.randn(grad_kl.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        want = maml.flat(torch.autograd.grad(grad_kl @ v, values, retain_graph=True))
+        want = maml.flat(torch.autograd.grad(grad_kl @ v, values, retain_graph=True, materialize_grads=True))
         for closed_form in (curvature, per_task):
             torch.testing.assert_close(closed_form(v, params), want, atol=1e-10, rtol=1e-7)
     torch.testing.assert_close(per_task.meta_gradient(params), grad, atol=1e-12, rtol=1e-9)
+    if post_std == "learned":  # the adapted policies act with post_log_std, which the gradient reaches
+        torch.testing.assert_close(curvature.old_log_std[:, 0, 0], params["post_log_std"].detach().expand(3, 2))
+        by_name = maml.unflat(grad, params)
+        assert by_name["post_log_std"].abs().min() > 1e-6
+        assert (by_name["log_std"].abs().max() == 0) == first_order  # first-order: nothing reaches the exploring σ
     torch.testing.assert_close(per_task.old_mean, old_mean)
     torch.testing.assert_close(per_task.old_log_std, old_log_std)
     for k in params:

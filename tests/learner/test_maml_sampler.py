@@ -96,6 +96,36 @@ def test_worker_adapted_parameters_equal_the_learners_recomputation(steps):
     assert stats["behaviour_logp_err"] < 1e-4
 
 
+@pytest.mark.parametrize(("outer", "first_order"), [("trpo", False), ("trpo", True), ("ppo-clip", True)])
+def test_learned_post_std_is_the_adapted_policies_sigma_on_worker_and_learner(outer, first_order):
+    # (ProMP's inner KL penalty is off: it would move the exploring σ by its own gradient)
+    sampler, policy, config = make_sampler(post_std="learned", outer=outer, first_order=first_order, init_log_std=-0.5,
+                                           inner_kl_coef=0.0)
+    with torch.no_grad():
+        policy.post_log_std.fill_(-2.0)
+    sampler.set_weights(0, maml.get_weights(policy))
+    results = sampler.collect(FAMILY.sample(3, np.random.default_rng(3)), 0)
+    # the pre-update episodes explored with log σ = -0.5, the adapted policies acted with -2
+    torch.testing.assert_close(sampler.adapted_params["log_std"], torch.full((3, 2), -2.0))
+    theta = dict(policy.named_parameters())
+    for i, r in enumerate(results):
+        own = {k: v[i] for k, v in sampler.adapted_params.items()}
+        for stage, params in (("inner_0", theta), ("post", own)):
+            m = r[f"{stage}/mask"]
+            np.testing.assert_allclose(recompute_logp(policy, params, r[f"{stage}/obs"], r[f"{stage}/actions"])[m],
+                                       r[f"{stage}/logp"][m], atol=1e-5)
+    learner = maml.MAMLLearner(policy, config, torch.device("cpu"), seed=0)
+    before = {k: v.detach().clone() for k, v in policy.named_parameters()}
+    stats = learner.update(results)
+    assert stats["post_log_std"] != pytest.approx(-2.0) and stats["log_std"] == pytest.approx(policy.log_std.mean().item())
+    if outer == "trpo":
+        assert stats["behaviour_logp_err"] < 1e-4 and stats["step_accepted"] == 1.0
+    assert (policy.post_log_std - before["post_log_std"]).abs().min() > 1e-6
+    # first-order, the post-update objective's gradient reaches post_log_std only; second-order,
+    # the exploring σ moves too (through the inner step's dependence on it)
+    assert torch.equal(policy.log_std, before["log_std"]) == first_order
+
+
 def test_episodes_that_end_early_are_masked_and_the_learner_handles_mixed_lengths():
     near = Task("point-nav", "train", 1, (0.005, 0.005))  # within tolerance after the first move
     far = Task("point-nav", "train", 2, (0.4, -0.3))
