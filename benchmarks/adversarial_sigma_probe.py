@@ -4,6 +4,7 @@ on the held-out goals of eval seed 12345), with the adapted policies' log σ set
 value (post_std: learned with post_log_std fixed there) instead of the run's own.
 
     python benchmarks/adversarial_sigma_probe.py RUN_DIR [RUN_DIR ...] --log-stds -2 -3 -4 -20
+    python benchmarks/adversarial_sigma_probe.py --family halfcheetah-vel --eval-tasks 20 RUN_DIR
 
 Prints one line per run and log σ ("own": the run as trained) and writes
 benchmarks/results/adversarial_sigma_probe.json (or --output).
@@ -21,14 +22,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from adversarial_point_nav import EVAL_SEED, FAMILY, SPACES, load_agent, test_tasks  # noqa: E402
+import adversarial_point_nav as apn  # noqa: E402
 from rl2_duan import machine  # noqa: E402
 
 from metaray.learner import adversarial as adv  # noqa: E402
 
 
 def score(agent: adv.AdversarialAgent, config: adv.AdversarialConfig, num_tasks: int) -> dict[str, float]:
-    rows = adv.evaluate(agent, FAMILY, test_tasks(num_tasks), config, EVAL_SEED)
+    rows = adv.evaluate(agent, apn.FAMILY, apn.test_tasks(num_tasks), config, apn.EVAL_SEED)
     return {"normalised_score": float(np.mean([r["normalised_score"] for r in rows])),
             "mean_return": float(np.mean([r["return_post"] for r in rows]))}
 
@@ -37,7 +38,7 @@ def with_post_log_std(agent: adv.AdversarialAgent, config: adv.AdversarialConfig
                       value: float) -> tuple[adv.AdversarialAgent, adv.AdversarialConfig]:
     """The same weights, the adapted policies acting with log σ = value."""
     probe_config = config.model_copy(update={"post_std": "learned", "init_post_log_std": value})
-    probe = adv.make_policy(*SPACES, probe_config)
+    probe = adv.make_policy(*apn.SPACES, probe_config)
     weights = {k: v for k, v in agent.state_dict().items() if k != "generator.post_log_std"}
     missing, unexpected = probe.load_state_dict(weights, strict=False)
     assert missing == ["generator.post_log_std"] and not unexpected, (missing, unexpected)
@@ -47,16 +48,18 @@ def with_post_log_std(agent: adv.AdversarialAgent, config: adv.AdversarialConfig
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--family", choices=sorted(apn.SETUPS), default="point-nav")
     parser.add_argument("--log-stds", type=float, nargs="+", default=[-2.0, -3.0, -4.0, -20.0])
     parser.add_argument("--eval-tasks", type=int, default=40)
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "adversarial_sigma_probe.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    apn.select(args.family)
     out = {"benchmark": "adapted policy's score with its log sigma replaced", "machine": machine(),
            "command": "python benchmarks/adversarial_sigma_probe.py " + " ".join(sys.argv[1:]),
-           "eval_tasks": args.eval_tasks, "eval_seed": EVAL_SEED, "runs": {}}
+           "family": args.family, "eval_tasks": args.eval_tasks, "eval_seed": apn.EVAL_SEED, "runs": {}}
     for run in args.runs:
-        config, agent = load_agent(run)
+        config, agent = apn.load_agent(run)
         rows = {"own": score(agent, config, args.eval_tasks)}
         own_sigma = agent.generator.post_log_std if config.post_std == "learned" else agent.generator.log_std
         rows["own"]["log_std"] = own_sigma.detach().numpy().round(3).tolist()

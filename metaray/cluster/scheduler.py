@@ -104,7 +104,8 @@ class TaskScheduler:
         entry = self.stats.setdefault(task_id, {"visits": 0})
         entry["visits"] += 1
         entry.update(values)
-        if self.strategy == "regret" and "return_post" in values and task_id in self.pool:
+        # a NaN return (every episode of the task dropped after env failures) says nothing about regret
+        if self.strategy == "regret" and np.isfinite(values.get("return_post", np.nan)) and task_id in self.pool:
             if "expert_return" not in entry:
                 entry["expert_return"] = expert_return(self.family, self.pool[task_id])
             regret = entry["expert_return"] - float(values["return_post"])

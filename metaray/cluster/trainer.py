@@ -39,6 +39,7 @@ from metaray.cluster.scheduler import TaskScheduler
 from metaray.cluster.worker_pool import TrainingError, WorkerPool, is_worker_failure
 from metaray.learner import get_algorithm
 from metaray.learner.learner import Learner
+from metaray.learner.maml import finite_mean
 from metaray.learner.rl2 import SpaceSpec, pad_trials
 from metaray.tasks import make_family, make_vector_env
 
@@ -410,17 +411,17 @@ class Trainer:
                 self._count_worker_info(info)
                 self.scheduler.observe(info["task_id"], return_pre=info["return_pre"], return_post=info["return_post"],
                                        env_steps=info["env_steps"])
-            per_task = [(x["return_pre"], x["return_post"], x["num_tasks"]) for x in infos]
-            per_task += [(x["return_pre"], x["return_post"], 1) for _, x in external]
-            n = sum(k for _, _, k in per_task)
+            returns = [(pre, post) for x in infos for _, pre, post, *_ in x["per_task"]]
+            returns += [(x["return_pre"], x["return_post"]) for _, x in external]
+            n = len(returns)
             success = {  # families that report success (Meta-World), when every part has it
                 f"success_rate_{stage}": sum(x[f"success_{stage}"] * x["num_tasks"] for x in infos) / n
                 for stage in ("pre", "post") if not external and infos and all(f"success_{stage}" in x for x in infos)
             }
             self._end_iteration(stats, {
                 **success, **self.scheduler.regret_stats(),
-                "return_pre": sum(pre * k for pre, _, k in per_task) / n,
-                "return_post": sum(post * k for _, post, k in per_task) / n,
+                "return_pre": finite_mean([pre for pre, _ in returns]),
+                "return_post": finite_mean([post for _, post in returns]),
                 "sampling_s": sampling_s,
                 "sample_s_mean": float(np.mean([x["sample_s"] for x in infos] + [x["sample_s"] for _, x in external])),
             })

@@ -549,6 +549,13 @@ def mean_episode_return(arrays: dict[str, np.ndarray], task: int) -> np.ndarray:
     return np.array(arrays["rewards"][task].sum(-1)[valid].mean() if valid.any() else np.nan, np.float64)
 
 
+def finite_mean(values: Any) -> float:
+    """Mean over the finite values (NaN if none). A task whose every episode of a stage was
+    dropped after env failures has no return (NaN); it must not turn the iteration's into NaN."""
+    finite = [float(v) for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def episode_success_rate(arrays: dict[str, np.ndarray], task: int) -> np.ndarray:
     """Share of a task's episodes in one stage with a successful step, over the episodes not dropped."""
     valid = arrays["mask"][task].any(-1)
@@ -922,8 +929,8 @@ class MAMLLearner:
         else:
             stats = self._reptile(params, inner, post)
         stats.update(
-            return_pre=float(np.mean([r["return_pre"] for r in results])),
-            return_post=float(np.mean([r["return_post"] for r in results])),
+            return_pre=finite_mean(r["return_pre"] for r in results),
+            return_post=finite_mean(r["return_post"] for r in results),
             num_tasks=float(len(results)),
             **self.noise_stats(),
         )

@@ -111,6 +111,21 @@ def test_serial_run_with_failing_envs_completes_and_counts_them(tmp_path, capsys
     assert last["worker_restarts_total"] == 0 and np.isfinite(last["return_post"])
 
 
+def test_tasks_whose_episodes_all_fail_leave_the_iteration_return_finite(tmp_path, capsys):
+    """One episode per task and 3% failures per step: about half the episodes are dropped, so some
+    tasks have no return at all; the iteration's return is the mean over the tasks that have one."""
+    cfg = yaml.safe_load(yaml.safe_dump(TINY_MAML))
+    cfg["maml"].update(meta_batch_size=8, episodes_per_task=1)
+    cfg["task"]["kwargs"].update(raise_rate=0.03)
+    cfg["iterations"] = 2
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(path), "--serial", "--run-dir", str(tmp_path / "run")]) == 0
+    rows = read_progress(tmp_path / "run")
+    assert rows[-1]["dropped_episodes_total"] >= 4  # of 32 episodes (2 iterations x 8 tasks x 2 stages), ~15 expected
+    assert all(np.isfinite(r["return_pre"]) and np.isfinite(r["return_post"]) for r in rows)
+
+
 # ----------------------------------------------------------------------------- process level
 @pytest.fixture(scope="module")
 def runtime(ray_local):

@@ -173,3 +173,13 @@ def test_a_regret_run_reports_regret_and_bad_pairings_are_one_line_errors(tmp_pa
         err = capsys.readouterr().err.strip()
         assert fragment in err and len(err.splitlines()) == 1
         assert not (tmp_path / "bad").exists()
+
+
+def test_a_task_without_a_return_leaves_its_regret_alone():
+    """Every episode of a task dropped after env failures gives a NaN return: no regret update."""
+    s, first, hard = scored_scheduler()
+    task = first[0].task_id
+    before = s.stats[task]["regret"]
+    s.observe(task, return_pre=float("nan"), return_post=float("nan"))
+    assert s.stats[task]["regret"] == before and s.stats[task]["visits"] == 2
+    assert all(np.isfinite(v) for v in s.regret_stats().values())
