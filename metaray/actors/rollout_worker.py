@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from metaray.learner import get_algorithm
-from metaray.learner.maml import finite_mean
 from metaray.learner.variables import VariableClient
 from metaray.tasks import Task, generic, make_family
 
@@ -87,8 +86,6 @@ class RolloutWorker:
             "worker": self.index, "policy_version": self.sampler.version, "num_tasks": len(results),
             "env_steps": int(sum(int(r["env_steps"]) for r in results)),
             "episodes": int(sum(int(r["episodes"]) for r in results)),
-            "return_pre": finite_mean([p[1] for p in per_task]),  # (NaN: a task's episodes all dropped)
-            "return_post": finite_mean([p[2] for p in per_task]),
             "per_task": per_task, "sample_s": time.perf_counter() - start, **self._failure_counts(),
         }
         for key in ("success_pre", "success_post"):  # families that report success (Meta-World)

@@ -37,10 +37,3 @@ def test_worker_seeds_give_different_tasks():
     ids_a = set(a.sample(6)[0]["task_ids"].tolist())
     ids_b = set(b.sample(6)[0]["task_ids"].tolist())
     assert ids_a.isdisjoint(ids_b)
-
-
-def test_finite_mean_skips_tasks_without_a_return():
-    from metaray.learner.maml import finite_mean
-
-    assert finite_mean([-3.0, float("nan"), -5.0]) == -4.0
-    assert np.isnan(finite_mean([float("nan")])) and np.isnan(finite_mean([]))

@@ -125,6 +125,11 @@ def test_policy_initialisation_options_scale_the_mean_layer_and_set_sigma():
 # returns, baseline, advantages
 
 
+def test_finite_mean_skips_tasks_without_a_return():
+    assert maml.finite_mean([-3.0, float("nan"), -5.0]) == -4.0
+    assert np.isnan(maml.finite_mean([float("nan")])) and np.isnan(maml.finite_mean([]))
+
+
 def test_linear_baseline_fits_a_linear_return_exactly():
     stage = tiny_stage(n=2, e=5, t=60, seed=3)
     obs, m = stage.obs, stage.mask[..., None]
