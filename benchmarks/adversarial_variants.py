@@ -1,12 +1,13 @@
-"""Design variants of meta adversarial imitation on point-nav, trained in one process (no Ray):
-quick side-by-side runs of discriminator settings before a full `adversarial_point_nav.py` run.
+"""Design variants of meta adversarial imitation, trained in one process (no Ray): quick
+side-by-side runs of settings before a full `adversarial_point_nav.py` run.
 
-    python benchmarks/adversarial_variants.py NAME [--iterations 60] [key=value ...]
+    python benchmarks/adversarial_variants.py NAME [--iterations 60] [--config C] [key=value ...]
 
-key=value pairs override `configs/adversarial-point-nav.yaml`'s `adversarial` section (values
+key=value pairs override the config's `adversarial` section (default
+`configs/adversarial-point-nav.yaml`; the task family comes from the config; values
 parsed as JSON where they parse). Every 30 iterations the agent is evaluated as `metaray eval`
-does (adversarial.evaluate: K support demos, reward-free adaptation, true return) on 20 test
-tasks of eval seed 12345; prints one line per 5 iterations and writes
+does (adversarial.evaluate: K support demos, reward-free adaptation, true return) on 20 (--eval-tasks)
+test tasks of eval seed 12345; prints one line per 5 iterations and writes
 benchmarks/results/tmp/adversarial_variant_NAME.json.
 """
 
@@ -41,11 +42,13 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--eval-every", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "adversarial-point-nav.yaml")
+    parser.add_argument("--eval-tasks", type=int, default=20)
     parser.add_argument("--final-eval-inner-steps", type=int, nargs="*", default=[],
                         help="after training, also evaluate with these numbers of inner steps (test-time steps beyond training's)")
     args = parser.parse_intermixed_args()
     torch.set_num_threads(1)
-    base = load_config(ROOT / "configs" / "adversarial-point-nav.yaml")
+    base = load_config(args.config)
     changes = dict(kv.split("=", 1) for kv in args.overrides)
     config = adv.AdversarialConfig(**{**base.adversarial.model_dump(), **{k: parse(v) for k, v in changes.items()}})
     family = make_family(base.task.family, base.task.kwargs)
@@ -54,7 +57,7 @@ def main() -> None:
     sampler = adv.AdversarialSampler(family, config, config.meta_batch_size * config.episodes_per_task, args.seed)
     agent = adv.make_policy(sampler.env.single_observation_space, sampler.env.single_action_space, config)
     learner = adv.AdversarialLearner(agent, config, torch.device("cpu"), args.seed)
-    test_tasks = family.sample(20, np.random.default_rng(12345), split="test")
+    test_tasks = family.sample(args.eval_tasks, np.random.default_rng(12345), split="test")
     log: list[dict] = []
     start = time.perf_counter()
     for it in range(args.iterations):
@@ -78,7 +81,8 @@ def main() -> None:
         print(f"[{args.name}] test-time inner steps {k}: score {final[k]['normalised_score']:.3f} return {final[k]['return_post']:.2f}", flush=True)
     out = ROOT / "benchmarks" / "results" / "tmp" / f"adversarial_variant_{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"name": args.name, "overrides": changes, "seed": args.seed, "log": log, "test_time_inner_steps": final}
+    record = {"name": args.name, "config": str(args.config.relative_to(ROOT)) if args.config.is_relative_to(ROOT) else str(args.config),
+              "overrides": changes, "seed": args.seed, "log": log, "test_time_inner_steps": final}
     if agent.inner_log_lr is not None:  # Meta-SGD: where the learned step sizes ended, per parameter
         record["inner_lr"] = {k: {"mean": a.mean().item(), "min": a.min().item(), "max": a.max().item()}
                               for k, a in agent.inner_lrs().items()}

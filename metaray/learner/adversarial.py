@@ -9,7 +9,8 @@ Per task i, from the meta-parameters θ (generator = Gaussian policy) and φ (di
   episode early pays, which suits tasks that end at their goal; the point-nav config's choice);
   the generator takes MAML's inner policy-gradient step (GAE, linear baseline) on r̂ (with
   `demo_advantage` c > 0 the support demos join that step as episodes of advantage c: a
-  behaviour-cloning term beside the r̂ gradient, so adaptation also uses the demos' actions);
+  behaviour-cloning term beside the r̂ gradient, so adaptation also uses the demos' actions;
+  `query_demo_advantage` adds the query demos to the outer objective the same way);
   with MAML's `post_std: learned` the adapted generator acts with its own meta-learned σ
   (the point-nav config's choice: the pre-update σ explores, the adapted one exploits);
 - after k such steps come episodes of the adapted π_θk (the post stage); the task's *query* demos
@@ -102,6 +103,7 @@ class AdversarialConfig(MAMLConfig):
     adapt_generator: bool = Field(True, description="Ablation switch: false keeps θ fixed in the inner loop (only D adapts).")
     adapt_discriminator: bool = Field(True, description="Ablation switch: false keeps φ fixed in the inner loop (only G adapts); the post-stage refit, the meta-objective's training signal, still runs.")
     demo_advantage: float = Field(0.0, ge=0, description="c > 0: the support demos join each inner policy-gradient step as extra episodes with advantage c at every step (a behaviour-cloning term c·∇log π(a_demo|s_demo) beside the r̂ policy gradient, whose advantages are normalised); 0: the pure r̂ step of Meta-AIRL.")
+    query_demo_advantage: float = Field(0.0, ge=0, description="c_q > 0: the query demos join the post stage as episodes of advantage c_q, so the meta-objective gains a behaviour-cloning term of the adapted policies, c_q·∇θ log π_θ'_i(a_demo|s_demo) (a Meta-BC term beside the adversarial one; ratio 1 at the old θ'_i, inside TRPO's KL region); 0: the pure game value of Meta-AIRL.")
     disc_reward: Literal["logit", "log-d"] = Field("logit", description="The generator's reward from D: 'logit' r̂ = log D − log(1 − D) (AIRL's, no sign bias); 'log-d' r̂ = log D ≤ 0, a cost at every step that ending the episode stops (Kostrikov et al. 2019's termination bias), which suits tasks that end at their goal.")
     learn_inner_lr: bool = Field(False, description="Meta-SGD (Li et al. 2017): the generator's inner step size becomes one α per parameter entry, initialised to inner_lr and meta-learned (log α, Adam at inner_lr_lr) on the same post-stage objective as θ; published and checkpointed with the agent.")
     inner_lr_lr: float = Field(0.01, gt=0, description="learn_inner_lr: Adam learning rate of log α.")
@@ -493,9 +495,16 @@ class AdversarialLearner:
         if cfg.demo_advantage > 0:  # as the workers adapted: support demos join every inner stage
             support = {f: np.stack([r[f"support/{f}"] for r in results]) for f in DEMO_FIELDS}
             inner = [with_demos(stage, support, cfg.demo_advantage) for stage in inner]
+        if cfg.query_demo_advantage > 0:
+            query = {f: np.stack([r[f"query/{f}"] for r in results]) for f in DEMO_FIELDS}
+            post = with_demos(post, query, cfg.query_demo_advantage)
         learn_lr = self.lr_optimizer is not None and cfg.adapt_generator
         if learn_lr:
             lr_grad_norm = self._inner_lr_gradient(params, inner, post)  # at θ_old, before θ moves
+        if cfg.query_demo_advantage > 0:  # the demo steps' behaviour log-probs: the old θ'_i's (ratio 1)
+            episodes = post.obs.shape[1] - query["obs"].shape[1]
+            _, _, old_logp = self.gen._old_post_policy(params, inner, post)
+            post = post._replace(logp=torch.cat([post.logp[:, :episodes], old_logp[:, episodes:]], 1))
         if cfg.outer == "trpo":
             stats = self.gen._trpo(params, inner, post)
         elif cfg.outer == "ppo-clip":

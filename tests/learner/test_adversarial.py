@@ -141,6 +141,35 @@ def test_demo_episodes_add_a_behaviour_cloning_term_to_the_inner_step():
         assert (demo_nll(stepped) < demo_nll(plain)).all()
 
 
+def query_loglik(policy, inner, query, inner_lr) -> float:
+    """Mean log-likelihood of the query demos under the adapted policies θ'_i of the current θ."""
+    with torch.no_grad():
+        theta = maml.adapt(policy, dict(policy.named_parameters()), inner, inner_lr)[-1]
+        mean, log_std = maml.per_task_forward(policy, theta, query["obs"])
+        return maml.episode_mean(maml.gaussian_log_prob(mean, log_std, query["actions"]), query["mask"].float()).mean().item()
+
+
+@pytest.mark.parametrize("outer", ["trpo", "ppo-clip"])
+def test_query_demos_add_a_behaviour_cloning_term_to_the_meta_objective(outer):
+    """With c_q > 0 the outer step also raises the adapted policies' likelihood of the query
+    demos; their behaviour log-probs are the old adapted policies' (TRPO's check stays ~0)."""
+    gains = {}
+    for c in (0.0, 20.0):
+        config = small_config(query_demo_advantage=c, outer=outer, demo_advantage=1.0, max_kl=0.05, ppo_lr=0.01)
+        agent, _, results = collect(config)
+        batch = learner_batch(results)
+        learner = adv.AdversarialLearner(agent, config, torch.device("cpu"), seed=0)
+        inner, _ = learner.gen.stages(batch)
+        support = {f: np.stack([r[f"support/{f}"] for r in batch]) for f in adv.DEMO_FIELDS}
+        inner = [adv.with_demos(stage, support, 1.0) for stage in inner]
+        query = {f: torch.as_tensor(np.stack([r[f"query/{f}"] for r in batch])) for f in adv.DEMO_FIELDS}
+        before = query_loglik(agent.generator, inner, query, config.inner_lr)
+        stats = learner.update(batch)
+        gains[c] = query_loglik(agent.generator, inner, query, config.inner_lr) - before
+        if outer == "trpo":
+            assert stats["step_accepted"] == 1.0 and stats["behaviour_logp_err"] < 1e-4
+    assert gains[20.0] > 0 and gains[20.0] > gains[0.0] + 0.1
+
 def random_transitions(n: int, e: int, t: int, gen: torch.Generator, dtype=torch.float32) -> adv.Transitions:
     mask = torch.ones(n, e, t, dtype=dtype)
     mask[:, 0, t - 2:] = 0.0  # one shorter episode
