@@ -234,11 +234,12 @@ def disc_adapt(disc: Discriminator, params: Params, demos: Transitions, policy: 
 
 
 def with_demos(stage: Stage, demos: dict[str, Any], advantage: float) -> Stage:
-    """The inner stage plus task i's support demos as K more episodes with advantage c at every
-    valid step, so the inner step's policy gradient gains c·∇log π(a_demo|s_demo): adaptation
-    uses the demos' actions directly, not only through D's reward. Pure stage arithmetic, so the
-    worker, the learner and MAML's closed-form curvature treat them like any episode. Their logp
-    (a behaviour log-prob, read only for post stages) is 0."""
+    """The stage plus task i's demos as K more episodes with advantage c at every valid step, so
+    its policy gradient gains c·∇log π(a_demo|s_demo). Inner stages get the support demos
+    (adaptation uses the demos' actions directly, not only through D's reward); the post stage
+    gets the query demos with `query_demo_advantage`. Pure stage arithmetic, so the worker, the
+    learner and MAML's closed-form curvature treat them like any episode. Their logp (a
+    behaviour log-prob, read only for post stages) is 0; the learner replaces it there."""
     like = stage.obs
     obs, actions = (torch.as_tensor(np.asarray(demos[f]), device=like.device).to(like.dtype) for f in ("obs", "actions"))
     mask = torch.as_tensor(np.asarray(demos["mask"]), device=like.device).to(like.dtype)
