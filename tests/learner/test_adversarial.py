@@ -170,6 +170,7 @@ def test_query_demos_add_a_behaviour_cloning_term_to_the_meta_objective(outer):
             assert stats["step_accepted"] == 1.0 and stats["behaviour_logp_err"] < 1e-4
     assert gains[20.0] > 0 and gains[20.0] > gains[0.0] + 0.1
 
+
 def random_transitions(n: int, e: int, t: int, gen: torch.Generator, dtype=torch.float32) -> adv.Transitions:
     mask = torch.ones(n, e, t, dtype=dtype)
     mask[:, 0, t - 2:] = 0.0  # one shorter episode
