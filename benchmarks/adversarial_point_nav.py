@@ -15,6 +15,8 @@ R_random), mean over tasks, then mean ± std over seeds:
   adapt_generator=false, evaluated as ours (the run's own config);
 - meta-sgd (K = --ablation-k only): ours with learn_inner_lr=true (Meta-SGD: the generator's
   inner step size learned per parameter entry), evaluated as ours;
+- query-demos (K = --ablation-k only): ours with query_demo_advantage=1 (the query demos join
+  the outer objective as advantage-1 episodes, a Meta-BC term), evaluated as ours;
 - adversarial imitation ("airl-scratch") from scratch: the untrained agent (torch.manual_seed(seed), the learner's initialisation)
   through the same adaptation (same demos, episodes and inner steps);
 - BC from scratch: per test task a fresh 64x64 tanh Gaussian MLP fitted by maximum likelihood on
@@ -32,12 +34,14 @@ benchmarks/results/tmp/), prints a table.
     python benchmarks/adversarial_point_nav.py --iterations 300 --seeds 0 1 2 3 --skip maml-rl
     python benchmarks/adversarial_point_nav.py --quick              # validation, about 2 minutes
     python benchmarks/adversarial_point_nav.py --family halfcheetah-vel --ks 4 --seeds 0 --iterations 100
+    python benchmarks/adversarial_point_nav.py --family halfcheetah-vel --merge s0.json s1.json s2.json  # one table
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import time
@@ -73,6 +77,7 @@ METHODS = {  # name -> (label, what it is)
     "adapt-only-g": ("adapt only G", "trained and evaluated with adapt_discriminator=false"),
     "adapt-only-d": ("adapt only D", "trained and evaluated with adapt_generator=false"),
     "meta-sgd": ("ours + Meta-SGD step sizes", "trained and evaluated with learn_inner_lr=true (one learned α per generator parameter entry)"),
+    "query-demos": ("ours + query-demo BC term", "trained and evaluated with query_demo_advantage=1 (the query demos join the outer objective)"),
     "airl-scratch": ("adversarial imitation from scratch", "the untrained agent through the same adaptation (same demos, episodes, steps)"),
     "bc": ("BC from scratch", "per task a fresh Gaussian MLP fitted by max. likelihood on the K demos"),
     "meta-bc": ("Meta-BC", "MAML on the BC negative log-likelihood, adapted on the K demos"),
@@ -319,7 +324,8 @@ def summarise(per_seed: dict[int, dict]) -> dict:
 
 def table(methods: dict, ks: list[int], key: str = "mean", digits: int = 3) -> str:
     """Rows: methods; columns: K; cells: mean ± std over seeds (number of seeds)."""
-    head = f"{'method':<24}" + "".join(f"{'K=' + str(k):>22}" for k in ks)
+    width = max(len(m["label"]) for m in methods.values()) + 2
+    head = f"{'method':<{width}}" + "".join(f"{'K=' + str(k):>22}" for k in ks)
     lines = [head, "-" * len(head)]
     std = {"mean": "std", "return_mean": "return_std"}[key]
     for m in methods.values():
@@ -327,7 +333,7 @@ def table(methods: dict, ks: list[int], key: str = "mean", digits: int = 3) -> s
         for k in ks:
             cell = m["ks"].get(str(k)) or m["ks"].get("any")
             cells.append(f"{cell[key]:.{digits}f} ± {cell[std]:.{digits}f} ({cell['n_seeds']})" if cell else "—")
-        lines.append(f"{m['label']:<24}" + "".join(f"{c:>22}" for c in cells))
+        lines.append(f"{m['label']:<{width}}" + "".join(f"{c:>22}" for c in cells))
     return "\n".join(lines)
 
 
@@ -358,7 +364,86 @@ def plot(methods: dict, ks: list[int], path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def plot_curves(runs: list[dict], path: Path, title: str) -> bool:
+    """Training curves: the true return after adaptation (recorded by the workers, never seen by the
+    adversarial learner) per iteration, 10-iteration running mean, mean over seeds with the
+    seeds' range shaded. False when no run has its progress.jsonl here."""
+    groups: dict[str, list[np.ndarray]] = {}
+    for run in runs:
+        rows = read_progress(ROOT / run["run_dir"])
+        if rows and "return_post" in rows[0]:
+            label = METHODS[run["method"]][0] + (f", K={run['K']}" if "K" in run else "")
+            groups.setdefault(label, []).append(np.array([r["return_post"] for r in rows], dtype=float))
+    if not groups:
+        return False
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for label, curves in groups.items():
+        n = min(len(c) for c in curves)
+        window = min(10, n)
+        smooth = np.stack([np.convolve(c[:n], np.ones(window) / window, mode="valid") for c in curves])
+        x = np.arange(window, n + 1)
+        ax.plot(x, smooth.mean(0), label=f"{label} ({len(curves)} seeds)")
+        ax.fill_between(x, smooth.min(0), smooth.max(0), alpha=0.15)
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel("true return after adaptation (train tasks)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
 # --------------------------------------------------------------------------------------------
+
+
+def load_merge(args: argparse.Namespace) -> dict:
+    """Per-seed cells, runs and per-task references of earlier outputs, for one combined report.
+
+    Sets args' ks, seeds, iterations, eval_tasks and skip from the files; a (method, K, seed) cell
+    in two files, or files of different iterations, test tasks or family, is an error."""
+    raw: dict[str, dict[str, dict[int, dict]]] = {}
+    runs, adv_evals, sources = [], [], []
+    settings = {}
+    for path in args.merge:
+        try:
+            data = json.loads(path.read_text())
+            these = {key: data["settings"][key] for key in ("iterations", "eval_tasks", "eval_seed", "adversarial_config",
+                                                            "adversarial", "bc", "meta_bc")}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"--merge {path}: not a benchmark output ({e.__class__.__name__}: {e})") from None
+        if these["adversarial_config"] != ADV_CONFIG:
+            raise SystemExit(f"--merge {path}: {these['adversarial_config']} is not --family {args.family}'s {ADV_CONFIG}")
+        if settings and these != settings:
+            raise SystemExit(f"--merge {path}: settings {these} differ from {args.merge[0]}'s {settings}")
+        settings = these
+        for method, m in data["methods"].items():
+            for k, cell in m["ks"].items():
+                for seed, v in cell["seeds"].items():
+                    if int(seed) in raw.setdefault(method, {}).setdefault(k, {}):
+                        raise SystemExit(f"--merge: {method} K={k} seed {seed} is in more than one file")
+                    raw[method][k][int(seed)] = {key: value for key, value in v.items()
+                                                 if key not in ("normalised_score", "mean_return")}
+        runs += data["runs"]
+        ref = re.search(r"K=(\d+), seed (\S+)", data["checks"]["reference"])
+        adv_evals.append({"K": int(ref[1]) if ref else TARGET_K, "seed": f"{ref[2] if ref else '?'} of {path.name}", "tasks": [
+            {"task_id": t["task_id"], "expert_return": t["expert_return"], "random_return": t["random_return"]}
+            for t in data["test_tasks"]]})
+        sources.append({"path": str(path), "command": data["command"], "date": data["date"], "wall_s": data["wall_s"]})
+    args.iterations, args.eval_tasks = settings["iterations"], settings["eval_tasks"]
+    # Fields added since a file was made count as their default (the behaviour before they existed).
+    now = json.loads(json.dumps(BASE.algo_config().model_dump(exclude={"num_demos"})))
+    defaults = json.loads(json.dumps(adv.AdversarialConfig().model_dump()))
+    differ = sorted(key for key, value in now.items() if settings["adversarial"].get(key, defaults[key]) != value)
+    if differ:
+        raise SystemExit(f"--merge: the files were made with another {ADV_CONFIG} than the one here (differ: {differ})")
+    bc, meta_bc = settings["bc"], settings["meta_bc"]
+    args.bc_steps, args.bc_lr = bc["steps"], bc["lr"]
+    args.metabc_iterations, args.metabc_lr = meta_bc["iterations"], meta_bc["lr"]
+    args.metabc_inner_lr, args.metabc_inner_steps = meta_bc["inner_lr"], meta_bc["inner_steps"]
+    args.ks = sorted({int(k) for per_k in raw.values() for k in per_k if k != "any"}) or [TARGET_K]
+    args.seeds = sorted({s for per_k in raw.values() for per_s in per_k.values() for s in per_s})
+    args.skip = [m for m in METHODS if m not in raw]
+    return {"raw": raw, "runs": runs, "adv_evals": adv_evals, "sources": sources}
 
 
 def main() -> None:
@@ -382,8 +467,12 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="keep finished training runs of the same length")
     parser.add_argument("--quick", action="store_true", help="validation: 2 iterations, seed 0, K 1 4, 5 tasks, outputs in results/tmp")
     parser.add_argument("--output", type=Path, help="JSON path (default results/adversarial_<family>.json; --quick: results/tmp/...)")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="train and evaluate nothing: combine these outputs of the same family, iterations and test "
+                             "tasks (e.g. one per seed, run side by side) into one table, JSON and plot")
     args = parser.parse_args()
     select(args.family)
+    merged = load_merge(args) if args.merge else None
     quick = {"ks": [1, 4], "seeds": [0], "iterations": 2, "eval_tasks": 5, "bc_steps": 50, "metabc_iterations": 10}
     full = {"ks": [1, 4, 8], "seeds": [0, 1, 2], "iterations": 200, "eval_tasks": 40, "bc_steps": 2000,
             "metabc_iterations": 2000}
@@ -393,7 +482,7 @@ def main() -> None:
     run_root = RESULTS / ("tmp" if args.quick else "runs")
     output = args.output or (RESULTS / "tmp" / f"{STEM}_quick.json" if args.quick else RESULTS / f"{STEM}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
-    todo = [m for m in METHODS if m not in args.skip]
+    todo = [m for m in METHODS if m not in args.skip] if merged is None else [m for m in METHODS if m in merged["raw"]]
     base = BASE.algo_config()
     maml_run = load_config(ROOT / MAML_CONFIG, MAML_SETS)
     if (maml_run.task, maml_run.eval.seed, BASE.eval.seed) != (BASE.task, EVAL_SEED, EVAL_SEED):
@@ -409,7 +498,9 @@ def main() -> None:
     def keep(method: str, k: str, seed: int, returns: list[float], task_ids: list[int], **extra: Any) -> None:
         raw[method].setdefault(k, {})[seed] = {"returns": [float(r) for r in returns], "task_ids": list(task_ids), **extra}
 
-    for seed in args.seeds:
+    if merged is not None:
+        raw, runs, adv_evals = merged["raw"], merged["runs"], merged["adv_evals"]
+    for seed in args.seeds if merged is None else []:
         for k in args.ks:
             kk = str(k)
             if any(m in todo for m in ADV_RUN_METHODS):
@@ -453,7 +544,8 @@ def main() -> None:
                     f"-> {res['test_support_nll_post']:.3f}")
         for method, flag in (("adapt-only-g", "adversarial.adapt_discriminator=false"),
                              ("adapt-only-d", "adversarial.adapt_generator=false"),
-                             ("meta-sgd", "adversarial.learn_inner_lr=true")):
+                             ("meta-sgd", "adversarial.learn_inner_lr=true"),
+                             ("query-demos", "adversarial.query_demo_advantage=1")):
             if method in todo:
                 run_dir = run_root / f"{PREFIX}-{method}-K{args.ablation_k}-s{seed}-{tag}"
                 runs.append({"method": method, "K": args.ablation_k, **train(
@@ -531,6 +623,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"), "machine": machine(), "command": " ".join(["python", *sys.argv]),
         "settings": {"ks": args.ks, "seeds": args.seeds, "iterations": args.iterations, "eval_tasks": args.eval_tasks,
                      "eval_seed": EVAL_SEED, "ablation_k": args.ablation_k, "skip": args.skip, "quick": args.quick,
+                     "merged_from": merged and merged["sources"],
                      "training": "metaray train --serial" if args.serial else "metaray train (local Ray, 2 workers)",
                      "adversarial_config": ADV_CONFIG, "maml_config": MAML_CONFIG, "maml_sets": MAML_SETS,
                      "eval_command": f"metaray eval RUN_DIR --json --num-tasks {args.eval_tasks} --seed {EVAL_SEED} "
@@ -556,12 +649,15 @@ def main() -> None:
     title = (f"{FAMILY.name}, {args.eval_tasks} test tasks, {len(args.seeds)} seed(s), {args.iterations} iterations"
              f"{' (quick)' if args.quick else ''}")
     plot(methods, args.ks, output.with_suffix(".png"), title)
+    curves = output.with_name(output.stem + "_curves.png")
+    if not plot_curves(runs, curves, title):
+        curves = None
     print(f"normalised score (mean over {args.eval_tasks} test tasks; mean ± std over seeds):")
     print(table(methods, args.ks))
     print(f"\nmean true return (expert {checks['expert_return_mean']:.2f}, random {checks['random_return_mean']:.2f}):")
     print(table(methods, args.ks, "return_mean", 2))
     print(json.dumps({"target": target, "checks": checks, "wall_s": result["wall_s"]}))
-    log(f"wrote {output} and {output.with_suffix('.png').name}")
+    log(f"wrote {output} and {output.with_suffix('.png').name}" + (f" and {curves.name}" if curves else ""))
 
 
 if __name__ == "__main__":
