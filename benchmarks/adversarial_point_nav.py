@@ -338,6 +338,9 @@ def table(methods: dict, ks: list[int], key: str = "mean", digits: int = 3) -> s
 
 
 def plot(methods: dict, ks: list[int], path: Path, title: str) -> None:
+    if len(ks) == 1:
+        plot_bars(methods, ks[0], path, title)
+        return
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     n = len(methods)
     line_styles = iter(["--", "-.", (0, (5, 1, 1, 1, 1, 1))])
@@ -360,6 +363,29 @@ def plot(methods: dict, ks: list[int], path: Path, title: str) -> None:
     ax.set_ylabel("normalised score (R − R_rand)/(R_exp − R_rand)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_bars(methods: dict, k: int, path: Path, title: str) -> None:
+    """One K: a bar per method (mean over seeds, std as the error bar, seeds as dots)."""
+    rows = [(m["label"], m["ks"].get(str(k)) or m["ks"].get("any")) for m in methods.values()]
+    rows = [(label, cell) for label, cell in rows if cell]
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.4))
+    y = np.arange(len(rows))[::-1]
+    ax.barh(y, [c["mean"] for _, c in rows], xerr=[c["std"] for _, c in rows], capsize=3,
+            color=["tab:blue" if i == 0 else "tab:gray" for i in range(len(rows))], alpha=0.8)
+    for yi, (_, cell) in zip(y, rows, strict=True):
+        ax.plot([v["normalised_score"] for v in cell["seeds"].values()], [yi] * cell["n_seeds"], "k.", ms=4)
+        right = max([cell["mean"] + cell["std"], 0, *(v["normalised_score"] for v in cell["seeds"].values())])
+        ax.text(right + 0.02, yi, f"{cell['mean']:.3f}", va="center", fontsize=8)
+    ax.axvline(TARGET_SCORE, color="tab:red", ls=":", lw=1, label=f"target {TARGET_SCORE}")
+    ax.axvline(0, color="k", lw=0.5)
+    ax.set_xlim(right=max(ax.get_xlim()[1], 1.0) + 0.08)
+    ax.set_yticks(y, [label for label, _ in rows], fontsize=8)
+    ax.set_xlabel(f"normalised score at K={k} (R − R_rand)/(R_exp − R_rand)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -403,19 +429,23 @@ def load_merge(args: argparse.Namespace) -> dict:
     in two files, or files of different iterations, test tasks or family, is an error."""
     raw: dict[str, dict[str, dict[int, dict]]] = {}
     runs, adv_evals, sources = [], [], []
-    settings = {}
+    settings: dict[str, Any] = {}
+    # bc / meta_bc settings count only in the files that ran those methods
+    own = {"bc": "bc", "meta_bc": "meta-bc"}
     for path in args.merge:
         try:
             data = json.loads(path.read_text())
             these = {key: data["settings"][key] for key in ("iterations", "eval_tasks", "eval_seed", "adversarial_config",
-                                                            "adversarial", "bc", "meta_bc")}
+                                                            "adversarial")}
+            these |= {key: data["settings"][key] for key, method in own.items() if method in data["methods"]}
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"--merge {path}: not a benchmark output ({e.__class__.__name__}: {e})") from None
         if these["adversarial_config"] != ADV_CONFIG:
             raise SystemExit(f"--merge {path}: {these['adversarial_config']} is not --family {args.family}'s {ADV_CONFIG}")
-        if settings and these != settings:
-            raise SystemExit(f"--merge {path}: settings {these} differ from {args.merge[0]}'s {settings}")
-        settings = these
+        differ = sorted(key for key in these.keys() & settings.keys() if these[key] != settings[key])
+        if differ:
+            raise SystemExit(f"--merge {path}: its settings {differ} differ from the files before it")
+        settings |= these
         for method, m in data["methods"].items():
             for k, cell in m["ks"].items():
                 for seed, v in cell["seeds"].items():
@@ -436,10 +466,12 @@ def load_merge(args: argparse.Namespace) -> dict:
     differ = sorted(key for key, value in now.items() if settings["adversarial"].get(key, defaults[key]) != value)
     if differ:
         raise SystemExit(f"--merge: the files were made with another {ADV_CONFIG} than the one here (differ: {differ})")
-    bc, meta_bc = settings["bc"], settings["meta_bc"]
-    args.bc_steps, args.bc_lr = bc["steps"], bc["lr"]
-    args.metabc_iterations, args.metabc_lr = meta_bc["iterations"], meta_bc["lr"]
-    args.metabc_inner_lr, args.metabc_inner_steps = meta_bc["inner_lr"], meta_bc["inner_steps"]
+    if "bc" in settings:
+        args.bc_steps, args.bc_lr = settings["bc"]["steps"], settings["bc"]["lr"]
+    if "meta_bc" in settings:
+        meta_bc = settings["meta_bc"]
+        args.metabc_iterations, args.metabc_lr = meta_bc["iterations"], meta_bc["lr"]
+        args.metabc_inner_lr, args.metabc_inner_steps = meta_bc["inner_lr"], meta_bc["inner_steps"]
     args.ks = sorted({int(k) for per_k in raw.values() for k in per_k if k != "any"}) or [TARGET_K]
     args.seeds = sorted({s for per_k in raw.values() for per_s in per_k.values() for s in per_s})
     args.skip = [m for m in METHODS if m not in raw]
