@@ -105,8 +105,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from metaray.cluster.checkpoint import CheckpointError, latest_checkpoint, write_text_atomic
     from metaray.cluster.config import ConfigError, load_config, load_yaml, to_yaml, validate
     from metaray.cluster.progress import ProgressDisplay
+    from metaray.cluster.runners import make_runner
     from metaray.cluster.runtime import make_runtime
-    from metaray.cluster.trainer import Trainer
     from metaray.tasks import make_family
 
     overrides = list(args.overrides)
@@ -120,8 +120,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"grpc.port={args.grpc_port}")
     config = load_config(args.config, overrides)
     family = make_family(config.task.family, config.task.kwargs)  # unknown family / bad kwargs: fail now
-    if config.algo == "adversarial" and not callable(getattr(family, "expert", None)):
-        raise ConfigError(f"algo adversarial imitates an expert: task family {config.task.family!r} has no expert(task)")
+    try:
+        config.algorithm().check_family(family)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if config.scheduler.strategy == "regret" and not callable(getattr(family, "expert", None)):
         raise ConfigError(f"scheduler.strategy regret measures regret against an expert: task family {config.task.family!r} has no expert(task)")
 
@@ -153,7 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", to_yaml(config))
         display = ProgressDisplay(config.iterations, 0)
-        trainer = Trainer(config, run_dir, runtime, resume=args.resume, display=display)
+        trainer = make_runner(config, run_dir, runtime, resume=args.resume, display=display)
         if trainer.counters["iteration"] >= config.iterations:
             trainer.close()
             print(f"{run_dir}: already at iteration {trainer.counters['iteration']} of {config.iterations}")
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     from metaray.cluster.config import ConfigError
     from metaray.cluster.control import ScaleError
     from metaray.cluster.runtime import RuntimeStartError
-    from metaray.cluster.trainer import TrainingError
+    from metaray.cluster.worker_pool import TrainingError
     from metaray.tasks import TaskFamilyError
 
     handlers = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "scale": cmd_scale, "status": cmd_status, "tasks": cmd_tasks}

@@ -1,10 +1,11 @@
 """A rollout actor outside Ray: talks to a run's gRPC service (`metaray train --grpc-port P`).
 
 `RemoteClient` is the thin client of the five calls (any language can do the same from
-metaray/cluster/proto/metaray.proto). `RemoteSampler` runs metaray's own samplers in this
-process and pushes what they collect: RL² trials, or for the MAML family a task's pre-update
-episodes, the local inner step and the post-update episodes (the same worker step a Ray
-rollout worker does). `examples/remote_actor.py` shows a hand-written env loop instead.
+metaray/protocol/metaray.proto). `RemoteSampler` runs the run's own algorithm's sampler in this
+process and pushes what it collects: a stream algorithm's whole trials (converted by the
+algorithm's `to_rollouts`), or a meta-batch algorithm's whole task, every stage's episodes
+(the same worker step a Ray rollout worker does). `examples/remote_actor.py` shows a
+hand-written env loop instead.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import grpc
 import numpy as np
 import torch
 
-from metaray.cluster.grpc_service import decode_tensor, encode_tensor
-from metaray.cluster.proto import metaray_pb2 as pb
-from metaray.cluster.proto import metaray_pb2_grpc as pb_grpc
+from metaray.core import TaskResult, get_algorithm
+from metaray.protocol import RolloutArrays, decode_tensor, rollout_message
+from metaray.protocol import metaray_pb2 as pb
+from metaray.protocol import metaray_pb2_grpc as pb_grpc
 from metaray.tasks import Task, make_family
 
 TOKEN_ENV = "METARAY_GRPC_TOKEN"
@@ -83,67 +85,73 @@ def make_rollout(assignment: pb.TaskAssignment, actor_id: str, policy_version: i
                  obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, dones: np.ndarray,
                  log_probs: np.ndarray) -> pb.Rollout:
     """One rollout message; arrays are converted to the dtypes the service expects."""
-    act = np.asarray(actions)
-    act = act.astype(np.int64) if act.dtype.kind in "iu" else act.astype(np.float32)
-    return pb.Rollout(
-        actor_id=actor_id, assignment_id=assignment.assignment_id, task_id=assignment.task_id,
-        policy_version=policy_version, stage=stage,
-        observations=encode_tensor("observations", np.asarray(obs, np.float32)),
-        actions=encode_tensor("actions", act),
-        rewards=encode_tensor("rewards", np.asarray(rewards, np.float32)),
-        dones=encode_tensor("dones", np.asarray(dones, bool)),
-        log_probs=encode_tensor("log_probs", np.asarray(log_probs, np.float32)),
-    )
+    arrays = RolloutArrays(assignment.task_id, policy_version, stage, obs, actions, rewards, dones, log_probs)
+    return rollout_message(arrays, assignment.assignment_id, actor_id)
 
 
 def task_of(assignment: pb.TaskAssignment) -> Task:
     return Task(assignment.family, assignment.split, int(assignment.task_id), tuple(assignment.params))
 
 
+def task_rollouts(result: TaskResult, stages: Iterable[str]) -> Iterator[RolloutArrays]:
+    """A meta-batch TaskResult as one rollout per episode and stage (an episode that ran the full
+    horizon was cut by it: no done flag)."""
+    for stage in stages:
+        episodes = result.stages[stage]
+        horizon = episodes.mask.shape[1]
+        for e in range(episodes.mask.shape[0]):
+            n = int(episodes.mask[e].sum())
+            dones = np.zeros(n, bool)
+            dones[-1] = n < horizon
+            yield RolloutArrays(result.task_id, result.policy_version, stage, episodes.obs[e, :n], episodes.actions[e, :n],
+                                episodes.rewards[e, :n], dones, episodes.logp[e, :n])
+
+
+def task_messages(result: TaskResult, assignment: pb.TaskAssignment, actor_id: str) -> Iterator[pb.Rollout]:
+    """A meta-batch TaskResult as the Rollout messages answering `assignment`."""
+    for rollout in task_rollouts(result, assignment.stages):
+        yield rollout_message(rollout, assignment.assignment_id, actor_id)
+
+
 class RemoteSampler:
-    """metaray's sampler for the run's algorithm, fed by gRPC instead of Ray."""
+    """The run's algorithm's sampler, fed by gRPC instead of Ray."""
 
     def __init__(self, client: RemoteClient, seed: int = 0, slots: int = 8):
-        from metaray.learner import get_algorithm
-
         torch.set_num_threads(1)
         self.client = client
         self.info = client.run_info()
         self.family = make_family(self.info.family, json.loads(self.info.family_kwargs_json))
         self.algorithm = get_algorithm(self.info.algo)
         self.config = self.algorithm.Config.model_validate(json.loads(self.info.algo_config_json))
+        if self.algorithm.wire_spec(self.config) is None:
+            raise ValueError(f"algorithm {self.info.algo!r} cannot run on actors outside Ray")
         self.seed, self.slots = seed, slots
-        self._maml_sampler: Any = None
+        self._task_sampler: Any = None
         self.pushed = 0
 
     def run_once(self, wait_s: float = 5.0) -> int:
         """Take task(s), collect, push; returns the rollouts accepted (0 when no task was open)."""
-        return self._rl2_round() if self.info.algo == "rl2" else self._maml_round(wait_s)
+        return self._stream_round() if self.algorithm.mode == "stream" else self._task_round(wait_s)
 
-    def _rl2_round(self) -> int:
+    def _stream_round(self) -> int:
         assignments = [self.client.get_task() for _ in range(self.slots)]
         version, weights = self.client.parameters(min_version=max(a.policy_version for a in assignments))
         self.seed += 1
-        sampler = self.algorithm.Sampler(self.family, self.config, len(assignments), self.seed,
-                                         tasks=[task_of(a) for a in assignments])
+        sampler = self.algorithm.make_sampler(self.family, self.config, self.seed, tasks=[task_of(a) for a in assignments])
         sampler.set_weights(version, weights)
         with torch.no_grad():
-            batch, _ = sampler.sample(min_trials=len(assignments))
+            payload, _ = sampler.sample(min_trials=len(assignments))
         sampler.env.close()
         by_task: dict[int, list[pb.TaskAssignment]] = {}
         for a in assignments:
             by_task.setdefault(a.task_id, []).append(a)
-        rollouts = []
-        for i, task_id in enumerate(batch["task_ids"].tolist()):
-            n = int(batch["mask"][i].sum())
-            rollouts.append(make_rollout(by_task[task_id].pop(), self.client.actor_id, int(batch["trial_versions"][i]),
-                                         "trial", batch["obs"][i, :n], batch["actions"][i, :n],
-                                         batch["rewards"][i, :n], batch["dones"][i, :n], batch["logp"][i, :n]))
+        rollouts = [rollout_message(r, by_task[r.task_id].pop().assignment_id, self.client.actor_id)
+                    for r in self.algorithm.to_rollouts(payload)]
         accepted = self.client.push(rollouts).accepted
         self.pushed += accepted
         return accepted
 
-    def _maml_round(self, wait_s: float) -> int:
+    def _task_round(self, wait_s: float) -> int:
         try:
             assignment = self.client.get_task(wait_s=wait_s)
         except grpc.RpcError as err:
@@ -151,30 +159,16 @@ class RemoteSampler:
                 return 0
             raise
         version, weights = self.client.parameters(min_version=assignment.policy_version, wait_s=wait_s)
-        if self._maml_sampler is None:
-            self._maml_sampler = self.algorithm.Sampler(self.family, self.config, self.config.episodes_per_task, self.seed)
-        sampler = self._maml_sampler
+        if self._task_sampler is None:
+            self._task_sampler = self.algorithm.make_sampler(self.family, self.config, self.seed)
+        sampler = self._task_sampler
         sampler.set_weights(version, weights)
         for _ in range(3):  # an episode lost to an env failure: collect the task again
             dropped = sampler.dropped_episodes
             (result,) = sampler.collect([task_of(assignment)], version)
             if sampler.dropped_episodes == dropped:
                 break
-        rollouts = list(maml_rollouts(result, assignment, self.client.actor_id))
+        rollouts = list(task_messages(result, assignment, self.client.actor_id))
         accepted = self.client.push(rollouts).accepted
         self.pushed += accepted
         return accepted
-
-
-def maml_rollouts(result: dict[str, np.ndarray], assignment: pb.TaskAssignment, actor_id: str) -> Iterator[pb.Rollout]:
-    """A MAMLSampler task result as one rollout per episode and stage."""
-    for stage in assignment.stages:
-        mask = result[f"{stage}/mask"]
-        horizon = mask.shape[1]
-        for e in range(mask.shape[0]):
-            n = int(mask[e].sum())
-            dones = np.zeros(n, bool)
-            dones[-1] = n < horizon  # ended early; a full-horizon episode was cut by the horizon
-            yield make_rollout(assignment, actor_id, int(result["policy_version"]), stage,
-                               result[f"{stage}/obs"][e, :n], result[f"{stage}/actions"][e, :n],
-                               result[f"{stage}/rewards"][e, :n], dones, result[f"{stage}/logp"][e, :n])

@@ -1,8 +1,9 @@
 """The rollout worker: one vector env of many slots and a policy, on one CPU.
 
-It holds no algorithm logic: the algorithm's Sampler does the per-step work; the worker keeps
-its weights current (fetching only when the parameter server has a newer version) and returns
-whole trials/episodes as numpy arrays, which Ray moves through the object store.
+It holds no algorithm logic: the algorithm's sampler (see `metaray.core`) does the per-step
+work; the worker keeps its weights current (fetching only when the parameter server has a newer
+version), reports what the runtime counts, and hands the learner its payload as a `Batch`,
+which Ray moves through the object store.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metaray.learner import get_algorithm
+from metaray.core import Batch, get_algorithm
 from metaray.learner.variables import VariableClient
 from metaray.tasks import Task, generic, make_family
 
@@ -30,14 +31,12 @@ class RolloutWorker:
             setattr(generic.GUARD, key, value)
         self.index = index
         algorithm = get_algorithm(algo)
-        self.metrics_only = getattr(algorithm, "METRICS_ONLY", ())  # true-reward keys the learner must not get
         self.config = algorithm.Config.model_validate(algo_config)
         self.family = make_family(family, family_kwargs)
-        slots = getattr(self.config, "slots_per_worker", 1)  # stream algorithms keep a fixed env
         # The sampler's initial weights are overwritten by the parameter server's; building it
         # must not advance the process's global torch RNG (shared with the learner in --serial).
         with torch.random.fork_rng(devices=[]):
-            self.sampler = algorithm.Sampler(self.family, self.config, slots, seed)
+            self.sampler = algorithm.make_sampler(self.family, self.config, seed)
         self.variables = variables
         self.weight_fetches = 0
         self._failures_seen = sum(generic.ENV_FAILURES.values())
@@ -49,14 +48,10 @@ class RolloutWorker:
 
     def _failure_counts(self) -> dict[str, int]:
         """Env failures and dropped episodes/trials since the last call."""
-        failures = sum(generic.ENV_FAILURES.values())
-        dropped = getattr(self.sampler, "dropped_episodes", 0) + getattr(self.sampler, "dropped_trials", 0)
+        failures, dropped = sum(generic.ENV_FAILURES.values()), self.sampler.dropped_episodes
         out = {"env_failures": failures - self._failures_seen, "dropped_episodes": dropped - self._dropped_seen}
         self._failures_seen, self._dropped_seen = failures, dropped
         return out
-
-    def spaces(self) -> tuple[Any, Any]:
-        return self.sampler.env.single_observation_space, self.sampler.env.single_action_space
 
     def sync_weights(self) -> int:
         """Fetch weights only if the parameter server holds a newer version than ours."""
@@ -66,57 +61,43 @@ class RolloutWorker:
             self.weight_fetches += 1
         return self.sampler.version
 
-    def sample(self, min_trials: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        """One batch of whole trials with the newest weights, and a small info dict."""
+    def sample(self, min_trials: int) -> tuple[Batch, dict[str, Any]]:
+        """Stream algorithms: one batch of whole trials with the newest weights, and a small info dict."""
         self.sync_weights()
         start = time.perf_counter()
-        batch, info = self.sampler.sample(min_trials)
-        info.update(worker=self.index, sample_s=time.perf_counter() - start, pid=os.getpid(), **self._failure_counts())
-        return batch, info
+        payload, sampled = self.sampler.sample(min_trials)
+        info = {**vars(sampled), "worker": self.index, "sample_s": time.perf_counter() - start, "pid": os.getpid(),
+                **self._failure_counts()}
+        return Batch(sampled.policy_version, payload), info
 
-    def collect(self, tasks: list[Task], version: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Meta-batch algorithms: run the algorithm's worker step on these tasks with `version`."""
+    def collect(self, tasks: list[Task], version: int) -> tuple[Batch, dict[str, Any]]:
+        """Meta-batch algorithms: run the algorithm's worker step on these tasks with `version`.
+        The per-task summaries of the true reward go to the info (the runtime reports them);
+        the learner's batch holds the results without them."""
         if self.sync_weights() < version:
             raise RuntimeError(f"worker {self.index}: parameter server has no version {version} yet")
         start = time.perf_counter()
         results = self.sampler.collect(tasks, self.sampler.version)
-        per_task = [(int(r["task_id"]), float(r["return_pre"]), float(r["return_post"]), int(r["env_steps"]))
-                    for r in results]
+        per_task = [{"task_id": r.task_id, "env_steps": r.env_steps, **r.metrics} for r in results]
         info = {
             "worker": self.index, "policy_version": self.sampler.version, "num_tasks": len(results),
-            "env_steps": int(sum(int(r["env_steps"]) for r in results)),
-            "episodes": int(sum(int(r["episodes"]) for r in results)),
+            "env_steps": sum(r.env_steps for r in results), "episodes": sum(r.episodes for r in results),
             "per_task": per_task, "sample_s": time.perf_counter() - start, **self._failure_counts(),
         }
-        for key in ("success_pre", "success_post"):  # families that report success (Meta-World)
-            if results and key in results[0]:
-                info[key] = float(np.nanmean([r[key] for r in results]))
-        for r in results:
-            for key in self.metrics_only:
-                r.pop(key, None)
-        return {"policy_version": self.sampler.version, "tasks": results}, info
+        return Batch(self.sampler.version, [r.for_learner() for r in results]), info
 
     def get_state(self) -> tuple[dict[str, Any], np.ndarray]:
         """Random state of the sampler (task draws, action noise, envs) for exact resume:
         a JSON-able dict and the torch generator's state."""
-        sampler = self.sampler
-        meta = {"rng": sampler.rng.bit_generator.state, "env": sampler.env.get_rng_state(),
-                "env_slots": sampler.env.num_envs}
-        return meta, sampler.torch_gen.get_state().numpy()
+        return self.sampler.get_state()
 
     def set_state(self, meta: dict[str, Any], torch_state: np.ndarray) -> None:
-        sampler = self.sampler
-        if hasattr(sampler, "resize_env"):
-            sampler.resize_env(int(meta["env_slots"]))
-        sampler.rng.bit_generator.state = meta["rng"]
-        sampler.env.set_rng_state(meta["env"])
-        sampler.torch_gen.set_state(torch.from_numpy(np.array(torch_state, np.uint8)))
+        self.sampler.set_state(meta, torch_state)
 
     def restart_trials(self) -> None:
-        """Stream samplers drop their partial trials and start new ones (a checkpoint does this
-        in the running run too, so a resumed run continues exactly like it)."""
-        if hasattr(self.sampler, "restart_all_trials"):
-            self.sampler.restart_all_trials()
+        """Samplers drop their partial work (a checkpoint does this in the running run too, so
+        a resumed run continues exactly like it)."""
+        self.sampler.restart()
 
     def stats(self) -> dict[str, int]:
         return {"index": self.index, "version": self.sampler.version, "weight_fetches": self.weight_fetches}

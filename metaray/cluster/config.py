@@ -1,7 +1,9 @@
 """The run configuration: one YAML file plus `--set key.path=value` overrides, validated.
 
 Fixed top-level keys (users and scripts rely on them): `algo`, `seed`, `iterations`, `task`.
-Every other section belongs to one component and documents its own fields.
+Every other section belongs to one component and documents its own fields; each built-in
+algorithm has its own section, named after it (its `Config`), and a user's own algorithm
+(`algo: "package.module:Class"`) takes its settings from `algo_settings`.
 """
 
 from __future__ import annotations
@@ -11,11 +13,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
-from metaray.learner.adversarial import AdversarialConfig
-from metaray.learner.maml import MAMLConfig
-from metaray.learner.rl2 import RL2Config
+from metaray.core import Algorithm, AlgorithmError, builtin_algorithms, get_algorithm
 
 
 class ConfigError(ValueError):
@@ -98,7 +106,7 @@ class GrpcConfig(BaseModel):
 
 class SchedulerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    strategy: Literal["uniform", "fixed-set", "regret"] = Field("uniform", description="Meta-batch tasks: 'uniform' (fresh train tasks every iteration), 'fixed-set' (a fixed list of train tasks, cycled) or 'regret' (replay high-regret train tasks; needs a family with an expert). fixed-set and regret schedule meta-batches (maml, adversarial); rl2 draws its tasks per trial and takes uniform only.")
+    strategy: Literal["uniform", "fixed-set", "regret"] = Field("uniform", description="Meta-batch tasks: 'uniform' (fresh train tasks every iteration), 'fixed-set' (a fixed list of train tasks, cycled) or 'regret' (replay high-regret train tasks; needs a family with an expert). fixed-set and regret schedule meta-batches (meta-batch algorithms); stream algorithms draw their tasks per trial and take uniform only.")
     fixed_set_size: int = Field(50, ge=1, description="fixed-set: tasks in the set when the family does not define its own train_tasks().")
     regret_share: float = Field(0.5, ge=0, le=1, description="regret: share λ of each meta-batch replayed by regret; the rest are fresh uniform draws.")
     regret_temperature: float = Field(0.3, gt=0, description="regret: rank-based prioritisation P ∝ (1/rank)^(1/temperature); lower = greedier.")
@@ -106,11 +114,11 @@ class SchedulerConfig(BaseModel):
     regret_smoothing: float = Field(0.5, gt=0, le=1, description="regret: weight of the newest observation in a task's running regret.")
 
 
-class RunConfig(BaseModel):
-    """A whole run."""
+class RunConfigBase(BaseModel):
+    """A whole run (the built-in algorithms' sections are added to it below)."""
 
     model_config = ConfigDict(extra="forbid")
-    algo: Literal["rl2", "maml", "adversarial"] = Field(description="Algorithm: rl2, maml (MAML-TRPO, first-order, ProMP, Reptile) or adversarial (meta adversarial imitation).")
+    algo: str = Field(description=f"Algorithm: {', '.join(builtin_algorithms())} (see `metaray.core`), or a user's own as 'package.module:ClassName'.")
     seed: int = Field(0, description="Seed of everything the run draws.")
     iterations: int = Field(100, ge=1, description="Learner updates (meta-iterations) in total, across resumes.")
     task: TaskConfig
@@ -121,23 +129,51 @@ class RunConfig(BaseModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     grpc: GrpcConfig = Field(default_factory=GrpcConfig)
-    rl2: RL2Config = Field(default_factory=RL2Config)
-    maml: MAMLConfig = Field(default_factory=MAMLConfig)
-    adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
+    algo_settings: dict[str, Any] = Field(default_factory=dict, description="Settings of a user's own algorithm (validated by its Config); built-in algorithms use their own section.")
+    _algo_config: BaseModel | None = PrivateAttr(None)
 
     @model_validator(mode="after")
-    def _external_actors_fit_the_algorithm(self) -> RunConfig:
-        if self.algo == "rl2" and self.scheduler.strategy != "uniform":
-            # RL² workers refill each finished trial slot from the family themselves: a meta-batch
+    def _algorithm_fits_the_run(self) -> RunConfigBase:
+        try:
+            algorithm = get_algorithm(self.algo)
+        except AlgorithmError as err:
+            raise ValueError(f"algo: {err}") from None
+        if self.algo in builtin_algorithms():
+            if self.algo_settings:
+                raise ValueError(f"algo_settings: for a user's own algorithm; {self.algo} takes its settings from its '{self.algo}' section")
+            self._algo_config = getattr(self, self.algo)
+        else:
+            try:
+                self._algo_config = algorithm.Config.model_validate(self.algo_settings)
+            except ValidationError as err:
+                raise ValueError(f"algo_settings.{_format_error(err)}") from None
+        if algorithm.mode == "stream" and self.scheduler.strategy != "uniform":
+            # stream samplers refill each finished trial slot from the family themselves: a meta-batch
             # schedule would be accepted and silently ignored
-            raise ValueError(f"scheduler.strategy: {self.scheduler.strategy} schedules meta-batches; rl2 draws its own tasks "
-                             "per trial (use uniform, or maml / adversarial)")
-        if self.algo == "adversarial" and self.grpc.external_tasks > 0:
-            raise ValueError("grpc.external_tasks: actors outside Ray cannot run adversarial tasks yet (their demos and discriminator steps); use 0")
+            raise ValueError(f"scheduler.strategy: {self.scheduler.strategy} schedules meta-batches; {self.algo} draws its own "
+                             "tasks per trial (use uniform, or a meta-batch algorithm)")
+        if self.grpc.external_tasks > 0 and (algorithm.mode == "stream" or algorithm.wire_spec(self._algo_config) is None):
+            why = "it takes whole trials from actors, not meta-batch tasks" if algorithm.mode == "stream" else \
+                "actors outside Ray cannot run its tasks"
+            raise ValueError(f"grpc.external_tasks: {self.algo}: {why}; use 0")
         return self
 
+    def algorithm(self) -> Algorithm:
+        """The run's algorithm (see metaray.core.Algorithm)."""
+        return get_algorithm(self.algo)
+
     def algo_config(self) -> BaseModel:
-        return getattr(self, self.algo)
+        """The run's algorithm's validated settings."""
+        assert self._algo_config is not None
+        return self._algo_config
+
+
+RunConfig = create_model(
+    "RunConfig", __base__=RunConfigBase, __doc__="A whole run.",
+    **{name: (get_algorithm(name).Config, Field(default_factory=get_algorithm(name).Config,
+                                                description=f"Settings of algo {name} ({get_algorithm(name).Config.__doc__.splitlines()[0]})"))
+       for name in builtin_algorithms()},
+)
 
 
 def _format_error(err: ValidationError) -> str:
@@ -148,6 +184,8 @@ def _format_error(err: ValidationError) -> str:
     if e["type"] == "missing":
         return f"{loc}: required key is missing"
     if e["type"] == "value_error" and loc == "<top level>":  # a whole-config rule: its message names the keys
+        return str(e["ctx"]["error"]) if "error" in e.get("ctx", {}) else e["msg"]
+    if loc.startswith("algo_settings") and e["type"] == "value_error":
         return str(e["ctx"]["error"]) if "error" in e.get("ctx", {}) else e["msg"]
     return f"{loc}: {e['msg'][0].lower()}{e['msg'][1:]} (got {e.get('input')!r})"
 

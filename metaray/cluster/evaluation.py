@@ -16,7 +16,6 @@ from metaray.cluster.checkpoint import (
     write_text_atomic,
 )
 from metaray.cluster.config import ConfigError, RunConfig, load_config
-from metaray.learner import get_algorithm
 from metaray.tasks import make_family, make_vector_env
 
 EVAL_OVERRIDABLE = ("task.kwargs.", "eval.")  # what `metaray eval --set` may change: which tasks, not the model
@@ -53,7 +52,7 @@ def evaluate_run(run_dir: Path, split: str = "test", num_tasks: int | None = Non
     change task.kwargs.* and eval.* (e.g. evaluate on an out-of-distribution task range)."""
     config, ckpt = load_run(run_dir, overrides)
     tensors, state = load_checkpoint(ckpt)
-    algorithm = get_algorithm(config.algo)
+    algorithm = config.algorithm()
     algo_config = config.algo_config()
     family = make_family(config.task.family, config.task.kwargs)
     num_tasks = num_tasks or config.eval.num_tasks
@@ -68,7 +67,7 @@ def evaluate_run(run_dir: Path, split: str = "test", num_tasks: int | None = Non
         raise CheckpointError(f"{ckpt}: weights do not fit the run's policy ({str(err).splitlines()[0]})") from None
     torch.set_num_threads(1)
     per_task = algorithm.evaluate(policy, family, tasks, algo_config, seed)
-    # The headline return: post-adaptation for MAML-style algorithms, the whole trial for RL².
+    # The headline return: post-adaptation where the algorithm adapts from episodes, else the whole trial.
     key = "return_post" if "return_post" in per_task[0] else "trial_return"
     returns = [r[key] for r in per_task]
     result = {

@@ -4,13 +4,17 @@ It runs in the driver beside the training loop (`metaray train --grpc-port P`). 
 for a task (`GetTask`, from the run's task scheduler), fetch or watch the parameters, run
 their env loop wherever they are, and push the rollouts back. What enters training:
 
-- RL² (asynchronous): each pushed trial joins the learner's queue like a Ray worker's trial,
-  under the same `max_policy_lag` rule (a trial that has grown too old by the time the learner
-  would use it is dropped and counted as stale).
-- MAML family (synchronous): `grpc.external_tasks` tasks of each meta-batch are offered to
+- stream algorithms: each pushed trial joins the learner's queue like a Ray worker's trial,
+  under the same policy-lag rule (a trial that has grown too old by the time the learner
+  would use it is dropped and counted as stale); the algorithm's `from_rollouts` makes them
+  its batch.
+- meta-batch algorithms: `grpc.external_tasks` tasks of each meta-batch are offered to
   gRPC actors; an actor pushes all stages' episodes of its task (it adapts locally, as a Ray
-  worker does) and the task joins that iteration's batch. A task nobody took, or whose actor is
-  late past `grpc.task_timeout_s`, is run by the Ray workers instead.
+  worker does) and the task joins that iteration's batch as a `TaskResult`. A task nobody
+  took, or whose actor is late past `grpc.task_timeout_s`, is run by the Ray workers instead.
+
+What the stages and rollout counts are comes from the algorithm's `WireSpec`; this module knows
+no algorithm.
 
 Every call must carry `authorization: Bearer <token>` (constant-time compare). Every field of
 every rollout is checked (assignment, actor, task, policy version, dtypes, shapes, lengths,
@@ -40,12 +44,13 @@ import grpc
 import gymnasium as gym
 import numpy as np
 
-from metaray.cluster.proto import metaray_pb2 as pb
+from metaray.core import Mode, TaskResult, WireSpec, episodes_from_rollouts, mean_episode_return
+from metaray.protocol import RolloutArrays, decode_tensor, encode_tensor
+from metaray.protocol import metaray_pb2 as pb
+from metaray.protocol.codec import SERVICE
 from metaray.tasks import Task
 
 log = logging.getLogger(__name__)
-SERVICE = "metaray.v1.MetaRay"
-DTYPES = {"float32": np.dtype("<f4"), "int64": np.dtype("<i8"), "bool": np.dtype("bool")}
 MAX_WAIT_S = 30.0  # longest a GetParameters / GetTask call may wait for something to appear
 MAX_ACTOR_ID = 128
 
@@ -68,6 +73,8 @@ class RunSpec:
 
     run: str
     algo: str
+    mode: Mode
+    wire: WireSpec | None  # None: actors outside Ray cannot run this algorithm's tasks
     family: str
     family_kwargs: dict[str, Any]
     algo_config: dict[str, Any]
@@ -76,23 +83,24 @@ class RunSpec:
     max_episode_steps: int
 
     @property
+    def stream(self) -> bool:
+        return self.mode == "stream"
+
+    @property
     def discrete(self) -> bool:
         return isinstance(self.action_space, gym.spaces.Discrete)
 
     @property
     def stages(self) -> list[str]:
-        if self.algo == "rl2":
-            return ["trial"]
-        k = int(self.algo_config["num_inner_steps"])
-        return [f"inner_{j}" for j in range(k)] + ["post"]
+        return list(self.wire.stages) if self.wire else []
 
     @property
     def rollouts_per_stage(self) -> int:
-        return 1 if self.algo == "rl2" else int(self.algo_config["episodes_per_task"])
+        return self.wire.rollouts_per_stage if self.wire else 0
 
     @property
     def episodes_per_rollout(self) -> int:
-        return int(self.algo_config["episodes_per_trial"]) if self.algo == "rl2" else 1
+        return self.wire.episodes_per_rollout if self.wire else 1
 
     @property
     def max_steps(self) -> int:
@@ -100,7 +108,7 @@ class RunSpec:
 
     @property
     def max_policy_lag(self) -> int:
-        return int(self.algo_config.get("max_policy_lag", 0))
+        return self.wire.max_policy_lag if self.wire else 0
 
 
 @dataclass
@@ -115,53 +123,11 @@ class Assignment:
 
 @dataclass
 class Offer:
-    """The external share of one MAML meta-batch (each assignment carries its policy version)."""
+    """The external share of one meta-batch (each assignment carries its policy version)."""
 
     open: collections.deque[Assignment] = field(default_factory=collections.deque)
     taken: dict[int, Assignment] = field(default_factory=dict)
-    results: dict[int, tuple[dict[str, np.ndarray], dict[str, Any]]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class CheckedRollout:
-    """A rollout that passed every check, as numpy arrays."""
-
-    assignment_id: int
-    task_id: int
-    policy_version: int
-    stage: str
-    obs: np.ndarray
-    actions: np.ndarray
-    rewards: np.ndarray
-    dones: np.ndarray
-    logp: np.ndarray
-
-
-def encode_tensor(name: str, array: np.ndarray) -> pb.Tensor:
-    """A numpy array as a Tensor message (little-endian, C order)."""
-    array = np.asarray(array)
-    dtype = next((k for k, v in DTYPES.items() if (v.kind, v.itemsize) == (array.dtype.kind, array.dtype.itemsize)), None)
-    if dtype is None:
-        raise ValueError(f"{name}: dtype {array.dtype} cannot be sent (use float32, int64 or bool)")
-    data = np.ascontiguousarray(array, DTYPES[dtype]).tobytes()
-    return pb.Tensor(name=name, dtype=dtype, shape=list(array.shape), data=data)
-
-
-def decode_tensor(tensor: pb.Tensor) -> np.ndarray:
-    """A Tensor message as a (read-only) numpy array; raises ValueError when it is malformed."""
-    if tensor.dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {tensor.dtype!r}")
-    dtype = DTYPES[tensor.dtype]
-    shape = tuple(int(s) for s in tensor.shape)
-    if any(s < 0 for s in shape):
-        raise ValueError(f"negative dimension in shape {shape}")
-    count = math.prod(shape)
-    if len(tensor.data) != count * dtype.itemsize:
-        raise ValueError(f"{len(tensor.data)} bytes of data for shape {shape} of {tensor.dtype} "
-                         f"({count * dtype.itemsize} expected)")
-    if dtype == np.bool_ and count and np.frombuffer(tensor.data, np.uint8).max() > 1:
-        raise ValueError("bool data must be bytes 0 or 1")
-    return np.frombuffer(tensor.data, dtype).reshape(shape)
+    results: dict[int, tuple[TaskResult, dict[str, Any]]] = field(default_factory=dict)
 
 
 def load_token(env_var: str | None, token_file: str | Path | None, run_dir: Path) -> tuple[str, str]:
@@ -235,9 +201,9 @@ class GrpcService:
         self._version = -1
         self._params: bytes = b""
         self._next_id = 1
-        self._assignments: collections.OrderedDict[int, Assignment] = collections.OrderedDict()  # rl2
-        self._queue: collections.deque[CheckedRollout] = collections.deque()  # rl2 trials for the learner
-        self._offer: Offer | None = None  # maml
+        self._assignments: collections.OrderedDict[int, Assignment] = collections.OrderedDict()  # stream
+        self._queue: collections.deque[RolloutArrays] = collections.deque()  # stream: trials for the learner
+        self._offer: Offer | None = None  # meta-batch
         self._stopping = False
         self._server: grpc.Server | None = None
         self.address: str | None = None
@@ -342,15 +308,15 @@ class GrpcService:
             self._version, self._params = version, data
             self._lock.notify_all()
 
-    def drain_rollouts(self) -> list[CheckedRollout]:
-        """RL²: every trial accepted since the last call, oldest first."""
+    def drain_rollouts(self) -> list[RolloutArrays]:
+        """Stream: every trial accepted since the last call, oldest first."""
         with self._lock:
             out = list(self._queue)
             self._queue.clear()
         return out
 
     def offer(self, tasks: list[Task], version: int) -> None:
-        """MAML: open `tasks` to gRPC actors for the iteration acting with `version`."""
+        """Meta-batch: open `tasks` to gRPC actors for the iteration acting with `version`."""
         now = time.monotonic()
         with self._lock:
             offer = Offer()
@@ -359,8 +325,8 @@ class GrpcService:
             self._offer = offer
             self._lock.notify_all()
 
-    def close_offer(self) -> tuple[list[tuple[dict[str, np.ndarray], dict[str, Any]]], list[Task]]:
-        """MAML: wait for the tasks actors took (each until task_timeout_s after it was taken), then close the offer.
+    def close_offer(self) -> tuple[list[tuple[TaskResult, dict[str, Any]]], list[Task]]:
+        """Meta-batch: wait for the tasks actors took (each until task_timeout_s after it was taken), then close the offer.
         Returns the delivered results and the tasks to run elsewhere (never taken, or late)."""
         with self._lock:
             offer = self._offer
@@ -419,7 +385,7 @@ class GrpcService:
         actor = _check_actor_id(request.actor_id)
         wait = min(max(float(request.wait_s), 0.0), MAX_WAIT_S) if math.isfinite(request.wait_s) else 0.0
         now = time.monotonic()
-        if self.spec.algo == "rl2":
+        if self.spec.stream:
             task = self._next_task()
             with self._lock:
                 assignment = Assignment(self._new_id(), task, self._version, now + self.config.assignment_ttl_s,
@@ -454,7 +420,7 @@ class GrpcService:
 
     def push_episodes(self, requests: Iterable[pb.Rollout], context: grpc.ServicerContext) -> pb.PushResult:
         received = 0
-        checked: list[CheckedRollout] = []
+        checked: list[RolloutArrays] = []
         try:
             for message in requests:
                 received += 1
@@ -476,12 +442,12 @@ class GrpcService:
 
     # ------------------------------------------------------------------ checks
     def _assignment(self, assignment_id: int) -> Assignment | None:
-        if self.spec.algo == "rl2":
+        if self.spec.stream:
             return self._assignments.get(assignment_id)
         offer = self._offer
         return None if offer is None else offer.taken.get(assignment_id)
 
-    def _check(self, msg: pb.Rollout, index: int) -> CheckedRollout:
+    def _check(self, msg: pb.Rollout, index: int) -> RolloutArrays:
         """Every field of one rollout, or Reject naming the first bad one."""
         spec, where = self.spec, f"rollout {index}"
         actor = _check_actor_id(msg.actor_id, where)
@@ -489,7 +455,7 @@ class GrpcService:
             assignment = self._assignment(msg.assignment_id)
             version = self._version
         if assignment is None:
-            code = grpc.StatusCode.NOT_FOUND if spec.algo == "rl2" else grpc.StatusCode.FAILED_PRECONDITION
+            code = grpc.StatusCode.NOT_FOUND if spec.stream else grpc.StatusCode.FAILED_PRECONDITION
             raise Reject(code, f"{where}: assignment {msg.assignment_id} is unknown, expired or already closed")
         if assignment.actor_id != actor:
             raise Reject(grpc.StatusCode.PERMISSION_DENIED, f"{where}: assignment {msg.assignment_id} belongs to another actor")
@@ -497,7 +463,7 @@ class GrpcService:
             raise _invalid(f"{where}: task_id {msg.task_id} is not the assigned task {assignment.task.task_id}")
         if msg.stage not in spec.stages:
             raise _invalid(f"{where}: stage must be one of {spec.stages}, got {msg.stage!r}")
-        if spec.algo == "rl2":
+        if spec.stream:
             if msg.policy_version > version or msg.policy_version < version - spec.max_policy_lag:
                 raise Reject(grpc.StatusCode.FAILED_PRECONDITION,
                              f"{where}: policy_version {msg.policy_version} outside [{version - spec.max_policy_lag}, {version}] "
@@ -541,13 +507,13 @@ class GrpcService:
             if arrays["log_probs"].max() > 1e-6:
                 raise _invalid(f"{where}: log_probs of discrete actions must be <= 0")
         self._check_episode_ends(arrays["dones"], where)
-        return CheckedRollout(int(msg.assignment_id), int(msg.task_id), int(msg.policy_version), msg.stage, obs,
-                              arrays["actions"], arrays["rewards"], arrays["dones"], arrays["log_probs"])
+        return RolloutArrays(int(msg.task_id), int(msg.policy_version), msg.stage, obs, arrays["actions"], arrays["rewards"],
+                             arrays["dones"], arrays["log_probs"], int(msg.assignment_id))
 
     def _check_episode_ends(self, dones: np.ndarray, where: str) -> None:
         spec = self.spec
         ends = np.flatnonzero(dones)
-        if spec.algo == "rl2":
+        if spec.stream:
             if len(ends) != spec.episodes_per_rollout or ends[-1] != len(dones) - 1:
                 raise _invalid(f"{where}: a trial has exactly {spec.episodes_per_rollout} episodes, the last step "
                                f"ending the last one (dones marks {len(ends)})")
@@ -559,13 +525,13 @@ class GrpcService:
             raise _invalid(f"{where}: one episode per rollout: dones only on the last step, and an episode "
                            f"without an end runs the full horizon {spec.max_episode_steps}")
 
-    def _commit(self, rollouts: list[CheckedRollout]) -> None:
+    def _commit(self, rollouts: list[RolloutArrays]) -> None:
         """All of a push enters, or none of it (Reject)."""
-        by_assignment: dict[int, list[CheckedRollout]] = collections.defaultdict(list)
+        by_assignment: dict[int, list[RolloutArrays]] = collections.defaultdict(list)
         for r in rollouts:
             by_assignment[r.assignment_id].append(r)
         with self._lock:
-            if self.spec.algo == "rl2":
+            if self.spec.stream:
                 for a_id, rs in by_assignment.items():
                     if len(rs) != 1:
                         raise _invalid(f"assignment {a_id}: one trial per assignment, got {len(rs)}")
@@ -589,35 +555,22 @@ class GrpcService:
             offer.results.update(results)
             self._lock.notify_all()
 
-    def _task_result(self, assignment: Assignment, rollouts: list[CheckedRollout]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """MAML: one task's rollouts as the TaskResult a Ray worker's MAMLSampler returns."""
-        spec, per, horizon = self.spec, self.spec.rollouts_per_stage, self.spec.max_episode_steps
-        result: dict[str, np.ndarray] = {}
-        returns: dict[str, float] = {}
-        steps = 0
+    def _task_result(self, assignment: Assignment, rollouts: list[RolloutArrays]) -> tuple[TaskResult, dict[str, Any]]:
+        """Meta-batch: one task's rollouts as the TaskResult a Ray worker's sampler returns, and its info."""
+        spec, per = self.spec, self.spec.rollouts_per_stage
+        stages = {}
         for stage in spec.stages:
             rs = [r for r in rollouts if r.stage == stage]
             if len(rs) != per:
                 raise _invalid(f"assignment {assignment.id}: stage {stage} needs {per} episodes, got {len(rs)}")
-            obs = np.zeros((per, horizon, *spec.observation_space.shape), np.float32)
-            act = np.zeros((per, horizon, *spec.action_space.shape), np.float32)
-            rew, logp = np.zeros((per, horizon), np.float32), np.zeros((per, horizon), np.float32)
-            mask = np.zeros((per, horizon), bool)
-            for e, r in enumerate(rs):
-                n = len(r.rewards)
-                obs[e, :n], act[e, :n], rew[e, :n], logp[e, :n], mask[e, :n] = r.obs, r.actions, r.rewards, r.logp, True
-                steps += n
-            result.update({f"{stage}/obs": obs, f"{stage}/actions": act, f"{stage}/rewards": rew,
-                           f"{stage}/mask": mask, f"{stage}/logp": logp})
-            returns[stage] = float(rew.sum(1).mean())
-        pre, post = returns[spec.stages[0]], returns["post"]
-        result.update(task_id=np.array(assignment.task.task_id, np.int64),
-                      policy_version=np.array(assignment.policy_version, np.int64),
-                      return_pre=np.array(pre), return_post=np.array(post),
-                      env_steps=np.array(steps, np.int64), episodes=np.array(per * len(spec.stages), np.int64))
-        info = {"task_id": assignment.task.task_id, "return_pre": pre, "return_post": post, "env_steps": steps,
-                "episodes": per * len(spec.stages), "rollouts": len(rollouts), "actor_id": assignment.actor_id,
-                "sample_s": time.monotonic() - assignment.started}
+            stages[stage] = episodes_from_rollouts(rs, spec.max_episode_steps, spec.observation_space.shape,
+                                                   spec.action_space.shape)
+        steps = sum(len(r.rewards) for r in rollouts)
+        metrics = {"return_pre": mean_episode_return(stages[spec.stages[0]]),
+                   "return_post": mean_episode_return(stages[spec.stages[-1]])}
+        result = TaskResult(assignment.task.task_id, assignment.policy_version, stages, steps, per * len(spec.stages))
+        info = {"task_id": assignment.task.task_id, **metrics, "env_steps": steps, "episodes": per * len(spec.stages),
+                "rollouts": len(rollouts), "actor_id": assignment.actor_id, "sample_s": time.monotonic() - assignment.started}
         return result, info
 
 

@@ -54,6 +54,8 @@ class ProgressDisplay:
             self.last_line = now
             print(f"iter {record['iteration']}/{self.total}  {summary(record)}", flush=True)
 
+    observe = update  # an observer of the run (metaray.cluster.observers)
+
     def message(self, text: str) -> None:
         if self.progress is not None:
             self.progress.console.print(text)

@@ -1,6 +1,7 @@
 """The learner actor: owns the policy and optimizer, runs updates, publishes versions.
 
-It is algorithm-agnostic: the algorithm module supplies the policy and the update. Under Ray it
+It is algorithm-agnostic: the algorithm (`metaray.core.Algorithm`) supplies the policy and the
+update. Under Ray it
 is an actor placed on a GPU when one is asked for; in serial mode it is a plain object.
 """
 
@@ -15,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metaray.learner import get_algorithm
+from metaray.core import Batch, get_algorithm
 from metaray.learner.variables import VariablePublisher
 
 
@@ -62,7 +63,7 @@ class Learner:
         self.config = self.algorithm.Config.model_validate(algo_config)
         self.device = resolve_device(device)
         policy = self.algorithm.make_policy(obs_space, act_space, self.config)
-        self.impl = self.algorithm.Learner(policy, self.config, self.device, seed)
+        self.impl = self.algorithm.make_learner(policy, self.config, self.device, seed)
         self.publisher = publisher
         self.version = 0
         self.publish()
@@ -72,19 +73,19 @@ class Learner:
         self.publisher.publish(self.version, weights)
         return self.version
 
-    def update(self, *batches: dict[str, Any]) -> dict[str, Any]:
+    def update(self, *batches: Batch) -> dict[str, Any]:
         start = time.perf_counter()
-        lags = [self.version - int(b["policy_version"]) for b in batches]
-        if self.algorithm.mode == "sync":  # each batch is one worker's {"tasks": [...]} of a meta-batch
-            stats = self.impl.update([r for b in batches for r in b["tasks"]])
+        lags = [self.version - b.policy_version for b in batches]
+        if self.algorithm.mode == "meta-batch":  # each batch is a share of the meta-batch's TaskResults
+            stats = self.impl.update([r for b in batches for r in b.payload])
         else:
-            stats = self.impl.update(list(batches))
+            stats = self.impl.update([b.payload for b in batches])
         self.version += 1
         self.publish()
         release_freed_memory()
-        external = [b["grpc_rollouts"] for b in batches if "grpc_rollouts" in b]
-        if external:  # rollouts from actors outside Ray that this update learned from
-            stats["grpc_rollouts_learned"] = int(sum(external))
+        remote = sum(b.remote_rollouts for b in batches)
+        if remote:  # rollouts from actors outside Ray that this update learned from
+            stats["grpc_rollouts_learned"] = int(remote)
         stats.update(
             policy_version=self.version,
             learner_step_s=time.perf_counter() - start,

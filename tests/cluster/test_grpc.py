@@ -24,7 +24,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from metaray.actors.remote import RemoteClient, RemoteSampler, make_rollout, maml_rollouts, task_of
+from metaray.actors.remote import RemoteClient, RemoteSampler, make_rollout, task_messages, task_of
 from metaray.cluster.config import GrpcConfig, validate
 from metaray.cluster.grpc_service import GrpcService, RunSpec, decode_tensor, encode_tensor
 from metaray.cluster.proto import generate
@@ -446,7 +446,7 @@ def test_maml_offer_external_task_result_matches_a_ray_workers():
         sampler = maml.MAMLSampler(s.family, MAML_CONFIG, 2, seed=1)
         sampler.set_weights(0, s.weights)
         (expected,) = sampler.collect([task_of(assignment)], 0)
-        rollouts = list(maml_rollouts(expected, assignment, s.client.actor_id))
+        rollouts = list(task_messages(expected, assignment, s.client.actor_id))
         assert len(rollouts) == 4
         with pytest.raises(grpc.RpcError) as err:  # a stage short: incomplete task
             s.client.push(rollouts[:-1])
@@ -483,7 +483,7 @@ def test_maml_wrong_version_and_bad_episode_ends_are_rejected():
         sampler = maml.MAMLSampler(s.family, MAML_CONFIG, 2, seed=1)
         sampler.set_weights(0, s.weights)
         (result,) = sampler.collect([task_of(a)], 0)
-        rollouts = list(maml_rollouts(result, a, s.client.actor_id))
+        rollouts = list(task_messages(result, a, s.client.actor_id))
         stale = [copy(r) for r in rollouts]
         for r in stale:
             r.policy_version = 1

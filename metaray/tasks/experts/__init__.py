@@ -27,20 +27,24 @@ class ExpertError(RuntimeError):
 
 
 class ExpertPolicy:
-    """The mean action of a trained Gaussian MLP policy, clipped to the action bounds."""
+    """The mean action of a trained Gaussian MLP policy, clipped to the action bounds.
+
+    The MLP is evaluated straight from its weights (`body.{2i}` hidden layers, `mu` the mean
+    layer, as the MAML family's policy names them), so tasks/ needs nothing from the learner."""
 
     def __init__(self, weights: dict[str, torch.Tensor], metadata: dict[str, Any]):
-        from metaray.learner.maml import GaussianMLPPolicy
-
         self.metadata = metadata
-        self.obs_dim = int(metadata["obs_dim"])
-        self.policy = GaussianMLPPolicy(self.obs_dim, int(metadata["act_dim"]),
-                                        list(metadata["hidden_sizes"]), metadata["activation"])
-        try:
-            self.policy.load_state_dict(weights)
-        except RuntimeError as err:
-            raise ExpertError(f"expert weights do not fit its metadata ({str(err).splitlines()[0]})") from None
-        self.policy.requires_grad_(False)
+        self.obs_dim, act_dim = int(metadata["obs_dim"]), int(metadata["act_dim"])
+        sizes = [self.obs_dim, *(int(h) for h in metadata["hidden_sizes"]), act_dim]
+        names = [f"body.{2 * i}" for i in range(len(sizes) - 2)] + ["mu"]
+        expected = {f"{n}.{p}": shape for n, (a, b) in zip(names, zip(sizes, sizes[1:], strict=False), strict=True)
+                    for p, shape in (("weight", (b, a)), ("bias", (b,)))}
+        wrong = [k for k, shape in expected.items() if k not in weights or tuple(weights[k].shape) != shape]
+        if wrong or metadata["activation"] not in ("tanh", "relu"):
+            raise ExpertError(f"expert weights do not fit its metadata (layers {wrong or ''}, activation "
+                              f"{metadata['activation']!r})")
+        self.layers = [(weights[f"{n}.weight"].float(), weights[f"{n}.bias"].float()) for n in names]
+        self.activation = torch.tanh if metadata["activation"] == "tanh" else torch.relu
         self.low = np.asarray(metadata["action_low"], np.float32)
         self.high = np.asarray(metadata["action_high"], np.float32)
 
@@ -50,7 +54,10 @@ class ExpertPolicy:
         if x.shape[-1] != self.obs_dim:
             raise ValueError(f"expert expects observations of size {self.obs_dim}, got shape {tuple(x.shape)}")
         with torch.no_grad():
-            mean, _ = self.policy(x)
+            *hidden, (w, b) = self.layers
+            for hw, hb in hidden:
+                x = self.activation(torch.nn.functional.linear(x, hw, hb))
+            mean = torch.nn.functional.linear(x, w, b)
         return np.clip(mean.numpy(), self.low, self.high)
 
 

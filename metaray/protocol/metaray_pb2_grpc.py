@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from metaray.cluster.proto import metaray_pb2 as metaray_dot_cluster_dot_proto_dot_metaray__pb2
+from metaray.protocol import metaray_pb2 as metaray_dot_protocol_dot_metaray__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in metaray/cluster/proto/metaray_pb2_grpc.py depends on'
+        + ' but the generated code in metaray/protocol/metaray_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,28 +36,28 @@ class MetaRayStub:
         """
         self.GetRunInfo = channel.unary_unary(
                 '/metaray.v1.MetaRay/GetRunInfo',
-                request_serializer=metaray_dot_cluster_dot_proto_dot_metaray__pb2.RunInfoRequest.SerializeToString,
-                response_deserializer=metaray_dot_cluster_dot_proto_dot_metaray__pb2.RunInfo.FromString,
+                request_serializer=metaray_dot_protocol_dot_metaray__pb2.RunInfoRequest.SerializeToString,
+                response_deserializer=metaray_dot_protocol_dot_metaray__pb2.RunInfo.FromString,
                 _registered_method=True)
         self.GetParameters = channel.unary_unary(
                 '/metaray.v1.MetaRay/GetParameters',
-                request_serializer=metaray_dot_cluster_dot_proto_dot_metaray__pb2.ParametersRequest.SerializeToString,
-                response_deserializer=metaray_dot_cluster_dot_proto_dot_metaray__pb2.Parameters.FromString,
+                request_serializer=metaray_dot_protocol_dot_metaray__pb2.ParametersRequest.SerializeToString,
+                response_deserializer=metaray_dot_protocol_dot_metaray__pb2.Parameters.FromString,
                 _registered_method=True)
         self.WatchParameters = channel.unary_stream(
                 '/metaray.v1.MetaRay/WatchParameters',
-                request_serializer=metaray_dot_cluster_dot_proto_dot_metaray__pb2.ParametersRequest.SerializeToString,
-                response_deserializer=metaray_dot_cluster_dot_proto_dot_metaray__pb2.Parameters.FromString,
+                request_serializer=metaray_dot_protocol_dot_metaray__pb2.ParametersRequest.SerializeToString,
+                response_deserializer=metaray_dot_protocol_dot_metaray__pb2.Parameters.FromString,
                 _registered_method=True)
         self.GetTask = channel.unary_unary(
                 '/metaray.v1.MetaRay/GetTask',
-                request_serializer=metaray_dot_cluster_dot_proto_dot_metaray__pb2.TaskRequest.SerializeToString,
-                response_deserializer=metaray_dot_cluster_dot_proto_dot_metaray__pb2.TaskAssignment.FromString,
+                request_serializer=metaray_dot_protocol_dot_metaray__pb2.TaskRequest.SerializeToString,
+                response_deserializer=metaray_dot_protocol_dot_metaray__pb2.TaskAssignment.FromString,
                 _registered_method=True)
         self.PushEpisodes = channel.stream_unary(
                 '/metaray.v1.MetaRay/PushEpisodes',
-                request_serializer=metaray_dot_cluster_dot_proto_dot_metaray__pb2.Rollout.SerializeToString,
-                response_deserializer=metaray_dot_cluster_dot_proto_dot_metaray__pb2.PushResult.FromString,
+                request_serializer=metaray_dot_protocol_dot_metaray__pb2.Rollout.SerializeToString,
+                response_deserializer=metaray_dot_protocol_dot_metaray__pb2.PushResult.FromString,
                 _registered_method=True)
 
 
@@ -104,28 +104,28 @@ def add_MetaRayServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetRunInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRunInfo,
-                    request_deserializer=metaray_dot_cluster_dot_proto_dot_metaray__pb2.RunInfoRequest.FromString,
-                    response_serializer=metaray_dot_cluster_dot_proto_dot_metaray__pb2.RunInfo.SerializeToString,
+                    request_deserializer=metaray_dot_protocol_dot_metaray__pb2.RunInfoRequest.FromString,
+                    response_serializer=metaray_dot_protocol_dot_metaray__pb2.RunInfo.SerializeToString,
             ),
             'GetParameters': grpc.unary_unary_rpc_method_handler(
                     servicer.GetParameters,
-                    request_deserializer=metaray_dot_cluster_dot_proto_dot_metaray__pb2.ParametersRequest.FromString,
-                    response_serializer=metaray_dot_cluster_dot_proto_dot_metaray__pb2.Parameters.SerializeToString,
+                    request_deserializer=metaray_dot_protocol_dot_metaray__pb2.ParametersRequest.FromString,
+                    response_serializer=metaray_dot_protocol_dot_metaray__pb2.Parameters.SerializeToString,
             ),
             'WatchParameters': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchParameters,
-                    request_deserializer=metaray_dot_cluster_dot_proto_dot_metaray__pb2.ParametersRequest.FromString,
-                    response_serializer=metaray_dot_cluster_dot_proto_dot_metaray__pb2.Parameters.SerializeToString,
+                    request_deserializer=metaray_dot_protocol_dot_metaray__pb2.ParametersRequest.FromString,
+                    response_serializer=metaray_dot_protocol_dot_metaray__pb2.Parameters.SerializeToString,
             ),
             'GetTask': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTask,
-                    request_deserializer=metaray_dot_cluster_dot_proto_dot_metaray__pb2.TaskRequest.FromString,
-                    response_serializer=metaray_dot_cluster_dot_proto_dot_metaray__pb2.TaskAssignment.SerializeToString,
+                    request_deserializer=metaray_dot_protocol_dot_metaray__pb2.TaskRequest.FromString,
+                    response_serializer=metaray_dot_protocol_dot_metaray__pb2.TaskAssignment.SerializeToString,
             ),
             'PushEpisodes': grpc.stream_unary_rpc_method_handler(
                     servicer.PushEpisodes,
-                    request_deserializer=metaray_dot_cluster_dot_proto_dot_metaray__pb2.Rollout.FromString,
-                    response_serializer=metaray_dot_cluster_dot_proto_dot_metaray__pb2.PushResult.SerializeToString,
+                    request_deserializer=metaray_dot_protocol_dot_metaray__pb2.Rollout.FromString,
+                    response_serializer=metaray_dot_protocol_dot_metaray__pb2.PushResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -153,8 +153,8 @@ class MetaRay:
             request,
             target,
             '/metaray.v1.MetaRay/GetRunInfo',
-            metaray_dot_cluster_dot_proto_dot_metaray__pb2.RunInfoRequest.SerializeToString,
-            metaray_dot_cluster_dot_proto_dot_metaray__pb2.RunInfo.FromString,
+            metaray_dot_protocol_dot_metaray__pb2.RunInfoRequest.SerializeToString,
+            metaray_dot_protocol_dot_metaray__pb2.RunInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -180,8 +180,8 @@ class MetaRay:
             request,
             target,
             '/metaray.v1.MetaRay/GetParameters',
-            metaray_dot_cluster_dot_proto_dot_metaray__pb2.ParametersRequest.SerializeToString,
-            metaray_dot_cluster_dot_proto_dot_metaray__pb2.Parameters.FromString,
+            metaray_dot_protocol_dot_metaray__pb2.ParametersRequest.SerializeToString,
+            metaray_dot_protocol_dot_metaray__pb2.Parameters.FromString,
             options,
             channel_credentials,
             insecure,
@@ -207,8 +207,8 @@ class MetaRay:
             request,
             target,
             '/metaray.v1.MetaRay/WatchParameters',
-            metaray_dot_cluster_dot_proto_dot_metaray__pb2.ParametersRequest.SerializeToString,
-            metaray_dot_cluster_dot_proto_dot_metaray__pb2.Parameters.FromString,
+            metaray_dot_protocol_dot_metaray__pb2.ParametersRequest.SerializeToString,
+            metaray_dot_protocol_dot_metaray__pb2.Parameters.FromString,
             options,
             channel_credentials,
             insecure,
@@ -234,8 +234,8 @@ class MetaRay:
             request,
             target,
             '/metaray.v1.MetaRay/GetTask',
-            metaray_dot_cluster_dot_proto_dot_metaray__pb2.TaskRequest.SerializeToString,
-            metaray_dot_cluster_dot_proto_dot_metaray__pb2.TaskAssignment.FromString,
+            metaray_dot_protocol_dot_metaray__pb2.TaskRequest.SerializeToString,
+            metaray_dot_protocol_dot_metaray__pb2.TaskAssignment.FromString,
             options,
             channel_credentials,
             insecure,
@@ -261,8 +261,8 @@ class MetaRay:
             request_iterator,
             target,
             '/metaray.v1.MetaRay/PushEpisodes',
-            metaray_dot_cluster_dot_proto_dot_metaray__pb2.Rollout.SerializeToString,
-            metaray_dot_cluster_dot_proto_dot_metaray__pb2.PushResult.FromString,
+            metaray_dot_protocol_dot_metaray__pb2.Rollout.SerializeToString,
+            metaray_dot_protocol_dot_metaray__pb2.PushResult.FromString,
             options,
             channel_credentials,
             insecure,

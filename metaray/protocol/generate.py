@@ -1,4 +1,4 @@
-"""Regenerate the gRPC Python code from metaray.proto: `python -m metaray.cluster.proto.generate`.
+"""Regenerate the gRPC Python code from metaray.proto: `python -m metaray.protocol.generate`.
 
 The generated files are committed (users need no grpcio-tools); a test regenerates them into a
 temporary directory and fails when they differ from the committed ones.
@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 PROTO = Path(__file__).with_name("metaray.proto")
-ROOT = PROTO.parents[3]  # the directory holding the `metaray` package
+ROOT = PROTO.parents[2]  # the directory holding the `metaray` package
 GENERATED = ("metaray_pb2.py", "metaray_pb2.pyi", "metaray_pb2_grpc.py")
 
 
 def generate(out_dir: Path = ROOT) -> list[Path]:
-    """Write the generated modules under `out_dir`/metaray/cluster/proto; returns their paths."""
+    """Write the generated modules under `out_dir`/metaray/protocol; returns their paths."""
     from grpc_tools import protoc
 
     out_dir.mkdir(parents=True, exist_ok=True)

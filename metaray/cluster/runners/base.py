@@ -1,0 +1,340 @@
+"""What both training loops share: the run's parts (scheduler, learner, parameter server, worker
+pool, observers), resuming, worker failures, the end of an iteration and checkpoints.
+
+The same runner runs under Ray (actors) and in one process (`--serial`); only the runtime
+differs. A runner knows its algorithm only through `metaray.core.Algorithm`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from metaray.actors import RolloutWorker
+from metaray.cluster.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    truncate_progress,
+    write_text_atomic,
+)
+from metaray.cluster.config import ConfigError, RunConfig
+from metaray.cluster.control import NAMESPACE as CONTROL_NAMESPACE
+from metaray.cluster.control import RunControl, control_name
+from metaray.cluster.metrics import RunMetrics, TensorBoardScalars
+from metaray.cluster.observers import Checkpointer, Observer, ProgressLog
+from metaray.cluster.progress import ProgressDisplay
+from metaray.cluster.runners.remote import RemoteActors
+from metaray.cluster.runtime import RayRuntime, SerialRuntime
+from metaray.cluster.scheduler import TaskScheduler
+from metaray.cluster.worker_pool import TrainingError, WorkerPool, is_worker_failure
+from metaray.learner.learner import Learner
+from metaray.tasks import make_family, make_vector_env
+
+COUNTERS = ("iteration", "wall_time_s", "env_steps_total", "episodes_total", "dropped_batches_total",
+            "worker_restarts_total", "tasks_requeued_total", "tasks_reissued_total", "duplicate_results_total",
+            "env_failures_total", "dropped_episodes_total")
+RECORD_COUNTERS = ("worker_restarts_total", "tasks_requeued_total", "tasks_reissued_total", "duplicate_results_total",
+                   "env_failures_total", "dropped_episodes_total", "dropped_batches_total")
+
+
+class Runner:
+    """The shared core; `MetaBatchRunner` and `StreamRunner` add the loop (`_loop`)."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, runtime: SerialRuntime | RayRuntime, resume: bool = False,
+                 display: ProgressDisplay | None = None):
+        self.config, self.run_dir, self.runtime = config, Path(run_dir), runtime
+        self.algorithm = config.algorithm()
+        self.algo_config = config.algo_config()
+        family = make_family(config.task.family, config.task.kwargs)
+        self.scheduler = self._make_scheduler(family)
+        probe = make_vector_env(family, family.sample(1, np.random.default_rng(0)), seed=0)
+        self._family, self._spaces = family, (probe.single_observation_space, probe.single_action_space)
+        probe.close()
+        self._scheduler_lock = threading.Lock()  # gRPC threads draw tasks too
+        self.counters: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
+        self.counters["wall_time_s"] = 0.0
+        resume_from = latest_checkpoint(self.run_dir) if resume else None
+        resume_state = load_checkpoint(resume_from) if resume_from is not None else None
+        self.ps, self._variables = runtime.parameter_server()
+        self.learner = self._spawn_learner()
+        if resume_state is not None:
+            self._restore_learner(*resume_state)
+        self.version = runtime.get(self.learner.get_version.remote())
+        self.display = display or ProgressDisplay(config.iterations, self.counters["iteration"], live=False)
+        self._restarts_base = self.counters["worker_restarts_total"]
+        self.pool = WorkerPool(runtime, self._make_worker, config.workers.num_workers, config.workers,
+                               log=self.display.message)
+        self.control: Any = None
+        self.control_name: str | None = None
+        if runtime.name == "ray":
+            self.control_name = control_name(self.run_dir)
+            self.control = self._spawn_control(config.workers.num_workers)
+        self._launch_order: list[int] = []
+        if resume_state is not None:
+            self._restore_workers(*resume_state)
+        self.device = runtime.get(self.learner.device_name.remote())
+        self.metrics, self.metrics_url = self._start_metrics()
+        self.remote: RemoteActors | None = None
+        if config.grpc.port is not None:
+            self.remote = RemoteActors(self, resume_state[1] if resume_state else {})
+        self.observers: list[Observer] = self._observers()
+
+    # ------------------------------------------------------------------ set-up
+    def _make_scheduler(self, family: Any) -> TaskScheduler:
+        s = self.config.scheduler
+        return TaskScheduler(family, self.config.seed, s.strategy, s.fixed_set_size, s.regret_share,
+                             s.regret_temperature, s.regret_pool_size, s.regret_smoothing)
+
+    def _spawn_learner(self) -> Any:
+        """The learner actor, on a GPU when asked for (or `auto` and the cluster has one)."""
+        config, runtime = self.config, self.runtime
+        gpus = runtime.cluster_gpus() if runtime.name == "ray" else float(torch.cuda.is_available())
+        if config.learner.device == "cuda" and gpus < 1:
+            raise ConfigError("learner.device: 'cuda' asked for, but the cluster has no GPU (use 'auto' or 'cpu')")
+        use_gpu = runtime.name == "ray" and config.learner.device != "cpu" and gpus >= 1
+        placement = {} if use_gpu or runtime.name != "ray" else {"scheduling_strategy": runtime.driver_node(soft=True)}
+        return runtime.spawn(
+            Learner, config.algo, self.algo_config.model_dump(), *self._spaces, self._variables, config.seed,
+            config.learner.device, config.learner.torch_threads,
+            num_cpus=config.learner.num_cpus, num_gpus=1 if use_gpu else 0, **placement,
+        )
+
+    def _restore_learner(self, tensors: dict[str, np.ndarray], state: dict[str, Any]) -> None:
+        self.runtime.get(self.learner.set_state.remote(tensors, state["learner"]))
+        self.counters.update({k: state[k] for k in self.counters if k in state})
+        if "scheduler" in state:
+            self.scheduler.set_state(state["scheduler"])
+        truncate_progress(self.run_dir, self.counters["iteration"])
+
+    def _start_metrics(self) -> tuple[RunMetrics | None, str | None]:
+        cfg = self.config.metrics
+        if cfg.port is None:
+            return None, None
+        metrics = RunMetrics(self.config.algo, self.config.task.family, self.run_dir.name)
+        try:
+            return metrics, metrics.serve(cfg.port, cfg.host)
+        except OSError as err:
+            raise ConfigError(f"metrics.port: cannot serve on {cfg.host}:{cfg.port} ({err.strerror or err})") from None
+
+    def _observers(self) -> list[Observer]:
+        """In the order they see each iteration's record (see metaray.cluster.observers)."""
+        observers: list[Observer] = [ProgressLog(self.run_dir), ControlPoller(self)]
+        if self.remote is not None:
+            observers.append(self.remote)
+        if self.metrics is not None:
+            observers.append(self.metrics)
+        if self.config.metrics.tensorboard:
+            observers.append(TensorBoardScalars(self.run_dir / "tensorboard"))
+        return [*observers, self.display, Checkpointer(self, self.config.checkpoint.every, self.config.iterations)]
+
+    @property
+    def grpc(self) -> Any:
+        """The gRPC service (None unless grpc.port is set)."""
+        return None if self.remote is None else self.remote.service
+
+    @property
+    def grpc_token_source(self) -> str | None:
+        return None if self.remote is None else self.remote.token_source
+
+    def next_task(self) -> Any:
+        with self._scheduler_lock:
+            return self.scheduler.next_batch(1)[0]
+
+    # ------------------------------------------------------------------ workers
+    def _make_worker(self, slot: int, generation: int) -> Any:
+        """A rollout worker for `slot`; its seed depends on the slot, the restart generation and the
+        iteration it starts at, so a replacement or a resumed run does not replay the same draws."""
+        cfg = self.config
+        seed = int(np.random.SeedSequence([cfg.seed, self.counters["iteration"], slot, generation]).generate_state(1)[0])
+        guard = {"step_timeout_s": cfg.workers.env_step_timeout_s, "max_recreate": cfg.workers.env_max_recreate}
+        return self.runtime.spawn(
+            RolloutWorker, slot, cfg.algo, self.algo_config.model_dump(), cfg.task.family, cfg.task.kwargs, seed,
+            self._variables, cfg.workers.torch_threads, guard, num_cpus=1,
+            # First placement spreads over the nodes (one lost node takes few workers); a
+            # replacement uses Ray's default, which prefers the driver's node, because SPREAD
+            # would pick the node that just lost its workers, often dead but not yet marked so.
+            scheduling_strategy="SPREAD" if generation == 0 else "DEFAULT",
+        )
+
+    def _restore_workers(self, tensors: dict[str, np.ndarray], state: dict[str, Any]) -> None:
+        """Give each worker slot its checkpointed random state, then start fresh trials (as the
+        checkpointing run did), so the resumed run continues exactly as the uninterrupted one."""
+        saved = state.get("workers", {})
+        calls = [self.pool.handle(slot).set_state.remote(saved[str(slot)], tensors[f"workers/{slot}/torch_gen"])
+                 for slot in self.pool.slots if str(slot) in saved]
+        self.runtime.get(calls)
+        self.runtime.get([self.pool.handle(slot).restart_trials.remote() for slot in self.pool.slots])
+        self._launch_order = [s for s in state.get("launch_order", []) if s in self.pool.workers]
+
+    def _replace_worker(self, slot: int, err: BaseException) -> None:
+        """Restart a failed worker, or checkpoint and stop when that is not allowed any more."""
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        reason = f"{type(err).__name__}: {first}" if first else type(err).__name__
+        try:
+            self.pool.replace(slot, reason)
+        except TrainingError as stop:
+            written = self.checkpoint()
+            where = f"a checkpoint was written ({written.name}), continue with --resume" if written else \
+                "no iteration had completed, so there is no checkpoint"
+            raise TrainingError(f"{stop}; {where}") from None
+        self._count_restarts()
+
+    def _count_restarts(self) -> None:
+        self.counters["worker_restarts_total"] = self._restarts_base + self.pool.restarts_total
+
+    def _spawn_control(self, num_workers: int) -> Any:
+        """The run's named control actor, on the driver's node (it lives and dies with the driver)."""
+        return self.runtime.spawn(RunControl, num_workers, self.config.workers.max_workers, num_cpus=0,
+                                  name=self.control_name, namespace=CONTROL_NAMESPACE,
+                                  scheduling_strategy=self.runtime.driver_node(soft=False))
+
+    def _result_or_replace(self, future: Any, slot: int, handle: Any) -> dict[str, Any] | None:
+        """A worker call's info, or None when the worker failed; it is then replaced (unless a
+        newer worker already holds its slot)."""
+        try:
+            return self.runtime.get(future)
+        except Exception as err:
+            if not is_worker_failure(err):
+                raise
+            if self.pool.workers.get(slot) is handle:
+                self._replace_worker(slot, err)
+            return None
+
+    def _count_worker_info(self, info: dict[str, Any]) -> None:
+        self.counters["env_steps_total"] += info["env_steps"]
+        self.counters["episodes_total"] += info["episodes"]
+        self.counters["env_failures_total"] += info.get("env_failures", 0)
+        self.counters["dropped_episodes_total"] += info.get("dropped_episodes", 0)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> dict[str, Any]:
+        self._start = time.perf_counter() - self.counters["wall_time_s"]
+        self._last_t, self._last_steps = time.perf_counter(), self.counters["env_steps_total"]
+        self._last_record: dict[str, Any] = {}
+        self._write_driver_info("running")
+        state = "failed"
+        try:
+            self._loop()
+            state = "finished"
+        except KeyboardInterrupt:
+            state = "interrupted"
+            self.checkpoint()
+            raise
+        finally:
+            self.close()
+            self._write_driver_info(state)
+        return self._last_record
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def in_flight_slots(self) -> list[int]:
+        """Worker slots with a call in flight, in launch order (a resumed stream run relaunches so)."""
+        return []
+
+    def close(self) -> None:
+        """Stop the gRPC service and the metrics endpoint, flush TensorBoard, close the display (idempotent)."""
+        for observer in self.observers:
+            observer.close()
+        self.observers = []
+
+    def _write_driver_info(self, state: str) -> None:
+        """`driver.json`: who runs this run and where its metrics are (read by `metaray status`)."""
+        info = {"state": state, "pid": os.getpid(), "host": socket.gethostname(), "metrics_url": self.metrics_url,
+                "runtime": self.runtime.name, "ray_address": getattr(self.runtime, "address", None),
+                "control_actor": self.control_name, "grpc_address": self.grpc.address if self.grpc else None,
+                "target_iterations": self.config.iterations, "updated": time.time()}
+        write_text_atomic(self.run_dir / "driver.json", json.dumps(info, indent=1) + "\n")
+
+    def _update(self, batches: list[Any]) -> dict[str, Any] | None:
+        """One learner update; None when a batch was lost with its node (the update did not run)."""
+        try:
+            return self.runtime.get(self.learner.update.remote(*batches))
+        except Exception as err:
+            if not is_worker_failure(err):
+                raise
+            self.display.message(f"a sample batch was lost ({type(err).__name__})")
+            return None
+
+    def _end_iteration(self, stats: dict[str, Any], extra: dict[str, Any]) -> None:
+        """Count the iteration, build its progress record and hand it to every observer."""
+        self.version = stats["policy_version"]
+        self.counters["iteration"] += 1
+        remote_counts = self.remote.after_update(stats) if self.remote is not None else {}
+        now = time.perf_counter()
+        self.counters["wall_time_s"] = now - self._start
+        record = {
+            "iteration": self.counters["iteration"],
+            "wall_time_s": round(self.counters["wall_time_s"], 3),
+            "env_steps_total": self.counters["env_steps_total"],
+            "env_steps_per_s": (self.counters["env_steps_total"] - self._last_steps) / max(now - self._last_t, 1e-9),
+            "episodes_total": self.counters["episodes_total"],
+            "policy_version": self.version,
+            "workers_alive": len(self.pool),
+            **{k: self.counters[k] for k in RECORD_COUNTERS},
+            **remote_counts,
+            **extra,
+            **stats,
+        }
+        self._last_t, self._last_steps = now, self.counters["env_steps_total"]
+        self._last_record = record
+        for observer in self.observers:
+            observer.observe(record)
+
+    # ------------------------------------------------------------ checkpoints
+    def checkpoint(self) -> Path | None:
+        if self.counters["iteration"] == 0:
+            return None
+        tensors, learner_meta = self.runtime.get(self.learner.get_state.remote())
+        workers = {}
+        for slot in self.pool.slots:  # a worker that just died has no state to give: it starts fresh
+            try:
+                meta, torch_state = self.runtime.get(self.pool.handle(slot).get_state.remote())
+            except Exception as err:
+                if not is_worker_failure(err):
+                    raise
+                continue
+            workers[str(slot)] = meta
+            tensors[f"workers/{slot}/torch_gen"] = torch_state
+        for slot in self.pool.slots:
+            with contextlib.suppress(Exception):
+                self.runtime.get(self.pool.handle(slot).restart_trials.remote())
+        state = {**self.counters, "policy_version": self.version, "learner": learner_meta, "algo": self.config.algo,
+                 "scheduler": self.scheduler.get_state(), "workers": workers, "launch_order": self.in_flight_slots(),
+                 **(self.remote.checkpoint_counters() if self.remote is not None else {})}
+        return save_checkpoint(self.run_dir, self.counters["iteration"], tensors, state, self.config.checkpoint.keep)
+
+
+class ControlPoller:
+    """Applies a `metaray scale` request after each iteration: the pool is resized towards it."""
+
+    def __init__(self, runner: Runner):
+        self.runner = runner
+
+    def observe(self, record: dict[str, Any]) -> None:
+        runner = self.runner
+        if runner.control is None:
+            return
+        try:
+            target = runner.runtime.get(runner.control.get_target.remote())
+        except Exception as err:  # should not happen on the driver's node; training must not stop for it
+            if not is_worker_failure(err):
+                raise
+            runner.display.message(f"run control actor lost ({type(err).__name__}); registering it again")
+            runner.control = runner._spawn_control(runner.pool.target())
+            return
+        if target != runner.pool.target():
+            runner.pool.resize(target)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,155 @@
+"""Meta-batch mode (e.g. the MAML family): scheduler -> workers -> learner, one iteration at a
+time. Between iterations: resize, probe, restart dead workers. A worker that fails mid-iteration
+is restarted and its tasks re-run, so the iteration completes with the same task set; a job
+running past workers.task_timeout_s is issued to an idle worker as well (the first result wins).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from metaray.cluster.runners.base import Runner
+from metaray.cluster.worker_pool import TrainingError
+from metaray.core import Batch, finite_mean
+
+MAX_BATCH_LOSSES = 3  # iterations re-collected after sample batches were lost with a node
+Job = tuple[int, list[Any]]  # (worker slot, tasks)
+
+
+class MetaBatchRunner(Runner):
+    def _loop(self) -> None:
+        tasks_per_iteration = self.algorithm.loop_spec(self.algo_config).tasks_per_iteration
+        while self.counters["iteration"] < self.config.iterations:
+            self._tend_pool()
+            t0 = time.perf_counter()
+            with self._scheduler_lock:
+                tasks = self.scheduler.next_batch(tasks_per_iteration)
+            stats, infos, external = self._sample_and_learn(tasks)
+            self._end_iteration(stats, self._iteration_stats(infos, external, time.perf_counter() - t0))
+
+    def _tend_pool(self) -> None:
+        """Retire removed workers, admit new ones, restart those that do not answer."""
+        for slot in list(self.pool.retiring):
+            self.pool.retire(slot)
+        self.pool.admit_ready()
+        if self.pool.probe():
+            self._count_restarts()
+
+    def _sample_and_learn(self, tasks: list[Any]) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+        """Collect the meta-batch (part of it from actors outside Ray) and update the learner.
+        A batch kept on a node that died after its worker answered is lost before the learner
+        could read it (the update did not run): the same tasks are collected again."""
+        n_external = self.remote.offer(tasks, self.version) if self.remote is not None else 0
+        ray_tasks = tasks[n_external:]
+        external: list[tuple[Any, dict[str, Any]]] = []
+        for attempt in range(MAX_BATCH_LOSSES + 1):
+            done = self._collect_tasks(ray_tasks)
+            if n_external and attempt == 0:
+                assert self.remote is not None
+                external, missing = self.remote.collect_offer()
+                if missing:  # nobody took them, or their actor is late: the Ray workers run them
+                    ray_tasks = ray_tasks + missing
+                    done += self._collect_tasks(missing)
+            batches = [batch for batch, _ in done]
+            if external:
+                batches.append(Batch(self.version, [r for r, _ in external], sum(x["rollouts"] for _, x in external)))
+            stats = self._update(batches)
+            if stats is not None:
+                return stats, [info for _, info in done], [info for _, info in external]
+            self.display.message("re-running the iteration's tasks")
+            self.counters["tasks_requeued_total"] += len(ray_tasks)
+            if self.pool.probe():
+                self._count_restarts()
+        raise TrainingError(f"sample batches were lost {MAX_BATCH_LOSSES + 1} times in a row")
+
+    def _iteration_stats(self, infos: list[dict[str, Any]], external: list[dict[str, Any]],
+                         sampling_s: float) -> dict[str, Any]:
+        """Count the workers' and actors' episodes, let the scheduler see each task's returns,
+        and the iteration's return and success summaries."""
+        per_task = [t for x in infos for t in x["per_task"]]
+        for info in infos:
+            self._count_worker_info(info)
+        for info in external:
+            self._count_worker_info(info)
+        for t in per_task + external:
+            self.scheduler.observe(t["task_id"], return_pre=t["return_pre"], return_post=t["return_post"],
+                                   env_steps=t["env_steps"])
+        everything = per_task + external
+        success = {  # families that report success (Meta-World), when every task has it
+            f"success_rate_{stage}": finite_mean(t[f"success_{stage}"] for t in per_task)
+            for stage in ("pre", "post") if not external and per_task and all(f"success_{stage}" in t for t in per_task)
+        }
+        return {
+            **success, **self.scheduler.regret_stats(),
+            "return_pre": finite_mean(t["return_pre"] for t in everything),
+            "return_post": finite_mean(t["return_post"] for t in everything),
+            "sampling_s": sampling_s,
+            "sample_s_mean": float(np.mean([x["sample_s"] for x in infos + external])),
+        }
+
+    def _collect_tasks(self, tasks: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
+        """Run `tasks` on the Ray workers, balanced by expected cost."""
+        if not tasks:
+            return []
+        parts = self.scheduler.balance(tasks, len(self.pool))
+        return self._collect([(slot, part) for slot, part in zip(self.pool.slots, parts, strict=True) if part])
+
+    def _collect(self, jobs: list[Job]) -> list[tuple[Any, dict[str, Any]]]:
+        """Run each (slot, tasks) job; returns (batch ref, info) per job, in job order.
+
+        A job whose worker fails is re-run on the restarted worker (tasks_requeued_total). A job
+        running past workers.task_timeout_s is issued again to another worker; the first result
+        wins and the other is discarded (tasks_reissued_total, duplicate_results_total)."""
+        timeout = self.config.workers.task_timeout_s
+        pending: dict[Any, tuple[int, int, Any, Any, float]] = {}  # info future -> (job, slot, batch, worker, start)
+        done: dict[int, tuple[Any, dict[str, Any]]] = {}
+        reissued: set[int] = set()
+
+        def submit(j: int, slot: int) -> None:
+            handle = self.pool.handle(slot)
+            batch, info = handle.collect.options(num_returns=2).remote(jobs[j][1], self.version)
+            pending[info] = (j, slot, batch, handle, time.monotonic())
+
+        for j, (slot, _) in enumerate(jobs):
+            submit(j, slot)
+        while len(done) < len(jobs):
+            ready, _ = self.runtime.wait(list(pending), num_returns=1, timeout=None if timeout is None else min(timeout, 1.0))
+            if ready:
+                self._take_result(ready[0], jobs, pending, done, submit)
+            else:
+                self._reissue_slow_jobs(jobs, pending, done, reissued, submit, timeout)
+        self.counters["duplicate_results_total"] += len(pending)  # still running: discarded
+        return [done[j] for j in range(len(jobs))]
+
+    def _take_result(self, ready: Any, jobs: list[Job], pending: dict[Any, tuple], done: dict[int, Any],
+                     submit: Callable[[int, int], None]) -> None:
+        j, slot, batch, handle, _ = pending.pop(ready)
+        info = self._result_or_replace(ready, slot, handle)
+        if info is None:  # the worker failed: run the job again, unless a copy is still running
+            if j not in done and all(p[0] != j for p in pending.values()):
+                self.counters["tasks_requeued_total"] += len(jobs[j][1])
+                submit(j, slot)
+        elif j in done:
+            self.counters["duplicate_results_total"] += 1
+        else:
+            done[j] = (batch, info)
+
+    def _reissue_slow_jobs(self, jobs: list[Job], pending: dict[Any, tuple], done: dict[int, Any],
+                           reissued: set[int], submit: Callable[[int, int], None], timeout: float) -> None:
+        now = time.monotonic()
+        for j, slot, _, _, started in list(pending.values()):
+            if j in done or j in reissued or now - started <= timeout:
+                continue
+            busy = {p[1] for p in pending.values()}
+            target = next((s for s in self.pool.slots if s not in busy), None)
+            if target is None:  # only to an idle worker: a busy one would queue it behind its own work
+                continue
+            self.display.message(f"tasks of rollout worker {slot} exceed task_timeout_s={timeout}; "
+                                 f"issuing them to worker {target} as well")
+            reissued.add(j)
+            self.counters["tasks_reissued_total"] += len(jobs[j][1])
+            submit(j, target)

@@ -1,0 +1,86 @@
+"""Stream mode (e.g. RL²): every worker always has one sampling call in flight, so sampling goes
+on while the learner updates; batches older than the algorithm's policy lag are dropped and
+counted. A failed worker is restarted and sampling goes on; new workers join, retired ones
+leave once their call in flight has returned."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from metaray.cluster.runners.base import Runner
+from metaray.core import Batch
+
+
+class StreamRunner(Runner):
+    def _loop(self) -> None:
+        spec = self.algorithm.loop_spec(self.algo_config)
+        self._pending: dict[Any, tuple[int, Any, Any]] = {}  # info future -> (slot, batch future, worker)
+        for slot in self._launch_order + [s for s in self.pool.slots if s not in self._launch_order]:
+            self._launch(slot, spec.trials_per_call)
+        self._batches: list[Batch] = []
+        self._infos: list[dict[str, Any]] = []
+        self._trials = 0
+        # with a gRPC service, also look at its queue at least every 50 ms
+        timeout = 0.05 if self.remote is not None else None
+        while self.counters["iteration"] < self.config.iterations:
+            ready, _ = self.runtime.wait(list(self._pending), num_returns=1, timeout=timeout)
+            if ready:
+                self._receive(ready[0], spec.trials_per_call, spec.max_policy_lag)
+            if self.remote is not None:
+                self._take_remote_trials(spec.max_policy_lag)
+            if self._trials >= spec.trials_per_update:
+                self._learn()
+
+    def in_flight_slots(self) -> list[int]:
+        return [slot for slot, _, _ in getattr(self, "_pending", {}).values()]
+
+    def _launch(self, slot: int, trials: int) -> None:
+        handle = self.pool.handle(slot)
+        batch, info = handle.sample.options(num_returns=2).remote(trials)
+        self._pending[info] = (slot, batch, handle)
+
+    def _receive(self, ready: Any, trials: int, max_policy_lag: int) -> None:
+        """A worker answered: launch its next call (or retire it), keep its batch unless too old."""
+        slot, batch, handle = self._pending.pop(ready)
+        info = self._result_or_replace(ready, slot, handle)
+        if info is None:
+            self._launch(slot, trials)
+            return
+        if slot in self.pool.retiring:
+            self.pool.retire(slot)
+        else:
+            self._launch(slot, trials)
+        for joined in self.pool.admit_ready():
+            self._launch(joined, trials)
+        self._count_worker_info(info)
+        if self.version - info["policy_version"] > max_policy_lag:
+            self.counters["dropped_batches_total"] += 1
+            return
+        self._batches.append(batch)
+        self._infos.append(info)
+        self._trials += info["num_trials"]
+
+    def _take_remote_trials(self, max_policy_lag: int) -> None:
+        assert self.remote is not None
+        batch, counts = self.remote.drain(self.version, max_policy_lag)
+        if batch is None:
+            return
+        self.counters["env_steps_total"] += counts["env_steps"]
+        self.counters["episodes_total"] += counts["episodes"]
+        self._batches.append(batch)
+        self._trials += batch.remote_rollouts
+
+    def _learn(self) -> None:
+        stats = self._update(self._batches)
+        if stats is None:  # a batch on a lost node: drop what was collected, go on
+            self.counters["dropped_batches_total"] += len(self._batches)
+        else:
+            infos = self._infos
+            extra = {"sample_s_mean": float(np.mean([x["sample_s"] for x in infos])) if infos else 0.0}
+            rates = [(x["success_rate"], x["num_trials"]) for x in infos if x.get("success_rate") is not None]
+            if rates:  # families that report success (Meta-World): share of successful episodes
+                extra["success_rate"] = sum(r * k for r, k in rates) / sum(k for _, k in rates)
+            self._end_iteration(stats, extra)
+        self._batches, self._infos, self._trials = [], [], 0

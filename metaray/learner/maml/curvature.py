@@ -1,0 +1,237 @@
+"""Closed forms for MAML-TRPO: the meta-gradient and the KL Hessian-vector products at θ_old.
+
+θ'(θ) = θ_k with θ_{j+1} = θ_j − α ∇ℓ_j(θ_j), so J = dθ'/dθ = Π_j (I − α H_j), H_j the Hessian
+of the inner loss at θ_j (per task; J = I when first-order). The meta-gradient is Jᵀ ∇θ' L.
+At θ_old the mean KL between old and new adapted policies has zero gradient w.r.t. θ', so its
+Hessian w.r.t. θ is exactly Jᵀ F J, F the KL Hessian w.r.t. θ' (the Gaussian's Fisher matrix,
+a Gauss-Newton product). The products with H_j and F are written out below for the MLP from
+values cached once per update: each conjugate-gradient iteration costs a few matrix products
+per layer instead of a backward pass through a double-backward graph. Everything is stacked
+over tasks: tensors [N, R, ...], R = E·T rows. Tests check both against autograd.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from metaray.learner.maml.adaptation import POST_LOG_STD, InnerLR, step_size
+from metaray.learner.maml.config import MAMLConfig
+from metaray.learner.maml.returns import Stage, episode_mean, valid_episodes
+from metaray.networks import MIN_LOG_STD, GaussianMLPPolicy, Params, flat, unflat
+
+
+def _activation(name: str, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(act(z), act'(z), act''(z)); None where act'' is 0."""
+    if name == "tanh":
+        h = torch.tanh(z)
+        slope = 1 - h * h
+        return h, slope, -2 * h * slope
+    return torch.relu(z), (z > 0).to(z.dtype), None
+
+
+def _weight_grad(grad_z: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """grad_zᵀ · inputs per task, [N, out, in]; ordered so that thin products stay fast on CPU."""
+    if inputs.shape[-1] < grad_z.shape[-1]:
+        return (inputs.mT @ grad_z).mT
+    return grad_z.mT @ inputs
+
+
+class MLPTape:
+    """The policy evaluated at stacked parameters on [N, R, obs] rows, keeping what Jacobian
+    products need: layer inputs, activation slopes and second derivatives."""
+
+    def __init__(self, policy: GaussianMLPPolicy, params: Params, obs: torch.Tensor):
+        self.layers = policy.linear_layers()
+        self.weights = [params[w] for w, _ in self.layers]
+        self.inputs: list[torch.Tensor] = []
+        self.slopes: list[torch.Tensor] = []
+        self.second: list[torch.Tensor | None] = []
+        h = obs
+        for i, (w, b) in enumerate(self.layers):
+            self.inputs.append(h)
+            z = torch.baddbmm(params[b].unsqueeze(-2), h, params[w].mT)
+            if i < len(self.layers) - 1:
+                h, slope, second = _activation(policy.activation, z)
+                self.slopes.append(slope)
+                self.second.append(second)
+        self.mean = z
+        raw = params["log_std"]
+        self.log_std = raw.clamp(min=MIN_LOG_STD)[:, None, :]  # [N, 1, a]
+        self.std_mask = (raw > MIN_LOG_STD).to(raw.dtype)  # where d log_std / d param = 1
+
+    def jvp(self, tangent: Params) -> tuple[list[torch.Tensor], list[torch.Tensor | None], torch.Tensor]:
+        """Tangents of every layer's pre-activation z_l (the last is d mean) and input h_{l-1}
+        (None for the observations), and of log_std."""
+        dzs, dhs = [], [None]
+        for i, (w, b) in enumerate(self.layers):
+            dz = torch.baddbmm(tangent[b].unsqueeze(-2), self.inputs[i], tangent[w].mT)
+            if dhs[i] is not None:
+                dz.baddbmm_(dhs[i], self.weights[i].mT)
+            dzs.append(dz)
+            if i < len(self.layers) - 1:
+                dhs.append(self.slopes[i] * dz)
+        return dzs, dhs, tangent["log_std"] * self.std_mask
+
+    def vjp(self, grad_mean: torch.Tensor, grad_log_std: torch.Tensor) -> tuple[Params, list[torch.Tensor]]:
+        """Parameter gradient from cotangents of mean [N, R, a] and log_std [N, a] (backprop),
+        and the cotangent of every layer's pre-activation."""
+        out: Params = {"log_std": grad_log_std * self.std_mask}
+        grad_zs: list[torch.Tensor] = [grad_mean] * len(self.layers)
+        gz = grad_mean
+        for i in reversed(range(len(self.layers))):
+            w, b = self.layers[i]
+            grad_zs[i] = gz
+            out[w], out[b] = _weight_grad(gz, self.inputs[i]), gz.sum(-2)
+            if i > 0:
+                gz = (gz @ self.weights[i]).mul_(self.slopes[i - 1])
+        return out, grad_zs
+
+
+class InnerCurvature:
+    """Products with the Hessian of each task's inner loss (Σ_r c_r log π(a_r|s_r), c = −A·weight)
+    at stacked parameters θ_j; also the inner step itself."""
+
+    def __init__(self, policy: GaussianMLPPolicy, params: Params, stage: Stage, second_order: bool = True):
+        self.tape = tape = MLPTape(policy, params, stage.obs.flatten(1, 2))
+        self.c = (-stage.advantages * row_weights(stage.mask)).flatten(1, 2)[..., None]  # [N, R, 1]
+        self.inv_std = (-tape.log_std).exp()  # [N, 1, a]
+        self.u = (stage.actions.flatten(1, 2) - tape.mean) * self.inv_std  # standardised actions
+        grad_mean = self.c * self.u * self.inv_std  # ∂ℓ/∂mean
+        grad_log_std = (self.c * (self.u.square() - 1)).sum(-2)  # ∂ℓ/∂log_std
+        self.grad, self.grad_zs = tape.vjp(grad_mean, grad_log_std)
+        # act''(z_l) ⊙ ∂ℓ/∂h_l: how the backward pass changes with the forward one
+        self.curv = [
+            None if second is None or not second_order else second * (self.grad_zs[i + 1] @ tape.weights[i + 1])
+            for i, second in enumerate(tape.second)
+        ]
+
+    def hvp(self, v: Params) -> Params:
+        """H_j v per task (v stacked): the tangent of the backward pass (forward-over-reverse)."""
+        tape, c, u, inv_std = self.tape, self.c, self.u, self.inv_std
+        dzs, dhs, ds = tape.jvp(v)
+        ds = ds[:, None, :]
+        d_grad_mean = c * (-inv_std.square() * dzs[-1] - 2 * u * inv_std * ds)
+        d_grad_log_std = (c * (-2 * u * inv_std * dzs[-1] - 2 * u.square() * ds)).sum(-2)
+        out: Params = {"log_std": d_grad_log_std * tape.std_mask}
+        dgz = d_grad_mean
+        for i in reversed(range(len(tape.layers))):
+            w, b = tape.layers[i]
+            gz = self.grad_zs[i]
+            out[w], out[b] = _weight_grad(dgz, tape.inputs[i]), dgz.sum(-2)
+            if i > 0:  # d(gz_{l-1}) = act' ⊙ d(gh_{l-1}) + act'' ⊙ dz_{l-1} ⊙ gh_{l-1}
+                out[w].baddbmm_(gz.mT, dhs[i])
+                dgz = (dgz @ tape.weights[i]).baddbmm_(gz, v[w]).mul_(tape.slopes[i - 1])
+                if self.curv[i - 1] is not None:
+                    dgz.addcmul_(self.curv[i - 1], dzs[i - 1])
+        return out
+
+
+def row_weights(mask: torch.Tensor) -> torch.Tensor:
+    """Per-step weights w with Σ w·x = episode_mean(x) for each task: mask / (length · valid episodes)."""
+    return mask / (mask.sum(-1, keepdim=True).clamp_min(1.0) * valid_episodes(mask)[..., None, None])
+
+
+class _TaskGroupCurvature:
+    """The closed forms for a group of tasks; `n_total` tasks in all (the means are over them)."""
+
+    def __init__(self, policy: GaussianMLPPolicy, params: Params, inner: list[Stage], post: Stage,
+                 config: MAMLConfig, n_total: int, inner_lr: InnerLR):
+        n = post.obs.shape[0]
+        self.config, self.n, self.n_total, self.inner_lr = config, n, n_total, inner_lr
+        self.inner: list[InnerCurvature] = []
+        theta = {k: p.detach().expand(n, *p.shape) for k, p in params.items()}
+        # post_std learned: post_log_std is no input of the inner losses (H_j and the inner steps
+        # leave it alone) and becomes the adapted policies' log σ: θ'(θ) = P(θ_k), P copying it
+        carried = {POST_LOG_STD: theta.pop(POST_LOG_STD)} if POST_LOG_STD in theta and inner else {}
+        for stage in inner:
+            curvature = InnerCurvature(policy, theta, stage)
+            if not config.first_order:
+                self.inner.append(curvature)
+            theta = {k: p - step_size(inner_lr, k) * curvature.grad[k] for k, p in theta.items()}
+        self.post_std = bool(carried)
+        self.adapted = {**theta, **carried, "log_std": carried[POST_LOG_STD]} if carried else theta
+        # at θ_old every ratio is 1: the surrogate is −mean(A) and its gradient w.r.t. θ'_i is the
+        # policy gradient of task i's post-update episodes (divided by the number of tasks)
+        self.post_gradient = InnerCurvature(policy, self.adapted, post, second_order=False)
+        self.post = self.post_gradient.tape
+        self.post_weights = (row_weights(post.mask) / n_total).flatten(1, 2)[..., None]  # KL = Σ w·KL_r
+
+    def fisher(self, u: Params) -> Params:
+        """F u per task: the Gauss-Newton product of the Gaussian KL (1/σ² on the mean, 2 on log σ)."""
+        tape = self.post
+        dzs, _, ds = tape.jvp(u)
+        grad_mean = self.post_weights * (-2 * tape.log_std).exp() * dzs[-1]
+        grad_log_std = 2 * self.post_weights.sum(-2) * ds
+        return tape.vjp(grad_mean, grad_log_std)[0]
+
+    def jacobian(self, x: Params, transpose: bool) -> Params:
+        """J x (θ tangent -> θ' tangents) or Jᵀ x; J = Π_j (I − diag(α) H_j), each H_j symmetric,
+        so each factor's transpose is I − H_j diag(α)."""
+        lr = partial(step_size, self.inner_lr)
+        carried: Params = {}
+        if self.post_std:  # J = P Π_j (…): Pᵀ moves the log σ tangent to post_log_std
+            if transpose:
+                x, carried = {**x, "log_std": torch.zeros_like(x["log_std"])}, {POST_LOG_STD: x["log_std"]}
+            else:
+                x = dict(x)
+                carried = {POST_LOG_STD: x.pop(POST_LOG_STD)}
+        for h in reversed(self.inner) if transpose else self.inner:
+            if transpose:
+                hx = h.hvp({k: lr(k) * t for k, t in x.items()})
+                x = {k: x[k] - hx[k] for k in x}
+            else:
+                hx = h.hvp(x)
+                x = {k: x[k] - lr(k) * hx[k] for k in x}
+        if self.post_std and not transpose:
+            return {**x, "log_std": carried[POST_LOG_STD]}
+        return {**x, **carried}
+
+    def meta_gradient(self, like: Params) -> torch.Tensor:
+        x = self.jacobian({k: g / self.n_total for k, g in self.post_gradient.grad.items()}, transpose=True)
+        return flat(x[k].sum(0) for k in like)
+
+    def kl_hessian(self, v: Params) -> torch.Tensor:
+        x = {k: t.expand(self.n, *t.shape) for k, t in v.items()}
+        x = self.jacobian(self.fisher(self.jacobian(x, transpose=False)), transpose=True)
+        return flat(x[k].sum(0) for k in v)
+
+
+class KLCurvature:
+    """The closed forms TRPO needs at θ_old: the meta-gradient Jᵀ ∇θ' L_post and the KL
+    Hessian-vector product v ↦ Jᵀ F J v. Built once per update from the inner stages and the
+    post-update episodes; also gives the old adapted policies' post-update distributions.
+
+    On CPU the tasks are processed a few at a time (`tasks_per_group`, default: about 1 MB of
+    activations per layer) so that the intermediate arrays stay in cache; on a GPU all at once.
+    """
+
+    def __init__(self, policy: GaussianMLPPolicy, params: Params, inner: list[Stage], post: Stage,
+                 config: MAMLConfig, tasks_per_group: int | None = None, inner_lr: InnerLR | None = None):
+        n, rows = post.obs.shape[0], post.mask[0].numel()
+        if tasks_per_group is None:
+            on_gpu = post.obs.device.type != "cpu"
+            tasks_per_group = n if on_gpu else max(1, 2**18 // (rows * max(config.hidden_sizes)))
+        self.groups = []
+        for a in range(0, n, tasks_per_group):
+            part = slice(a, a + tasks_per_group)
+            group_inner = [Stage(*(x[part] for x in stage)) for stage in inner]
+            group_post = Stage(*(x[part] for x in post))
+            self.groups.append(_TaskGroupCurvature(policy, params, group_inner, group_post, config, n,
+                                                   config.inner_lr if inner_lr is None else inner_lr))
+        self.adapted = {k: torch.cat([g.adapted[k] for g in self.groups]) for k in params}
+        shape = post.actions.shape
+        self.old_mean = torch.cat([g.post.mean for g in self.groups]).view(shape)
+        self.old_log_std = torch.cat([g.post.log_std for g in self.groups]).unsqueeze(1).expand(shape)
+        self.loss = -episode_mean(post.advantages, post.mask).mean()
+
+    def meta_gradient(self, like: Params) -> torch.Tensor:
+        """∇θ of the surrogate at θ_old, flat: Jᵀ applied to the post-update gradients, summed."""
+        return sum(g.meta_gradient(like) for g in self.groups)
+
+    def __call__(self, v: torch.Tensor, like: Params) -> torch.Tensor:
+        """Jᵀ F J v for a flat θ-vector v (no damping)."""
+        tangent = unflat(v, like)
+        return sum(g.kl_hessian(tangent) for g in self.groups)
+

@@ -1,0 +1,189 @@
+"""The learner side of the MAML family: the inner steps recomputed from the workers' episodes,
+batched over tasks, then the outer step on θ.
+
+`OuterStep` is the outer step alone (trpo, ppo-clip or reptile) on a meta-batch's inner and
+post stages; `MAMLLearner` feeds it the workers' TaskResults, and meta-adversarial imitation
+feeds it episodes relabelled with its discriminator's reward.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+
+from metaray.core import TaskResult, stack_stage
+from metaray.learner.maml.adaptation import (
+    POST_LOG_STD,
+    InnerLR,
+    adapt,
+    adapted_params,
+    inner_step,
+    stage_names,
+)
+from metaray.learner.maml.config import MAMLConfig
+from metaray.learner.maml.curvature import KLCurvature
+from metaray.learner.maml.returns import Stage, episode_mean
+from metaray.learner.maml.trpo import surrogate_and_kl, trpo_step
+from metaray.learner.optim_state import load_optimizer_tensors, optimizer_tensors
+from metaray.networks import (
+    GaussianMLPPolicy,
+    Params,
+    flat,
+    gaussian_kl,
+    gaussian_log_prob,
+    per_task_forward,
+    policy_forward,
+)
+
+
+class OuterStep:
+    """The outer step chosen by `config.outer` on θ = the policy's parameters.
+
+    `inner_lr` is the α every recomputed inner step uses: the config's, or a per-parameter dict
+    when a caller meta-learns it (Meta-SGD). Stats: meta_loss_before/meta_loss (surrogate before
+    and after the step), kl (old vs new adapted policies on the post-update episodes), grad_norm,
+    and per outer step ls_steps/step_accepted/behaviour_logp_err (trpo), inner_kl/clip_frac (ppo-clip).
+    """
+
+    def __init__(self, policy: GaussianMLPPolicy, config: MAMLConfig, device: torch.device):
+        self.policy, self.config = policy, config
+        self.device = torch.device(device)
+        self.dtype = next(policy.parameters()).dtype
+        self.inner_lr: InnerLR = config.inner_lr
+        self.optimizer = torch.optim.Adam(policy.parameters(), lr=config.ppo_lr) if config.outer == "ppo-clip" else None
+
+    def __call__(self, params: Params, inner: list[Stage], post: Stage) -> dict[str, float]:
+        """One outer step from θ = `params` (the policy's own parameters, updated in place)."""
+        if self.config.outer == "trpo":
+            return self.trpo(params, inner, post)
+        if self.config.outer == "ppo-clip":
+            return self.ppo_clip(params, inner, post)
+        return self.reptile(params, inner, post)
+
+    def noise_stats(self) -> dict[str, float]:
+        """Mean log σ of the exploring policy, and of the adapted ones with post_std: learned."""
+        out = {"log_std": self.policy.log_std.mean().item()}
+        if hasattr(self.policy, POST_LOG_STD):
+            out["post_log_std"] = self.policy.post_log_std.mean().item()
+        return out
+
+    def old_post_policy(self, params: Params, inner: list[Stage], post: Stage) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean, log_std, log-prob of the taken actions) of the adapted policies of the current θ."""
+        with torch.no_grad():
+            adapted = adapted_params(self.policy, params, inner, post.obs.shape[0], self.inner_lr)
+            mean, log_std = per_task_forward(self.policy, adapted, post.obs)
+            return mean, log_std, gaussian_log_prob(mean, log_std, post.actions)
+
+    def trpo(self, params: Params, inner: list[Stage], post: Stage) -> dict[str, float]:
+        with torch.no_grad():
+            curvature = KLCurvature(self.policy, params, inner, post, self.config, inner_lr=self.inner_lr)
+            old_mean, old_log_std = curvature.old_mean, curvature.old_log_std
+            old_logp = gaussian_log_prob(old_mean, old_log_std, post.actions)
+        behaviour_err = ((old_logp - post.logp).abs() * post.mask).max().item()
+        post = post._replace(logp=old_logp)  # ratio 1 at the current θ, as pytorch-maml-rl
+        objective = partial(self._objective, inner=inner, post=post, old_mean=old_mean, old_log_std=old_log_std)
+        closed_form = curvature if self.config.closed_form else None
+        new_params, stats = trpo_step(objective, params, self.config, closed_form)
+        with torch.no_grad():
+            for name, p in self.policy.named_parameters():
+                p.copy_(new_params[name])
+        stats["behaviour_logp_err"] = behaviour_err
+        return stats
+
+    def _objective(self, params: Params, inner: list[Stage], post: Stage, old_mean: torch.Tensor,
+                   old_log_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return surrogate_and_kl(self.policy, params, inner, post, old_mean, old_log_std, self.config, self.inner_lr)
+
+    def ppo_clip(self, params: Params, inner: list[Stage], post: Stage) -> dict[str, float]:
+        """ProMP (Rothfuss et al. 2019): clipped surrogate of the adapted policies on the
+        post-update episodes (ratio against the behaviour log-probs), plus inner_kl_coef × the
+        KL between old and new pre-update policies of every inner step; full-batch Adam steps."""
+        cfg, policy = self.config, self.policy
+        assert self.optimizer is not None
+        with torch.no_grad():  # the pre-update policies of the old θ, one per inner stage
+            thetas = [params, *adapt(policy, params, inner, self.inner_lr)][:len(inner)]
+            old_pre = [
+                policy_forward(policy, th, st.obs) if j == 0 else per_task_forward(policy, th, st.obs)
+                for j, (th, st) in enumerate(zip(thetas, inner, strict=True))
+            ]
+            old_mean, old_log_std, _ = self.old_post_policy(params, inner, post)
+        stats = {"meta_loss_before": 0.0, "inner_kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0}
+        for epoch in range(cfg.ppo_epochs):
+            adapted = adapt(policy, params, inner, self.inner_lr, cfg.first_order)
+            final = adapted[-1] if adapted else adapted_params(policy, params, inner, post.obs.shape[0], self.inner_lr)
+            inner_kl = torch.zeros((), dtype=self.dtype, device=self.device)
+            for j, (stage, (m_old, s_old)) in enumerate(zip(inner, old_pre, strict=True)):
+                mean, log_std = policy_forward(policy, params, stage.obs) if j == 0 else per_task_forward(policy, adapted[j - 1], stage.obs)
+                inner_kl = inner_kl + episode_mean(gaussian_kl(m_old, s_old, mean, log_std), stage.mask).mean()
+            mean, log_std = per_task_forward(policy, final, post.obs)
+            ratio = (gaussian_log_prob(mean, log_std, post.actions) - post.logp).exp()
+            clipped = ratio.clamp(1 - cfg.ppo_clip, 1 + cfg.ppo_clip)
+            surrogate = -episode_mean(torch.min(ratio * post.advantages, clipped * post.advantages), post.mask).mean()
+            loss = surrogate + cfg.inner_kl_coef * inner_kl
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = flat(torch.zeros_like(p) if p.grad is None else p.grad for p in policy.parameters()).norm()
+            self.optimizer.step()
+            if epoch == 0:
+                stats["meta_loss_before"] = surrogate.item()
+            stats["inner_kl"] += inner_kl.item() / cfg.ppo_epochs
+            stats["clip_frac"] += episode_mean(((ratio - 1).abs() > cfg.ppo_clip).to(self.dtype), post.mask).mean().item() / cfg.ppo_epochs
+            stats["grad_norm"] += grad_norm.item() / cfg.ppo_epochs
+        with torch.no_grad():  # the unclipped surrogate and the post-update KL after the epochs
+            loss_after, kl_after = self._objective(params, inner, post, old_mean, old_log_std)
+        stats.update(meta_loss=loss_after.item(), kl=kl_after.item())
+        return stats
+
+    def reptile(self, params: Params, inner: list[Stage], post: Stage) -> dict[str, float]:
+        """θ ← θ + ε · mean_i(φ_i − θ), φ_i = θ after the k inner steps (recomputed from the
+        inner stages, = the worker's θ'_i) and one more step on the post-update episodes.
+        Reptile has no surrogate: meta_loss and kl are reported as 0, grad_norm is |mean Δ|."""
+        cfg, policy = self.config, self.policy
+        with torch.no_grad():
+            adapted = adapted_params(policy, params, inner, post.obs.shape[0], self.inner_lr)
+            phi = inner_step(policy, adapted, post, self.inner_lr, per_task=True)
+            delta = {k: (phi[k] - p).mean(0) for k, p in params.items()}
+            for k, p in params.items():
+                p.add_(cfg.reptile_lr * delta[k])
+        return {"meta_loss": 0.0, "kl": 0.0, "grad_norm": flat(delta.values()).norm().item()}
+
+    def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Adam state for ppo-clip; trpo and reptile keep no optimizer state."""
+        return ({}, {}) if self.optimizer is None else optimizer_tensors(self.optimizer)
+
+    def load_optimizer_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        if self.optimizer is not None:
+            load_optimizer_tensors(self.optimizer, tensors, meta, self.device)
+
+
+class MAMLLearner:
+    """Learner side: stacks the meta-batch's stages [N, E, T, ...] (advantages from each
+    stage's own linear baseline) and takes the outer step."""
+
+    def __init__(self, policy: GaussianMLPPolicy, config: MAMLConfig, device: torch.device, seed: int):
+        self.config = config
+        self.device = torch.device(device)
+        self.policy = policy.to(self.device)
+        self.dtype = next(self.policy.parameters()).dtype
+        self.generator = torch.Generator().manual_seed(seed)  # the MAML updates draw no randomness
+        self.outer = OuterStep(self.policy, config, self.device)
+
+    def stages(self, results: list[TaskResult]) -> tuple[list[Stage], Stage]:
+        """The tasks' results as the inner stages and the post stage, tensors [N, E, T, ...]."""
+        built = [Stage.from_episodes(stack_stage(results, s), self.config, self.dtype, self.device)
+                 for s in stage_names(self.config.num_inner_steps)]
+        return built[:-1], built[-1]
+
+    def update(self, results: list[TaskResult]) -> dict[str, float]:
+        inner, post = self.stages(results)
+        stats = self.outer(dict(self.policy.named_parameters()), inner, post)
+        stats.update(num_tasks=float(len(results)), **self.outer.noise_stats())
+        return stats
+
+    def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return self.outer.optimizer_state()
+
+    def load_optimizer_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.outer.load_optimizer_state(tensors, meta)

@@ -1,0 +1,31 @@
+"""RL² hyperparameters: one documented pydantic model."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RL2Config(BaseModel):
+    """Hyperparameters of RL². Defaults suit the bandit / tabular-MDP families."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    episodes_per_trial: int = Field(10, ge=1, description="Episodes per trial (n); the hidden state spans them. For `bandit` this is the number of pulls.")
+    hidden_size: int = Field(128, ge=1, description="GRU hidden units.")
+    slots_per_worker: int = Field(128, ge=1, description="Trials run side by side in one rollout worker's vector env.")
+    trials_per_update: int = Field(1024, ge=1, description="Trials gathered before one learner update.")
+    max_policy_lag: int = Field(2, ge=0, description="Trials sampled with weights more than this many versions old are dropped (counted).")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    gamma: float = Field(0.99, gt=0, le=1, description="Discount over the whole trial.")
+    gae_lambda: float = Field(0.3, ge=0, le=1, description="GAE lambda (Duan et al. used 0.3).")
+    clip_ratio: float = Field(0.2, gt=0, description="PPO clip range.")
+    epochs: int = Field(4, ge=1, description="PPO passes over each batch.")
+    minibatches: int = Field(4, ge=1, description="Minibatches per epoch (split over trials).")
+    entropy_coef: float = Field(0.01, ge=0, description="Entropy bonus weight.")
+    value_coef: float = Field(0.5, ge=0, description="Value loss weight.")
+    max_grad_norm: float = Field(0.5, gt=0, description="Global gradient-norm clip.")
+    target_kl: float = Field(0.0, ge=0, description="Stop the update's epochs early once a minibatch's approximate KL exceeds 1.5x this (0 = never). Long trials need it: Adam steps compound through the recurrence.")
+    bptt_len: int = Field(0, ge=0, description="Truncated BPTT window in steps; 0 = backpropagate through the whole trial.")
+    normalize_advantages: bool = Field(True, description="Normalise advantages per batch.")
+    progress_input: bool = Field(False, description="Also feed the trial's progress (episodes finished / episodes_per_trial) to the GRU. With long trials the value depends on the steps left, which the GRU must otherwise learn to count (Pardo et al. 2018, time limits in RL). Off = Duan et al.'s inputs.")
+

@@ -1,0 +1,219 @@
+"""The RL² worker side: a batched vector env where each slot runs trials, one batched GRU step
+for all slots per env step, whole trials returned as padded numpy arrays (`Trials`)."""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+
+from metaray.core import SampleInfo
+from metaray.learner.rl2.config import RL2Config
+from metaray.learner.rl2.networks import RL2Policy, SpaceSpec, build_inputs, space_spec
+from metaray.learner.sampling import SamplerBase
+from metaray.tasks import SAMPLER_INFO_KEYS, Task, TaskFamily, make_vector_env, step_success
+
+
+class RL2Sampler(SamplerBase):
+    """Worker side of RL²: runs `slots` trials side by side and returns whole trials.
+
+    All slots step together in one vector env and one batched GRU step per env step. Each slot
+    keeps its own step counter, so families whose episodes end early (point-nav) do not make
+    other slots wait: a finished slot draws a new train task and starts its next trial at once.
+    """
+
+    def __init__(
+        self, family: TaskFamily, config: RL2Config, slots: int, seed: int,
+        split: Literal["train", "test"] = "train", tasks: list[Task] | None = None,
+    ):
+        """With `tasks` given, each slot runs exactly one trial of its task (evaluation);
+        otherwise finished slots keep drawing new tasks from `split`."""
+        super().__init__(seed)
+        self.family, self.config, self.split = family, config, split
+        self.refill = tasks is None
+        if tasks is None:
+            tasks = family.sample(slots, self.rng, split)
+        self.slots = len(tasks)
+        self.env = make_vector_env(family, tasks, seed=int(self.rng.integers(2**31)), info_keys=SAMPLER_INFO_KEYS)
+        self.spec = space_spec(self.env.single_observation_space, self.env.single_action_space, config)
+        self.policy = RL2Policy(self.spec, config.hidden_size)
+        self.policy.requires_grad_(False)
+        self.max_len = config.episodes_per_trial * family.max_episode_steps
+        self._no_failure = np.zeros(self.slots, bool)
+        self._reset_all()
+
+    @property
+    def dropped_trials(self) -> int:
+        """Trials cut short by an env failure (restarted, never returned)."""
+        return self.dropped_episodes
+
+    def _reset_all(self) -> None:
+        s, t, spec = self.slots, self.max_len, self.spec
+        self.obs_buf = np.zeros((s, t, spec.obs_dim), np.float32)
+        self.act_buf = np.zeros((s, t), np.int64) if spec.discrete else np.zeros((s, t, spec.act_dim), np.float32)
+        self.rew_buf = np.zeros((s, t), np.float32)
+        self.done_buf = np.zeros((s, t), bool)
+        self.logp_buf = np.zeros((s, t), np.float32)
+        self.t = np.zeros(s, np.int64)
+        self.episodes = np.zeros(s, np.int64)
+        self.trial_version = np.full(s, self.version, np.int64)
+        self.active = np.ones(s, bool)
+        self.h = self.policy.initial_state(s)
+        obs, _ = self.env.reset()
+        self.obs = obs
+        self.prev_a = np.full(s, -1, np.int64) if spec.discrete else np.zeros((s, spec.act_dim), np.float32)
+        self.prev_r = np.zeros(s, np.float32)
+        self.prev_d = np.zeros(s, np.float32)
+        # Success bookkeeping for families that report info["success"] (Meta-World): whether the
+        # running episode had a successful step, successful episodes so far in the trial, and
+        # whether the trial's last finished episode succeeded.
+        self.ep_success = np.zeros(s, bool)
+        self.trial_successes = np.zeros(s, np.int64)
+        self.last_success = np.zeros(s, bool)
+        self.reports_success = False
+
+    def sample(self, min_trials: int) -> tuple[Trials, SampleInfo]:
+        """Step until at least `min_trials` trials finish; return them padded to one length.
+
+        Batch arrays are [trials, max_len, ...] with a `mask` of real steps. A trial carries the
+        oldest policy version it was sampled with, `policy_version` is the batch's oldest.
+        """
+        done_rows: list[tuple[np.ndarray, ...]] = []
+        self.trial_success: list[tuple[int, float, bool]] = []  # (task id, success rate, last episode's)
+        rows = np.arange(self.slots)
+        env_steps = episodes = 0
+        spec = self.spec
+        self.trial_version[self.t == 0] = self.version
+        while len(done_rows) < min_trials and self.active.any():
+            x = build_inputs(spec, self.obs, self.prev_a, self.prev_r, self.prev_d, self.episodes)
+            head, _, self.h = self.policy(torch.from_numpy(x)[:, None], self.h)
+            dist = self.policy.distribution(head[:, 0])
+            if spec.discrete:
+                action_t = torch.multinomial(dist.probs, 1, generator=self.torch_gen)[:, 0]
+            else:
+                noise = torch.randn(dist.mean.shape, generator=self.torch_gen)
+                action_t = dist.mean + dist.stddev * noise
+            logp = self.policy.log_prob(dist, action_t).numpy()
+            action = action_t.numpy()
+            env_action = action if spec.discrete else np.clip(action, spec.act_low, spec.act_high)
+            next_obs, reward, terminated, truncated, step_info = self.env.step(env_action)
+            failed = step_info.get("env_failure", self._no_failure)  # slot env rebuilt: its trial is dropped
+            ended = (terminated | truncated) & ~failed
+            t = self.t
+            self.obs_buf[rows, t] = self.obs
+            self.act_buf[rows, t] = action
+            self.rew_buf[rows, t] = reward
+            self.done_buf[rows, t] = ended
+            self.logp_buf[rows, t] = logp
+            self.t += 1
+            self.episodes += ended
+            env_steps += self.slots
+            episodes += int(ended.sum())
+            succeeded = step_success(step_info, self.slots)
+            if succeeded is not None:
+                self.reports_success = True
+                self.ep_success |= succeeded
+                self.trial_successes += ended & self.ep_success
+                self.last_success[ended] = self.ep_success[ended]
+                self.ep_success[ended | failed] = False
+            self.obs, self.prev_a, self.prev_r, self.prev_d = next_obs, action, reward.astype(np.float32), ended.astype(np.float32)
+
+            finished = np.flatnonzero(self.active & (self.episodes >= self.config.episodes_per_trial) & ~failed)
+            if finished.size:
+                for slot in finished:
+                    n = int(self.t[slot])
+                    done_rows.append((
+                        self.obs_buf[slot, :n].copy(), self.act_buf[slot, :n].copy(),
+                        self.rew_buf[slot, :n].copy(), self.done_buf[slot, :n].copy(),
+                        self.logp_buf[slot, :n].copy(), int(self.trial_version[slot]),
+                        self.env.tasks[slot].task_id,
+                    ))
+                    if self.reports_success:
+                        self.trial_success.append((self.env.tasks[slot].task_id,
+                                                   float(self.trial_successes[slot] / self.episodes[slot]),
+                                                   bool(self.last_success[slot])))
+                if self.refill:
+                    self._start_new_trials(finished)
+                else:
+                    self.active[finished] = False
+            dropped = np.flatnonzero(failed & self.active)
+            if dropped.size:
+                self.dropped_episodes += int(dropped.size)
+                self._start_new_trials(dropped, same_task=not self.refill)
+        batch = pad_trials(done_rows, spec)
+        success = float(np.mean([rate for _, rate, _ in self.trial_success])) if self.trial_success else None
+        return batch, SampleInfo(batch.policy_version, len(done_rows), env_steps, episodes,
+                                 float(batch.rewards.sum(1).mean()), success)
+
+    def restart(self) -> None:
+        """Drop every partial trial; each slot starts a new one on a newly drawn task."""
+        self.active[:] = True
+        self._start_new_trials(np.arange(self.slots), same_task=not self.refill)
+
+    def _start_new_trials(self, slots: np.ndarray, same_task: bool = False) -> None:
+        tasks = [self.env.tasks[s] for s in slots] if same_task else self.family.sample(len(slots), self.rng, self.split)
+        for slot, task in zip(slots, tasks, strict=True):
+            self.env.set_task(int(slot), task)
+        mask = np.zeros(self.slots, bool)
+        mask[slots] = True
+        obs, _ = self.env.reset(options={"reset_mask": mask})
+        self.obs = np.where(mask[:, None], obs, self.obs)
+        self.t[slots] = 0
+        self.episodes[slots] = 0
+        self.h[:, slots] = 0.0
+        self.prev_a[slots] = -1 if self.spec.discrete else 0.0
+        self.prev_r[slots] = 0.0
+        self.prev_d[slots] = 0.0
+        self.trial_version[slots] = self.version
+        self.ep_success[slots] = False
+        self.trial_successes[slots] = 0
+        self.last_success[slots] = False
+
+
+class Trials(NamedTuple):
+    """Whole trials padded to one length T: obs [B, T, obs_dim], actions [B, T] (discrete,
+    int64) or [B, T, act_dim], rewards / logp [B, T] float32, dones [B, T] (an episode ended at
+    this step), mask [B, T] (real steps); per trial its task id and the oldest policy version
+    it was sampled with."""
+
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
+    logp: np.ndarray
+    mask: np.ndarray
+    task_ids: np.ndarray
+    trial_versions: np.ndarray
+
+    @property
+    def policy_version(self) -> int:
+        """The oldest version any trial of the batch was sampled with."""
+        return int(self.trial_versions.min())
+
+
+def pad_trials(rows: list[tuple], spec: SpaceSpec) -> Trials:
+    """Whole trials (obs, actions, rewards, dones, logp, policy version, task id) as one batch
+    padded to the longest, with a `mask` of real steps."""
+    n = len(rows)
+    length = max(len(r[0]) for r in rows)
+    obs = np.zeros((n, length, spec.obs_dim), np.float32)
+    actions = np.zeros((n, length), np.int64) if spec.discrete else np.zeros((n, length, spec.act_dim), np.float32)
+    rewards, logp = np.zeros((n, length), np.float32), np.zeros((n, length), np.float32)
+    dones, mask = np.zeros((n, length), bool), np.zeros((n, length), bool)
+    for i, (o, a, r, d, lp, _, _) in enumerate(rows):
+        k = len(o)
+        obs[i, :k], actions[i, :k], rewards[i, :k], dones[i, :k], logp[i, :k], mask[i, :k] = o, a, r, d, lp, True
+    return Trials(obs, actions, rewards, dones, logp, mask, np.array([r[6] for r in rows], np.int64),
+                  np.array([r[5] for r in rows], np.int64))
+
+
+def concat_trials(batches: list[Trials]) -> Trials:
+    """Stack trial batches of possibly different padded lengths along the trial axis."""
+    length = max(b.mask.shape[1] for b in batches)
+
+    def padded(a: np.ndarray) -> np.ndarray:
+        return np.pad(a, [(0, 0), (0, length - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
+
+    steps = [np.concatenate([padded(getattr(b, k)) for b in batches]) for k in Trials._fields[:6]]
+    return Trials(*steps, np.concatenate([b.task_ids for b in batches]), np.concatenate([b.trial_versions for b in batches]))
