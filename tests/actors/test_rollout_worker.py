@@ -14,11 +14,12 @@ def test_worker_fetches_only_newer_weights_and_samples_whole_trials():
     worker = RolloutWorker(0, "rl2", CFG, "bandit", {"num_arms": 3}, seed=1, variables=variables)
     policy = RL2Policy(SpaceSpec(1, True, 3), 8)
     variables.publish(0, get_weights(policy))
-    batch, info = worker.sample(min_trials=6)
-    assert info["policy_version"] == 0 and info["num_trials"] == 6
+    sent, info = worker.sample(min_trials=6)
+    batch = sent.payload
+    assert sent.policy_version == 0 and info["policy_version"] == 0 and info["num_trials"] == 6
     assert info["env_steps"] == 6 * 4 and info["episodes"] == 24
-    assert batch["obs"].shape == (6, 4, 1) and batch["actions"].shape == (6, 4)
-    assert info["trial_return_mean"] == batch["rewards"].sum(1).mean()
+    assert batch.obs.shape == (6, 4, 1) and batch.actions.shape == (6, 4)
+    assert info["trial_return_mean"] == batch.rewards.sum(1).mean()
     worker.sample(min_trials=6)
     assert worker.stats()["weight_fetches"] == 1  # same version: not fetched again
     with torch.no_grad():
@@ -34,6 +35,6 @@ def test_worker_seeds_give_different_tasks():
     variables.publish(0, get_weights(RL2Policy(SpaceSpec(1, True, 3), 8)))
     a = RolloutWorker(0, "rl2", CFG, "bandit", {"num_arms": 3}, seed=1, variables=variables)
     b = RolloutWorker(1, "rl2", CFG, "bandit", {"num_arms": 3}, seed=2, variables=variables)
-    ids_a = set(a.sample(6)[0]["task_ids"].tolist())
-    ids_b = set(b.sample(6)[0]["task_ids"].tolist())
+    ids_a = set(a.sample(6)[0].payload.task_ids.tolist())
+    ids_b = set(b.sample(6)[0].payload.task_ids.tolist())
     assert ids_a.isdisjoint(ids_b)

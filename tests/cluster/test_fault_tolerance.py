@@ -78,10 +78,10 @@ def test_maml_drops_failed_episodes_and_its_update_stays_finite(guard):
     policy = maml.make_policy(sampler.env.single_observation_space, sampler.env.single_action_space, config)
     sampler.set_weights(0, maml.get_weights(policy))
     results = sampler.collect(family.sample(4, np.random.default_rng(1)), 0)
-    masks = np.stack([r["inner_0/mask"] for r in results] + [r["post/mask"] for r in results])
+    masks = np.stack([r.stages["inner_0"].mask for r in results] + [r.stages["post"].mask for r in results])
     dropped = int((~masks.any(-1)).sum())
     assert dropped == sampler.dropped_episodes > 0
-    assert all(np.isfinite(r["return_pre"]) and np.isfinite(r["return_post"]) for r in results)
+    assert all(np.isfinite(r.metrics["return_pre"]) and np.isfinite(r.metrics["return_post"]) for r in results)
     stats = maml.MAMLLearner(policy, config, torch.device("cpu"), 0).update(results)
     assert np.isfinite(stats["meta_loss"]) and np.isfinite(stats["grad_norm"])
     assert all(torch.isfinite(p).all() for p in policy.parameters())
@@ -96,9 +96,9 @@ def test_rl2_restarts_a_trial_cut_by_an_env_failure(guard):
     batch, info = sampler.sample(40)
     assert sampler.dropped_trials > 0 and sum(generic.ENV_FAILURES.values()) >= sampler.dropped_trials
     # every returned trial is whole: two episodes of the fixed horizon (the goal is rarely hit)
-    lengths = batch["mask"].sum(1)
-    assert ((batch["dones"].sum(1) == 2) & (lengths <= 20)).all()
-    assert np.isfinite(batch["obs"]).all()
+    lengths = batch.mask.sum(1)
+    assert ((batch.dones.sum(1) == 2) & (lengths <= 20)).all()
+    assert np.isfinite(batch.obs).all()
 
 
 def test_serial_run_with_failing_envs_completes_and_counts_them(tmp_path, capsys):

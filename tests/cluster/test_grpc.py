@@ -26,9 +26,10 @@ from hypothesis import strategies as st
 
 from metaray.actors.remote import RemoteClient, RemoteSampler, make_rollout, task_messages, task_of
 from metaray.cluster.config import GrpcConfig, validate
-from metaray.cluster.grpc_service import GrpcService, RunSpec, decode_tensor, encode_tensor
-from metaray.cluster.proto import generate
-from metaray.cluster.proto import metaray_pb2 as pb
+from metaray.cluster.grpc_service import GrpcService, RunSpec
+from metaray.core import get_algorithm
+from metaray.protocol import decode_tensor, encode_tensor, generate
+from metaray.protocol import metaray_pb2 as pb
 from metaray.cluster.runtime import SerialRuntime
 from metaray.cluster.scheduler import TaskScheduler
 from metaray.cluster.trainer import Trainer
@@ -60,7 +61,8 @@ class Service:
             name, kwargs, self.algo_config = "point-nav", {"horizon": 10}, MAML_CONFIG
         self.family = make_family(name, kwargs)
         obs_space, act_space = spaces(self.family)
-        self.spec = RunSpec("test", algo, name, kwargs,
+        algorithm = get_algorithm(algo)
+        self.spec = RunSpec("test", algo, algorithm.mode, algorithm.wire_spec(self.algo_config), name, kwargs,
                             self.algo_config.model_dump(), obs_space, act_space, self.family.max_episode_steps)
         self.scheduler = TaskScheduler(self.family, 0)
         self.requests = collections.Counter()
@@ -121,12 +123,12 @@ def call_all_methods(client: RemoteClient) -> dict[str, grpc.StatusCode]:
 
 
 def test_generated_code_matches_the_proto(tmp_path):
-    """The committed *_pb2 files are what `python -m metaray.cluster.proto.generate` makes now."""
+    """The committed *_pb2 files are what `python -m metaray.protocol.generate` makes now."""
     made = generate.generate(tmp_path)
-    committed = ROOT / "metaray" / "cluster" / "proto"
+    committed = ROOT / "metaray" / "protocol"
     for path in made:
         assert filecmp.cmp(path, committed / path.name, shallow=False), (
-            f"{path.name} is out of date: run `python -m metaray.cluster.proto.generate`")
+            f"{path.name} is out of date: run `python -m metaray.protocol.generate`")
 
 
 def test_tensor_round_trip_and_malformed_tensors():
@@ -458,10 +460,14 @@ def test_maml_offer_external_task_result_matches_a_ray_workers():
         results, missing = s.service.close_offer()
         assert missing == [tasks[1]] and len(results) == 1
         result, info = results[0]
-        assert set(result) == set(expected)
-        for key in expected:
-            assert np.array_equal(result[key], expected[key]), key
-        assert info["rollouts"] == 4 and info["return_post"] == pytest.approx(float(expected["return_post"]))
+        assert (result.task_id, result.policy_version, result.env_steps, result.episodes) == \
+            (expected.task_id, expected.policy_version, expected.env_steps, expected.episodes)
+        assert result.stages.keys() == expected.stages.keys()
+        for stage, episodes in expected.stages.items():
+            for field, array in zip(episodes._fields, episodes, strict=True):
+                if array is not None:
+                    assert np.array_equal(getattr(result.stages[stage], field), array), (stage, field)
+        assert info["rollouts"] == 4 and info["return_post"] == pytest.approx(expected.metrics["return_post"])
         learner = maml.MAMLLearner(maml.make_policy(s.spec.observation_space, s.spec.action_space, MAML_CONFIG),
                                    MAML_CONFIG, __import__("torch").device("cpu"), 0)
         assert np.isfinite(learner.update([result])["meta_loss"])

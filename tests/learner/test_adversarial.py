@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from metaray.cli import main
 from metaray.cluster.checkpoint import read_progress
+from metaray.core import stack_episodes
 from metaray.learner import adversarial as adv
 from metaray.learner import maml
 from metaray.tasks import make_family
@@ -50,7 +51,7 @@ def collect(config: adv.AdversarialConfig, reward_noise: int | None = None):
 
 
 def learner_batch(results):
-    return [{k: v for k, v in r.items() if k not in adv.METRICS_ONLY} for r in results]
+    return [r.for_learner() for r in results]
 
 
 @pytest.mark.parametrize(("discriminator", "learn_inner_lr"), [("airl", False), ("gail", False), ("gail", True)])
@@ -59,7 +60,7 @@ def test_replacing_the_env_reward_with_noise_leaves_the_update_identical(discrim
     updated, true_post = [], []
     for noise in (None, 1, 2):
         agent, _, results = collect(config, reward_noise=noise)
-        true_post.append([float(r["return_post"]) for r in results])
+        true_post.append([r.metrics["return_post"] for r in results])
         learner = adv.AdversarialLearner(agent, config, torch.device("cpu"), seed=0)
         stats = learner.update(learner_batch(results))
         assert stats["step_accepted"] == 1.0 and np.isfinite(stats["disc_loss"])
@@ -82,7 +83,7 @@ def test_learner_refuses_batches_that_carry_the_true_reward():
     config = small_config()
     agent, _, results = collect(config)
     learner = adv.AdversarialLearner(agent, config, torch.device("cpu"), seed=0)
-    with pytest.raises(ValueError, match="true-reward keys"):
+    with pytest.raises(ValueError, match="true-reward metrics"):
         learner.update(results)
 
 
@@ -97,7 +98,7 @@ def test_learner_recomputes_the_workers_adapted_generator_and_discriminator(demo
         torch.testing.assert_close(p, sampler.adapted_disc[k], atol=1e-5, rtol=1e-5)
     inner, _ = learner.gen.stages(batch)
     if demo_advantage:
-        support = {f: np.stack([r[f"support/{f}"] for r in batch]) for f in adv.DEMO_FIELDS}
+        support = stack_episodes([r.extras["support"] for r in batch])
         inner = [adv.with_demos(stage, support, demo_advantage) for stage in inner]
     theta = maml.adapt(agent.generator, dict(agent.generator.named_parameters()), inner, config.inner_lr)[-1]
     for k, p in theta.items():
@@ -117,13 +118,13 @@ def test_demo_episodes_add_a_behaviour_cloning_term_to_the_inner_step():
     policy = agent.generator
     theta = dict(policy.named_parameters())
     stage = maml.MAMLLearner(policy, config, torch.device("cpu"), 0).stages(batch)[0][0]
-    support = {f: np.stack([r[f"support/{f}"] for r in batch]) for f in adv.DEMO_FIELDS}
+    support = stack_episodes([r.extras["support"] for r in batch])
     both = adv.with_demos(stage, support, 2.0)
-    e, k = stage.obs.shape[1], support["obs"].shape[1]
+    e, k = stage.obs.shape[1], support.obs.shape[1]
     stepped = maml.inner_step(policy, theta, both, config.inner_lr, per_task=False)
     plain = maml.inner_step(policy, theta, stage, config.inner_lr, per_task=False)
-    demo_obs, demo_act = torch.as_tensor(support["obs"]), torch.as_tensor(support["actions"])
-    demo_mask = torch.as_tensor(support["mask"]).float()
+    demo_obs, demo_act = torch.as_tensor(support.obs), torch.as_tensor(support.actions)
+    demo_mask = torch.as_tensor(support.mask).float()
     for i in range(N_TASKS):
         g_pg = torch.autograd.grad(maml.inner_loss(policy, theta, stage.obs[i], stage.actions[i], stage.advantages[i], stage.mask[i]),
                                    list(theta.values()))
@@ -145,8 +146,8 @@ def query_loglik(policy, inner, query, inner_lr) -> float:
     """Mean log-likelihood of the query demos under the adapted policies θ'_i of the current θ."""
     with torch.no_grad():
         theta = maml.adapt(policy, dict(policy.named_parameters()), inner, inner_lr)[-1]
-        mean, log_std = maml.per_task_forward(policy, theta, query["obs"])
-        return maml.episode_mean(maml.gaussian_log_prob(mean, log_std, query["actions"]), query["mask"].float()).mean().item()
+        mean, log_std = maml.per_task_forward(policy, theta, query.obs)
+        return maml.episode_mean(maml.gaussian_log_prob(mean, log_std, query.actions), query.mask.float()).mean().item()
 
 
 @pytest.mark.parametrize("outer", ["trpo", "ppo-clip"])
@@ -160,9 +161,9 @@ def test_query_demos_add_a_behaviour_cloning_term_to_the_meta_objective(outer):
         batch = learner_batch(results)
         learner = adv.AdversarialLearner(agent, config, torch.device("cpu"), seed=0)
         inner, _ = learner.gen.stages(batch)
-        support = {f: np.stack([r[f"support/{f}"] for r in batch]) for f in adv.DEMO_FIELDS}
+        support = stack_episodes([r.extras["support"] for r in batch])
         inner = [adv.with_demos(stage, support, 1.0) for stage in inner]
-        query = {f: torch.as_tensor(np.stack([r[f"query/{f}"] for r in batch])) for f in adv.DEMO_FIELDS}
+        query = adv.Demos(*(None if a is None else torch.as_tensor(a) for a in stack_episodes([r.extras["query"] for r in batch])))
         before = query_loglik(agent.generator, inner, query, config.inner_lr)
         stats = learner.update(batch)
         gains[c] = query_loglik(agent.generator, inner, query, config.inner_lr) - before
@@ -309,12 +310,12 @@ def test_ablation_switches_freeze_one_side_on_worker_and_learner(switch):
 def test_wrong_demos_control_gives_each_task_its_neighbours_demos():
     right = collect(small_config())[2]
     more = collect(small_config(num_demos=3))[2]
-    assert [r["expert_return"] for r in more] == [r["expert_return"] for r in right]  # not a function of K
+    assert [r.metrics["expert_return"] for r in more] == [r.metrics["expert_return"] for r in right]  # not a function of K
     wrong = collect(small_config(wrong_demos=True))[2]
     for i in range(N_TASKS):
-        assert np.array_equal(wrong[i]["support/actions"], right[(i + 1) % N_TASKS]["support/actions"])
-        assert wrong[i]["task_id"] == right[i]["task_id"]
-        assert wrong[i]["expert_return"] == right[i]["expert_return"]  # scored against its own expert
+        assert np.array_equal(wrong[i].extras["support"].actions, right[(i + 1) % N_TASKS].extras["support"].actions)
+        assert wrong[i].task_id == right[i].task_id
+        assert wrong[i].metrics["expert_return"] == right[i].metrics["expert_return"]  # scored against its own expert
 
 
 def test_discriminator_judges_executed_actions_and_demos_do_not_depend_on_k():
@@ -326,8 +327,8 @@ def test_discriminator_judges_executed_actions_and_demos_do_not_depend_on_k():
     torch.testing.assert_close(adv.disc_logits(disc, phi, inside), adv.disc_logits(disc, phi, outside))
     family = make_family("point-nav", {"horizon": 20})
     tasks = family.sample(2, np.random.default_rng(0))
-    few, many = adv.expert_demos(family, tasks, 3, 0.01, 7), adv.expert_demos(family, tasks, 6, 0.01, 7)
-    np.testing.assert_array_equal(few["actions"], many["actions"][:, :3])  # demo j is the same for any count
+    few, many = adv.expert_demos(family, tasks, 3, 0.01, 7)[0], adv.expert_demos(family, tasks, 6, 0.01, 7)[0]
+    np.testing.assert_array_equal(few.actions, many.actions[:, :3])  # demo j is the same for any count
     assert adv.evaluation_chunks(21, 20) == [range(0, 19), range(19, 21)]
     assert adv.evaluation_chunks(40, 20) == [range(0, 20), range(20, 40)]
 
@@ -374,7 +375,7 @@ def test_post_episodes_are_relabelled_by_the_discriminator_refitted_on_them(disc
         phi_k = learner.adapted_discriminators(batch, dict(disc.named_parameters()))
         demo, pol = learner._stage_data(batch, "post", "query")
         refit = adv.disc_adapt(disc, phi_k, demo, pol, config.disc_inner_lr, config.disc_inner_steps, stacked=True)
-        post_rewards = torch.stack([torch.as_tensor(r["post/rewards"]) for r in batch])
+        post_rewards = torch.stack([torch.as_tensor(r.stages["post"].rewards) for r in batch])
         torch.testing.assert_close(post_rewards, adv.relabel(disc, refit, pol, disc_reward), atol=1e-5, rtol=1e-5)
         assert not torch.allclose(post_rewards, adv.relabel(disc, phi_k, pol, disc_reward), atol=1e-4)
         if disc_reward == "log-d":  # log D: a cost at every valid step, the logit's −softplus(−·)
@@ -399,11 +400,11 @@ def test_halfcheetah_vel_demos_come_from_the_shipped_expert():
     results = sampler.collect(tasks, 0)
     assert sampler.env.single_observation_space.shape == (17,)  # the target stays hidden
     for task, result in zip(tasks, results, strict=True):
-        demos = adv.expert_demos(family, [task], 1, 0.0, seed=0)
-        velocity = demos["obs"][0, 0, -20:, 8].mean()  # qvel[0]: the cheetah's x velocity
+        demos, _ = adv.expert_demos(family, [task], 1, 0.0, seed=0)
+        velocity = demos.obs[0, 0, -20:, 8].mean()  # qvel[0]: the cheetah's x velocity
         assert abs(velocity - task.params[0]) < 0.35
         # the expert's return is far above the adapted random policy's
-        assert result["expert_return"] > result["return_post"] + 20
+        assert result.metrics["expert_return"] > result.metrics["return_post"] + 20
 
 
 def test_batched_expert_acts_like_the_per_task_expert():
@@ -411,8 +412,8 @@ def test_batched_expert_acts_like_the_per_task_expert():
     expert does. (Whole demos differ in the last float bits, which MuJoCo's dynamics amplify.)"""
     family = make_family("halfcheetah-vel", {"horizon": 15})
     tasks = [family.task("train", i) for i in range(3)]
-    demos = adv.expert_demos(family, tasks, 2, 0.0, seed=5)
-    obs = demos["obs"].reshape(-1, 15, 17)[:, 7]  # real mid-episode observations, 6 slots
+    demos, _ = adv.expert_demos(family, tasks, 2, 0.0, seed=5)
+    obs = demos.obs.reshape(-1, 15, 17)[:, 7]  # real mid-episode observations, 6 slots
     slot_tasks = [task for task in tasks for _ in range(2)]
     batched = family.batched_expert(slot_tasks)(obs)
     single = np.stack([family.expert(task)(o) for task, o in zip(slot_tasks, obs, strict=True)])
@@ -441,7 +442,7 @@ def test_meta_sgd_step_sizes_reach_the_workers_and_descend_the_meta_objective():
     batch = learner_batch(sampler.collect(tasks, 0))
     learner = adv.AdversarialLearner(agent, config, torch.device("cpu"), seed=0)
     inner, post = learner.gen.stages(batch)
-    support = {f: np.stack([r[f"support/{f}"] for r in batch]) for f in adv.DEMO_FIELDS}
+    support = stack_episodes([r.extras["support"] for r in batch])
     inner = [adv.with_demos(stage, support, 1.0) for stage in inner]
     theta = {k: p.detach().clone() for k, p in agent.generator.named_parameters()}
     adapted = maml.adapt(agent.generator, theta, inner, alpha)[-1]
@@ -458,7 +459,7 @@ def test_meta_sgd_step_sizes_reach_the_workers_and_descend_the_meta_objective():
             return -maml.episode_mean(logp * post.advantages, post.mask).mean().item()
 
     learner.config = learner.config.model_copy(update={"outer": "reptile", "reptile_lr": 0.0})  # θ stays put
-    learner.gen.config = learner.gen.config.model_copy(update={"outer": "reptile", "reptile_lr": 0.0})
+    learner.gen.config = learner.gen.outer.config = learner.gen.config.model_copy(update={"outer": "reptile", "reptile_lr": 0.0})
     stats = learner.update(batch)
     assert stats["inner_lr_grad_norm"] > 0
     assert all(torch.equal(theta[k], p) for k, p in agent.generator.named_parameters())

@@ -34,24 +34,24 @@ def test_collect_returns_numpy_episodes_per_task_with_behaviour_log_probs():
     assert len(results) == 3
     horizon = FAMILY.max_episode_steps
     for task, r in zip(tasks, results, strict=True):
-        assert all(isinstance(v, np.ndarray) for v in r.values())
-        assert int(r["task_id"]) == task.task_id and int(r["policy_version"]) == 0
+        assert all(isinstance(a, np.ndarray) for ep in r.stages.values() for a in ep if a is not None)
+        assert r.task_id == task.task_id and r.policy_version == 0
         for stage in ("inner_0", "inner_1", "post"):
-            assert r[f"{stage}/obs"].shape == (4, horizon, 2) and r[f"{stage}/actions"].shape == (4, horizon, 2)
+            assert r.stages[stage].obs.shape == (4, horizon, 2) and r.stages[stage].actions.shape == (4, horizon, 2)
             for key in ("rewards", "mask", "logp"):
-                assert r[f"{stage}/{key}"].shape == (4, horizon)
-            assert r[f"{stage}/mask"].dtype == bool and r[f"{stage}/mask"][:, 0].all()
-        assert float(r["return_pre"]) == pytest.approx(r["inner_0/rewards"].sum(-1).mean())
-        assert float(r["return_post"]) == pytest.approx(r["post/rewards"].sum(-1).mean())
+                assert getattr(r.stages[stage], key).shape == (4, horizon)
+            assert r.stages[stage].mask.dtype == bool and r.stages[stage].mask[:, 0].all()
+        assert r.metrics["return_pre"] == pytest.approx(r.stages["inner_0"].rewards.sum(-1).mean())
+        assert r.metrics["return_post"] == pytest.approx(r.stages["post"].rewards.sum(-1).mean())
         # the pre-update episodes were sampled with θ
-        m = r["inner_0/mask"]
+        m = r.stages["inner_0"].mask
         theta = dict(policy.named_parameters())
-        np.testing.assert_allclose(recompute_logp(policy, theta, r["inner_0/obs"], r["inner_0/actions"])[m], r["inner_0/logp"][m], atol=1e-5)
+        np.testing.assert_allclose(recompute_logp(policy, theta, r.stages["inner_0"].obs, r.stages["inner_0"].actions)[m], r.stages["inner_0"].logp[m], atol=1e-5)
     # the post-update episodes were sampled with each task's own adapted parameters
     for i, r in enumerate(results):
         own = {k: v[i] for k, v in sampler.adapted_params.items()}
-        m = r["post/mask"]
-        np.testing.assert_allclose(recompute_logp(policy, own, r["post/obs"], r["post/actions"])[m], r["post/logp"][m], atol=1e-5)
+        m = r.stages["post"].mask
+        np.testing.assert_allclose(recompute_logp(policy, own, r.stages["post"].obs, r.stages["post"].actions)[m], r.stages["post"].logp[m], atol=1e-5)
     with pytest.raises(ValueError, match="version"):
         sampler.collect(tasks, 1)
 
@@ -66,14 +66,14 @@ def test_post_update_rollout_uses_each_tasks_own_parameters():
     other["log_std"] = theta["log_std"] - 1.5
     stacked = {k: torch.stack([theta[k], other[k]]) for k in theta}
     with torch.no_grad():
-        arrays, _ = sampler.rollout(stacked, per_task=True, num_tasks=2)
+        arrays = sampler.rollout(stacked, per_task=True, num_tasks=2).episodes
     for i, own in enumerate([theta, other]):
-        m = arrays["mask"][i]
-        logp = recompute_logp(policy, own, arrays["obs"][i], arrays["actions"][i])
-        np.testing.assert_allclose(logp[m], arrays["logp"][i][m], atol=1e-5)
-        wrong = recompute_logp(policy, [other, theta][i], arrays["obs"][i], arrays["actions"][i])
-        assert np.abs(wrong[m] - arrays["logp"][i][m]).max() > 0.1
-    assert arrays["actions"][1].std() < arrays["actions"][0].std()  # task 1 acts with std e^-1.5
+        m = arrays.mask[i]
+        logp = recompute_logp(policy, own, arrays.obs[i], arrays.actions[i])
+        np.testing.assert_allclose(logp[m], arrays.logp[i][m], atol=1e-5)
+        wrong = recompute_logp(policy, [other, theta][i], arrays.obs[i], arrays.actions[i])
+        assert np.abs(wrong[m] - arrays.logp[i][m]).max() > 0.1
+    assert arrays.actions[1].std() < arrays.actions[0].std()  # task 1 acts with std e^-1.5
 
 
 @pytest.mark.parametrize("steps", [1, 2])
@@ -111,9 +111,9 @@ def test_learned_post_std_is_the_adapted_policies_sigma_on_worker_and_learner(ou
     for i, r in enumerate(results):
         own = {k: v[i] for k, v in sampler.adapted_params.items()}
         for stage, params in (("inner_0", theta), ("post", own)):
-            m = r[f"{stage}/mask"]
-            np.testing.assert_allclose(recompute_logp(policy, params, r[f"{stage}/obs"], r[f"{stage}/actions"])[m],
-                                       r[f"{stage}/logp"][m], atol=1e-5)
+            m = r.stages[stage].mask
+            np.testing.assert_allclose(recompute_logp(policy, params, r.stages[stage].obs, r.stages[stage].actions)[m],
+                                       r.stages[stage].logp[m], atol=1e-5)
     learner = maml.MAMLLearner(policy, config, torch.device("cpu"), seed=0)
     before = {k: v.detach().clone() for k, v in policy.named_parameters()}
     stats = learner.update(results)
@@ -136,10 +136,10 @@ def test_episodes_that_end_early_are_masked_and_the_learner_handles_mixed_length
         policy.log_std.fill_(-10.0)  # (almost) standing still
     sampler.set_weights(1, maml.get_weights(policy))
     results = sampler.collect([near, far], 1)
-    pre_near, pre_far = results[0]["inner_0/mask"], results[1]["inner_0/mask"]
+    pre_near, pre_far = results[0].stages["inner_0"].mask, results[1].stages["inner_0"].mask
     assert pre_near[:, 0].all() and not pre_near[:, 1:].any()
     assert pre_far.all()
-    assert (results[0]["inner_0/rewards"][:, 1:] == 0).all() and (results[0]["inner_0/obs"][:, 1:] == 0).all()
+    assert (results[0].stages["inner_0"].rewards[:, 1:] == 0).all() and (results[0].stages["inner_0"].obs[:, 1:] == 0).all()
     with torch.no_grad():
         policy.log_std.fill_(0.0)
     sampler.set_weights(2, maml.get_weights(policy))
@@ -156,7 +156,8 @@ def test_collect_is_reproducible_from_the_seed():
         sampler, _, _ = make_sampler(seed=5)
         outs.append(sampler.collect(FAMILY.sample(2, np.random.default_rng(0)), 0))
     for a, b in zip(*outs, strict=True):
-        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+        assert a.stages.keys() == b.stages.keys() and a.metrics == b.metrics
+        assert all(np.array_equal(x, y) for s in a.stages for x, y in zip(a.stages[s], b.stages[s], strict=True) if x is not None)
 
 
 def test_evaluate_reports_pre_and_post_returns_per_task():
@@ -184,9 +185,10 @@ def test_short_point_nav_run_learns_to_adapt():
     history = []
     for version in range(5):
         sampler.set_weights(version, maml.get_weights(learner.policy))
-        stats = learner.update(sampler.collect(FAMILY.sample(10, rng), version))
+        results = sampler.collect(FAMILY.sample(10, rng), version)
+        stats = learner.update([r.for_learner() for r in results])
         assert stats["step_accepted"] == 1.0 and stats["kl"] <= config.max_kl
-        history.append(stats)
+        history.append({k: np.mean([r.metrics[k] for r in results]) for k in ("return_pre", "return_post")})
     after = maml.evaluate(learner.policy, FAMILY, test_tasks, config, seed=0)
     mean = lambda rows, key: float(np.mean([r[key] for r in rows]))  # noqa: E731
     assert mean(after, "return_post") > mean(before, "return_pre") + 10
@@ -204,7 +206,7 @@ def test_collect_reuses_its_envs_and_switches_every_slot_to_the_new_tasks():
     assert sampler.env is env  # same slot count: no rebuild
     per = sampler.config.episodes_per_task
     assert [t.task_id for t in env.tasks] == [t.task_id for t in second for _ in range(per)]
-    assert [int(r["task_id"]) for r in results] == [t.task_id for t in second]
+    assert [r.task_id for r in results] == [t.task_id for t in second]
     sampler.collect(second[:2], sampler.version)
     assert sampler.env is not env and sampler.env.num_envs == 2 * per
 
@@ -215,11 +217,11 @@ def test_zero_inner_steps_is_multi_task_training_of_theta(outer):
     outer step updates θ from it."""
     sampler, policy, config = make_sampler(num_inner_steps=0, outer=outer)
     results = sampler.collect(FAMILY.sample(2, np.random.default_rng(4)), 0)
-    assert not any(k.startswith("inner_") for k in results[0])
+    assert list(results[0].stages) == ["post"]
     for r in results:
-        assert float(r["return_pre"]) == float(r["return_post"])
-        np.testing.assert_allclose(r["post/logp"], recompute_logp(policy, dict(policy.named_parameters()),
-                                                                  r["post/obs"], r["post/actions"]), atol=1e-5)
+        assert r.metrics["return_pre"] == r.metrics["return_post"]
+        np.testing.assert_allclose(r.stages["post"].logp, recompute_logp(policy, dict(policy.named_parameters()),
+                                                                  r.stages["post"].obs, r.stages["post"].actions), atol=1e-5)
     before = maml.flat(p.detach().clone() for p in policy.parameters())
     stats = maml.MAMLLearner(policy, config, torch.device("cpu"), seed=0).update(results)
     assert np.isfinite(stats["grad_norm"])

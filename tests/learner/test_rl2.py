@@ -14,10 +14,10 @@ def make_sampler(family_name="bandit", kwargs=None, slots=8, seed=0, **cfg):
 
 def recompute_logp(policy, batch):
     spec = policy.spec
-    x = torch.from_numpy(rl2.trial_inputs(spec, batch["obs"], batch["actions"], batch["rewards"], batch["dones"]))
+    x = torch.from_numpy(rl2.trial_inputs(spec, batch.obs, batch.actions, batch.rewards, batch.dones))
     with torch.no_grad():
         head, _, _ = policy(x, policy.initial_state(x.shape[0]))
-        return policy.log_prob(policy.distribution(head), torch.from_numpy(batch["actions"])).numpy()
+        return policy.log_prob(policy.distribution(head), torch.from_numpy(batch.actions)).numpy()
 
 
 @pytest.mark.parametrize("progress_input", [False, True])
@@ -33,15 +33,15 @@ def test_learner_sees_exactly_what_the_worker_sampled(family, kwargs, n, progres
     assert sampler.policy.spec.input_dim == sampler.spec.obs_dim + sampler.spec.act_dim + 2 + progress_input
     sampler.set_weights(3, rl2.get_weights(sampler.policy))
     batch, info = sampler.sample(min_trials=12)  # more trials than slots: slots start new trials
-    assert info["num_trials"] >= 12 and batch["policy_version"] == 3
-    mask = batch["mask"]
-    np.testing.assert_allclose(recompute_logp(sampler.policy, batch)[mask], batch["logp"][mask], atol=1e-5)
+    assert info.num_trials >= 12 and batch.policy_version == 3
+    mask = batch.mask
+    np.testing.assert_allclose(recompute_logp(sampler.policy, batch)[mask], batch.logp[mask], atol=1e-5)
     # every trial holds exactly n episodes
-    assert (batch["dones"].sum(1) == n).all()
+    assert (batch.dones.sum(1) == n).all()
     if family == "bandit":
-        assert batch["mask"].all() and batch["obs"].shape[1] == n
+        assert batch.mask.all() and batch.obs.shape[1] == n
     if progress_input:  # the last input column counts finished episodes: 0, 1/n, ... within a trial
-        x = rl2.trial_inputs(sampler.spec, batch["obs"], batch["actions"], batch["rewards"], batch["dones"])
+        x = rl2.trial_inputs(sampler.spec, batch.obs, batch.actions, batch.rewards, batch.dones)
         first = x[:, 0, -1]
         last = x[mask.sum(1) > 0, mask.sum(1) - 1, -1]
         assert (first == 0).all() and np.allclose(last, (n - 1) / n)
@@ -83,7 +83,7 @@ def test_update_changes_weights_and_reports_finite_stats():
     batches = [sampler.sample(8)[0], sampler.sample(8)[0]]
     stats = learner.update(batches)
     assert all(np.isfinite(v) for v in stats.values())
-    assert stats["num_trials"] == sum(len(b["task_ids"]) for b in batches) == 32
+    assert stats["num_trials"] == sum(len(b.task_ids) for b in batches) == 32
     after = rl2.get_weights(learner.policy)
     assert any(not np.array_equal(before[k], after[k]) for k in before)
 

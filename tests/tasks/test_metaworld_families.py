@@ -15,7 +15,7 @@ from metaworld.policies import SawyerReachV3Policy
 
 from metaray.cli import main
 from metaray.cluster.checkpoint import read_progress
-from metaray.learner import get_algorithm
+from metaray.core import get_algorithm
 from metaray.tasks import Task, TaskFamilyError, make_family, make_vector_env, step_success
 from metaray.tasks.metaworld import (
     MetaWorldML1Family,
