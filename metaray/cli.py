@@ -254,6 +254,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if os.getcwd() not in sys.path:  # a user's "package.module:Class" (family, algorithm) from the working
+        sys.path.append(os.getcwd())  # directory, as `python -m` and the local Ray workers see it
     from metaray.cluster.checkpoint import CheckpointError
     from metaray.cluster.config import ConfigError
     from metaray.cluster.control import ScaleError

@@ -449,7 +449,19 @@ class GrpcService:
 
     def _check(self, msg: pb.Rollout, index: int) -> RolloutArrays:
         """Every field of one rollout, or Reject naming the first bad one."""
-        spec, where = self.spec, f"rollout {index}"
+        where = f"rollout {index}"
+        self._check_assignment(msg, where)
+        arrays = self._decode(msg, where)
+        self._check_values(arrays, where)
+        self._check_episode_ends(arrays["dones"], where)
+        return RolloutArrays(int(msg.task_id), int(msg.policy_version), msg.stage, arrays["observations"],
+                             arrays["actions"], arrays["rewards"], arrays["dones"], arrays["log_probs"],
+                             int(msg.assignment_id))
+
+    def _check_assignment(self, msg: pb.Rollout, where: str) -> None:
+        """The rollout answers an open assignment of this actor, with its task, a stage and a
+        policy version the run accepts."""
+        spec = self.spec
         actor = _check_actor_id(msg.actor_id, where)
         with self._lock:
             assignment = self._assignment(msg.assignment_id)
@@ -471,6 +483,10 @@ class GrpcService:
         elif msg.policy_version != assignment.policy_version:
             raise Reject(grpc.StatusCode.FAILED_PRECONDITION,
                          f"{where}: policy_version {msg.policy_version}, the task must be run with {assignment.policy_version}")
+
+    def _decode(self, msg: pb.Rollout, where: str) -> dict[str, np.ndarray]:
+        """The five tensors, each present, well formed, of its dtype and of one length T."""
+        spec = self.spec
         arrays = {}
         for name in ("observations", "actions", "rewards", "dones", "log_probs"):
             if not msg.HasField(name):
@@ -490,7 +506,11 @@ class GrpcService:
             if getattr(msg, name).dtype != dtype or arrays[name].shape != shape:
                 raise _invalid(f"{where}: {name} must be {dtype} {list(shape)}, got {getattr(msg, name).dtype} "
                                f"{list(arrays[name].shape)}")
-        limit = self.config.max_abs_value
+        return arrays
+
+    def _check_values(self, arrays: dict[str, np.ndarray], where: str) -> None:
+        """Finite, within grpc.max_abs_value, observations inside their space, actions valid."""
+        spec, limit = self.spec, self.config.max_abs_value
         for name in ("observations", "rewards", "log_probs") + (() if spec.discrete else ("actions",)):
             a = arrays[name]
             if not np.isfinite(a).all():
@@ -506,9 +526,6 @@ class GrpcService:
                 raise _invalid(f"{where}: actions must be in [0, {spec.action_space.n})")
             if arrays["log_probs"].max() > 1e-6:
                 raise _invalid(f"{where}: log_probs of discrete actions must be <= 0")
-        self._check_episode_ends(arrays["dones"], where)
-        return RolloutArrays(int(msg.task_id), int(msg.policy_version), msg.stage, obs, arrays["actions"], arrays["rewards"],
-                             arrays["dones"], arrays["log_probs"], int(msg.assignment_id))
 
     def _check_episode_ends(self, dones: np.ndarray, where: str) -> None:
         spec = self.spec

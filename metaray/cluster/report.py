@@ -45,39 +45,12 @@ def plot_run(run_dir: Path, out: Path | None = None, title: str | None = None) -
     run_dir = Path(run_dir)
     rows = _rows(run_dir)
     out = Path(out) if out is not None else run_dir / "curves.png"
-    steps = [r["env_steps_total"] / 1e6 for r in rows]
-    iters = [r["iteration"] for r in rows]
     fig, (ax_ret, ax_rate, ax_time) = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
-
-    for key, label in RETURN_LABELS.items():
-        if any(key in r for r in rows):
-            xs = [s for s, r in zip(steps, rows, strict=True) if key in r]
-            ax_ret.plot(xs, [r[key] for r in rows if key in r], label=label, lw=1.4)
-    evaluation = _read_json(run_dir / "eval.json")
-    if evaluation is not None:
-        held_out = {"return_pre": "held-out pre", "mean_return": "held-out"}
-        for key, label in held_out.items():
-            if key in evaluation:
-                ax_ret.scatter([steps[-1]], [evaluation[key]], marker="*", s=120, zorder=3,
-                               label=f"{label} ({evaluation.get('num_tasks', '?')} {evaluation.get('split', '')} tasks)")
-    ax_ret.set(xlabel="env steps (millions)", ylabel="mean return", title="returns")
-    ax_ret.legend(fontsize=8)
-    ax_ret.grid(alpha=0.3)
-
-    ax_rate.plot(iters, [r.get("env_steps_per_s", 0.0) for r in rows], color="tab:green", lw=1.2)
+    _plot_returns(ax_ret, rows, _read_json(run_dir / "eval.json"))
+    ax_rate.plot([r["iteration"] for r in rows], [r.get("env_steps_per_s", 0.0) for r in rows], color="tab:green", lw=1.2)
     ax_rate.set(xlabel="iteration", ylabel="env steps / s", title="throughput")
     ax_rate.grid(alpha=0.3)
-
-    walls = [r["wall_time_s"] for r in rows]
-    per_iter = [b - a for a, b in zip([0.0, *walls[:-1]], walls, strict=True)]
-    ax_time.plot(iters, per_iter, label="whole iteration", color="black", lw=1.2)
-    for key, label in (("sampling_s", "sampling"), ("learner_step_s", "learner step")):
-        if any(key in r for r in rows):
-            ax_time.plot([r["iteration"] for r in rows if key in r], [r[key] for r in rows if key in r], label=label, lw=1.0)
-    ax_time.set(xlabel="iteration", ylabel="seconds", title="time per iteration")
-    ax_time.legend(fontsize=8)
-    ax_time.grid(alpha=0.3)
-
+    _plot_times(ax_time, rows)
     config = (run_dir / "config.yaml").read_text()
     algo = next((line.split(":", 1)[1].strip() for line in config.splitlines() if line.startswith("algo:")), "?")
     fig.suptitle(title or f"{run_dir.name} ({algo}, {len(rows)} iterations, {rows[-1]['env_steps_total']:,} env steps)")
@@ -87,6 +60,33 @@ def plot_run(run_dir: Path, out: Path | None = None, title: str | None = None) -
     plt.close(fig)
     os.replace(tmp, out)
     return out
+
+
+def _plot_returns(ax: Any, rows: list[dict[str, Any]], evaluation: dict[str, Any] | None) -> None:
+    steps = [r["env_steps_total"] / 1e6 for r in rows]
+    for key, label in RETURN_LABELS.items():
+        if any(key in r for r in rows):
+            xs = [s for s, r in zip(steps, rows, strict=True) if key in r]
+            ax.plot(xs, [r[key] for r in rows if key in r], label=label, lw=1.4)
+    for key, label in {"return_pre": "held-out pre", "mean_return": "held-out"}.items():
+        if evaluation is not None and key in evaluation:
+            ax.scatter([steps[-1]], [evaluation[key]], marker="*", s=120, zorder=3,
+                       label=f"{label} ({evaluation.get('num_tasks', '?')} {evaluation.get('split', '')} tasks)")
+    ax.set(xlabel="env steps (millions)", ylabel="mean return", title="returns")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _plot_times(ax: Any, rows: list[dict[str, Any]]) -> None:
+    iters, walls = [r["iteration"] for r in rows], [r["wall_time_s"] for r in rows]
+    per_iter = [b - a for a, b in zip([0.0, *walls[:-1]], walls, strict=True)]
+    ax.plot(iters, per_iter, label="whole iteration", color="black", lw=1.2)
+    for key, label in (("sampling_s", "sampling"), ("learner_step_s", "learner step")):
+        if any(key in r for r in rows):
+            ax.plot([r["iteration"] for r in rows if key in r], [r[key] for r in rows if key in r], label=label, lw=1.0)
+    ax.set(xlabel="iteration", ylabel="seconds", title="time per iteration")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
 
 
 def run_status(run_dir: Path) -> dict[str, Any]:

@@ -48,7 +48,7 @@ def test_overrides_are_typed_like_yaml():
         ({**BASE, "rl2": {"hidden_size": "big"}}, "rl2.hidden_size: input should be a valid integer"),
         ({**BASE, "rl2": {"gamma": 1.5}}, "rl2.gamma: input should be less than or equal to 1 (got 1.5)"),
         ({**BASE, "workers": {"num_workers": 0}}, "workers.num_workers: input should be greater than or equal to 1"),
-        ({**BASE, "algo": "dqn"}, "algo: input should be 'rl2'"),
+        ({**BASE, "algo": "dqn"}, "algo: unknown algo 'dqn' (known: rl2, maml, adversarial"),
         ({"algo": "rl2"}, "task: required key is missing"),
         ({**BASE, "learner": {"device": "tpu"}}, "learner.device: input should be 'auto', 'cpu' or 'cuda'"),
     ],
