@@ -15,7 +15,14 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from metaray.core import AlgorithmBase, Episodes, LoopSpec, TaskResult, mean_episode_return, stack_stage
+from metaray.core import (
+    AlgorithmBase,
+    Episodes,
+    LoopSpec,
+    TaskResult,
+    mean_episode_return,
+    stack_stage,
+)
 from metaray.learner.optim_state import load_optimizer_tensors, optimizer_tensors
 from metaray.learner.sampling import SamplerBase
 from metaray.networks import GaussianMLPPolicy, gaussian_log_prob, get_weights

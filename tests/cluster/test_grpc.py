@@ -27,13 +27,13 @@ from hypothesis import strategies as st
 from metaray.actors.remote import RemoteClient, RemoteSampler, make_rollout, task_messages, task_of
 from metaray.cluster.config import GrpcConfig, validate
 from metaray.cluster.grpc_service import GrpcService, RunSpec
-from metaray.core import get_algorithm
-from metaray.protocol import decode_tensor, encode_tensor, generate
-from metaray.protocol import metaray_pb2 as pb
 from metaray.cluster.runtime import SerialRuntime
 from metaray.cluster.scheduler import TaskScheduler
 from metaray.cluster.trainer import Trainer
+from metaray.core import get_algorithm
 from metaray.learner import maml, rl2
+from metaray.protocol import decode_tensor, encode_tensor, generate
+from metaray.protocol import metaray_pb2 as pb
 from metaray.tasks import make_family, make_vector_env
 from tests.conftest import ROOT, TINY_RL2
 
