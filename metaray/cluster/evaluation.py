@@ -85,10 +85,10 @@ def evaluate_run(run_dir: Path, split: str = "test", num_tasks: int | None = Non
         **({"return_pre": float(np.mean([r["return_pre"] for r in per_task])),
             "return_post": float(np.mean(returns))} if key == "return_post" else {}),
         # Families that report info["success"] (Meta-World): share of episodes with a successful
-        # step (MAML: post-adaptation episodes; RL²: the trial's episodes), mean over tasks.
+        # step (post-adaptation episodes, or the trial's episodes), mean over tasks.
         **{key: float(np.nanmean([r[key] for r in per_task]))
            for key in ("success_rate", "success_rate_pre", "success_last") if key in per_task[0]},
-        # Adversarial imitation: the expert's and a random policy's true returns on the same tasks,
+        # Imitation algorithms: the expert's and a random policy's true returns on the same tasks,
         # and normalised_score = (R − R_random) / (R_expert − R_random), mean over tasks.
         **{key: float(np.nanmean([r[key] for r in per_task]))
            for key in ("normalised_score", "expert_return", "random_return") if key in per_task[0]},

@@ -26,7 +26,7 @@ COUNTERS = {
     "worker_restarts_total": ("metaray_worker_restarts", "Rollout workers restarted after dying."),
     "tasks_requeued_total": ("metaray_tasks_requeued", "Tasks re-queued after a worker failure or timeout."),
     "dropped_batches_total": ("metaray_dropped_batches", "Sample batches dropped for exceeding max_policy_lag."),
-    "dropped_episodes_total": ("metaray_dropped_episodes", "Episodes (RL²: trials) dropped after an env failure."),
+    "dropped_episodes_total": ("metaray_dropped_episodes", "Episodes (stream algorithms: trials) dropped after an env failure."),
     "tasks_reissued_total": ("metaray_tasks_reissued", "Tasks issued to a second worker after task_timeout_s."),
     "duplicate_results_total": ("metaray_duplicate_results", "Results discarded because another worker's came first."),
     "grpc_rollouts_accepted_total": ("metaray_grpc_rollouts_accepted", "Rollouts pushed by gRPC actors that passed every check."),
@@ -43,7 +43,7 @@ GAUGES = {
     "workers_alive": ("metaray_workers_alive", "Rollout workers alive."),
     "env_steps_per_s": ("metaray_env_steps_per_second", "Env steps per second over the last iteration."),
     "meta_loss": ("metaray_meta_loss", "Meta-loss (outer objective) after the last update."),
-    "policy_loss": ("metaray_meta_loss", None),  # RL²'s PPO loss reports under the same name
+    "policy_loss": ("metaray_meta_loss", None),  # a stream algorithm's policy loss reports under the same name
     "kl": ("metaray_kl", "KL between the policies before and after the last update."),
     "approx_kl": ("metaray_kl", None),
     "grad_norm": ("metaray_grad_norm", "Norm of the (meta-)gradient of the last update."),
@@ -83,9 +83,9 @@ class RunMetrics:
         for key, (name, doc) in HISTOGRAMS.items():
             self._histograms[key] = Histogram(name, doc, LABELS, buckets=SECONDS_BUCKETS,
                                               registry=self.registry).labels(**labels)
-        returns = Gauge(RETURN_NAME, "Mean true return of the last iteration: stage pre/post adaptation (MAML family, "
-                        "adversarial) or trial (RL², total reward per trial).", (*LABELS, "stage"), registry=self.registry)
-        # children made on first value: an RL² run has no pre/post series, a MAML run no trial series
+        returns = Gauge(RETURN_NAME, "Mean true return of the last iteration: stage pre/post adaptation (meta-batch "
+                        "algorithms) or trial (stream algorithms, total reward per trial).", (*LABELS, "stage"), registry=self.registry)
+        # children made on first value: a stream run has no pre/post series, a meta-batch run no trial series
         self._returns = {key: (lambda stage=stage: returns.labels(**labels, stage=stage)) for key, stage in RETURNS.items()}
         self.grpc_requests = Counter(GRPC_NAME, "gRPC requests served, by method and status code.",
                                      (*LABELS, "method", "code"), registry=self.registry)

@@ -13,7 +13,7 @@ from typing import Any
 
 from metaray.cluster.checkpoint import CheckpointError, latest_checkpoint, read_progress
 
-RETURN_LABELS = {"trial_return": "RL² trial return", "return_pre": "pre-adaptation",
+RETURN_LABELS = {"trial_return": "trial return", "return_pre": "pre-adaptation",
                  "return_post": "post-adaptation"}
 
 
@@ -35,7 +35,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def plot_run(run_dir: Path, out: Path | None = None, title: str | None = None) -> Path:
-    """Returns vs env steps (pre and post adaptation for MAML), throughput, and seconds per
+    """Returns vs env steps (pre and post adaptation, or per trial), throughput, and seconds per
     iteration split into sampling and learner; held-out results from eval.json as markers."""
     import matplotlib
 

@@ -3,7 +3,7 @@
 Strategies plug in behind `next_batch`: `uniform` (fresh tasks from the family's train split
 every iteration), `fixed-set` (a fixed list of train tasks, cycled in order, as Meta-World
 defines its benchmarks: the family's own `train_tasks()` when it has one, else `fixed_set_size`
-tasks drawn once) and `regret` (adversarial at the task level, PAIRED / AdMRL style with the
+tasks drawn once) and `regret` (an adversary at the task level, PAIRED / AdMRL style with the
 family's expert as the antagonist: a share λ of each meta-batch is replayed from the train tasks
 seen so far, the higher a task's running regret = expert's true return − adapted policy's true
 return the likelier, rank-based as in prioritized level replay; the rest are fresh uniform

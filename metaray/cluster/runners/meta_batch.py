@@ -1,4 +1,4 @@
-"""Meta-batch mode (e.g. the MAML family): scheduler -> workers -> learner, one iteration at a
+"""Meta-batch mode (e.g. the gradient-based meta-learners): scheduler -> workers -> learner, one iteration at a
 time. Between iterations: resize, probe, restart dead workers. A worker that fails mid-iteration
 is restarted and its tasks re-run, so the iteration completes with the same task set; a job
 running past workers.task_timeout_s is issued to an idle worker as well (the first result wins).

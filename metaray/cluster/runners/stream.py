@@ -1,4 +1,4 @@
-"""Stream mode (e.g. RL²): every worker always has one sampling call in flight, so sampling goes
+"""Stream mode (e.g. the recurrent meta-learner of metaray.learner): every worker always has one sampling call in flight, so sampling goes
 on while the learner updates; batches older than the algorithm's policy lag are dropped and
 counted. A failed worker is restarted and sampling goes on; new workers join, retired ones
 leave once their call in flight has returned."""
