@@ -63,6 +63,7 @@ from rl2_duan import machine, metaray  # noqa: E402
 
 from metaray.cluster.checkpoint import latest_checkpoint, load_checkpoint, read_progress  # noqa: E402
 from metaray.cluster.config import load_config  # noqa: E402
+from metaray.core import mean_episode_return  # noqa: E402
 from metaray.learner import adversarial as adv  # noqa: E402
 from metaray.learner import maml  # noqa: E402
 from metaray.tasks import make_family, make_vector_env  # noqa: E402
@@ -195,9 +196,9 @@ def demo_tensors(family: Any, tasks: list, k: int, k_query: int, noise: float, s
     """Support and query demos [N, K, T', ...] exactly as AdversarialSampler.demos makes them
     (expert_demos with K_query + K episodes and the sampler's seed; the first K_query are the query
     set, the next K the support set), cut to the longest demo."""
-    made = adv.expert_demos(family, tasks, k + k_query, noise, seed)
-    length = int(np.nonzero(made["mask"].any((0, 1)))[0].max()) + 1
-    t = {f: torch.as_tensor(made[f][:, :, :length]).float() for f in ("obs", "actions", "mask")}
+    made, _ = adv.expert_demos(family, tasks, k + k_query, noise, seed)
+    length = int(np.nonzero(made.mask.any((0, 1)))[0].max()) + 1
+    t = {f: torch.as_tensor(getattr(made, f)[:, :, :length]).float() for f in ("obs", "actions", "mask")}
     return {f: v[:, k_query:] for f, v in t.items()}, {f: v[:, :k_query] for f, v in t.items()}
 
 
@@ -236,9 +237,9 @@ def rollout_returns(config: adv.AdversarialConfig, stacked: maml.Params, tasks: 
     sampler.env.close()
     sampler.env = make_vector_env(FAMILY, tasks, config.episodes_per_task, seed=seed)
     with torch.no_grad():
-        arrays, _ = sampler.rollout({k: v.detach() for k, v in stacked.items()}, per_task=True, num_tasks=len(tasks))
+        episodes = sampler.rollout({k: v.detach() for k, v in stacked.items()}, per_task=True, num_tasks=len(tasks)).episodes
     sampler.env.close()
-    return [float(maml.mean_episode_return(arrays, i)) for i in range(len(tasks))]
+    return [mean_episode_return(episodes.task(i)) for i in range(len(tasks))]
 
 
 def bc_from_scratch(config: adv.AdversarialConfig, k: int, seed: int, num_tasks: int, steps: int, lr: float) -> dict:
@@ -604,11 +605,12 @@ def main() -> None:
     ids = [t.task_id for t in tasks]
     if not adv_evals:  # every adversarial method skipped: compute the same fields directly
         config = base.model_copy(update={"num_demos": TARGET_K})
-        made = adv.expert_demos(FAMILY, tasks, config.num_demos + config.num_query_demos, config.demo_noise, EVAL_SEED)
+        _, true_rewards = adv.expert_demos(FAMILY, tasks, config.num_demos + config.num_query_demos, config.demo_noise,
+                                           EVAL_SEED)
         rand = adv.random_policy_returns(FAMILY, tasks, config.episodes_per_task, EVAL_SEED)
         adv_evals.append({"K": TARGET_K, "seed": None, "tasks": [
             {"task_id": t.task_id, "expert_return": float(e), "random_return": rand[t.task_id]}
-            for t, e in zip(tasks, made["rewards"].sum(-1).mean(1), strict=True)]})
+            for t, e in zip(tasks, true_rewards.sum(-1).mean(1), strict=True)]})
     ref_eval = next((e for e in adv_evals if e["K"] == TARGET_K), adv_evals[0])
     ref = {t["task_id"]: (t["expert_return"], t["random_return"]) for t in ref_eval["tasks"]}
     checks: dict[str, Any] = {"reference": f"adversarial evaluation at K={ref_eval['K']}, seed {ref_eval['seed']}"}

@@ -63,8 +63,8 @@ def main() -> None:
     for it in range(args.iterations):
         sampler.set_weights(it, {k: v.detach().numpy().copy() for k, v in agent.state_dict().items()})
         results = sampler.collect(family.sample(config.meta_batch_size, rng), it)
-        pre, post = (float(np.mean([r[k] for r in results])) for k in ("return_pre", "return_post"))
-        stats = learner.update([{k: v for k, v in r.items() if k not in adv.METRICS_ONLY} for r in results])
+        pre, post = (float(np.mean([r.metrics[k] for r in results])) for k in ("return_pre", "return_post"))
+        stats = learner.update([r.for_learner() for r in results])  # the true reward's metrics removed, as the runtime does
         row = {"iteration": it + 1, "return_pre": pre, "return_post": post, "disc_loss": stats["disc_loss"],
                "log_std": agent.generator.log_std.detach().mean().item(), "wall_s": time.perf_counter() - start}
         row.update({k: v for k, v in stats.items() if k.startswith("inner_lr_") or k == "post_log_std"})  # Meta-SGD's α, the adapted σ

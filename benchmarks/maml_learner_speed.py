@@ -79,7 +79,7 @@ def loop_update(policy, results, config) -> dict[str, float]:
     learner = maml.MAMLLearner(copy.deepcopy(policy), config, torch.device("cpu"), 0)
     inner, post = learner.stages(results)
     params = dict(learner.policy.named_parameters())
-    old_mean, old_log_std, old_logp = learner._old_post_policy(params, inner, post)
+    old_mean, old_log_std, old_logp = learner.outer.old_post_policy(params, inner, post)
     post = post._replace(logp=old_logp)
     objective = partial(loop_objective, learner.policy, inner, post, old_mean, old_log_std, config)
     return maml.trpo_step(objective, params, config, None)[1]
@@ -110,7 +110,7 @@ def main() -> None:
     learner = maml.MAMLLearner(copy.deepcopy(policy), config, torch.device("cpu"), 0)
     inner, post = learner.stages(results)
     params = {k: v.detach().clone().requires_grad_() for k, v in learner.policy.named_parameters()}
-    old_mean, old_log_std, old_logp = learner._old_post_policy(params, inner, post)
+    old_mean, old_log_std, old_logp = learner.outer.old_post_policy(params, inner, post)
     post = post._replace(logp=old_logp)
 
     def vmapped():

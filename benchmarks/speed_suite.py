@@ -199,12 +199,12 @@ def measure_metaray_in_process(seconds: float, warmup: float) -> dict[str, Resul
     stacked = {k: v.detach()[None].clone() for k, v in params.items()}
 
     def collect() -> int:
-        return sum(int(r["env_steps"]) for r in sampler.collect(tasks, 0))
+        return sum(r.env_steps for r in sampler.collect(tasks, 0))
 
     def rollout(per_task: bool) -> Callable[[], int]:
         def run() -> int:
             with torch.no_grad():
-                return sampler.rollout(stacked if per_task else params, per_task=per_task, num_tasks=1)[1]
+                return sampler.rollout(stacked if per_task else params, per_task=per_task, num_tasks=1).env_steps
         return run
 
     out = {"metaray_1_worker_in_process": run_for(collect, seconds, warmup),
@@ -223,6 +223,7 @@ def measure_metaray_ray(seconds: float, warmup: float) -> dict[str, Result]:
     from metaray.learner import maml
     from metaray.learner.parameter_server import ParameterServer
     from metaray.learner.variables import RayVariables
+    from metaray.tasks import make_vector_env
 
     one_thread()
     env_vars = {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -239,7 +240,9 @@ def measure_metaray_ray(seconds: float, warmup: float) -> dict[str, Result]:
                 index, "maml", config.model_dump(), family.name, {}, index, variables, 1, guard)
 
         workers = [spawn(0), spawn(1)]
-        obs_space, act_space = ray.get(workers[0].spaces.remote())
+        probe = make_vector_env(family, tasks, seed=0)  # the spaces, as the runtime probes them
+        obs_space, act_space = probe.single_observation_space, probe.single_action_space
+        probe.close()
         variables.publish(0, maml.get_weights(maml.make_policy(obs_space, act_space, config)))
         ray.get([w.ping.remote() for w in workers])
         out = {"metaray_1_worker_ray": ray_rate(workers[:1], tasks, seconds, warmup),
@@ -362,7 +365,7 @@ def measure_native(seconds: float, warmup: float, config_path: str) -> dict[str,
         sampler.set_weights(0, rl2.get_weights(sampler.policy))
 
         def step() -> int:
-            return int(sampler.sample(slots)[1]["env_steps"])
+            return sampler.sample(slots)[1].env_steps
 
         env = make_vector_env(family, family.sample(slots, rng), seed=0)
         what = f"RL2Sampler.sample({slots}) (GRU {algo.hidden_size})"
@@ -375,8 +378,8 @@ def measure_native(seconds: float, warmup: float, config_path: str) -> dict[str,
 
         def step() -> int:
             results = sampler.collect(tasks, 0)
-            counted["valid"] += sum(int(r[f"{s}/mask"].sum()) for r in results for s in maml.stage_names(algo.num_inner_steps))
-            steps = sum(int(r["env_steps"]) for r in results)
+            counted["valid"] += sum(int(r.stages[s].mask.sum()) for r in results for s in maml.stage_names(algo.num_inner_steps))
+            steps = sum(r.env_steps for r in results)
             counted["all"] += steps
             return steps
 

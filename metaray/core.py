@@ -200,6 +200,10 @@ class Sampler(Protocol):
         resumed run continues exactly like the uninterrupted one."""
         ...
 
+    def close(self) -> None:
+        """Close the envs (a sampler built for one round, e.g. by an actor outside Ray)."""
+        ...
+
 
 class MetaBatchSampler(Sampler, Protocol):
     def collect(self, tasks: list[Task], version: int) -> list[TaskResult]:

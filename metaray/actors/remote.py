@@ -141,7 +141,7 @@ class RemoteSampler:
         sampler.set_weights(version, weights)
         with torch.no_grad():
             payload, _ = sampler.sample(min_trials=len(assignments))
-        sampler.env.close()
+        sampler.close()
         by_task: dict[int, list[pb.TaskAssignment]] = {}
         for a in assignments:
             by_task.setdefault(a.task_id, []).append(a)

@@ -47,3 +47,7 @@ class SamplerBase:
 
     def restart(self) -> None:
         """Drop partial work; samplers that keep none have nothing to do."""
+
+    def close(self) -> None:
+        """Close the envs."""
+        self.env.close()
