@@ -14,6 +14,7 @@ from metaray.cluster.config import ConfigError, load_config
 from metaray.cluster.runtime import RayRuntime
 from metaray.cluster.trainer import Trainer
 from metaray.learner.learner import Learner
+from metaray.tasks import make_family, make_vector_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,8 +44,10 @@ def test_workers_share_one_object_store_copy_per_version(ray_local, tiny_config)
     config = load_config(tiny_config)
     runtime = RayRuntime(address=None)
     ps, variables = runtime.parameter_server()
-    obs_space_probe = RolloutWorker(0, "rl2", config.rl2.model_dump(), "bandit", {"num_arms": 3}, 0, variables)
-    learner = runtime.spawn(Learner, "rl2", config.rl2.model_dump(), *obs_space_probe.spaces(), variables, 0, "cpu", 1)
+    family = make_family("bandit", {"num_arms": 3})
+    probe = make_vector_env(family, family.sample(1, np.random.default_rng(0)), seed=0)
+    spaces = probe.single_observation_space, probe.single_action_space
+    learner = runtime.spawn(Learner, "rl2", config.rl2.model_dump(), *spaces, variables, 0, "cpu", 1)
     assert runtime.get(learner.get_version.remote()) == 0  # v0 published at start
     v0, (ref_a,) = ray_local.get(ps.latest.remote(-1))
     _, (ref_b,) = ray_local.get(ps.latest.remote(-1))
@@ -55,7 +58,7 @@ def test_workers_share_one_object_store_copy_per_version(ray_local, tiny_config)
     assert runtime.get([w.sync_weights.remote() for w in workers]) == [0, 0]  # nothing newer: no fetch
     assert [s["weight_fetches"] for s in runtime.get([w.stats.remote() for w in workers])] == [1, 1]
     fetched = ray_local.get(ref_a)
-    local = obs_space_probe.variables.latest(-1)[1]
+    local = variables.latest(-1)[1]
     assert all(np.array_equal(fetched[k], local[k]) for k in fetched)
     # a stale publish is rejected and counted
     assert ray_local.get(ps.publish.remote(0, [ref_a])) is False

@@ -120,9 +120,10 @@ def test_the_images_install_step_builds_a_complete_package(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=300)
     for name in ("metaray.proto", "metaray_pb2.py", "metaray_pb2.pyi", "metaray_pb2_grpc.py"):
-        assert (target / "metaray" / "cluster" / "proto" / name).is_file(), name
+        assert (target / "metaray" / "protocol" / name).is_file(), name
     env = {**os.environ, "PYTHONPATH": str(target)}
-    probe = ("import metaray, metaray.cli, metaray.cluster.grpc_service, metaray.actors.remote, metaray.learner.maml;"
+    probe = ("import metaray, metaray.cli, metaray.cluster.grpc_service, metaray.actors.remote, metaray.learner.maml,"
+             " metaray.learner.rl2, metaray.learner.adversarial, metaray.core, metaray.networks;"
              "print(metaray.__file__)")
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip().startswith(str(target))
