@@ -25,11 +25,10 @@ class MetaBatchRunner(Runner):
         tasks_per_iteration = self.algorithm.loop_spec(self.algo_config).tasks_per_iteration
         while self.counters["iteration"] < self.config.iterations:
             self._tend_pool()
-            t0 = time.perf_counter()
             with self._scheduler_lock:
                 tasks = self.scheduler.next_batch(tasks_per_iteration)
-            stats, infos, external = self._sample_and_learn(tasks)
-            self._end_iteration(stats, self._iteration_stats(infos, external, time.perf_counter() - t0))
+            stats, infos, external, sampling_s = self._sample_and_learn(tasks)
+            self._end_iteration(stats, self._iteration_stats(infos, external, sampling_s))
 
     def _tend_pool(self) -> None:
         """Retire removed workers, admit new ones, restart those that do not answer."""
@@ -39,10 +38,12 @@ class MetaBatchRunner(Runner):
         if self.pool.probe():
             self._count_restarts()
 
-    def _sample_and_learn(self, tasks: list[Any]) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-        """Collect the meta-batch (part of it from actors outside Ray) and update the learner.
+    def _sample_and_learn(self, tasks: list[Any]) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], float]:
+        """Collect the meta-batch (part of it from actors outside Ray) and update the learner;
+        also the seconds spent collecting (up to the last try's update).
         A batch kept on a node that died after its worker answered is lost before the learner
         could read it (the update did not run): the same tasks are collected again."""
+        t0 = time.perf_counter()
         n_external = self.remote.offer(tasks, self.version) if self.remote is not None else 0
         ray_tasks = tasks[n_external:]
         external: list[tuple[Any, dict[str, Any]]] = []
@@ -54,12 +55,13 @@ class MetaBatchRunner(Runner):
                 if missing:  # nobody took them, or their actor is late: the Ray workers run them
                     ray_tasks = ray_tasks + missing
                     done += self._collect_tasks(missing)
+            sampling_s = time.perf_counter() - t0
             batches = [batch for batch, _ in done]
             if external:
                 batches.append(Batch(self.version, [r for r, _ in external], sum(x["rollouts"] for _, x in external)))
             stats = self._update(batches)
             if stats is not None:
-                return stats, [info for _, info in done], [info for _, info in external]
+                return stats, [info for _, info in done], [info for _, info in external], sampling_s
             self.display.message("re-running the iteration's tasks")
             self.counters["tasks_requeued_total"] += len(ray_tasks)
             if self.pool.probe():
