@@ -128,6 +128,8 @@ def test_maml_serial_run_and_eval_report_pre_and_post(tmp_path, capsys):
                  "--set", "maml.meta_batch_size=4", "--set", "maml.episodes_per_task=4"]) == 0
     rows = read_progress(run)
     assert {"return_pre", "return_post"} <= set(rows[-1]) and rows[-1]["iteration"] == 2
+    # sampling and the learner's update are separate parts of the iteration (wall times rounded to 1 ms)
+    assert rows[1]["sampling_s"] + rows[1]["learner_step_s"] <= rows[1]["wall_time_s"] - rows[0]["wall_time_s"] + 0.002
     assert main(["eval", str(run), "--json", "--num-tasks", "3"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["mean_return"] == result["return_post"]

@@ -42,8 +42,6 @@ def test_user_algorithm_trains_serially_then_evaluates(tmp_path, monkeypatch, ca
     assert [r["iteration"] for r in rows] == list(range(1, 13))
     assert all(r["return_pre"] == r["return_post"] for r in rows)  # no adaptation: one stage
     assert {"loss", "grad_norm", "policy_version", "env_steps_total"} <= set(rows[-1])
-    walls = [0.0] + [r["wall_time_s"] for r in rows]  # sampling and the update are separate parts of an iteration
-    assert all(r["sampling_s"] + r["learner_step_s"] <= b - a + 0.01 for r, a, b in zip(rows, walls, walls[1:], strict=False))
     first, last = sum(r["return_post"] for r in rows[:3]) / 3, sum(r["return_post"] for r in rows[-3:]) / 3
     assert last > first + 20  # the initial Gaussian policy wanders off; REINFORCE pulls it towards the goals
     capsys.readouterr()
