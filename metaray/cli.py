@@ -102,51 +102,14 @@ def cmd_tasks(_: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from metaray.cluster.checkpoint import CheckpointError, latest_checkpoint, write_text_atomic
-    from metaray.cluster.config import ConfigError, load_config, load_yaml, to_yaml, validate
+    from metaray.cluster.checkpoint import write_text_atomic
+    from metaray.cluster.config import to_yaml
     from metaray.cluster.progress import ProgressDisplay
     from metaray.cluster.runners import make_runner
     from metaray.cluster.runtime import make_runtime
-    from metaray.tasks import make_family
 
-    overrides = list(args.overrides)
-    if args.workers is not None:
-        overrides.append(f"workers.num_workers={args.workers}")
-    if args.iterations is not None:
-        overrides.append(f"iterations={args.iterations}")
-    if args.metrics_port is not None:
-        overrides.append(f"metrics.port={args.metrics_port}")
-    if args.grpc_port is not None:
-        overrides.append(f"grpc.port={args.grpc_port}")
-    config = load_config(args.config, overrides)
-    family = make_family(config.task.family, config.task.kwargs)  # unknown family / bad kwargs: fail now
-    try:
-        config.algorithm().check_family(family)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    if config.scheduler.strategy == "regret" and not callable(getattr(family, "expert", None)):
-        raise ConfigError(f"scheduler.strategy regret measures regret against an expert: task family {config.task.family!r} has no expert(task)")
-
-    if args.resume:
-        if args.run_dir is None:
-            raise ConfigError("--resume needs --run-dir of the run to continue")
-        if not (args.run_dir / "config.yaml").is_file():
-            raise CheckpointError(f"{args.run_dir} is not a metaray run directory (no config.yaml)")
-        saved = validate(load_yaml(args.run_dir / "config.yaml")).model_dump()
-        now = config.model_dump()
-        for key in RESUME_MAY_CHANGE:  # where the run reports and serves, not what it computes
-            saved[key] = now[key]
-        if saved != now:
-            diff = _first_difference(saved, now)
-            raise ConfigError(f"--resume: config differs from {args.run_dir}/config.yaml at {diff}")
-        if latest_checkpoint(args.run_dir) is None:
-            raise CheckpointError(f"{args.run_dir} has no checkpoint to resume from")
-        run_dir = args.run_dir
-    else:
-        run_dir = args.run_dir or Path("runs") / f"{config.algo}-{config.task.family.replace(':', '.')}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if (run_dir / "config.yaml").exists():
-            raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
-
+    config = _train_config(args)
+    run_dir = _resume_run_dir(args, config) if args.resume else _new_run_dir(args, config)
     runtime = make_runtime(args.serial, args.address, num_cpus=_local_cpus(config) if args.address is None else None)
     if threading.current_thread() is threading.main_thread():  # `ray job stop`, kill: stop like Ctrl-C
         signal.signal(signal.SIGTERM, _interrupt)  # after ray.init, which installs its own
@@ -182,6 +145,57 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 RESUME_MAY_CHANGE = ("iterations", "metrics", "grpc")
+
+
+def _train_config(args: argparse.Namespace) -> RunConfig:
+    """The config with the command line's overrides, checked against its task family."""
+    from metaray.cluster.config import ConfigError, load_config
+    from metaray.tasks import make_family
+
+    overrides = list(args.overrides)
+    for flag, key in (("workers", "workers.num_workers"), ("iterations", "iterations"), ("metrics_port", "metrics.port"),
+                      ("grpc_port", "grpc.port")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    config = load_config(args.config, overrides)
+    family = make_family(config.task.family, config.task.kwargs)  # unknown family / bad kwargs: fail now
+    try:
+        config.algorithm().check_family(family)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if config.scheduler.strategy == "regret" and not callable(getattr(family, "expert", None)):
+        raise ConfigError(f"scheduler.strategy regret measures regret against an expert: task family {config.task.family!r} has no expert(task)")
+    return config
+
+
+def _resume_run_dir(args: argparse.Namespace, config: RunConfig) -> Path:
+    """--run-dir, once it holds a run of this config (up to RESUME_MAY_CHANGE) with a checkpoint."""
+    from metaray.cluster.checkpoint import CheckpointError, latest_checkpoint
+    from metaray.cluster.config import ConfigError, load_yaml, validate
+
+    if args.run_dir is None:
+        raise ConfigError("--resume needs --run-dir of the run to continue")
+    if not (args.run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"{args.run_dir} is not a metaray run directory (no config.yaml)")
+    saved = validate(load_yaml(args.run_dir / "config.yaml")).model_dump()
+    now = config.model_dump()
+    for key in RESUME_MAY_CHANGE:  # where the run reports and serves, not what it computes
+        saved[key] = now[key]
+    if saved != now:
+        raise ConfigError(f"--resume: config differs from {args.run_dir}/config.yaml at {_first_difference(saved, now)}")
+    if latest_checkpoint(args.run_dir) is None:
+        raise CheckpointError(f"{args.run_dir} has no checkpoint to resume from")
+    return args.run_dir
+
+
+def _new_run_dir(args: argparse.Namespace, config: RunConfig) -> Path:
+    from metaray.cluster.config import ConfigError
+
+    name = f"{config.algo}-{config.task.family}".replace(":", ".")
+    run_dir = args.run_dir or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (run_dir / "config.yaml").exists():
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
+    return run_dir
 
 
 def _interrupt(signum: int, frame: object) -> None:
