@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -24,10 +25,8 @@ from metaray.networks import (
 from metaray.tasks import SAMPLER_INFO_KEYS, Task, TaskFamily, make_vector_env, step_success
 
 
-def make_gaussian_policy(obs_space, act_space, config: MAMLConfig) -> GaussianMLPPolicy:  # noqa: ANN001
+def make_gaussian_policy(obs_space: gym.Space, act_space: gym.Space, config: MAMLConfig) -> GaussianMLPPolicy:
     """The MAML family's policy for flat Box observations and flat Box actions."""
-    import gymnasium as gym
-
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         raise ValueError(f"MAML needs a flat Box observation space, got {obs_space}")
     if not isinstance(act_space, gym.spaces.Box) or len(act_space.shape) != 1:
