@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="train from a YAML config")
-    train.add_argument("config", help="config YAML file")
+    train.add_argument("config", nargs="?", help="config YAML file (with --resume: default the run's own config.yaml)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="override a config value (repeatable)")
     train.add_argument("--run-dir", type=Path, help="run directory (default: runs/ALGO-FAMILY-TIME)")
@@ -116,13 +116,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "config.yaml", to_yaml(config))
         display = ProgressDisplay(config.iterations, 0)
         trainer = make_runner(config, run_dir, runtime, resume=args.resume, display=display)
         if trainer.counters["iteration"] >= config.iterations:
             trainer.close()
             print(f"{run_dir}: already at iteration {trainer.counters['iteration']} of {config.iterations}")
             return 0
+        # the run starts now: a resume that failed before this point left the run directory as it was
+        write_text_atomic(run_dir / "config.yaml", to_yaml(config))
         where = "serial, no Ray" if args.serial else (
             f"started local Ray at {runtime.address}" if args.address is None else f"joined Ray cluster at {runtime.address}")
         display.message(
@@ -152,6 +153,14 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
     from metaray.cluster.config import ConfigError, load_config
     from metaray.tasks import make_family
 
+    if args.config is None:
+        if not args.resume or args.run_dir is None:
+            raise ConfigError("train needs a config file (or --resume --run-dir DIR to continue a run with its own config)")
+        if not (args.run_dir / "config.yaml").is_file():
+            from metaray.cluster.checkpoint import CheckpointError
+
+            raise CheckpointError(f"{args.run_dir} is not a metaray run directory (no config.yaml)")
+        args.config = args.run_dir / "config.yaml"
     overrides = list(args.overrides)
     for flag, key in (("workers", "workers.num_workers"), ("iterations", "iterations"), ("metrics_port", "metrics.port"),
                       ("grpc_port", "grpc.port")):
@@ -182,7 +191,9 @@ def _resume_run_dir(args: argparse.Namespace, config: RunConfig) -> Path:
     for key in RESUME_MAY_CHANGE:  # where the run reports and serves, not what it computes
         saved[key] = now[key]
     if saved != now:
-        raise ConfigError(f"--resume: config differs from {args.run_dir}/config.yaml at {_first_difference(saved, now)}")
+        raise ConfigError(f"--resume: config differs from {args.run_dir}/config.yaml at {_first_difference(saved, now)}; "
+                          f"to continue the run with its own config, leave the config file out: "
+                          f"metaray train --resume --run-dir {args.run_dir}")
     if latest_checkpoint(args.run_dir) is None:
         raise CheckpointError(f"{args.run_dir} has no checkpoint to resume from")
     return args.run_dir
@@ -224,6 +235,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         raise ConfigError(f"--output must be a .json file, got {args.output}")
     result = evaluate_run(args.run_dir, args.split, args.num_tasks, args.seed, args.overrides, args.output)
+    for line in result.get("skipped_checkpoints", []):
+        print(f"metaray eval: {line}; evaluated {result['checkpoint']}", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     else:

@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +97,42 @@ def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return tensors, state
 
 
+@dataclass
+class Found:
+    """The newest checkpoint that loads (path None: none does), and one line per newer one skipped."""
+
+    path: Path | None
+    tensors: dict[str, np.ndarray]
+    state: dict[str, Any]
+    skipped: list[str]
+
+
+DAMAGED = "damaged"
+
+
+def load_newest_checkpoint(run_dir: Path, set_aside: bool = False) -> Found:
+    """Newest first, the first checkpoint that loads. A damaged one is skipped with a line saying
+    why; with `set_aside` it is moved to checkpoints/damaged/ (kept, never deleted), so a later
+    checkpoint of the same iteration cannot overwrite it."""
+    skipped: list[str] = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            tensors, state = load_checkpoint(path)
+        except CheckpointError as err:
+            where = ""
+            if set_aside:
+                target = path.parent / DAMAGED / path.name
+                target.parent.mkdir(exist_ok=True)
+                if target.exists():
+                    target = target.with_name(f"{path.name}-{int(time.time())}")
+                os.replace(path, target)
+                where = f"; moved to {target.relative_to(Path(run_dir))}"
+            skipped.append(f"skipped checkpoint {path.name}: {err}{where}")
+            continue
+        return Found(path, tensors, state, skipped)
+    return Found(None, {}, {}, skipped)
+
+
 def read_progress(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "progress.jsonl"
     if not path.is_file():
@@ -108,7 +146,10 @@ def read_progress(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def truncate_progress(run_dir: Path, iteration: int) -> None:
-    """On resume, forget iterations after the checkpoint: they will be run again."""
-    rows = [r for r in read_progress(run_dir) if r.get("iteration", 0) <= iteration]
-    write_text_atomic(Path(run_dir) / "progress.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+def truncate_progress(run_dir: Path, iteration: int) -> int:
+    """On resume, forget iterations after the checkpoint: they will be run again. Returns how
+    many rows were dropped."""
+    every = read_progress(run_dir)
+    rows = [r for r in every if r.get("iteration", 0) <= iteration]
+    write_text_atomic(Path(run_dir) / "progress.jsonl", "".join(json.dumps(r) + "\n" for r in rows))  # and a torn line
+    return len(every) - len(rows)

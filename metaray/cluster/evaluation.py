@@ -12,7 +12,7 @@ import torch
 from metaray.cluster.checkpoint import (
     CheckpointError,
     latest_checkpoint,
-    load_checkpoint,
+    load_newest_checkpoint,
     write_text_atomic,
 )
 from metaray.cluster.config import ConfigError, RunConfig, load_config
@@ -50,8 +50,11 @@ def evaluate_run(run_dir: Path, split: str = "test", num_tasks: int | None = Non
                  overrides: list[str] | None = None, output: Path | None = None) -> dict[str, Any]:
     """Evaluate the newest checkpoint; writes RUN_DIR/eval.json (or `output`). `overrides` may
     change task.kwargs.* and eval.* (e.g. evaluate on an out-of-distribution task range)."""
-    config, ckpt = load_run(run_dir, overrides)
-    tensors, state = load_checkpoint(ckpt)
+    config, _ = load_run(run_dir, overrides)
+    found = load_newest_checkpoint(run_dir)  # a damaged newest one is skipped (and named), not fatal
+    if found.path is None:
+        raise CheckpointError(f"{run_dir}: no checkpoint loads ({found.skipped[0]})")
+    ckpt, tensors, state = found.path, found.tensors, found.state
     algorithm = config.algorithm()
     algo_config = config.algo_config()
     family = make_family(config.task.family, config.task.kwargs)
@@ -93,6 +96,7 @@ def evaluate_run(run_dir: Path, split: str = "test", num_tasks: int | None = Non
         **{key: float(np.nanmean([r[key] for r in per_task]))
            for key in ("normalised_score", "expert_return", "random_return") if key in per_task[0]},
         "tasks": per_task,
+        **({"skipped_checkpoints": found.skipped} if found.skipped else {}),
     }
     write_text_atomic(Path(output) if output is not None else Path(run_dir) / "eval.json", json.dumps(result, indent=1))
     return result

@@ -143,13 +143,15 @@ class TensorBoardScalars:
     }
 
     def __init__(self, log_dir: Path):
-        # tensorboard is imported only when asked for
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(log_dir=str(log_dir), flush_secs=5)
+        self.log_dir = log_dir
+        self.writer: Any = None  # made at the first record: a run that never starts writes nothing
         self._group = {key: group for group, keys in self.GROUPS.items() for key in keys}
 
     def observe(self, record: dict[str, Any]) -> None:
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # imported only when asked for
+
+            self.writer = SummaryWriter(log_dir=str(self.log_dir), flush_secs=5)
         step = int(record["env_steps_total"])
         for key, value in record.items():
             if key == "env_steps_total" or not _is_number(value):
@@ -157,8 +159,9 @@ class TensorBoardScalars:
             self.writer.add_scalar(f"{self._group.get(key, 'learner')}/{key}", float(value), step)
 
     def close(self) -> None:
-        self.writer.flush()
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
 
 
 def _is_number(value: Any) -> bool:

@@ -196,3 +196,61 @@ def test_a_stalled_worker_s_tasks_are_reissued_and_the_first_result_wins(runtime
     assert rows[-1]["tasks_reissued_total"] == 2
     assert rows[-1]["duplicate_results_total"] == 1  # the stalled copy, discarded
     assert rows[-1]["worker_restarts_total"] == 0
+
+
+def release(ray_local, *trainers):
+    """Kill the actors of runners that stopped (a stopped driver's process takes them along),
+    so the module's Ray instance has its CPUs for the next test."""
+    for t in trainers:
+        for handle in [*t.pool.workers.values(), t.learner, t.ps, t.control]:
+            if handle is not None:
+                ray_local.kill(handle)
+
+
+class KillWorkerAfter:
+    """An observer that kills a rollout worker for good once an iteration is recorded."""
+
+    def __init__(self, ray_local, trainer, iteration: int, slot: int = 1):
+        self.ray, self.trainer, self.iteration, self.slot = ray_local, trainer, iteration, slot
+
+    def observe(self, record):
+        if record["iteration"] == self.iteration:
+            self.ray.kill(self.trainer.pool.handle(self.slot), no_restart=True)
+
+    def close(self):
+        pass
+
+
+def test_restarts_running_out_between_iterations_still_checkpoint_the_last_iteration(runtime, ray_local, tmp_path):
+    """The health probe before iteration 3 finds a killed worker with no restarts left: the run
+    stops with iteration 2 checkpointed (checkpoint.every would not have written one) and resumes."""
+    path = config_file(tmp_path)
+    trainer, run = train(runtime, path, tmp_path, ["iterations=4", "checkpoint.every=10", "workers.max_worker_restarts=0"])
+    trainer.observers.insert(0, KillWorkerAfter(ray_local, trainer, iteration=2))
+    with pytest.raises(TrainingError, match=r"after 0 restarts \(workers.max_worker_restarts=0\); "
+                                            r"a checkpoint was written \(iter-000002\), continue with --resume"):
+        trainer.run()
+    assert latest_checkpoint(run).name == "iter-000002" and len(read_progress(run)) == 2
+    release(ray_local, trainer)
+    resumed = Trainer(load_config(path, ["iterations=4", "checkpoint.every=10"]), run, runtime, resume=True)
+    resumed.run()
+    release(ray_local, resumed)
+    assert [r["iteration"] for r in read_progress(run)] == [1, 2, 3, 4]
+
+
+def test_an_unexpected_error_in_the_driver_checkpoints_before_the_traceback(runtime, ray_local, tmp_path):
+    class Broken:
+        def observe(self, record):
+            if record["iteration"] == 2:
+                raise ZeroDivisionError("a bug")
+
+        def close(self):
+            pass
+
+    path = config_file(tmp_path)
+    trainer, run = train(runtime, path, tmp_path, ["iterations=4", "checkpoint.every=10"])
+    trainer.observers.insert(0, Broken())
+    with pytest.raises(ZeroDivisionError):
+        trainer.run()
+    release(ray_local, trainer)
+    assert latest_checkpoint(run).name == "iter-000002"

@@ -21,8 +21,8 @@ import torch
 
 from metaray.actors import RolloutWorker
 from metaray.cluster.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
+    CheckpointError,
+    load_newest_checkpoint,
     save_checkpoint,
     truncate_progress,
     write_text_atomic,
@@ -63,14 +63,14 @@ class Runner:
         self._scheduler_lock = threading.Lock()  # gRPC threads draw tasks too
         self.counters: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
         self.counters["wall_time_s"] = 0.0
-        resume_from = latest_checkpoint(self.run_dir) if resume else None
-        resume_state = load_checkpoint(resume_from) if resume_from is not None else None
+        self.resumed_from: Path | None = None
+        self.display = display or ProgressDisplay(config.iterations, 0, live=False)
+        resume_state = self._load_resume_state() if resume else None
         self.ps, self._variables = runtime.parameter_server()
         self.learner = self._spawn_learner()
         if resume_state is not None:
             self._restore_learner(*resume_state)
         self.version = runtime.get(self.learner.get_version.remote())
-        self.display = display or ProgressDisplay(config.iterations, self.counters["iteration"], live=False)
         self._restarts_base = self.counters["worker_restarts_total"]
         self.pool = WorkerPool(runtime, self._make_worker, config.workers.num_workers, config.workers,
                                log=self.display.message)
@@ -109,12 +109,22 @@ class Runner:
             num_cpus=config.learner.num_cpus, num_gpus=1 if use_gpu else 0, **placement,
         )
 
+    def _load_resume_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The newest checkpoint that loads; damaged newer ones are moved to checkpoints/damaged/."""
+        found = load_newest_checkpoint(self.run_dir, set_aside=True)
+        for line in found.skipped:
+            self.display.message(line)
+        if found.path is None:
+            raise CheckpointError(f"{self.run_dir} has no checkpoint that loads" +
+                                  (" (damaged ones were moved to checkpoints/damaged/)" if found.skipped else ""))
+        self.resumed_from = found.path
+        return found.tensors, found.state
+
     def _restore_learner(self, tensors: dict[str, np.ndarray], state: dict[str, Any]) -> None:
         self.runtime.get(self.learner.set_state.remote(tensors, state["learner"]))
         self.counters.update({k: state[k] for k in self.counters if k in state})
         if "scheduler" in state:
             self.scheduler.set_state(state["scheduler"])
-        truncate_progress(self.run_dir, self.counters["iteration"])
 
     def _start_metrics(self) -> tuple[RunMetrics | None, str | None]:
         cfg = self.config.metrics
@@ -180,13 +190,7 @@ class Runner:
         """Restart a failed worker, or checkpoint and stop when that is not allowed any more."""
         first = (str(err).strip().splitlines() or [""])[0][:200]
         reason = f"{type(err).__name__}: {first}" if first else type(err).__name__
-        try:
-            self.pool.replace(slot, reason)
-        except TrainingError as stop:
-            written = self.checkpoint()
-            where = f"a checkpoint was written ({written.name}), continue with --resume" if written else \
-                "no iteration had completed, so there is no checkpoint"
-            raise TrainingError(f"{stop}; {where}") from None
+        self.pool.replace(slot, reason)  # TrainingError when not allowed: run() checkpoints and stops
         self._count_restarts()
 
     def _count_restarts(self) -> None:
@@ -218,6 +222,10 @@ class Runner:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
+        if self.resumed_from is not None:  # the resume starts now: only from here on the run directory changes
+            dropped = truncate_progress(self.run_dir, self.counters["iteration"])
+            self.display.message(f"resuming from {self.resumed_from.relative_to(self.run_dir)} (iteration "
+                                 f"{self.counters['iteration']}); dropped {dropped} progress rows after it")
         self._start = time.perf_counter() - self.counters["wall_time_s"]
         self._last_t, self._last_steps = time.perf_counter(), self.counters["env_steps_total"]
         self._last_record: dict[str, Any] = {}
@@ -229,6 +237,11 @@ class Runner:
         except KeyboardInterrupt:
             state = "interrupted"
             self.checkpoint()
+            raise
+        except TrainingError as stop:  # e.g. a worker out of restarts, in any phase
+            raise TrainingError(f"{stop}; {self._checkpoint_on_failure()}") from None
+        except Exception:  # a bug: keep its traceback, but first keep the completed iterations
+            self.display.message(f"training stopped by an unexpected error; {self._checkpoint_on_failure()}")
             raise
         finally:
             self.close()
@@ -292,6 +305,16 @@ class Runner:
             observer.observe(record)
 
     # ------------------------------------------------------------ checkpoints
+    def _checkpoint_on_failure(self) -> str:
+        """Checkpoint the last completed iteration on the way out; says what happened."""
+        try:
+            written = self.checkpoint()
+        except Exception as err:  # the learner itself may be gone
+            return f"no checkpoint could be written ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})"
+        if written is None:
+            return "no iteration had completed, so there is no checkpoint"
+        return f"a checkpoint was written ({written.name}), continue with --resume"
+
     def checkpoint(self) -> Path | None:
         if self.counters["iteration"] == 0:
             return None

@@ -1,0 +1,100 @@
+"""Resuming from the command line as a user would: a failed resume changes nothing, a run resumes
+with its own config, a damaged newest checkpoint is skipped (kept aside) by resume and eval."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metaray.cli import main
+from metaray.cluster.checkpoint import latest_checkpoint, list_checkpoints, read_progress
+from tests.conftest import TINY_RL2
+
+
+def tiny_run(tmp_path: Path, iterations: int = 2) -> tuple[Path, Path]:
+    cfg = {**TINY_RL2, "iterations": iterations, "checkpoint": {"every": 1, "keep": 3}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    assert main(["train", str(path), "--serial", "--run-dir", str(run)]) == 0
+    return path, run
+
+
+def snapshot(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_a_failed_resume_leaves_the_run_directory_unchanged(tmp_path, capsys):
+    path, run = tiny_run(tmp_path)
+    before = snapshot(run)
+    with socket.socket() as busy:  # the metrics port is taken: the resume fails after loading the checkpoint
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(["train", str(path), "--serial", "--resume", "--run-dir", str(run), "--iterations", "5",
+                     "--metrics-port", str(port), "--set", "metrics.host=127.0.0.1"])
+    assert code == 2 and "metrics.port: cannot serve" in capsys.readouterr().err
+    after = snapshot(run)
+    assert after.keys() == before.keys() and all(after[k] == before[k] for k in before if k != "driver.json")
+    assert yaml.safe_load((run / "config.yaml").read_text())["iterations"] == 2
+
+
+def test_resume_without_a_config_uses_the_runs_own(tmp_path, capsys):
+    path, run = tiny_run(tmp_path)
+    changed = yaml.safe_load(path.read_text())
+    changed["checkpoint"]["every"] = 5
+    other = tmp_path / "changed.yaml"
+    other.write_text(yaml.safe_dump(changed))
+    capsys.readouterr()
+    assert main(["train", str(other), "--serial", "--resume", "--run-dir", str(run), "--iterations", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "checkpoint.every (1 in the run, 5 now)" in err and f"metaray train --resume --run-dir {run}" in err
+    assert len(err.splitlines()) == 1
+    assert main(["train", "--serial", "--resume", "--run-dir", str(run), "--iterations", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming from checkpoints/iter-000002 (iteration 2); dropped 0 progress rows after it" in out
+    assert [r["iteration"] for r in read_progress(run)] == [1, 2, 3]
+    assert yaml.safe_load((run / "config.yaml").read_text())["iterations"] == 3
+    assert main(["train", "--serial"]) == 2
+    assert "train needs a config file (or --resume --run-dir DIR" in capsys.readouterr().err
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_kept_aside_and_named(tmp_path, capsys):
+    path, run = tiny_run(tmp_path, iterations=3)
+    newest = latest_checkpoint(run)
+    assert newest.name == "iter-000003"
+    weights = newest / "learner.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # torn by a crash or a full disk
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json", "--num-tasks", "5"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["checkpoint"] == "iter-000002" and result["iteration"] == 2
+    assert "skipped checkpoint iter-000003: " in captured.err and "damaged weights file" in captured.err
+    assert newest.exists()  # eval reads, it does not move anything
+    assert main(["train", str(path), "--serial", "--resume", "--run-dir", str(run), "--iterations", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped checkpoint iter-000003: " in out and "moved to checkpoints/damaged/iter-000003" in out
+    assert "resuming from checkpoints/iter-000002 (iteration 2); dropped 1 progress rows after it" in out
+    assert (run / "checkpoints" / "damaged" / "iter-000003" / "state.json").is_file()  # kept, not deleted
+    assert [p.name for p in list_checkpoints(run)][-1] == "iter-000004"
+    assert [r["iteration"] for r in read_progress(run)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("damage", ["state", "all"])
+def test_resume_with_no_checkpoint_that_loads_is_one_line(tmp_path, capsys, damage):
+    path, run = tiny_run(tmp_path)
+    for ckpt in list_checkpoints(run):
+        (ckpt / "state.json").write_text("{not json")
+        if damage == "all":
+            (ckpt / "learner.safetensors").write_bytes(b"")
+    before = (run / "progress.jsonl").read_bytes()
+    capsys.readouterr()
+    assert main(["train", str(path), "--serial", "--resume", "--run-dir", str(run), "--iterations", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("has no checkpoint that loads (damaged ones were moved to checkpoints/damaged/)")
+    assert (run / "progress.jsonl").read_bytes() == before
