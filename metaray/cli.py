@@ -151,7 +151,7 @@ RESUME_MAY_CHANGE = ("iterations", "metrics", "grpc")
 def _train_config(args: argparse.Namespace) -> RunConfig:
     """The config with the command line's overrides, checked against its task family."""
     from metaray.cluster.config import ConfigError, load_config
-    from metaray.tasks import make_family
+    from metaray.tasks import check_family, make_family
 
     if args.config is None:
         if not args.resume or args.run_dir is None:
@@ -168,6 +168,8 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
             overrides.append(f"{key}={getattr(args, flag)}")
     config = load_config(args.config, overrides)
     family = make_family(config.task.family, config.task.kwargs)  # unknown family / bad kwargs: fail now
+    if ":" in config.task.family:  # a user's family: its whole contract, once, before anything starts
+        check_family(family)
     try:
         config.algorithm().check_family(family)
     except ValueError as err:

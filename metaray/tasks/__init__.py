@@ -8,6 +8,7 @@ from metaray.tasks.base import SAMPLER_INFO_KEYS, Task, TaskFamily, TaskVectorEn
 from metaray.tasks.registry import (
     FAMILIES,
     TaskFamilyError,
+    check_family,
     list_families,
     make_family,
     make_vector_env,
@@ -20,6 +21,7 @@ __all__ = [
     "TaskFamily",
     "TaskFamilyError",
     "TaskVectorEnv",
+    "check_family",
     "list_families",
     "make_family",
     "make_vector_env",

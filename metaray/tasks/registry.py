@@ -7,6 +7,8 @@ import inspect
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from metaray.tasks.bandit import BanditFamily
 from metaray.tasks.base import Task, TaskFamily, TaskVectorEnv
 from metaray.tasks.faulty import FaultyFamily
@@ -143,6 +145,54 @@ def make_vector_env(
             "not a metaray.tasks.TaskVectorEnv"
         )
     return env
+
+
+TASK_FIELDS = ("family", "split", "task_id", "params")
+
+
+def check_family(family: TaskFamily) -> None:
+    """Exercise the whole task-family contract once, as the runtime will: a task of each split,
+    one env of it built, reset and stepped. TaskFamilyError names the first gap in one line
+    (instead of a traceback deep inside a worker)."""
+    cls = type(family).__name__
+    steps = getattr(family, "max_episode_steps", None)
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+        raise TaskFamilyError(f"{cls}.max_episode_steps must be a positive int, got {steps!r}")
+    tasks = [_one_task(family, split) for split in ("train", "test")]
+    try:
+        env = make_vector_env(family, tasks[:1], seed=0)
+        env.reset(seed=0)
+        env.step(np.stack([env.single_action_space.sample() for _ in range(env.num_envs)]))
+        env.close()
+    except TaskFamilyError:
+        raise
+    except Exception as error:  # a user's env may fail in any way
+        raise TaskFamilyError(f"{cls}: building, resetting and stepping an env of task {tasks[0].task_id} failed: "
+                              f"{type(error).__name__}: {_first_line(error)}") from None
+
+
+def _one_task(family: TaskFamily, split: str) -> Task:
+    cls = type(family).__name__
+    try:
+        tasks = list(family.sample(1, np.random.default_rng(0), split))
+    except Exception as error:
+        raise TaskFamilyError(f"{cls}.sample(1, rng, {split!r}) failed: {type(error).__name__}: {_first_line(error)}") from None
+    if len(tasks) != 1:
+        raise TaskFamilyError(f"{cls}.sample(1, rng, {split!r}) returned {len(tasks)} tasks, not 1")
+    task = tasks[0]
+    missing = [field for field in TASK_FIELDS if not hasattr(task, field)]
+    if missing:
+        raise TaskFamilyError(f"{cls}.sample returns {type(task).__name__} tasks without {', '.join(missing)}: return "
+                              "metaray.tasks.Task(family, split, task_id, params) values")
+    if not isinstance(task.task_id, (int, np.integer)) or isinstance(task.task_id, bool):
+        raise TaskFamilyError(f"{cls}.sample: task_id must be an int, got {task.task_id!r}")
+    if task.split != split:
+        raise TaskFamilyError(f"{cls}.sample(1, rng, {split!r}) returned a task of split {task.split!r}")
+    try:
+        hash(task)
+    except TypeError:
+        raise TaskFamilyError(f"{cls}.sample returns unhashable tasks ({type(task).__name__}); tasks are small frozen values") from None
+    return task
 
 
 def list_families() -> list[tuple[str, str]]:
