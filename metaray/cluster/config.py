@@ -240,6 +240,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}:{where} malformed YAML: {getattr(err, 'problem', err)}") from None
     if data is None:
         raise ConfigError(f"{path}: empty config")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got a YAML {type(data).__name__}")
     return data
 
 

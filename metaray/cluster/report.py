@@ -108,7 +108,9 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "env_steps_total": last["env_steps_total"], "env_steps_per_s": steps / span if span > 0 else None,
         "workers_alive": last.get("workers_alive"), "worker_restarts_total": last.get("worker_restarts_total", 0),
         "policy_version": last.get("policy_version"), "checkpoint": checkpoint.name if checkpoint else None,
-        "metrics_url": driver.get("metrics_url"), "grpc_address": driver.get("grpc_address"),
+        # the endpoints live as long as the driver: a stopped run serves nothing
+        "metrics_url": driver.get("metrics_url") if state == "running" else None,
+        "grpc_address": driver.get("grpc_address") if state == "running" else None,
         "grpc_rollouts_accepted_total": last.get("grpc_rollouts_accepted_total"),
         "grpc_rollouts_learned_total": last.get("grpc_rollouts_learned_total"),
         "last_update_age_s": time.time() - (run_dir / "progress.jsonl").stat().st_mtime,

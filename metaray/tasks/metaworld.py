@@ -116,6 +116,7 @@ class _MetaWorldFamily:
 
     name: ClassVar[str]
     kind: ClassVar[str]
+    extra: ClassVar[str] = "metaworld"  # the pip extra it needs (`metaray tasks` says so)
     env_name: str | None
     seed: int
     horizon: int

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
@@ -196,9 +197,14 @@ def _one_task(family: TaskFamily, split: str) -> Task:
 
 
 def list_families() -> list[tuple[str, str]]:
-    """(name, one-line description) of each built-in family, for `metaray tasks`."""
+    """(name, one-line description) of each built-in family, for `metaray tasks`; a family that
+    needs a pip extra not installed here says so."""
     rows = []
     for name, cls in sorted(FAMILIES.items()):
         doc = inspect.getdoc(cls) or ""
-        rows.append((name, doc.splitlines()[0] if doc else ""))
+        line = doc.splitlines()[0] if doc else ""
+        extra = getattr(cls, "extra", None)
+        if extra and importlib.util.find_spec(extra) is None:
+            line += f" [needs pip install 'metaray[{extra}]']"
+        rows.append((name, line))
     return rows

@@ -114,11 +114,27 @@ def test_existing_run_is_not_overwritten(tiny_config, tmp_path, capsys):
     assert (run / "progress.jsonl").read_text() == before
 
 
-def test_tasks_lists_the_builtin_families(capsys):
+def test_tasks_lists_the_builtin_families(capsys, monkeypatch):
     assert main(["tasks"]) == 0
     out = capsys.readouterr().out
     for name in ("bandit", "tabular-mdp", "point-nav"):
         assert name in out
+    assert "needs pip install" not in out  # metaworld is installed with the dev extra
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "metaworld" else real(name, *a))
+    assert main(["tasks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    marked = [line.split()[0] for line in lines if line.endswith("[needs pip install 'metaray[metaworld]']")]
+    assert marked == ["metaworld-ml1", "metaworld-ml10", "metaworld-ml45"]
+
+
+def test_a_config_that_is_a_yaml_list_names_the_file(tmp_path, capsys):
+    path = tmp_path / "list.yaml"
+    path.write_text("- algo: rl2\n- seed: 1\n")
+    assert main(["train", str(path), "--serial", "--run-dir", str(tmp_path / "run")]) == 2
+    assert f"{path}: expected a mapping of keys at the top level, got a YAML list" in capsys.readouterr().err
 
 
 def test_maml_serial_run_and_eval_report_pre_and_post(tmp_path, capsys):

@@ -302,8 +302,10 @@ def test_status_of_a_finished_run_and_of_one_whose_driver_died(finished_run, tmp
     driver = json.loads((copy / "driver.json").read_text())
     dead = subprocess.Popen(["true"])
     dead.wait()
-    (copy / "driver.json").write_text(json.dumps({**driver, "state": "running", "pid": dead.pid}))
+    (copy / "driver.json").write_text(json.dumps({**driver, "state": "running", "pid": dead.pid,
+                                                  "metrics_url": "http://127.0.0.1:1/metrics"}))
     assert main(["status", str(copy), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["state"] == "stopped (driver gone)"
+    gone = json.loads(capsys.readouterr().out)
+    assert gone["state"] == "stopped (driver gone)" and gone["metrics_url"] is None  # no endpoint without its driver
     assert main(["status", str(copy)]) == 0  # the table
     assert "stopped (driver gone)" in capsys.readouterr().out
