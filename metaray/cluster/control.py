@@ -25,10 +25,14 @@ def control_name(run_dir: Path) -> str:
 
 
 class RunControl:
-    """Holds the worker-count target of a running job."""
+    """Holds the worker-count target of a running job. `local_cpus` is the CPU count of the local
+    Ray instance the run started (None on a cluster, which may grow): a target that cannot fit
+    there would wait forever, so it is refused."""
 
-    def __init__(self, num_workers: int, max_workers: int | None = None):
+    def __init__(self, num_workers: int, max_workers: int | None = None, local_cpus: float | None = None,
+                 learner_cpus: float = 0.0):
         self.target, self.max_workers = num_workers, max_workers
+        self.local_cpus, self.learner_cpus = local_cpus, learner_cpus
         self.requests = 0
 
     def set_workers(self, num_workers: int) -> int:
@@ -36,6 +40,11 @@ class RunControl:
             raise ValueError(f"workers must be a whole number >= 1, got {num_workers!r}")
         if self.max_workers is not None and num_workers > self.max_workers:
             raise ValueError(f"workers: at most workers.max_workers={self.max_workers}, got {num_workers}")
+        fit = None if self.local_cpus is None else int(self.local_cpus - self.learner_cpus)
+        if fit is not None and num_workers > fit:
+            raise ValueError(f"workers: the run's local Ray instance has {self.local_cpus:g} CPUs, so at most {fit} "
+                             f"rollout workers fit beside the learner ({self.learner_cpus:g} CPU); start the run with "
+                             f"workers.max_workers: {num_workers} to size it for {num_workers}")
         self.target = num_workers
         self.requests += 1
         return self.target

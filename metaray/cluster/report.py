@@ -107,6 +107,9 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "target_iterations": driver.get("target_iterations"), "wall_time_s": last["wall_time_s"],
         "env_steps_total": last["env_steps_total"], "env_steps_per_s": steps / span if span > 0 else None,
         "workers_alive": last.get("workers_alive"), "worker_restarts_total": last.get("worker_restarts_total", 0),
+        # the driver's own view after its last iteration: workers asked for but not placed yet
+        "workers_pending": driver.get("workers_pending", 0) if state == "running" else 0,
+        "workers_target": driver.get("workers_target") if state == "running" else None,
         "policy_version": last.get("policy_version"), "checkpoint": checkpoint.name if checkpoint else None,
         # the endpoints live as long as the driver: a stopped run serves nothing
         "metrics_url": driver.get("metrics_url") if state == "running" else None,
@@ -146,7 +149,9 @@ def print_status(status: dict[str, Any]) -> None:
         ("wall time", f"{status['wall_time_s']:.0f} s (last row {status['last_update_age_s']:.0f} s ago)"),
         ("env steps", f"{status['env_steps_total']:,}"),
         ("throughput", f"{rate:,.0f} env steps/s (last 10 iterations)" if rate else "-"),
-        ("workers alive", str(status["workers_alive"])),
+        ("workers alive", str(status["workers_alive"]) + (
+            f" ({status['workers_pending']} pending for resources, target {status['workers_target']})"
+            if status.get("workers_pending") else "")),
         ("worker restarts", str(status["worker_restarts_total"])),
         ("policy version", str(status["policy_version"])),
     ]

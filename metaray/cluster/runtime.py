@@ -184,6 +184,9 @@ class RayRuntime:
     def cluster_gpus(self) -> float:
         return float(self.ray.cluster_resources().get("GPU", 0))
 
+    def cluster_cpus(self) -> float:
+        return float(self.ray.cluster_resources().get("CPU", 0))
+
     def shutdown(self) -> None:
         if self.ray.is_initialized():
             self.ray.shutdown()

@@ -47,6 +47,7 @@ class WorkerPool:
         self.restarts: dict[int, int] = {}
         self.restarts_total = 0
         self.pending: dict[int, tuple[Any, Any]] = {}  # slot -> (handle, ping future), joining
+        self.pending_since: dict[int, float] = {}  # slot -> when it was asked for (time.monotonic)
         self.retiring: set[int] = set()
         self.confirmed: set[int] = set()  # slots whose current worker has answered once
         for slot in range(num_workers):
@@ -119,11 +120,13 @@ class WorkerPool:
                 handle = self.make_worker(slot, 0)
                 self.restarts[slot] = 0
                 self.pending[slot] = (handle, handle.ping.remote())
+                self.pending_since[slot] = time.monotonic()
             self.log(f"scaling to {target} rollout workers: starting {target - len(active)}")
         elif target < len(active):
             excess = len(active) - target
             for slot in sorted(self.pending, reverse=True)[:excess]:
                 self.runtime.kill(self.pending.pop(slot)[0])
+                self.pending_since.pop(slot, None)
                 excess -= 1
             self.retiring |= set(sorted((s for s in self.slots if s not in self.retiring), reverse=True)[:excess])
             self.log(f"scaling to {target} rollout workers: retiring slots {sorted(self.retiring)}")
@@ -138,6 +141,7 @@ class WorkerPool:
         for future in ready:
             slot = futures[future]
             handle, _ = self.pending.pop(slot)
+            self.pending_since.pop(slot, None)
             try:
                 self.runtime.get(future)
             except Exception as err:

@@ -156,3 +156,31 @@ def test_scale_refuses_serial_and_finished_runs(tiny_config, tmp_path):
     serial = subprocess.run([*metaray, "scale", str(run), "--workers", "3"], capture_output=True, text=True, timeout=60)
     assert serial.returncode == 2 and "runs without Ray (--serial)" in serial.stderr
     assert len(serial.stderr.strip().splitlines()) == 1
+
+
+def test_scale_past_the_local_instances_cpus_is_refused_with_what_to_set(tmp_path):
+    """Local mode sizes its Ray instance for the run: one worker + the learner on 2 CPUs. A second
+    worker would wait for a CPU forever, so `scale` refuses it and says what to set instead."""
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump({**MAML_LONG, "iterations": 100000, "workers": {"num_workers": 1}}))
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    proc = subprocess.Popen([sys.executable, "-m", "metaray.cli", "train", str(config), "--run-dir", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    metaray = [sys.executable, "-m", "metaray.cli"]
+    try:
+        wait_for(lambda: progress(run), 120, "the first iteration", proc)
+        cpus = max(os.cpu_count() or 1, 2)  # what `metaray train` gives a local instance for 1 worker + learner
+        fit = cpus - 1
+        refused = subprocess.run([*metaray, "scale", str(run), "--workers", str(fit + 1)], capture_output=True,
+                                 text=True, env=env, timeout=120)
+        assert refused.returncode == 2, refused.stdout
+        assert refused.stderr.strip().endswith(
+            f"the run's local Ray instance has {cpus} CPUs, so at most {fit} rollout workers fit beside the learner "
+            f"(1 CPU); start the run with workers.max_workers: {fit + 1} to size it for {fit + 1}")
+        status = json.loads(subprocess.run([*metaray, "status", str(run), "--json"], capture_output=True, text=True,
+                                           timeout=60).stdout)
+        assert status["workers_target"] == 1 and status["workers_pending"] == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)

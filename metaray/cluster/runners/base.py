@@ -198,7 +198,9 @@ class Runner:
 
     def _spawn_control(self, num_workers: int) -> Any:
         """The run's named control actor, on the driver's node (it lives and dies with the driver)."""
-        return self.runtime.spawn(RunControl, num_workers, self.config.workers.max_workers, num_cpus=0,
+        local_cpus = self.runtime.cluster_cpus() if self.runtime.started_here else None
+        return self.runtime.spawn(RunControl, num_workers, self.config.workers.max_workers, local_cpus,
+                                  self.config.learner.num_cpus, num_cpus=0,
                                   name=self.control_name, namespace=CONTROL_NAMESPACE,
                                   scheduling_strategy=self.runtime.driver_node(soft=False))
 
@@ -266,7 +268,9 @@ class Runner:
         info = {"state": state, "pid": os.getpid(), "host": socket.gethostname(), "metrics_url": self.metrics_url,
                 "runtime": self.runtime.name, "ray_address": getattr(self.runtime, "address", None),
                 "control_actor": self.control_name, "grpc_address": self.grpc.address if self.grpc else None,
-                "target_iterations": self.config.iterations, "updated": time.time()}
+                "target_iterations": self.config.iterations, "updated": time.time(),
+                "workers_alive": len(self.pool), "workers_pending": len(self.pool.pending),
+                "workers_target": self.pool.target()}
         write_text_atomic(self.run_dir / "driver.json", json.dumps(info, indent=1) + "\n")
 
     def _update(self, batches: list[Any]) -> dict[str, Any] | None:
@@ -343,6 +347,7 @@ class ControlPoller:
 
     def __init__(self, runner: Runner):
         self.runner = runner
+        self._warned: set[int] = set()
 
     def observe(self, record: dict[str, Any]) -> None:
         runner = self.runner
@@ -358,6 +363,18 @@ class ControlPoller:
             return
         if target != runner.pool.target():
             runner.pool.resize(target)
+        self._report_pending(runner)
+        runner._write_driver_info("running")  # `metaray status` sees pending workers and the target
+
+    def _report_pending(self, runner: Runner, after_s: float = 60.0) -> None:
+        """Say once per worker when a new one waits long for a node with room (a cluster)."""
+        now = time.monotonic()
+        for slot, since in runner.pool.pending_since.items():
+            if now - since > after_s and slot not in self._warned:
+                self._warned.add(slot)
+                free = runner.runtime.ray.available_resources().get("CPU", 0.0)
+                runner.display.message(f"rollout worker {slot} has waited {now - since:.0f} s to be placed: it asks for "
+                                       f"1 CPU and the cluster has {free:g} free; it joins when a node has room")
 
     def close(self) -> None:
         pass
