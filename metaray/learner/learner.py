@@ -66,6 +66,8 @@ class Learner:
         self.impl = self.algorithm.make_learner(policy, self.config, self.device, seed)
         self.publisher = publisher
         self.version = 0
+        self._updating = False
+        self._before: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None  # the state before the last update
         self.publish()
 
     def publish(self) -> int:
@@ -75,12 +77,18 @@ class Learner:
 
     def update(self, *batches: Batch) -> dict[str, Any]:
         start = time.perf_counter()
+        # kept so that a checkpoint of the last completed iteration can be written while this
+        # update is in flight, or after it was cut short (an interrupt in --serial)
+        tensors, meta = self.get_state()
+        self._before = {k: np.array(v, copy=True) for k, v in tensors.items()}, meta
+        self._updating = True
         lags = [self.version - b.policy_version for b in batches]
         if self.algorithm.mode == "meta-batch":  # each batch is a share of the meta-batch's TaskResults
             stats = self.impl.update([r for b in batches for r in b.payload])
         else:
             stats = self.impl.update([b.payload for b in batches])
         self.version += 1
+        self._updating = False
         self.publish()
         release_freed_memory()
         remote = sum(b.remote_rollouts for b in batches)
@@ -100,8 +108,14 @@ class Learner:
     def device_name(self) -> str:
         return str(self.device)
 
-    def get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Weights, optimizer and RNG as numpy tensors plus a JSON-able dict (no pickle)."""
+    def get_state(self, version: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Weights, optimizer and RNG as numpy tensors plus a JSON-able dict (no pickle). With
+        `version`: the state of that version, the current one or the one before the last update
+        (while an update is in flight or was cut short, the current state is no version's)."""
+        if version is not None and not (version == self.version and not self._updating):
+            if self._before is None or self._before[1]["version"] != version:
+                raise ValueError(f"the learner holds version {self.version}, not {version}")
+            return self._before
         tensors = {f"policy/{k}": v.detach().cpu().numpy() for k, v in self.impl.policy.state_dict().items()}
         opt_tensors, opt_meta = self.impl.optimizer_state()
         tensors.update({f"optimizer/{k}": v.numpy() for k, v in opt_tensors.items()})

@@ -254,3 +254,29 @@ def test_an_unexpected_error_in_the_driver_checkpoints_before_the_traceback(runt
         trainer.run()
     release(ray_local, trainer)
     assert latest_checkpoint(run).name == "iter-000002"
+
+
+def test_an_interrupt_while_the_learner_actor_updates_checkpoints_the_completed_iteration(runtime, ray_local, tmp_path):
+    """On Ray the learner actor finishes an update the driver stopped waiting for: the interrupt
+    checkpoint still holds the last completed iteration's learner (version = iteration)."""
+    from metaray.cluster.checkpoint import load_checkpoint
+
+    path = config_file(tmp_path)
+    trainer, run = train(runtime, path, tmp_path, ["iterations=5", "checkpoint.every=10"])
+    update = trainer._update
+
+    def interrupted(batches):
+        if trainer.counters["iteration"] == 2:
+            ray_local.get(trainer.learner.update.remote(*batches))  # the actor is now at version 3
+            raise KeyboardInterrupt
+        return update(batches)
+
+    trainer._update = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    release(ray_local, trainer)
+    rows = read_progress(run)
+    _, state = load_checkpoint(latest_checkpoint(run))
+    assert [r["iteration"] for r in rows] == [1, 2] and latest_checkpoint(run).name == "iter-000002"
+    assert state["learner"]["version"] == state["policy_version"] == rows[-1]["policy_version"] == 2
+    assert state["env_steps_total"] == rows[-1]["env_steps_total"]

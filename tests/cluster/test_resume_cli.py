@@ -98,3 +98,66 @@ def test_resume_with_no_checkpoint_that_loads_is_one_line(tmp_path, capsys, dama
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("has no checkpoint that loads (damaged ones were moved to checkpoints/damaged/)")
     assert (run / "progress.jsonl").read_bytes() == before
+
+
+# ------------------------------------------------------------------ item 2: interrupt checkpoints
+
+
+def committed_state(run: Path, iteration: int) -> tuple[dict, dict]:
+    from metaray.cluster.checkpoint import load_checkpoint
+
+    return load_checkpoint(run / "checkpoints" / f"iter-{iteration:06d}")
+
+
+@pytest.mark.parametrize("where", ["after a batch arrived", "inside the learner's update"])
+def test_an_interrupt_mid_iteration_checkpoints_the_last_completed_one(tmp_path, where):
+    """Serial RL²: the interrupt lands after iteration 2 while iteration 3 is under way. The
+    checkpoint must be iteration 2 as it was: its counters match progress row 2, the learner is
+    version 2 with iteration 2's weights (not half an update), the scheduler as it was."""
+    from metaray.cluster.checkpoint import load_checkpoint
+    from metaray.cluster.config import load_config
+    from metaray.cluster.runners import make_runner
+    from metaray.cluster.runtime import SerialRuntime
+
+    cfg = {**TINY_RL2, "iterations": 5, "checkpoint": {"every": 1, "keep": 5}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    run.mkdir()
+    runner = make_runner(load_config(path), run, SerialRuntime())
+    regular: dict = {}  # iteration 2's checkpoint as written when it ended (the interrupt writes it again)
+
+    def interrupt() -> None:
+        regular.update({k: v.copy() for k, v in committed_state(run, 2)[0].items()})
+        raise KeyboardInterrupt
+
+    if where == "after a batch arrived":
+        receive = runner._receive
+
+        def interrupted_receive(*args):
+            receive(*args)
+            if runner.counters["iteration"] == 2:
+                interrupt()
+
+        runner._receive = interrupted_receive
+    else:
+        learner = runner.learner.obj
+        update = learner.impl.update
+
+        def interrupted_update(payloads):
+            stats = update(payloads)  # the weights and the optimizer have moved...
+            if learner.version == 2:
+                interrupt()  # ...but the update never completed
+            return stats
+
+        learner.impl.update = interrupted_update
+    with pytest.raises(KeyboardInterrupt):
+        runner.run()
+    rows = read_progress(run)
+    assert [r["iteration"] for r in rows] == [1, 2]
+    tensors, state = load_checkpoint(latest_checkpoint(run))  # written on the interrupt, over it
+    assert state["iteration"] == 2 and state["policy_version"] == 2 and state["learner"]["version"] == 2
+    for key in ("env_steps_total", "episodes_total", "wall_time_s"):
+        assert state[key] == pytest.approx(rows[-1][key], abs=1e-3), key
+    policy = [k for k in tensors if k.startswith(("policy/", "optimizer/"))]
+    assert policy and all((tensors[k] == regular[k]).all() for k in policy)

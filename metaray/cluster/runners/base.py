@@ -83,11 +83,16 @@ class Runner:
         if resume_state is not None:
             self._restore_workers(*resume_state)
         self.device = runtime.get(self.learner.device_name.remote())
+        self._committed: dict[str, Any] | None = None  # the last completed iteration, as a checkpoint keeps it
         self.metrics, self.metrics_url = self._start_metrics()
         self.remote: RemoteActors | None = None
         if config.grpc.port is not None:
             self.remote = RemoteActors(self, resume_state[1] if resume_state else {})
         self.observers: list[Observer] = self._observers()
+        if resume_state is not None:  # a checkpoint now (an interrupt before the first iteration) is the same one
+            self._committed = {"counters": dict(self.counters), "version": self.version, "workers": None,
+                               "scheduler": self.scheduler.get_state(),
+                               "remote": self.remote.checkpoint_counters() if self.remote else {}}
 
     # ------------------------------------------------------------------ set-up
     def _make_scheduler(self, family: Any) -> TaskScheduler:
@@ -305,10 +310,35 @@ class Runner:
         }
         self._last_t, self._last_steps = now, self.counters["env_steps_total"]
         self._last_record = record
+        self._commit(remote_counts)
         for observer in self.observers:
             observer.observe(record)
 
     # ------------------------------------------------------------ checkpoints
+    def _commit(self, remote_counts: dict[str, int]) -> None:
+        """Keep what a checkpoint of this just completed iteration holds, so that one written
+        later (an interrupt, a failure) is this iteration's: counters, scheduler, and for
+        meta-batch runs the workers' random state (stream workers sample on; a checkpoint
+        restarts their trials)."""
+        self._committed = {"counters": dict(self.counters), "version": self.version, "scheduler": self.scheduler.get_state(),
+                           "remote": dict(remote_counts), "workers": self._worker_states() if self.keeps_worker_state else None}
+
+    keeps_worker_state = False  # MetaBatchRunner: workers are idle between iterations
+
+    def _worker_states(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Each worker's random state (a worker that just died has none: it starts fresh)."""
+        metas: dict[str, Any] = {}
+        tensors: dict[str, np.ndarray] = {}
+        for slot in self.pool.slots:
+            try:
+                meta, torch_state = self.runtime.get(self.pool.handle(slot).get_state.remote())
+            except Exception as err:
+                if not is_worker_failure(err):
+                    raise
+                continue
+            metas[str(slot)], tensors[f"workers/{slot}/torch_gen"] = meta, torch_state
+        return metas, tensors
+
     def _checkpoint_on_failure(self) -> str:
         """Checkpoint the last completed iteration on the way out; says what happened."""
         try:
@@ -320,26 +350,22 @@ class Runner:
         return f"a checkpoint was written ({written.name}), continue with --resume"
 
     def checkpoint(self) -> Path | None:
-        if self.counters["iteration"] == 0:
+        """Checkpoint the last completed iteration (see `_commit`); None before the first."""
+        committed = self._committed
+        if committed is None:
             return None
-        tensors, learner_meta = self.runtime.get(self.learner.get_state.remote())
-        workers = {}
-        for slot in self.pool.slots:  # a worker that just died has no state to give: it starts fresh
-            try:
-                meta, torch_state = self.runtime.get(self.pool.handle(slot).get_state.remote())
-            except Exception as err:
-                if not is_worker_failure(err):
-                    raise
-                continue
-            workers[str(slot)] = meta
-            tensors[f"workers/{slot}/torch_gen"] = torch_state
+        counters = committed["counters"]
+        tensors, learner_meta = self.runtime.get(self.learner.get_state.remote(committed["version"]))
+        tensors = dict(tensors)
+        workers, worker_tensors = committed["workers"] or self._worker_states()
+        tensors.update(worker_tensors)
         for slot in self.pool.slots:
             with contextlib.suppress(Exception):
                 self.runtime.get(self.pool.handle(slot).restart_trials.remote())
-        state = {**self.counters, "policy_version": self.version, "learner": learner_meta, "algo": self.config.algo,
-                 "scheduler": self.scheduler.get_state(), "workers": workers, "launch_order": self.in_flight_slots(),
-                 **(self.remote.checkpoint_counters() if self.remote is not None else {})}
-        return save_checkpoint(self.run_dir, self.counters["iteration"], tensors, state, self.config.checkpoint.keep)
+        state = {**counters, "policy_version": committed["version"], "learner": learner_meta,
+                 "algo": self.config.algo, "scheduler": committed["scheduler"], "workers": workers,
+                 "launch_order": self.in_flight_slots(), **committed["remote"]}
+        return save_checkpoint(self.run_dir, counters["iteration"], tensors, state, self.config.checkpoint.keep)
 
 
 class ControlPoller:

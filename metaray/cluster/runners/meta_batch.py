@@ -21,6 +21,8 @@ Job = tuple[int, list[Any]]  # (worker slot, tasks)
 
 
 class MetaBatchRunner(Runner):
+    keeps_worker_state = True  # idle between iterations: their random state is kept with each one
+
     def _loop(self) -> None:
         tasks_per_iteration = self.algorithm.loop_spec(self.algo_config).tasks_per_iteration
         while self.counters["iteration"] < self.config.iterations:
