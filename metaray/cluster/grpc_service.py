@@ -258,13 +258,13 @@ class GrpcService:
                  "GetParameters": (self.get_parameters, pb.ParametersRequest),
                  "GetTask": (self.get_task, pb.TaskRequest)}
         handlers = {
-            name: grpc.unary_unary_rpc_method_handler(self._counted(name, fn), fn_in.FromString, out)
+            name: grpc.unary_unary_rpc_method_handler(self._counted(name, fn), _parser(fn_in), out)
             for name, (fn, fn_in) in unary.items()
         }
         handlers["WatchParameters"] = grpc.unary_stream_rpc_method_handler(
-            self._counted_stream("WatchParameters", self.watch_parameters), pb.ParametersRequest.FromString, out)
+            self._counted_stream("WatchParameters", self.watch_parameters), _parser(pb.ParametersRequest), out)
         handlers["PushEpisodes"] = grpc.stream_unary_rpc_method_handler(
-            self._counted("PushEpisodes", self.push_episodes), pb.Rollout.FromString, out)
+            self._counted("PushEpisodes", self.push_episodes), _parser(pb.Rollout), out)
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
     def _count_unauthenticated(self, method: str) -> None:
@@ -273,6 +273,7 @@ class GrpcService:
     def _counted(self, method: str, fn: Callable[[Any, grpc.ServicerContext], Any]) -> Callable:
         def run(request: Any, context: grpc.ServicerContext) -> Any:
             try:
+                _refuse_malformed(request)
                 response = fn(request, context)
             except Reject as err:
                 self._count_request(method, err.code.name)
@@ -292,6 +293,7 @@ class GrpcService:
     def _counted_stream(self, method: str, fn: Callable[[Any, grpc.ServicerContext], Iterator[Any]]) -> Callable:
         def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             try:
+                _refuse_malformed(request)
                 yield from fn(request, context)
             except Reject as err:
                 self._count_request(method, err.code.name)
@@ -423,6 +425,7 @@ class GrpcService:
         checked: list[RolloutArrays] = []
         try:
             for message in requests:
+                _refuse_malformed(message, f"rollout {received}")
                 received += 1
                 if received > self.config.max_rollouts_per_push:
                     raise Reject(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -589,6 +592,31 @@ class GrpcService:
         info = {"task_id": assignment.task.task_id, **metrics, "env_steps": steps, "episodes": per * len(spec.stages),
                 "rollouts": len(rollouts), "actor_id": assignment.actor_id, "sample_s": time.monotonic() - assignment.started}
         return result, info
+
+
+@dataclass(frozen=True)
+class _Malformed:
+    """A request body that is not the protobuf message the method takes."""
+
+    message: str
+
+
+def _parser(message_class: Any) -> Callable[[bytes], Any]:
+    """The method's deserializer, which hands bytes that do not parse to the handler (answered
+    INVALID_ARGUMENT and counted) instead of failing inside grpc (INTERNAL)."""
+    from google.protobuf.message import DecodeError
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError:
+            return _Malformed(message_class.DESCRIPTOR.name)
+    return parse
+
+
+def _refuse_malformed(request: Any, where: str = "request") -> None:
+    if isinstance(request, _Malformed):
+        raise _invalid(f"{where}: the body is not a valid {request.message} message")
 
 
 def _check_actor_id(actor_id: str, where: str = "request") -> str:

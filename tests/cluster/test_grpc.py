@@ -170,6 +170,28 @@ def test_right_token_reaches_every_method(rl2_service):
                      "PushEpisodes": grpc.StatusCode.NOT_FOUND}
 
 
+@pytest.mark.parametrize("method", ["GetTask", "GetParameters", "WatchParameters", "PushEpisodes"])
+def test_a_body_that_is_not_protobuf_is_invalid_argument_and_counted(rl2_service, method):
+    """Bytes that do not parse as the method's message: INVALID_ARGUMENT from metaray's own
+    handler (counted), not INTERNAL from inside grpc."""
+    channel = grpc.insecure_channel(rl2_service.address)
+    path = f"/metaray.v1.MetaRay/{method}"
+    garbage = b"\xff\xff\xff\xff"  # a truncated varint field: no protobuf message
+    metadata = rl2_service.client.metadata
+    before = rl2_service.requests[(method, "INVALID_ARGUMENT")]
+    with pytest.raises(grpc.RpcError) as err:
+        if method == "PushEpisodes":
+            channel.stream_unary(path)(iter([garbage]), metadata=metadata, timeout=10)
+        elif method == "WatchParameters":
+            list(channel.unary_stream(path)(garbage, metadata=metadata, timeout=10))
+        else:
+            channel.unary_unary(path)(garbage, metadata=metadata, timeout=10)
+    channel.close()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert "the body is not a valid" in err.value.details()
+    assert rl2_service.requests[(method, "INVALID_ARGUMENT")] == before + 1
+
+
 def test_token_comes_from_env_file_or_a_new_private_file(tmp_path, monkeypatch):
     from metaray.cluster.grpc_service import load_token
 
