@@ -326,12 +326,14 @@ class Runner:
     keeps_worker_state = False  # MetaBatchRunner: workers are idle between iterations
 
     def _worker_states(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Each worker's random state (a worker that just died has none: it starts fresh)."""
+        """Each worker's random state, asked of all at once (a worker that just died has none:
+        it starts fresh)."""
+        asked = {slot: self.pool.handle(slot).get_state.remote() for slot in self.pool.slots}
         metas: dict[str, Any] = {}
         tensors: dict[str, np.ndarray] = {}
-        for slot in self.pool.slots:
+        for slot, future in asked.items():
             try:
-                meta, torch_state = self.runtime.get(self.pool.handle(slot).get_state.remote())
+                meta, torch_state = self.runtime.get(future)
             except Exception as err:
                 if not is_worker_failure(err):
                     raise
