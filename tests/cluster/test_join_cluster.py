@@ -110,14 +110,19 @@ def test_losing_a_node_mid_run_restarts_its_workers_and_the_run_completes(ray_he
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_scale_resizes_a_running_local_job_and_status_shows_it(tmp_path):
+def start_local_run(tmp_path, workers):
+    """`metaray train` of a long MAML run in local mode (its own Ray instance), in a subprocess."""
     config = tmp_path / "cfg.yaml"
-    config.write_text(yaml.safe_dump({**MAML_LONG, "iterations": 100000,
-                                      "workers": {"num_workers": 1, "max_workers": 3}}))
+    config.write_text(yaml.safe_dump({**MAML_LONG, "iterations": 100000, "workers": workers}))
     run = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     proc = subprocess.Popen([sys.executable, "-m", "metaray.cli", "train", str(config), "--run-dir", str(run)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    return run, proc, env
+
+
+def test_scale_resizes_a_running_local_job_and_status_shows_it(tmp_path):
+    run, proc, env = start_local_run(tmp_path, {"num_workers": 1, "max_workers": 3})
     metaray = [sys.executable, "-m", "metaray.cli"]
     try:
         wait_for(lambda: progress(run), 120, "the first iteration", proc)
@@ -161,12 +166,7 @@ def test_scale_refuses_serial_and_finished_runs(tiny_config, tmp_path):
 def test_scale_past_the_local_instances_cpus_is_refused_with_what_to_set(tmp_path):
     """Local mode sizes its Ray instance for the run: one worker + the learner on 2 CPUs. A second
     worker would wait for a CPU forever, so `scale` refuses it and says what to set instead."""
-    config = tmp_path / "cfg.yaml"
-    config.write_text(yaml.safe_dump({**MAML_LONG, "iterations": 100000, "workers": {"num_workers": 1}}))
-    run = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-    proc = subprocess.Popen([sys.executable, "-m", "metaray.cli", "train", str(config), "--run-dir", str(run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    run, proc, env = start_local_run(tmp_path, {"num_workers": 1})
     metaray = [sys.executable, "-m", "metaray.cli"]
     try:
         wait_for(lambda: progress(run), 120, "the first iteration", proc)
