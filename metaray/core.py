@@ -34,7 +34,7 @@ import importlib
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol
 
 import numpy as np
 
@@ -180,7 +180,6 @@ class WireSpec:
 # The roles
 
 
-@runtime_checkable
 class Sampler(Protocol):
     """The worker side: one vector env and the policy, on one CPU, no autograd graph."""
 
@@ -219,7 +218,6 @@ class StreamSampler(Sampler, Protocol):
         ...
 
 
-@runtime_checkable
 class Learner(Protocol):
     """The learner side (GPU or CPU): owns the policy and the optimizer state."""
 

@@ -14,9 +14,12 @@ from metaray.core import Batch
 
 
 class StreamRunner(Runner):
+    def __init__(self, *args: Any, **kwargs: Any):
+        self._pending: dict[Any, tuple[int, Any, Any]] = {}  # info future -> (slot, batch future, worker)
+        super().__init__(*args, **kwargs)
+
     def _loop(self) -> None:
         spec = self.algorithm.loop_spec(self.algo_config)
-        self._pending: dict[Any, tuple[int, Any, Any]] = {}  # info future -> (slot, batch future, worker)
         for slot in self._launch_order + [s for s in self.pool.slots if s not in self._launch_order]:
             self._launch(slot, spec.trials_per_call)
         self._batches: list[Batch] = []
@@ -34,7 +37,7 @@ class StreamRunner(Runner):
                 self._learn()
 
     def in_flight_slots(self) -> list[int]:
-        return [slot for slot, _, _ in getattr(self, "_pending", {}).values()]
+        return [slot for slot, _, _ in self._pending.values()]
 
     def _launch(self, slot: int, trials: int) -> None:
         handle = self.pool.handle(slot)
