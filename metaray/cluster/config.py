@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveFloat,
     PrivateAttr,
     ValidationError,
     create_model,
@@ -47,7 +48,8 @@ class WorkersConfig(BaseModel):
     max_worker_restarts: int = Field(3, ge=0, description="Restarts allowed per worker slot over the run (RLlib: max_num_env_runner_restarts).")
     restart_delay_s: float = Field(1.0, ge=0, description="Wait before restarting a worker; doubles with each restart of the same slot, at most 30 s.")
     probe_timeout_s: float = Field(10.0, gt=0, description="Health probe: a worker that does not answer a ping within this is treated as dead.")
-    task_timeout_s: float | None = Field(None, gt=0, description="Meta-batch algorithms: re-issue a worker's tasks to another worker when they take longer than this; the first result wins (null: never).")
+    task_timeout_s: PositiveFloat | Literal["auto"] | None = Field("auto", description="Meta-batch algorithms: re-issue a worker's tasks to an idle worker when they take longer than this; the first result wins. 'auto': 4x the median time of the run's jobs so far, at least 10 s; null: never.")
+    unplaceable_timeout_s: float = Field(300.0, gt=0, description="With no rollout worker alive (e.g. their node was lost and no node has room for the replacements), checkpoint and stop after this long.")
 
 
 class LearnerConfig(BaseModel):

@@ -41,6 +41,7 @@ GAUGES = {
     "policy_version": ("metaray_policy_version", "Version of the weights on the parameter server."),
     "policy_lag_mean": ("metaray_policy_lag", "Mean versions between the weights a batch was sampled with and the learner's."),
     "workers_alive": ("metaray_workers_alive", "Rollout workers alive."),
+    "workers_pending": ("metaray_workers_pending", "Rollout workers asked for that do not take work yet (starting, in restart backoff, or waiting for a node with room)."),
     "env_steps_per_s": ("metaray_env_steps_per_second", "Env steps per second over the last iteration."),
     "meta_loss": ("metaray_meta_loss", "Meta-loss (outer objective) after the last update."),
     "policy_loss": ("metaray_meta_loss", None),  # a stream algorithm's policy loss reports under the same name

@@ -98,6 +98,7 @@ def run_status(run_dir: Path) -> dict[str, Any]:
     state = driver.get("state", "unknown")
     if state == "running" and driver.get("host") == socket.gethostname() and not _pid_alive(driver.get("pid")):
         state = "stopped (driver gone)"
+    live = state == "running"
     checkpoint = latest_checkpoint(run_dir)
     recent = rows[-10:]
     span = recent[-1]["wall_time_s"] - (rows[-11]["wall_time_s"] if len(rows) > 10 else 0.0)
@@ -106,10 +107,14 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "run_dir": str(run_dir), "state": state, "iteration": last["iteration"],
         "target_iterations": driver.get("target_iterations"), "wall_time_s": last["wall_time_s"],
         "env_steps_total": last["env_steps_total"], "env_steps_per_s": steps / span if span > 0 else None,
-        "workers_alive": last.get("workers_alive"), "worker_restarts_total": last.get("worker_restarts_total", 0),
-        # the driver's own view after its last iteration: workers asked for but not placed yet
-        "workers_pending": driver.get("workers_pending", 0) if state == "running" else 0,
-        "workers_target": driver.get("workers_target") if state == "running" else None,
+        # a running driver rewrites driver.json every few seconds, also while an iteration waits:
+        # workers alive now, those asked for that do not take work yet, and why none is alive
+        "workers_alive": driver.get("workers_alive", last.get("workers_alive")) if live else last.get("workers_alive"),
+        "worker_restarts_total": last.get("worker_restarts_total", 0),
+        "workers_pending": driver.get("workers_pending", 0) if live else 0,
+        "workers_target": driver.get("workers_target") if live else None,
+        "stalled": driver.get("stalled") if live else None,
+        "driver_update_age_s": time.time() - driver["updated"] if live and "updated" in driver else None,
         "policy_version": last.get("policy_version"), "checkpoint": checkpoint.name if checkpoint else None,
         # the endpoints live as long as the driver: a stopped run serves nothing
         "metrics_url": driver.get("metrics_url") if state == "running" else None,
@@ -150,11 +155,13 @@ def print_status(status: dict[str, Any]) -> None:
         ("env steps", f"{status['env_steps_total']:,}"),
         ("throughput", f"{rate:,.0f} env steps/s (last 10 iterations)" if rate else "-"),
         ("workers alive", str(status["workers_alive"]) + (
-            f" ({status['workers_pending']} pending for resources, target {status['workers_target']})"
+            f" ({status['workers_pending']} starting or waiting for a node with room, target {status['workers_target']})"
             if status.get("workers_pending") else "")),
         ("worker restarts", str(status["worker_restarts_total"])),
         ("policy version", str(status["policy_version"])),
     ]
+    if status.get("stalled"):
+        rows.insert(1, ("waiting", f"no rollout worker alive: {status['stalled']}"))
     rows += [(RETURN_LABELS[k], f"{status[k]:.3f}") for k in RETURN_LABELS if k in status]
     rows += [("checkpoint", status["checkpoint"] or "-"), ("metrics", status["metrics_url"] or "off")]
     if status.get("grpc_address"):

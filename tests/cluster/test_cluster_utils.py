@@ -1,19 +1,26 @@
 """Multi-node behaviour on Ray's own test cluster (`ray.cluster_utils.Cluster`): workers spread
 over two nodes, the second node removed while the trainer runs, the run completes every
-iteration with the lost workers restarted on the remaining node."""
+iteration with the lost workers restarted on the remaining node. With the head kept full (a
+placeholder actor holds its CPUs), lost workers cannot be replaced: the run goes on with the
+workers it has, says when it has none, stops after workers.unplaceable_timeout_s with a
+checkpoint, and acts on a signal within a second while it waits."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import threading
 import time
 
 import pytest
 import yaml
 
-from metaray.cluster.checkpoint import read_progress
+from metaray.cluster.checkpoint import latest_checkpoint, read_progress
 from metaray.cluster.config import load_config
+from metaray.cluster.report import run_status
 from metaray.cluster.runtime import RayRuntime
-from metaray.cluster.trainer import Trainer
+from metaray.cluster.trainer import Trainer, TrainingError
 
 CONFIG = {
     "algo": "maml", "seed": 0, "iterations": 12, "task": {"family": "point-nav", "kwargs": {"horizon": 50}},
@@ -66,4 +73,163 @@ def test_removing_a_node_mid_run_costs_only_restarts(two_nodes, tmp_path):
     rows = read_progress(run)
     assert [r["iteration"] for r in rows] == list(range(1, 13))
     assert all(r["num_tasks"] == 8 for r in rows)
-    assert rows[-1]["worker_restarts_total"] >= 1 and rows[-1]["workers_alive"] == 2
+    assert rows[-1]["worker_restarts_total"] >= 1
+    assert rows[-1]["workers_alive"] + rows[-1]["workers_pending"] == 2  # the replacement joins in the background
+
+
+def trainer_on(cluster, tmp_path, head_cpus_held: int, overrides=()):
+    """A second 2-CPU node, `head_cpus_held` of the head's 3 CPUs held, and a trainer whose
+    learner takes one more head CPU. Returns (trainer, run dir, node, cleanup)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    class Placeholder:  # defined here, so Ray ships it by value (the test module is not importable there)
+        def ping(self) -> bool:
+            return True
+
+    node = cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    hold = ray.remote(Placeholder).options(
+        num_cpus=head_cpus_held, scheduling_strategy=NodeAffinitySchedulingStrategy(cluster.head_node.node_id, soft=False)
+    ).remote()
+    ray.get(hold.ping.remote())
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(path.read_text())  # as `metaray train` writes it (`status` reads it)
+    trainer = Trainer(load_config(path, list(overrides)), run, RayRuntime(address=None))
+
+    def cleanup() -> None:
+        handles = [*trainer.pool.workers.values(), *(h for h, _ in trainer.pool.pending.values()),
+                   trainer.learner, trainer.ps, trainer.control, hold]
+        for handle in handles:
+            if handle is not None:
+                ray.kill(handle)
+        if node in cluster.worker_nodes:
+            cluster.remove_node(node)
+
+    return trainer, run, node, cleanup
+
+
+def stalled(run) -> bool:
+    """Whether driver.json says that no worker is alive."""
+    try:
+        return bool(json.loads((run / "driver.json").read_text()).get("stalled"))
+    except (OSError, ValueError):
+        return False
+
+
+class At:
+    """Observer: calls `action(record)` after each iteration."""
+
+    def __init__(self, action):
+        self.action = action
+
+    def observe(self, record):
+        self.action(record)
+
+    def close(self):
+        pass
+
+
+def test_a_lost_worker_that_cannot_be_placed_does_not_hold_up_the_iteration(two_nodes, tmp_path):
+    """One worker on each node, the head full: when node 2 goes, its worker's replacement cannot
+    be placed; the iterations go on with the head's worker and the whole task set, and the
+    replacement joins once a node with room appears."""
+    import ray
+
+    cluster, _ = two_nodes
+    trainer, run, node, cleanup = trainer_on(cluster, tmp_path, head_cpus_held=1,
+                                             overrides=["iterations=200", "checkpoint.every=1000"])
+    placed = {ray.get(h.ping.remote())["node"] for h in trainer.pool.workers.values()}
+    assert placed == {node.node_id, cluster.head_node.node_id}
+    seen: list[dict] = []
+
+    def script(record):
+        seen.append(record)
+        if record["iteration"] == 2:
+            cluster.remove_node(node)
+        elif sum(r["workers_pending"] == 1 for r in seen) == 3:  # three iterations on one worker
+            cluster.add_node(num_cpus=2)
+        elif record["iteration"] > 3 and record["workers_alive"] == 2:
+            raise KeyboardInterrupt  # the replacement joined: enough
+
+    trainer.observers.insert(1, At(script))  # after the progress log: the last row is written
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trainer.run()
+    finally:
+        cleanup()
+        for extra in list(cluster.worker_nodes):
+            cluster.remove_node(extra)
+    rows = read_progress(run)
+    after = [r for r in rows if r["iteration"] > 2]
+    assert all(r["num_tasks"] == 8 for r in rows)
+    stalled = [r for r in after if r["workers_alive"] == 1]
+    assert len(stalled) >= 3 and all(r["workers_pending"] == 1 for r in stalled)
+    assert after[0]["worker_restarts_total"] == 1  # in the row of the iteration it happened in
+    assert rows[-1]["workers_alive"] == 2 and rows[-1]["workers_pending"] == 0
+
+
+def test_no_placeable_worker_stops_the_run_with_a_checkpoint_after_the_timeout(two_nodes, tmp_path):
+    """Both workers on node 2, the head full: after node 2 goes, `status` shows the stall and the
+    run checkpoints and stops after workers.unplaceable_timeout_s with one line."""
+    cluster, _ = two_nodes
+    trainer, run, node, cleanup = trainer_on(cluster, tmp_path, head_cpus_held=2, overrides=[
+        "iterations=50", "checkpoint.every=1000", "workers.unplaceable_timeout_s=8"])
+    statuses: list[dict] = []
+
+    def script(record):
+        if record["iteration"] == 2:
+            cluster.remove_node(node)
+
+    stop = threading.Event()
+
+    def watch() -> None:  # what an operator sees with `metaray status` meanwhile
+        while not stop.is_set():
+            if stalled(run):
+                statuses.append(run_status(run))
+                return
+            stop.wait(0.2)
+
+    trainer.observers.insert(0, At(script))
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        with pytest.raises(TrainingError, match=r"no rollout worker could be placed for \d+ s "
+                                                r"\(workers.unplaceable_timeout_s=8\): 2 waiting .*asks for 1 CPU, "
+                                                r"the cluster has 0 free\); a checkpoint was written \(iter-000002\)"):
+            trainer.run()
+    finally:
+        stop.set()
+        cleanup()
+    assert [r["iteration"] for r in read_progress(run)] == [1, 2]
+    assert statuses and statuses[0]["workers_alive"] == 0 and statuses[0]["workers_pending"] == 2
+    assert "waiting" in statuses[0]["stalled"] and statuses[0]["iteration"] == 2
+
+
+def test_a_signal_stops_a_stalled_run_at_once_with_a_checkpoint(two_nodes, tmp_path):
+    """SIGINT (as SIGTERM is handled by the CLI) while no worker can be placed: the run
+    checkpoints the last iteration and stops, long before the unplaceable timeout."""
+    cluster, _ = two_nodes
+    trainer, run, node, cleanup = trainer_on(cluster, tmp_path, head_cpus_held=2, overrides=[
+        "iterations=50", "checkpoint.every=1000", "workers.unplaceable_timeout_s=600"])
+
+    def script(record):
+        if record["iteration"] == 2:
+            cluster.remove_node(node)
+
+    def interrupt_when_stalled() -> None:
+        while not stalled(run):
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    trainer.observers.insert(0, At(script))
+    threading.Thread(target=interrupt_when_stalled, daemon=True).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trainer.run()
+    finally:
+        cleanup()
+    assert latest_checkpoint(run).name == "iter-000002"
+    assert json.loads((run / "driver.json").read_text())["state"] == "interrupted"

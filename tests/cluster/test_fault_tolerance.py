@@ -147,7 +147,8 @@ def test_a_worker_process_that_dies_is_restarted_and_its_tasks_rerun(runtime, tm
     assert (tmp_path / "crashed").exists()  # the crash happened
     assert [r["iteration"] for r in rows] == [1, 2, 3]  # every iteration accounted for
     assert all(r["num_tasks"] == 4 for r in rows)  # ... with its whole task set
-    assert rows[-1]["worker_restarts_total"] == 1 and rows[-1]["workers_alive"] == 2
+    assert rows[-1]["worker_restarts_total"] == 1  # its replacement joins in the background:
+    assert rows[-1]["workers_alive"] + rows[-1]["workers_pending"] == 2  # alive, or on its way
     assert rows[-1]["tasks_requeued_total"] == 2  # the dead worker's share of the meta-batch
 
 
@@ -202,7 +203,7 @@ def release(ray_local, *trainers):
     """Kill the actors of runners that stopped (a stopped driver's process takes them along),
     so the module's Ray instance has its CPUs for the next test."""
     for t in trainers:
-        for handle in [*t.pool.workers.values(), t.learner, t.ps, t.control]:
+        for handle in [*t.pool.workers.values(), *(h for h, _ in t.pool.pending.values()), t.learner, t.ps, t.control]:
             if handle is not None:
                 ray_local.kill(handle)
 
@@ -280,3 +281,34 @@ def test_an_interrupt_while_the_learner_actor_updates_checkpoints_the_completed_
     assert [r["iteration"] for r in rows] == [1, 2] and latest_checkpoint(run).name == "iter-000002"
     assert state["learner"]["version"] == state["policy_version"] == rows[-1]["policy_version"] == 2
     assert state["env_steps_total"] == rows[-1]["env_steps_total"]
+
+
+def test_a_worker_in_restart_backoff_does_not_hold_up_the_others(runtime, ray_local, tmp_path):
+    """Worker 1 is killed after iteration 1 and its replacement waits out a 30 s backoff: the
+    next iterations run on worker 0 alone, each with its whole task set, instead of waiting."""
+    path = config_file(tmp_path)
+    trainer, run = train(runtime, path, tmp_path, ["iterations=4", "workers.restart_delay_s=30"])
+    trainer.observers.insert(0, KillWorkerAfter(ray_local, trainer, iteration=1))
+    trainer.run()
+    release(ray_local, trainer)
+    rows = read_progress(run)
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4] and all(r["num_tasks"] == 4 for r in rows)
+    assert [r["workers_alive"] for r in rows] == [2, 1, 1, 1]
+    assert [r["workers_pending"] for r in rows] == [0, 1, 1, 1]  # the replacement, in backoff
+    assert rows[1]["worker_restarts_total"] == 1  # counted in the row of the iteration it happened in
+    assert rows[-1]["tasks_requeued_total"] == 0  # found by the probe before the tasks went out
+
+
+def test_a_stream_run_samples_on_while_a_replacement_waits(runtime, ray_local, tmp_path):
+    rl2_cfg = {"algo": "rl2", "seed": 2, "iterations": 4, "task": {"family": "bandit", "kwargs": {"num_arms": 3}},
+               "workers": {"num_workers": 2, "restart_delay_s": 30.0}, "metrics": {"tensorboard": False},
+               "rl2": {"episodes_per_trial": 5, "hidden_size": 8, "slots_per_worker": 8, "trials_per_update": 8}}
+    path = config_file(tmp_path, rl2_cfg)
+    trainer, run = train(runtime, path, tmp_path)
+    trainer.observers.insert(0, KillWorkerAfter(ray_local, trainer, iteration=1))
+    trainer.run()
+    release(ray_local, trainer)
+    rows = read_progress(run)
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["worker_restarts_total"] == 1
+    assert rows[-1]["workers_alive"] == 1 and rows[-1]["workers_pending"] == 1

@@ -80,6 +80,8 @@ class Runner:
             self.control_name = control_name(self.run_dir)
             self.control = self._spawn_control(config.workers.num_workers)
         self._launch_order: list[int] = []
+        self._stalled: str | None = None  # why no worker is alive, while that lasts
+        self._last_heartbeat = 0.0
         if resume_state is not None:
             self._restore_workers(*resume_state)
         self.device = runtime.get(self.learner.device_name.remote())
@@ -201,6 +203,61 @@ class Runner:
     def _count_restarts(self) -> None:
         self.counters["worker_restarts_total"] = self._restarts_base + self.pool.restarts_total
 
+    def _tick_pool(self) -> list[int]:
+        """Let replacements and new workers join (they never block the loop); returns the joined slots."""
+        restarts = self.pool.restarts_total
+        joined = self.pool.tick()
+        if self.pool.restarts_total != restarts:  # a replacement failed to start
+            self._count_restarts()
+        self._heartbeat()
+        return joined
+
+    def _await_a_worker(self) -> list[int]:
+        """With no worker alive, wait (in short steps, so a signal stops it within a second) for
+        one to join; say so on the display and in driver.json, and after
+        workers.unplaceable_timeout_s checkpoint and stop (TrainingError). Returns joined slots."""
+        limit = self.config.workers.unplaceable_timeout_s
+        since = time.monotonic()
+        said = False
+        while not len(self.pool):
+            restarts = self.pool.restarts_total
+            joined = self.pool.tick(wait_s=0.5)
+            if self.pool.restarts_total != restarts:
+                self._count_restarts()
+            if joined:
+                self._stalled = None
+                if said:
+                    self.display.message(f"rollout workers {joined} joined; training goes on")
+                return joined
+            waited = time.monotonic() - since
+            self._stalled = self._placement_note(waited)
+            self._heartbeat()
+            if waited > 5.0 and not said:
+                said = True
+                self.display.message(f"no rollout worker is alive: {self._stalled}; stopping after "
+                                     f"workers.unplaceable_timeout_s={limit:g} s")
+            if waited > limit:
+                raise TrainingError(f"no rollout worker could be placed for {waited:.0f} s "
+                                    f"(workers.unplaceable_timeout_s={limit:g}): {self._stalled}")
+        return []
+
+    def _placement_note(self, waited: float) -> str:
+        """What the waiting workers ask for and what the cluster has free."""
+        waiting = len(self.pool.waiting())
+        free = ""
+        if self.runtime.name == "ray":
+            with contextlib.suppress(Exception):
+                free = f", the cluster has {self.runtime.ray.available_resources().get('CPU', 0.0):g} free"
+        return f"{waiting} waiting {waited:.0f} s to be placed (each asks for 1 CPU{free})"
+
+    def _heartbeat(self, every_s: float = 2.0) -> None:
+        """Rewrite driver.json now and then while the loop waits, so `metaray status` shows the
+        workers alive, waiting and targeted now, not only as of the last progress row."""
+        now = time.monotonic()
+        if now - self._last_heartbeat >= every_s:
+            self._last_heartbeat = now
+            self._write_driver_info("running")
+
     def _spawn_control(self, num_workers: int) -> Any:
         """The run's named control actor, on the driver's node (it lives and dies with the driver)."""
         local_cpus = self.runtime.cluster_cpus() if self.runtime.started_here else None
@@ -274,8 +331,8 @@ class Runner:
                 "runtime": self.runtime.name, "ray_address": getattr(self.runtime, "address", None),
                 "control_actor": self.control_name, "grpc_address": self.grpc.address if self.grpc else None,
                 "target_iterations": self.config.iterations, "updated": time.time(),
-                "workers_alive": len(self.pool), "workers_pending": len(self.pool.pending),
-                "workers_target": self.pool.target()}
+                "workers_alive": len(self.pool), "workers_pending": len(self.pool.waiting()),
+                "workers_target": self.pool.target(), "stalled": self._stalled}
         write_text_atomic(self.run_dir / "driver.json", json.dumps(info, indent=1) + "\n")
 
     def _update(self, batches: list[Any]) -> dict[str, Any] | None:
@@ -303,6 +360,7 @@ class Runner:
             "episodes_total": self.counters["episodes_total"],
             "policy_version": self.version,
             "workers_alive": len(self.pool),
+            "workers_pending": len(self.pool.waiting()),
             **{k: self.counters[k] for k in RECORD_COUNTERS},
             **remote_counts,
             **extra,
@@ -310,6 +368,7 @@ class Runner:
         }
         self._last_t, self._last_steps = now, self.counters["env_steps_total"]
         self._last_record = record
+        self._stalled = None
         self._commit(remote_counts)
         for observer in self.observers:
             observer.observe(record)
@@ -397,7 +456,7 @@ class ControlPoller:
     def _report_pending(self, runner: Runner, after_s: float = 60.0) -> None:
         """Say once per worker when a new one waits long for a node with room (a cluster)."""
         now = time.monotonic()
-        for slot, since in runner.pool.pending_since.items():
+        for slot, since in runner.pool.waiting().items():
             if now - since > after_s and slot not in self._warned:
                 self._warned.add(slot)
                 free = runner.runtime.ray.available_resources().get("CPU", 0.0)

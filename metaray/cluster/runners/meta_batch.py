@@ -1,7 +1,9 @@
-"""Meta-batch mode (e.g. the gradient-based meta-learners): scheduler -> workers -> learner, one iteration at a
-time. Between iterations: resize, probe, restart dead workers. A worker that fails mid-iteration
-is restarted and its tasks re-run, so the iteration completes with the same task set; a job
-running past workers.task_timeout_s is issued to an idle worker as well (the first result wins).
+"""Meta-batch mode (e.g. the gradient-based meta-learners): scheduler -> workers -> learner, one
+iteration at a time. Between iterations: resize, probe, replace dead workers. The iteration's
+tasks are split into one job per live worker; a job whose worker fails goes to the next idle
+live worker at once (its replacement joins in the background, see `WorkerPool`), so the
+iteration completes with the same task set on whatever workers are alive; a job running past
+workers.task_timeout_s is issued to an idle worker as well (the first result wins).
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from metaray.cluster.worker_pool import TrainingError
 from metaray.core import Batch, finite_mean
 
 MAX_BATCH_LOSSES = 3  # iterations re-collected after sample batches were lost with a node
-Job = tuple[int, list[Any]]  # (worker slot, tasks)
 
 
 class MetaBatchRunner(Runner):
     keeps_worker_state = True  # idle between iterations: their random state is kept with each one
 
     def _loop(self) -> None:
+        self._job_seconds: list[float] = []  # how long each finished job took (task_timeout_s: auto)
         tasks_per_iteration = self.algorithm.loop_spec(self.algo_config).tasks_per_iteration
         while self.counters["iteration"] < self.config.iterations:
             self._tend_pool()
@@ -33,12 +35,15 @@ class MetaBatchRunner(Runner):
             self._end_iteration(stats, self._iteration_stats(infos, external, sampling_s))
 
     def _tend_pool(self) -> None:
-        """Retire removed workers, admit new ones, restart those that do not answer."""
+        """Retire removed workers, admit new ones, replace those that do not answer; with no
+        worker alive, wait for one (bounded by workers.unplaceable_timeout_s)."""
         for slot in list(self.pool.retiring):
             self.pool.retire(slot)
-        self.pool.admit_ready()
+        self._tick_pool()
         if self.pool.probe():
             self._count_restarts()
+        if not len(self.pool):
+            self._await_a_worker()
 
     def _sample_and_learn(self, tasks: list[Any]) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], float]:
         """Collect the meta-batch (part of it from actors outside Ray) and update the learner;
@@ -96,64 +101,88 @@ class MetaBatchRunner(Runner):
         }
 
     def _collect_tasks(self, tasks: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
-        """Run `tasks` on the Ray workers, balanced by expected cost."""
+        """Run `tasks` on the Ray workers: one job per live worker, balanced by expected cost."""
         if not tasks:
             return []
-        parts = self.scheduler.balance(tasks, len(self.pool))
-        return self._collect([(slot, part) for slot, part in zip(self.pool.slots, parts, strict=True) if part])
+        if not len(self.pool):
+            self._await_a_worker()
+        return self._collect([part for part in self.scheduler.balance(tasks, len(self.pool)) if part])
 
-    def _collect(self, jobs: list[Job]) -> list[tuple[Any, dict[str, Any]]]:
-        """Run each (slot, tasks) job; returns (batch ref, info) per job, in job order.
+    def _collect(self, jobs: list[list[Any]]) -> list[tuple[Any, dict[str, Any]]]:
+        """Run each job (a list of tasks) on an idle live worker, in order; returns (batch ref,
+        info) per job, in job order.
 
-        A job whose worker fails is re-run on the restarted worker (tasks_requeued_total). A job
-        running past workers.task_timeout_s is issued again to another worker; the first result
-        wins and the other is discarded (tasks_reissued_total, duplicate_results_total)."""
-        timeout = self.config.workers.task_timeout_s
-        pending: dict[Any, tuple[int, int, Any, Any, float]] = {}  # info future -> (job, slot, batch, worker, start)
+        A job whose worker fails goes back to the queue for the next idle worker
+        (tasks_requeued_total). A job running past the task timeout is issued again to an idle
+        worker; the first result wins and the other is discarded (tasks_reissued_total,
+        duplicate_results_total). Every wait is short, so replacements join and signals are
+        acted on while the jobs run."""
+        queue = list(range(len(jobs)))  # jobs running nowhere
+        running: dict[Any, tuple[int, int, Any, Any, float]] = {}  # info future -> (job, slot, batch, worker, start)
         done: dict[int, tuple[Any, dict[str, Any]]] = {}
         reissued: set[int] = set()
 
         def submit(j: int, slot: int) -> None:
             handle = self.pool.handle(slot)
-            batch, info = handle.collect.options(num_returns=2).remote(jobs[j][1], self.version)
-            pending[info] = (j, slot, batch, handle, time.monotonic())
+            batch, info = handle.collect.options(num_returns=2).remote(jobs[j], self.version)
+            running[info] = (j, slot, batch, handle, time.monotonic())
 
-        for j, (slot, _) in enumerate(jobs):
-            submit(j, slot)
         while len(done) < len(jobs):
-            ready, _ = self.runtime.wait(list(pending), num_returns=1, timeout=None if timeout is None else min(timeout, 1.0))
+            self._tick_pool()
+            busy = {r[1] for r in running.values()}
+            idle = [s for s in self.pool.slots if s not in busy and s not in self.pool.retiring]
+            while queue and idle:
+                submit(queue.pop(0), idle.pop(0))
+            if not running:
+                self._await_a_worker()
+                continue
+            ready, _ = self.runtime.wait(list(running), num_returns=1, timeout=1.0)
             if ready:
-                self._take_result(ready[0], jobs, pending, done, submit)
+                j = self._take_result(ready[0], running, done)
+                if j is not None and j not in done and all(r[0] != j for r in running.values()):
+                    self.counters["tasks_requeued_total"] += len(jobs[j])
+                    queue.append(j)
             else:
-                self._reissue_slow_jobs(jobs, pending, done, reissued, submit, timeout)
-        self.counters["duplicate_results_total"] += len(pending)  # still running: discarded
+                self._reissue_slow_jobs(jobs, running, done, reissued, submit)
+        self.counters["duplicate_results_total"] += len(running)  # still running: discarded
         return [done[j] for j in range(len(jobs))]
 
-    def _take_result(self, ready: Any, jobs: list[Job], pending: dict[Any, tuple], done: dict[int, Any],
-                     submit: Callable[[int, int], None]) -> None:
-        j, slot, batch, handle, _ = pending.pop(ready)
+    def _take_result(self, ready: Any, running: dict[Any, tuple], done: dict[int, Any]) -> int | None:
+        """Keep a finished job's result; the job's index when its worker failed instead."""
+        j, slot, batch, handle, started = running.pop(ready)
         info = self._result_or_replace(ready, slot, handle)
-        if info is None:  # the worker failed: run the job again, unless a copy is still running
-            if j not in done and all(p[0] != j for p in pending.values()):
-                self.counters["tasks_requeued_total"] += len(jobs[j][1])
-                submit(j, slot)
-        elif j in done:
+        if info is None:
+            return j
+        self._job_seconds.append(time.monotonic() - started)
+        if j in done:
             self.counters["duplicate_results_total"] += 1
         else:
             done[j] = (batch, info)
+        return None
 
-    def _reissue_slow_jobs(self, jobs: list[Job], pending: dict[Any, tuple], done: dict[int, Any],
-                           reissued: set[int], submit: Callable[[int, int], None], timeout: float) -> None:
+    def _task_timeout(self) -> float | None:
+        """workers.task_timeout_s, or with 'auto' 4x the median job time so far (at least 10 s)."""
+        timeout = self.config.workers.task_timeout_s
+        if timeout != "auto":
+            return timeout
+        recent = self._job_seconds[-200:]
+        return max(10.0, 4.0 * float(np.median(recent))) if recent else None
+
+    def _reissue_slow_jobs(self, jobs: list[list[Any]], running: dict[Any, tuple], done: dict[int, Any],
+                           reissued: set[int], submit: Callable[[int, int], None]) -> None:
+        timeout = self._task_timeout()
+        if timeout is None:
+            return
         now = time.monotonic()
-        for j, slot, _, _, started in list(pending.values()):
+        for j, slot, _, _, started in list(running.values()):
             if j in done or j in reissued or now - started <= timeout:
                 continue
-            busy = {p[1] for p in pending.values()}
-            target = next((s for s in self.pool.slots if s not in busy), None)
+            busy = {r[1] for r in running.values()}
+            target = next((s for s in self.pool.slots if s not in busy and s not in self.pool.retiring), None)
             if target is None:  # only to an idle worker: a busy one would queue it behind its own work
                 continue
-            self.display.message(f"tasks of rollout worker {slot} exceed task_timeout_s={timeout}; "
+            self.display.message(f"tasks of rollout worker {slot} exceed the task timeout of {timeout:.0f} s; "
                                  f"issuing them to worker {target} as well")
             reissued.add(j)
-            self.counters["tasks_reissued_total"] += len(jobs[j][1])
+            self.counters["tasks_reissued_total"] += len(jobs[j])
             submit(j, target)

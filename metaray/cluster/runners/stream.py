@@ -1,7 +1,8 @@
-"""Stream mode (e.g. the recurrent meta-learner of metaray.learner): every worker always has one sampling call in flight, so sampling goes
-on while the learner updates; batches older than the algorithm's policy lag are dropped and
-counted. A failed worker is restarted and sampling goes on; new workers join, retired ones
-leave once their call in flight has returned."""
+"""Stream mode (e.g. the recurrent meta-learner of metaray.learner): every live worker always has
+one sampling call in flight, so sampling goes on while the learner updates; batches older than
+the algorithm's policy lag are dropped and counted. A failed worker's replacement joins in the
+background (see `WorkerPool`) while the others sample on; new workers join, retired ones leave
+once their call in flight has returned."""
 
 from __future__ import annotations
 
@@ -25,9 +26,16 @@ class StreamRunner(Runner):
         self._batches: list[Batch] = []
         self._infos: list[dict[str, Any]] = []
         self._trials = 0
-        # with a gRPC service, also look at its queue at least every 50 ms
-        timeout = 0.05 if self.remote is not None else None
+        # with a gRPC service, also look at its queue at least every 50 ms; else every second
+        # (replacements join, and a signal is acted on, while the workers sample)
+        timeout = 0.05 if self.remote is not None else 1.0
         while self.counters["iteration"] < self.config.iterations:
+            for joined in self._tick_pool():
+                self._launch(joined, spec.trials_per_call)
+            if not self._pending:
+                for joined in self._await_a_worker():
+                    self._launch(joined, spec.trials_per_call)
+                continue
             ready, _ = self.runtime.wait(list(self._pending), num_returns=1, timeout=timeout)
             if ready:
                 self._receive(ready[0], spec.trials_per_call, spec.max_policy_lag)
@@ -48,15 +56,12 @@ class StreamRunner(Runner):
         """A worker answered: launch its next call (or retire it), keep its batch unless too old."""
         slot, batch, handle = self._pending.pop(ready)
         info = self._result_or_replace(ready, slot, handle)
-        if info is None:
-            self._launch(slot, trials)
+        if info is None:  # replaced in the background; the replacement is launched when it joins
             return
         if slot in self.pool.retiring:
             self.pool.retire(slot)
         else:
             self._launch(slot, trials)
-        for joined in self.pool.admit_ready():
-            self._launch(joined, trials)
         self._count_worker_info(info)
         if self.version - info["policy_version"] > max_policy_lag:
             self.counters["dropped_batches_total"] += 1
