@@ -145,7 +145,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-RESUME_MAY_CHANGE = ("iterations", "metrics", "grpc")
+# Where the run reports and serves, and how it handles faults: not what it computes.
+RESUME_MAY_CHANGE = ("iterations", "metrics", "grpc", "workers.max_worker_restarts", "workers.restart_failed_workers",
+                     "workers.restart_delay_s", "workers.probe_timeout_s", "workers.task_timeout_s",
+                     "workers.unplaceable_timeout_s")
 
 
 def _train_config(args: argparse.Namespace) -> RunConfig:
@@ -190,8 +193,12 @@ def _resume_run_dir(args: argparse.Namespace, config: RunConfig) -> Path:
         raise CheckpointError(f"{args.run_dir} is not a metaray run directory (no config.yaml)")
     saved = validate(load_yaml(args.run_dir / "config.yaml")).model_dump()
     now = config.model_dump()
-    for key in RESUME_MAY_CHANGE:  # where the run reports and serves, not what it computes
-        saved[key] = now[key]
+    for key in RESUME_MAY_CHANGE:
+        *parents, leaf = key.split(".")
+        into, source = saved, now
+        for part in parents:
+            into, source = into[part], source[part]
+        into[leaf] = source[leaf]
     if saved != now:
         raise ConfigError(f"--resume: config differs from {args.run_dir}/config.yaml at {_first_difference(saved, now)}; "
                           f"to continue the run with its own config, leave the config file out: "
@@ -266,7 +273,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
     out = scale_run(args.run_dir, args.workers)
     print(f"{args.run_dir}: rollout workers {out['workers_before']} -> {out['workers_target']} "
-          "(new workers join at the next iteration; removed ones finish their current work first)")
+          "(applied within seconds: new workers join once they start; removed ones finish their current work first)")
     return 0
 
 

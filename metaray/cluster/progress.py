@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -36,6 +38,8 @@ class ProgressDisplay:
     def __init__(self, total: int, start: int, live: bool | None = None, plain_every_s: float = 2.0):
         self.live = sys.stdout.isatty() if live is None else live
         self.total, self.plain_every_s, self.last_line = total, plain_every_s, 0.0
+        self.log_path: Path | None = None
+        self._log_lock = threading.Lock()  # Ray's messages arrive on its listener thread
         self.progress: Progress | None = None
         if self.live:
             self.progress = Progress(
@@ -57,10 +61,24 @@ class ProgressDisplay:
     observe = update  # an observer of the run (metaray.cluster.observers)
 
     def message(self, text: str) -> None:
+        """One line for the user, also kept in the run's driver.log."""
         if self.progress is not None:
             self.progress.console.print(text)
         else:
             print(text, flush=True)
+        self.log(text)
+
+    def log_to(self, path: Path) -> None:
+        """From now on, append messages (and `log` lines) to `path`, timestamped."""
+        self.log_path = path
+
+    def log(self, text: str, source: str = "metaray") -> None:
+        """A line for driver.log only (e.g. Ray's own messages)."""
+        if self.log_path is None:
+            return
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with self._log_lock, open(self.log_path, "a", encoding="utf-8") as out:
+            out.write("".join(f"{stamp} [{source}] {line}\n" for line in text.splitlines() or [""]))
 
     def close(self) -> None:
         if self.progress is not None:

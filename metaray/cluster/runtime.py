@@ -13,6 +13,7 @@ import itertools
 import os
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +120,9 @@ class SerialRuntime:
     def kill(self, handle: Any) -> None:
         """Nothing to kill in one process: the object is dropped."""
 
+    def route_ray_messages(self, sink: Callable[[str], None]) -> None:
+        """No Ray, no Ray messages."""
+
     def cluster_gpus(self) -> float:
         return 0.0
 
@@ -129,6 +133,7 @@ class SerialRuntime:
 class RayRuntime:
     name = "ray"
     address = ""
+    _unroute: Callable[[], None] = staticmethod(lambda: None)
 
     def __init__(self, address: str | None, num_cpus: int | None = None):
         import ray
@@ -181,6 +186,29 @@ class RayRuntime:
         with contextlib.suppress(Exception):  # already gone
             self.ray.kill(handle, no_restart=True)
 
+    def route_ray_messages(self, sink: Callable[[str], None]) -> None:
+        """Send Ray's own messages (the raylet's: a ~750-character line per worker death, OOM
+        notes) to `sink` instead of stdout, until shutdown or the next call; the output of
+        the actors still prints. Ray has no public hook for this, so its private printer is
+        wrapped; with a Ray that lacks it, nothing changes."""
+        from ray._private import worker as ray_worker
+
+        original = getattr(ray_worker, "print_to_stdstream", None)
+        if original is None:
+            return
+        original = getattr(original, "metaray_original", original)
+
+        def route(data: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+            if data.get("pid") != "raylet":
+                return original(data, *args, **kwargs)
+            for line in data.get("lines", []):
+                sink(str(line))
+            return None
+
+        route.metaray_original = original  # type: ignore[attr-defined]
+        ray_worker.print_to_stdstream = route
+        self._unroute = lambda: setattr(ray_worker, "print_to_stdstream", original)
+
     def cluster_gpus(self) -> float:
         return float(self.ray.cluster_resources().get("GPU", 0))
 
@@ -190,6 +218,7 @@ class RayRuntime:
     def shutdown(self) -> None:
         if self.ray.is_initialized():
             self.ray.shutdown()
+        self._unroute()
 
 
 def _check_reachable(address: str, timeout_s: float = 3.0) -> None:

@@ -5,6 +5,9 @@ local Ray instance."""
 
 from __future__ import annotations
 
+import re
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -139,10 +142,18 @@ def train(runtime, path, tmp_path, overrides=()):
     return trainer, run
 
 
-def test_a_worker_process_that_dies_is_restarted_and_its_tasks_rerun(runtime, tmp_path):
+def test_a_worker_process_that_dies_is_restarted_and_its_tasks_rerun(runtime, tmp_path, capfd):
     path = config_file(tmp_path, crash_once_file=str(tmp_path / "crashed"))
     trainer, run = train(runtime, path, tmp_path)
     trainer.run()
+    log = run / "driver.log"
+    deadline = time.monotonic() + 60  # Ray's message about the death arrives on its own thread
+    while "[ray]" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "[ray] A worker died" in log.read_text()  # Ray's own ~750-character line goes to the log,
+    assert re.search(r"\[metaray\] rollout worker \d failed", log.read_text())
+    shown = capfd.readouterr().out
+    assert "(raylet)" not in shown and re.search(r"rollout worker \d failed", shown)  # ... one line of ours to the display
     rows = read_progress(run)
     assert (tmp_path / "crashed").exists()  # the crash happened
     assert [r["iteration"] for r in rows] == [1, 2, 3]  # every iteration accounted for

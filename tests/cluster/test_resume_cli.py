@@ -63,6 +63,19 @@ def test_resume_without_a_config_uses_the_runs_own(tmp_path, capsys):
     assert "train needs a config file (or --resume --run-dir DIR" in capsys.readouterr().err
 
 
+def test_resume_may_change_how_faults_are_handled_but_not_what_is_computed(tmp_path, capsys):
+    path, run = tiny_run(tmp_path)
+    assert main(["train", str(path), "--serial", "--resume", "--run-dir", str(run), "--iterations", "3",
+                 "--set", "workers.max_worker_restarts=7", "--set", "workers.task_timeout_s=5",
+                 "--set", "workers.unplaceable_timeout_s=60"]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())["workers"]
+    assert (saved["max_worker_restarts"], saved["task_timeout_s"], saved["unplaceable_timeout_s"]) == (7, 5.0, 60.0)
+    capsys.readouterr()
+    assert main(["train", str(path), "--serial", "--resume", "--run-dir", str(run), "--iterations", "4",
+                 "--set", "workers.num_workers=3"]) == 2
+    assert "workers.num_workers (2 in the run, 3 now)" in capsys.readouterr().err
+
+
 def test_a_damaged_newest_checkpoint_is_skipped_kept_aside_and_named(tmp_path, capsys):
     path, run = tiny_run(tmp_path, iterations=3)
     newest = latest_checkpoint(run)

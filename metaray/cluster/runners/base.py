@@ -90,6 +90,7 @@ class Runner:
         self.remote: RemoteActors | None = None
         if config.grpc.port is not None:
             self.remote = RemoteActors(self, resume_state[1] if resume_state else {})
+        self._control_poller = ControlPoller(self)
         self.observers: list[Observer] = self._observers()
         if resume_state is not None:  # a checkpoint now (an interrupt before the first iteration) is the same one
             self._committed = {"counters": dict(self.counters), "version": self.version, "workers": None,
@@ -145,7 +146,7 @@ class Runner:
 
     def _observers(self) -> list[Observer]:
         """In the order they see each iteration's record (see metaray.cluster.observers)."""
-        observers: list[Observer] = [ProgressLog(self.run_dir), ControlPoller(self)]
+        observers: list[Observer] = [ProgressLog(self.run_dir), self._control_poller]
         if self.remote is not None:
             observers.append(self.remote)
         if self.metrics is not None:
@@ -251,12 +252,13 @@ class Runner:
         return f"{waiting} waiting {waited:.0f} s to be placed (each asks for 1 CPU{free})"
 
     def _heartbeat(self, every_s: float = 2.0) -> None:
-        """Rewrite driver.json now and then while the loop waits, so `metaray status` shows the
-        workers alive, waiting and targeted now, not only as of the last progress row."""
+        """Now and then while the loop waits: apply a `metaray scale` request and rewrite
+        driver.json, so `metaray status` shows the workers alive, waiting and targeted now, not
+        only as of the last progress row."""
         now = time.monotonic()
         if now - self._last_heartbeat >= every_s:
             self._last_heartbeat = now
-            self._write_driver_info("running")
+            self._control_poller.poll()
 
     def _spawn_control(self, num_workers: int) -> Any:
         """The run's named control actor, on the driver's node (it lives and dies with the driver)."""
@@ -286,6 +288,8 @@ class Runner:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
+        self.display.log_to(self.run_dir / "driver.log")  # our messages, and Ray's own (not on the display)
+        self.runtime.route_ray_messages(lambda line: self.display.log(line, source="ray"))
         if self.resumed_from is not None:  # the resume starts now: only from here on the run directory changes
             dropped = truncate_progress(self.run_dir, self.counters["iteration"])
             self.display.message(f"resuming from {self.resumed_from.relative_to(self.run_dir)} (iteration "
@@ -430,15 +434,20 @@ class Runner:
 
 
 class ControlPoller:
-    """Applies a `metaray scale` request after each iteration: the pool is resized towards it."""
+    """Applies a `metaray scale` request after each iteration and every few seconds while the
+    loop waits (`Runner._heartbeat`): the pool is resized towards it."""
 
     def __init__(self, runner: Runner):
         self.runner = runner
         self._warned: set[int] = set()
 
     def observe(self, record: dict[str, Any]) -> None:
+        self.poll()
+
+    def poll(self) -> None:
         runner = self.runner
         if runner.control is None:
+            runner._write_driver_info("running")
             return
         try:
             target = runner.runtime.get(runner.control.get_target.remote())
