@@ -188,15 +188,18 @@ class Sampler(Protocol):
 
     def set_weights(self, version: int, weights: Weights) -> None: ...
 
-    def get_state(self) -> tuple[dict[str, Any], np.ndarray]:
-        """Random state (task draws, action noise, envs) as a JSON-able dict and a uint8 array."""
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Random state (task draws, action noise, envs) as a JSON-able dict and named arrays;
+        `meta["in_flight"]` true when it also holds the partial work (RL²'s unfinished trials,
+        when the env can save its state), which then goes on after a checkpoint and a resume."""
         ...
 
-    def set_state(self, meta: dict[str, Any], torch_state: np.ndarray) -> None: ...
+    def set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None: ...
 
     def restart(self) -> None:
-        """Drop partial work (a stream sampler's unfinished trials): a checkpoint does this so a
-        resumed run continues exactly like the uninterrupted one."""
+        """Drop partial work (a stream sampler's unfinished trials): a checkpoint whose state of
+        the sampler lacks it (not `in_flight`) does this so a resumed run continues exactly like
+        the uninterrupted one."""
         ...
 
     def close(self) -> None:

@@ -86,17 +86,17 @@ class RolloutWorker:
         }
         return Batch(self.sampler.version, [r.for_learner() for r in results]), info
 
-    def get_state(self) -> tuple[dict[str, Any], np.ndarray]:
-        """Random state of the sampler (task draws, action noise, envs) for exact resume:
-        a JSON-able dict and the torch generator's state."""
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The sampler's state for exact resume: random state (task draws, action noise, envs)
+        and, where it can (`meta["in_flight"]`), its partial work; a JSON-able dict and named arrays."""
         return self.sampler.get_state()
 
-    def set_state(self, meta: dict[str, Any], torch_state: np.ndarray) -> None:
-        self.sampler.set_state(meta, torch_state)
+    def set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.sampler.set_state(meta, arrays)
 
     def restart_trials(self) -> None:
-        """Samplers drop their partial work (a checkpoint does this in the running run too, so
-        a resumed run continues exactly like it)."""
+        """Samplers drop their partial work: a checkpoint that could not keep it does this in the
+        running run too, so a resumed run continues exactly like it."""
         self.sampler.restart()
 
     def stats(self) -> dict[str, int]:

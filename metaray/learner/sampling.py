@@ -32,15 +32,22 @@ class SamplerBase:
         load_weights(self.policy, weights)
         self.version = version
 
-    def get_state(self) -> tuple[dict[str, Any], np.ndarray]:
-        meta = {"rng": self.rng.bit_generator.state, "env": self.env.get_rng_state(), "env_slots": self.env.num_envs}
-        return meta, self.torch_gen.get_state().numpy()
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The sampler's state for exact resume: a JSON-able dict and named arrays (copies; the
+        runner keeps them as safetensors `workers/{slot}/<name>`). Here the random state (task
+        draws, action noise, envs); `meta["in_flight"]` says whether it also holds the partial
+        work (a stream sampler's unfinished trials): without it, a checkpoint restarts them."""
+        meta = {"rng": self.rng.bit_generator.state, "env": self.env.get_rng_state(), "env_slots": self.env.num_envs,
+                "in_flight": False}
+        return meta, {"torch_gen": self.torch_gen.get_state().numpy().copy()}
 
-    def set_state(self, meta: dict[str, Any], torch_state: np.ndarray) -> None:
+    def set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Continue from `get_state()`'s state (the weights version is not part of it: weights
+        come from the parameter server)."""
         self.resize_env(int(meta["env_slots"]))
         self.rng.bit_generator.state = meta["rng"]
         self.env.set_rng_state(meta["env"])
-        self.torch_gen.set_state(torch.from_numpy(np.array(torch_state, np.uint8)))
+        self.torch_gen.set_state(torch.from_numpy(np.array(arrays["torch_gen"], np.uint8)))
 
     def resize_env(self, num_envs: int) -> None:
         """Give the env `num_envs` slots without drawing from `rng` (restoring a checkpoint)."""

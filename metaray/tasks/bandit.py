@@ -82,6 +82,9 @@ class BanditVectorEnv(BatchedTaskEnv):
     def _reset_state(self, mask: np.ndarray) -> None:
         pass  # a bandit has no state
 
+    def _episode_arrays(self) -> dict[str, np.ndarray]:
+        return {}  # one pull per episode: nothing carries over between steps
+
     def _observe(self) -> np.ndarray:
         return np.zeros((self.num_envs, 1), dtype=np.float32)
 

@@ -115,9 +115,41 @@ class TaskVectorEnv(gym.vector.VectorEnv):
         """The env's random state (JSON-able), for exact checkpoint/resume."""
         return [self.np_random.bit_generator.state]
 
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Everything the env's future depends on (per-slot tasks, pending tasks, in-episode
+        state, step counters, random state), as a JSON-able dict and named arrays (copies), so
+        that a checkpoint keeps episodes in flight instead of restarting them.
+
+        Optional: an env that cannot save its state raises NotImplementedError (the default);
+        its sampler then restarts its episodes at a checkpoint and after a resume."""
+        raise NotImplementedError(f"{type(self).__name__} cannot save its state")
+
+    def set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Continue from `get_state()`'s state: stepping with the same actions then gives the same
+        observations, rewards and dones as the env it was taken from (same number of slots)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot restore a state")
+
     def set_rng_state(self, states: list[dict[str, Any]]) -> None:
         """Continue from `get_rng_state()`'s state; later resets do not reseed."""
         self.np_random.bit_generator.state = states[0]
+
+
+def task_to_json(task: Task) -> dict[str, Any]:
+    """A task as JSON (env and sampler state in checkpoints, which never hold pickles)."""
+    return {"family": task.family, "split": task.split, "task_id": int(task.task_id),
+            "params": [float(p) for p in task.params]}
+
+
+def task_from_json(data: dict[str, Any]) -> Task:
+    """The task `task_to_json` wrote (floats round-trip exactly through JSON)."""
+    return Task(str(data["family"]), str(data["split"]), int(data["task_id"]),
+                tuple(float(p) for p in data["params"]))
+
+
+def check_state_slots(env: TaskVectorEnv, meta: dict[str, Any]) -> None:
+    """Refuse a state taken from an env with another number of slots."""
+    if len(meta["tasks"]) != env.num_envs:
+        raise ValueError(f"state of an env with {len(meta['tasks'])} slots given to one with {env.num_envs}")
 
 
 # The per-slot info keys the samplers read (with final_obs / final_info / env_failure, which

@@ -24,7 +24,14 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-from metaray.tasks.base import Task, TaskFamily, TaskVectorEnv
+from metaray.tasks.base import (
+    Task,
+    TaskFamily,
+    TaskVectorEnv,
+    check_state_slots,
+    task_from_json,
+    task_to_json,
+)
 
 
 class EnvFailure(RuntimeError):
@@ -117,6 +124,24 @@ class _TaskSlot(gym.Wrapper):
 
     def set_task(self, task: Task) -> None:
         self._next_task = task
+
+    def slot_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """This slot's tasks and its env's state (`get_env_state`, which the family's env may
+        define; NotImplementedError without it)."""
+        get = getattr(self.env, "get_env_state", None)
+        if get is None:
+            raise NotImplementedError(f"{type(self.env).__name__} has no get_env_state(): it cannot save its state")
+        meta, arrays = get()
+        nxt = None if self._next_task is None else task_to_json(self._next_task)
+        return {"task": task_to_json(self._task), "next_task": nxt, "env": meta}, arrays
+
+    def load_slot_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        set_state = getattr(self.env, "set_env_state", None)
+        if set_state is None:
+            raise NotImplementedError(f"{type(self.env).__name__} has no set_env_state(): it cannot restore a state")
+        self._task = task_from_json(meta["task"])
+        self._next_task = None if meta["next_task"] is None else task_from_json(meta["next_task"])
+        set_state(meta["env"], arrays)
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         if self._next_task is not None:
@@ -265,6 +290,36 @@ class GymTaskVectorEnv(TaskVectorEnv):
         for env, state in zip(self._vec.envs, states, strict=True):
             env.np_random.bit_generator.state = state
         self._first_seed = None  # the restored streams continue; no reseeding at the next reset
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Supported when every slot's env defines `get_env_state()` / `set_env_state(meta,
+        arrays)` (the MuJoCo families do) and observations are arrays."""
+        if self._last_obs is not None and not isinstance(self._last_obs, np.ndarray):
+            raise NotImplementedError(f"{type(self).__name__} saves array observations only")
+        slots, arrays = [], {}
+        for i, env in enumerate(self._vec.envs):
+            meta, slot_arrays = env.slot_state()
+            slots.append(meta)
+            arrays.update({f"slots/{i}/{name}": np.array(a, copy=True) for name, a in slot_arrays.items()})
+        if self._last_obs is not None:
+            arrays["last_obs"] = np.array(self._last_obs, copy=True)
+        meta = {"tasks": [task_to_json(task) for task in self.tasks], "first_seed": self._first_seed,
+                "started": self._last_obs is not None, "slots": slots}
+        return meta, arrays
+
+    def set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        check_state_slots(self, meta)
+        self.tasks = [task_from_json(task) for task in meta["tasks"]]
+        self._first_seed = meta["first_seed"]
+        for i, (env, slot) in enumerate(zip(self._vec.envs, meta["slots"], strict=True)):
+            prefix = f"slots/{i}/"
+            env.load_slot_state(slot, {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+        if meta["started"]:
+            self._last_obs = np.array(arrays["last_obs"], copy=True)
+            for i in range(self.num_envs):  # what a masked reset batches for the slots it leaves alone
+                self._vec._env_obs[i] = self._last_obs[i].copy()
+        else:
+            self._last_obs = None
 
     def reset(
         self,

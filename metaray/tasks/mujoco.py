@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from metaray.tasks.base import SeededFamily, Task
+from metaray.tasks.base import SeededFamily, Task, task_from_json, task_to_json
 from metaray.tasks.native import check_float, check_int, check_task
 
 HALFCHEETAH_ID = "HalfCheetah-v5"
@@ -74,11 +74,94 @@ class MujocoTaskWrapper(gym.Wrapper):
         terminated = bool(terminated)
         return obs, reward, terminated, bool(truncated) and not terminated, info
 
+    def get_env_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The whole state a checkpoint keeps for exact resume (see `GymTaskVectorEnv.get_state`):
+        MuJoCo's integration state (`mj_getState`, mjSTATE_INTEGRATION), the derived quantities
+        the v5 envs read before stepping (`MUJOCO_DERIVED`, e.g. Ant's torso `xpos`), the
+        wrappers' episode fields (TimeLimit's elapsed steps, ...), the tasks and the env's RNG."""
+        import mujoco
+
+        inner = self.env.unwrapped
+        model, data = _mujoco_parts(inner)
+        kind = mujoco.mjtState.mjSTATE_INTEGRATION
+        physics = np.empty(mujoco.mj_stateSize(model, kind), np.float64)
+        mujoco.mj_getState(model, data, physics, kind)
+        meta = {"task": task_to_json(self.task), "next_task": task_to_json(self._next_task),
+                "wrappers": _wrapper_fields(self.env), "rng": inner.np_random.bit_generator.state}
+        arrays = {"physics": physics, **{f"data/{name}": getattr(data, name).copy() for name in MUJOCO_DERIVED}}
+        return meta, arrays
+
+    def set_env_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Continue from `get_env_state()`'s state (an env of the same family and settings)."""
+        import mujoco
+
+        inner = self.env.unwrapped
+        model, data = _mujoco_parts(inner)
+        kind = mujoco.mjtState.mjSTATE_INTEGRATION
+        physics = np.asarray(arrays["physics"], np.float64)
+        if physics.shape != (mujoco.mj_stateSize(model, kind),):
+            raise ValueError(f"{type(self).__name__}.set_env_state: a MuJoCo state of another model")
+        task, next_task = task_from_json(meta["task"]), task_from_json(meta["next_task"])
+        check_task(task, self.family, self.num_params)
+        check_task(next_task, self.family, self.num_params)
+        self.task = task
+        self._next_task = task if next_task == task else next_task
+        self._load(task)
+        _set_wrapper_fields(self.env, meta["wrappers"])
+        inner.np_random.bit_generator.state = meta["rng"]
+        mujoco.mj_setState(model, data, physics, kind)
+        for name in MUJOCO_DERIVED:
+            getattr(data, name)[...] = arrays[f"data/{name}"]
+
     def _load(self, task: Task) -> None:
         raise NotImplementedError
 
     def _task_reward(self, info: dict[str, Any]) -> tuple[float, float]:
         raise NotImplementedError
+
+
+# Quantities MuJoCo derives from the state that gymnasium's v5 envs read before a step: after
+# `mj_step` they describe the last substep's start, not the state, so they are kept as they are
+# (Ant's x/y velocity is the torso `xpos` before and after). The step recomputes all others.
+MUJOCO_DERIVED = ("xpos", "xquat", "xipos", "cfrc_ext")
+
+# The episode fields of the wrappers `gymnasium.make` puts around a MuJoCo env.
+_WRAPPER_FIELDS = {
+    "TimeLimit": ("_elapsed_steps",),
+    "OrderEnforcing": ("_has_reset",),
+    "PassiveEnvChecker": ("checked_reset", "checked_step"),
+}
+
+
+def _mujoco_parts(inner: gym.Env) -> tuple[Any, Any]:
+    from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+
+    if not isinstance(inner, MujocoEnv):
+        raise NotImplementedError(f"{type(inner).__name__} is not a gymnasium MujocoEnv: its state cannot be saved")
+    return inner.model, inner.data
+
+
+def _wrapper_chain(env: gym.Env) -> list[gym.Wrapper]:
+    chain = []
+    while isinstance(env, gym.Wrapper):
+        if type(env).__name__ not in _WRAPPER_FIELDS:  # a wrapper whose state is not known
+            raise NotImplementedError(f"cannot save the state of a {type(env).__name__} wrapper")
+        chain.append(env)
+        env = env.env
+    return chain
+
+
+def _wrapper_fields(env: gym.Env) -> list[dict[str, Any]]:
+    return [{name: getattr(w, name) for name in _WRAPPER_FIELDS[type(w).__name__]} for w in _wrapper_chain(env)]
+
+
+def _set_wrapper_fields(env: gym.Env, fields: list[dict[str, Any]]) -> None:
+    chain = _wrapper_chain(env)
+    if [sorted(f) for f in fields] != [sorted(_WRAPPER_FIELDS[type(w).__name__]) for w in chain]:
+        raise ValueError("set_env_state: the env's wrappers differ from those the state was taken from")
+    for wrapper, values in zip(chain, fields, strict=True):
+        for name, value in values.items():
+            setattr(wrapper, name, value)
 
 
 class HalfCheetahVelEnv(MujocoTaskWrapper):

@@ -17,7 +17,14 @@ import numpy as np
 from gymnasium.utils import seeding
 from gymnasium.vector.utils import batch_space
 
-from metaray.tasks.base import SeededFamily, Task, TaskVectorEnv
+from metaray.tasks.base import (
+    SeededFamily,
+    Task,
+    TaskVectorEnv,
+    check_state_slots,
+    task_from_json,
+    task_to_json,
+)
 
 
 def check_task(task: Task, family: str, num_params: int) -> None:
@@ -116,6 +123,8 @@ class BatchedTaskEnv(TaskVectorEnv):
     Subclasses define `family`, `num_params`, `_task_arrays(task)`, `_reset_state(mask)` (reset
     the episode state of the masked slots), `_observe()` (observations of all slots) and
     `_transition(actions)` -> (rewards, terminated) for all slots, without Python loops.
+    Defining `_episode_arrays()` (the arrays holding the episode state) lets the env save and
+    restore its whole state (`get_state` / `set_state`).
     """
 
     family: ClassVar[str]
@@ -204,6 +213,36 @@ class BatchedTaskEnv(TaskVectorEnv):
             infos["_final_obs"] = done
             self._reset_slots(done)
         return self._observe(), rewards, terminated, truncated, infos
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Tasks (given and running), in-episode state, step counters and random state."""
+        episode = self._episode_arrays()  # NotImplementedError: the subclass keeps no account of its state
+        meta = {"tasks": [task_to_json(task) for task in self.tasks], "rng": self.np_random.bit_generator.state,
+                "needs_reset": self._needs_reset}
+        arrays = {"elapsed": self._elapsed, "pending": self._pending,
+                  **{f"params/{name}": array for name, array in self.params.items()},
+                  **{f"next_params/{name}": array for name, array in self._next_params.items()},
+                  **{f"episode/{name}": array for name, array in episode.items()}}
+        return meta, {name: np.array(array, copy=True) for name, array in arrays.items()}
+
+    def set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        check_state_slots(self, meta)
+        self.tasks = [task_from_json(task) for task in meta["tasks"]]
+        self.np_random.bit_generator.state = meta["rng"]
+        self._needs_reset = bool(meta["needs_reset"])
+        targets = {"elapsed": self._elapsed, "pending": self._pending,
+                   **{f"params/{name}": array for name, array in self.params.items()},
+                   **{f"next_params/{name}": array for name, array in self._next_params.items()},
+                   **{f"episode/{name}": array for name, array in self._episode_arrays().items()}}
+        if set(targets) != set(arrays):
+            raise ValueError(f"{type(self).__name__}.set_state: expected arrays {sorted(targets)}, got {sorted(arrays)}")
+        for name, target in targets.items():  # in place: subclasses keep views and scratch arrays of them
+            target[...] = arrays[name]
+
+    def _episode_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays (not copies) that hold every slot's in-episode state; {} for a stateless
+        env. Not defined: the env cannot save its state (a subclass may keep more than it says)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define _episode_arrays: it cannot save its state")
 
     def _reset_slots(self, mask: np.ndarray) -> None:
         if self._pending.any():

@@ -98,6 +98,9 @@ class PointNavVectorEnv(BatchedTaskEnv):
     def _reset_state(self, mask: np.ndarray) -> None:
         self._positions[mask] = 0.0
 
+    def _episode_arrays(self) -> dict[str, np.ndarray]:
+        return {"positions": self._positions}
+
     def _observe(self) -> np.ndarray:
         return self._positions.astype(np.float32)
 

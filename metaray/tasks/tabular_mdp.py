@@ -117,6 +117,9 @@ class TabularMDPVectorEnv(BatchedTaskEnv):
     def _reset_state(self, mask: np.ndarray) -> None:
         self._states[mask] = 0
 
+    def _episode_arrays(self) -> dict[str, np.ndarray]:
+        return {"states": self._states}
+
     def _observe(self) -> np.ndarray:
         obs = np.zeros((self.num_envs, self.num_states), dtype=np.float32)
         obs[self._slots, self._states] = 1.0

@@ -1,7 +1,9 @@
-"""Exact checkpoint/resume: in serial mode N iterations in one go equal N/2 + `--resume` + N/2,
-bit for bit (weights, optimizer, scheduler, worker and learner RNG), for a stream algorithm
-(RL², whose workers carry trials across calls) and a meta-batch one (MAML, with the scheduler);
-a checkpoint interrupted while being written leaves the previous one usable."""
+"""Exact checkpoint/resume: in serial mode N iterations in one go equal k + `--resume` + N - k,
+bit for bit (weights, optimizer, scheduler, worker and learner RNG, RL² trials in flight), for a
+stream algorithm (RL², whose workers carry trials across calls and across checkpoints) and a
+meta-batch one (MAML, with the scheduler), whether the straight run checkpointed at k or not and
+whether the stop was the end of `--iterations k` or an interrupt; a checkpoint interrupted while
+being written leaves the previous one usable."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import yaml
 from conftest import TINY_RL2
 from safetensors.numpy import load_file
 
+from metaray.actors import RolloutWorker
 from metaray.cli import main
 from metaray.cluster import checkpoint as ckpt
 from metaray.cluster.checkpoint import (
@@ -31,6 +34,10 @@ MAML = {
     "maml": {"meta_batch_size": 4, "episodes_per_task": 3, "hidden_sizes": [16]},
 }
 RL2 = {**TINY_RL2, "iterations": 4, "checkpoint": {"every": 2, "keep": 3}, "metrics": {"tensorboard": False}}
+# Goals next to where one full-speed diagonal step lands: many episodes end early, so RL² slots
+# are at different steps of their trials whenever a sampling call returns.
+RL2_NAV = {**RL2, "task": {"family": "point-nav", "kwargs": {"horizon": 10, "goal_low": 0.09, "goal_high": 0.1}},
+           "rl2": {**TINY_RL2["rl2"], "episodes_per_trial": 2}}
 
 
 def comparable(rows: list[dict]) -> list[dict]:
@@ -60,6 +67,58 @@ def test_resumed_serial_run_equals_the_uninterrupted_one_bit_for_bit(base, tmp_p
     sa = json.loads((latest_checkpoint(tmp_path / "straight") / "state.json").read_text())
     sb = json.loads((latest_checkpoint(tmp_path / "resumed") / "state.json").read_text())
     assert sa["scheduler"] == sb["scheduler"] and sa["workers"] == sb["workers"]
+
+
+@pytest.mark.parametrize("base", [RL2, RL2_NAV, MAML], ids=["rl2-bandit", "rl2-point-nav", "maml"])
+def test_resume_from_a_checkpoint_the_straight_run_never_wrote_is_exact(base, tmp_path):
+    """Stopped after k=3 of N=5 iterations (the end-of-run checkpoint, one the straight run with
+    checkpoint.every=5 never writes), then resumed: the same run, row for row and tensor for
+    tensor. RL² workers keep their trials in flight through the checkpoint."""
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump({**base, "iterations": 5, "checkpoint": {"every": 5, "keep": 3}}))
+    train(config, tmp_path / "straight")
+    train(config, tmp_path / "resumed", "--iterations", "3")
+    train(config, tmp_path / "resumed", "--iterations", "5", "--resume")
+
+    straight, resumed = read_progress(tmp_path / "straight"), read_progress(tmp_path / "resumed")
+    assert [r["iteration"] for r in resumed] == [1, 2, 3, 4, 5]
+    assert comparable(resumed) == comparable(straight)
+    a, b = latest_checkpoint(tmp_path / "straight"), latest_checkpoint(tmp_path / "resumed")
+    assert a.name == b.name == "iter-000005"
+    ta, tb = load_file(str(a / "learner.safetensors")), load_file(str(b / "learner.safetensors"))
+    assert ta.keys() == tb.keys()
+    for key in ta:  # weights, optimizer, learner and worker random state, RL² trials in flight
+        assert np.array_equal(ta[key], tb[key]), key
+    sa, sb = (json.loads((c / "state.json").read_text()) for c in (a, b))
+    assert sa["scheduler"] == sb["scheduler"] and sa["workers"] == sb["workers"]
+
+
+@pytest.mark.parametrize("base, call", [(RL2_NAV, "sample"), (MAML, "collect")], ids=["rl2", "maml"])
+def test_a_run_interrupted_while_sampling_resumes_into_the_uninterrupted_run(base, call, tmp_path, monkeypatch):
+    """Ctrl-C lands while a worker samples (its state has moved past the last completed
+    iteration, whose checkpoint is written on the way out): the resumed run is still the same run."""
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump({**base, "iterations": 4, "checkpoint": {"every": 4, "keep": 3}}))
+    train(config, tmp_path / "straight")
+    real, calls = getattr(RolloutWorker, call), []
+
+    def interrupted(self, *args):
+        out = real(self, *args)  # the sampler's state moves on; the result is never seen
+        calls.append(1)
+        if len(calls) == 5:  # in the third iteration
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(RolloutWorker, call, interrupted)
+    assert main(["train", str(config), "--serial", "--run-dir", str(tmp_path / "resumed")]) == 130
+    monkeypatch.undo()
+    assert latest_checkpoint(tmp_path / "resumed").name == "iter-000002"
+    train(config, tmp_path / "resumed", "--resume")
+
+    assert comparable(read_progress(tmp_path / "resumed")) == comparable(read_progress(tmp_path / "straight"))
+    a = load_file(str(latest_checkpoint(tmp_path / "straight") / "learner.safetensors"))
+    b = load_file(str(latest_checkpoint(tmp_path / "resumed") / "learner.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_a_checkpoint_write_killed_halfway_leaves_the_previous_one_usable(tiny_config, tmp_path, monkeypatch):

@@ -120,3 +120,57 @@ def test_target_kl_stops_the_epochs_early():
     free = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config.hidden_size), config.model_copy(update={"target_kl": 0.0}),
                           torch.device("cpu"), 0)
     assert free.update([batch])["ppo_minibatch_steps"] == 16
+
+
+NEAR_GOALS = {"horizon": 10, "goal_low": 0.09, "goal_high": 0.1}  # many episodes end early: slots drift apart
+
+
+def fail_on_third_step(sampler, slots):
+    """The sampler's env reports a failure of `slots` on its third step (the slot envs are fine:
+    the sampler drops those trials and starts new ones)."""
+    real, calls = sampler.env.step, []
+
+    def step(actions):
+        obs, reward, terminated, truncated, info = real(actions)
+        calls.append(1)
+        if len(calls) == 3:
+            info = {**info, "env_failure": np.isin(np.arange(sampler.slots), slots)}
+        return obs, reward, terminated, truncated, info
+
+    sampler.env.step = step
+
+
+@pytest.mark.parametrize(("family", "kwargs"), [("point-nav", NEAR_GOALS), ("tabular-mdp", {}),
+                                                ("halfcheetah-dir", {"horizon": 5})])
+def test_sampler_state_carries_the_trials_in_flight(family, kwargs):
+    """A sampler restored from `get_state` (weights set separately) returns the same trials as
+    the one the state was taken from, although its trials were mid-way."""
+    sampler, _ = make_sampler(family, kwargs, slots=6, seed=1, episodes_per_trial=2)
+    weights = rl2.get_weights(sampler.policy)
+    sampler.set_weights(0, weights)
+    fail_on_third_step(sampler, [0, 1])  # their trials restart: they lag the other slots
+    sampler.sample(min_trials=4)
+    meta, arrays = sampler.get_state()
+    assert meta["in_flight"] and (sampler.t > 0).any() and (sampler.t != sampler.t[0]).any()
+    expected = [sampler.sample(min_trials=4)[0] for _ in range(2)]
+
+    other, _ = make_sampler(family, kwargs, slots=6, seed=2, episodes_per_trial=2)
+    other.set_weights(0, weights)
+    other.set_state(meta, arrays)
+    got = [other.sample(min_trials=4)[0] for _ in range(2)]
+    for e, g in zip(expected, got, strict=True):
+        for name in rl2.Trials._fields:
+            np.testing.assert_array_equal(getattr(e, name), getattr(g, name), err_msg=name)
+
+
+def test_sampler_state_without_env_state_restarts_trials():
+    """An env that cannot save its state (a make_env family without get_env_state): the sampler
+    keeps the random state only and says so; its trials restart."""
+    sampler, _ = make_sampler("faulty", {}, slots=4, episodes_per_trial=2)
+    sampler.set_weights(0, rl2.get_weights(sampler.policy))
+    sampler.sample(min_trials=2)
+    meta, arrays = sampler.get_state()
+    assert not meta["in_flight"] and set(arrays) == {"torch_gen"}
+    other, _ = make_sampler("faulty", {}, slots=4, seed=5, episodes_per_trial=2)
+    other.set_state(meta, arrays)
+    assert other.rng.bit_generator.state == sampler.rng.bit_generator.state

@@ -185,13 +185,15 @@ class Runner:
         )
 
     def _restore_workers(self, tensors: dict[str, np.ndarray], state: dict[str, Any]) -> None:
-        """Give each worker slot its checkpointed random state, then start fresh trials (as the
-        checkpointing run did), so the resumed run continues exactly as the uninterrupted one."""
+        """Give each worker slot its checkpointed state. Trials saved in flight go on; the others
+        start afresh (as the checkpointing run did), so the resumed run continues exactly as the
+        uninterrupted one. Old checkpoints hold only `workers/{slot}/torch_gen`."""
         saved = state.get("workers", {})
-        calls = [self.pool.handle(slot).set_state.remote(saved[str(slot)], tensors[f"workers/{slot}/torch_gen"])
+        calls = [self.pool.handle(slot).set_state.remote(saved[str(slot)], _slot_arrays(tensors, slot))
                  for slot in self.pool.slots if str(slot) in saved]
         self.runtime.get(calls)
-        self.runtime.get([self.pool.handle(slot).restart_trials.remote() for slot in self.pool.slots])
+        self.runtime.get([self.pool.handle(slot).restart_trials.remote() for slot in self.pool.slots
+                          if not saved.get(str(slot), {}).get("in_flight")])
         self._launch_order = [s for s in state.get("launch_order", []) if s in self.pool.workers]
 
     def _replace_worker(self, slot: int, err: BaseException) -> None:
@@ -380,28 +382,30 @@ class Runner:
     # ------------------------------------------------------------ checkpoints
     def _commit(self, remote_counts: dict[str, int]) -> None:
         """Keep what a checkpoint of this just completed iteration holds, so that one written
-        later (an interrupt, a failure) is this iteration's: counters, scheduler, and for
-        meta-batch runs the workers' random state (stream workers sample on; a checkpoint
-        restarts their trials)."""
+        later (an interrupt, a failure) is this iteration's: counters, scheduler, and the workers'
+        state for meta-batch runs and serial ones (under Ray stream workers sample on: their
+        state is taken when the checkpoint is written)."""
+        keep_workers = self.keeps_worker_state or self.runtime.name == "serial"  # serial: workers idle now
         self._committed = {"counters": dict(self.counters), "version": self.version, "scheduler": self.scheduler.get_state(),
-                           "remote": dict(remote_counts), "workers": self._worker_states() if self.keeps_worker_state else None}
+                           "remote": dict(remote_counts), "workers": self._worker_states() if keep_workers else None}
 
     keeps_worker_state = False  # MetaBatchRunner: workers are idle between iterations
 
     def _worker_states(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Each worker's random state, asked of all at once (a worker that just died has none:
-        it starts fresh)."""
+        """Each worker's state (random state, and trials in flight where its sampler keeps them),
+        asked of all at once (a worker that just died has none: it starts fresh)."""
         asked = {slot: self.pool.handle(slot).get_state.remote() for slot in self.pool.slots}
         metas: dict[str, Any] = {}
         tensors: dict[str, np.ndarray] = {}
         for slot, future in asked.items():
             try:
-                meta, torch_state = self.runtime.get(future)
+                meta, arrays = self.runtime.get(future)
             except Exception as err:
                 if not is_worker_failure(err):
                     raise
                 continue
-            metas[str(slot)], tensors[f"workers/{slot}/torch_gen"] = meta, torch_state
+            metas[str(slot)] = meta
+            tensors.update({f"workers/{slot}/{name}": array for name, array in arrays.items()})
         return metas, tensors
 
     def _checkpoint_on_failure(self) -> str:
@@ -424,13 +428,20 @@ class Runner:
         tensors = dict(tensors)
         workers, worker_tensors = committed["workers"] or self._worker_states()
         tensors.update(worker_tensors)
-        for slot in self.pool.slots:
-            with contextlib.suppress(Exception):
-                self.runtime.get(self.pool.handle(slot).restart_trials.remote())
+        for slot in self.pool.slots:  # trials kept in flight go on; the others restart, as they will on resume
+            if not workers.get(str(slot), {}).get("in_flight"):
+                with contextlib.suppress(Exception):
+                    self.runtime.get(self.pool.handle(slot).restart_trials.remote())
         state = {**counters, "policy_version": committed["version"], "learner": learner_meta,
                  "algo": self.config.algo, "scheduler": committed["scheduler"], "workers": workers,
                  "launch_order": self.in_flight_slots(), **committed["remote"]}
         return save_checkpoint(self.run_dir, counters["iteration"], tensors, state, self.config.checkpoint.keep)
+
+
+def _slot_arrays(tensors: dict[str, np.ndarray], slot: int) -> dict[str, np.ndarray]:
+    """A worker's arrays in a checkpoint (`workers/{slot}/<name>`), by name."""
+    prefix = f"workers/{slot}/"
+    return {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
 
 
 class ControlPoller:

@@ -3,7 +3,7 @@ for all slots per env step, whole trials returned as padded numpy arrays (`Trial
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -146,6 +146,43 @@ class RL2Sampler(SamplerBase):
         return batch, SampleInfo(batch.policy_version, len(done_rows), env_steps, episodes,
                                  float(batch.rewards.sum(1).mean()), success)
 
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """With the random state, the trials in flight (buffers, step and episode counters, GRU
+        state, last inputs, success bookkeeping) and the env's state, when the env can save it
+        (`meta["in_flight"]`); otherwise the random state only, and a checkpoint restarts trials."""
+        meta, arrays = super().get_state()
+        try:
+            env_meta, env_arrays = self.env.get_state()
+        except NotImplementedError:
+            return meta, arrays
+        arrays.update({f"trial/{name}": np.array(getattr(self, name), copy=True) for name in TRIAL_ARRAYS})
+        used = int(self.t.max())
+        stale = np.arange(used)[None, :] >= self.t[:, None]  # a slot's steps past its t: old trials' leftovers
+        for name in TRIAL_BUFFERS:
+            buf = getattr(self, name)[:, :used].copy()
+            buf[stale] = 0
+            arrays[f"trial/{name}"] = buf
+        arrays["trial/h"] = self.h.numpy().copy()
+        arrays.update({f"env/{name}": value for name, value in env_arrays.items()})
+        meta.update(in_flight=True, env_state=env_meta, reports_success=self.reports_success)
+        return meta, arrays
+
+    def set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        super().set_state(meta, arrays)
+        if not meta.get("in_flight"):
+            return
+        if len(meta["env_state"]["tasks"]) != self.slots:
+            raise ValueError(f"sampler state of {len(meta['env_state']['tasks'])} slots given to one with {self.slots}")
+        self.env.set_state(meta["env_state"], {k[4:]: v for k, v in arrays.items() if k.startswith("env/")})
+        for name in TRIAL_ARRAYS:
+            setattr(self, name, np.array(arrays[f"trial/{name}"], copy=True))
+        for name in TRIAL_BUFFERS:
+            saved, buf = arrays[f"trial/{name}"], getattr(self, name)
+            buf[...] = 0
+            buf[:, :saved.shape[1]] = saved
+        self.h = torch.from_numpy(np.array(arrays["trial/h"], copy=True))
+        self.reports_success = bool(meta["reports_success"])
+
     def restart(self) -> None:
         """Drop every partial trial; each slot starts a new one on a newly drawn task."""
         self.active[:] = True
@@ -169,6 +206,13 @@ class RL2Sampler(SamplerBase):
         self.ep_success[slots] = False
         self.trial_successes[slots] = 0
         self.last_success[slots] = False
+
+
+# What RL2Sampler.get_state keeps of the trials in flight: per-slot arrays, and the per-step
+# buffers [slots, max_len, ...] (only up to the longest trial's step).
+TRIAL_ARRAYS = ("t", "episodes", "trial_version", "active", "obs", "prev_a", "prev_r", "prev_d",
+                "ep_success", "trial_successes", "last_success")
+TRIAL_BUFFERS = ("obs_buf", "act_buf", "rew_buf", "done_buf", "logp_buf")
 
 
 class Trials(NamedTuple):
