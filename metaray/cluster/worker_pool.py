@@ -203,6 +203,15 @@ class WorkerPool:
             joined.append(slot)
         return sorted(joined)
 
+    def cancel_waiting(self) -> None:
+        """Drop the workers that do not take work yet (the run is over: a replacement still
+        waiting for a node must not hold a resource request after it)."""
+        for handle, _ in self.pending.values():
+            self.runtime.kill(handle)
+        self.pending.clear()
+        self.restarting.clear()
+        self.waiting_since.clear()
+
     def retire(self, slot: int) -> None:
         self.runtime.kill(self.workers.pop(slot))
         self.retiring.discard(slot)

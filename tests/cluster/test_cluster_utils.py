@@ -69,6 +69,7 @@ def test_removing_a_node_mid_run_costs_only_restarts(two_nodes, tmp_path):
         time.sleep(0.1)
     cluster.remove_node(node)
     thread.join(timeout=300)
+    release(trainer)
     assert not thread.is_alive() and not errors, errors
     rows = read_progress(run)
     assert [r["iteration"] for r in rows] == list(range(1, 13))
@@ -92,7 +93,7 @@ def trainer_on(cluster, tmp_path, head_cpus_held: int, overrides=()):
     hold = ray.remote(Placeholder).options(
         num_cpus=head_cpus_held, scheduling_strategy=NodeAffinitySchedulingStrategy(cluster.head_node.node_id, soft=False)
     ).remote()
-    ray.get(hold.ping.remote())
+    ray.get(hold.ping.remote(), timeout=120)  # the head has room: the last test released its actors
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(CONFIG))
     run = tmp_path / "run"
@@ -101,15 +102,22 @@ def trainer_on(cluster, tmp_path, head_cpus_held: int, overrides=()):
     trainer = Trainer(load_config(path, list(overrides)), run, RayRuntime(address=None))
 
     def cleanup() -> None:
-        handles = [*trainer.pool.workers.values(), *(h for h, _ in trainer.pool.pending.values()),
-                   trainer.learner, trainer.ps, trainer.control, hold]
-        for handle in handles:
-            if handle is not None:
-                ray.kill(handle)
+        release(trainer)
+        ray.kill(hold)
         if node in cluster.worker_nodes:
             cluster.remove_node(node)
 
     return trainer, run, node, cleanup
+
+
+def release(trainer) -> None:
+    """Kill a finished trainer's actors, waiting replacements included (a driver's exit would)."""
+    import ray
+
+    for handle in [*trainer.pool.workers.values(), *(h for h, _ in trainer.pool.pending.values()),
+                   trainer.learner, trainer.ps, trainer.control]:
+        if handle is not None:
+            ray.kill(handle)
 
 
 def stalled(run) -> bool:

@@ -315,6 +315,7 @@ class Runner:
             raise
         finally:
             self.close()
+            self.pool.cancel_waiting()
             self._write_driver_info(state)
         return self._last_record
 
