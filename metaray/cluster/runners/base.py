@@ -341,7 +341,8 @@ class Runner:
                 "control_actor": self.control_name, "grpc_address": self.grpc.address if self.grpc else None,
                 "target_iterations": self.config.iterations, "updated": time.time(),
                 "workers_alive": len(self.pool), "workers_pending": len(self.pool.waiting()),
-                "workers_target": self.pool.target(), "stalled": self._stalled}
+                "workers_target": self.pool.target(), "stalled": self._stalled,
+                "worker_restarts_total": self.counters["worker_restarts_total"]}
         write_text_atomic(self.run_dir / "driver.json", json.dumps(info, indent=1) + "\n")
 
     def _update(self, batches: list[Any]) -> dict[str, Any] | None:
