@@ -162,6 +162,7 @@ class LoopSpec:
     trials_per_call: int = 1  # stream: whole trials a worker returns per sampling call, at least
     trials_per_update: int = 1  # stream: trials gathered before one learner update
     max_policy_lag: int = 0  # stream: batches sampled with weights older than this many versions are dropped
+    sync: bool = False  # stream: workers wait for each update before sampling on (on-policy batches)
 
 
 @dataclass(frozen=True)

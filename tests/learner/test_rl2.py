@@ -16,7 +16,7 @@ def recompute_logp(policy, batch):
     spec = policy.spec
     x = torch.from_numpy(rl2.trial_inputs(spec, batch.obs, batch.actions, batch.rewards, batch.dones))
     with torch.no_grad():
-        head, _, _ = policy(x, policy.initial_state(x.shape[0]))
+        head, _ = policy(x)
         return policy.log_prob(policy.distribution(head), torch.from_numpy(batch.actions)).numpy()
 
 
@@ -66,10 +66,10 @@ def test_gae_over_a_trial_matches_hand_computation():
 def test_truncated_bptt_keeps_forward_values_and_cuts_gradients():
     torch.manual_seed(0)
     spec = rl2.SpaceSpec(obs_dim=1, discrete=True, act_dim=3)
-    policy = rl2.RL2Policy(spec, 8)
+    policy = rl2.RL2Policy(spec, rl2.RL2Config(hidden_size=8))
     x = torch.randn(2, 6, spec.input_dim, requires_grad=True)
-    full_head, full_v, _ = policy(x, policy.initial_state(2))
-    cut_head, cut_v, _ = policy(x, policy.initial_state(2), bptt_len=2)
+    full_head, full_v = policy(x)
+    cut_head, cut_v = policy(x, bptt_len=2)
     torch.testing.assert_close(full_head, cut_head)
     cut_v[:, 5].sum().backward()
     assert x.grad[:, :4].abs().sum() == 0 and x.grad[:, 4:].abs().sum() > 0
@@ -77,7 +77,7 @@ def test_truncated_bptt_keeps_forward_values_and_cuts_gradients():
 
 def test_update_changes_weights_and_reports_finite_stats():
     sampler, config = make_sampler(slots=16, trials_per_update=16, minibatches=2, epochs=2)
-    learner = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config.hidden_size), config, torch.device("cpu"), 0)
+    learner = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config), config, torch.device("cpu"), 0)
     sampler.set_weights(0, rl2.get_weights(learner.policy))
     before = rl2.get_weights(learner.policy)
     batches = [sampler.sample(8)[0], sampler.sample(8)[0]]
@@ -90,12 +90,12 @@ def test_update_changes_weights_and_reports_finite_stats():
 
 def test_optimizer_state_round_trip():
     sampler, config = make_sampler(slots=8)
-    policy = rl2.RL2Policy(sampler.spec, config.hidden_size)
+    policy = rl2.RL2Policy(sampler.spec, config)
     learner = rl2.RL2Learner(policy, config, torch.device("cpu"), 0)
     sampler.set_weights(0, rl2.get_weights(policy))
     learner.update([sampler.sample(8)[0]])
     tensors, meta = learner.optimizer_state()
-    other = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config.hidden_size), config, torch.device("cpu"), 0)
+    other = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config), config, torch.device("cpu"), 0)
     other.load_optimizer_state(tensors, meta)
     for a, b in zip(learner.optimizer.state.values(), other.optimizer.state.values(), strict=True):
         torch.testing.assert_close(a["exp_avg"], b["exp_avg"])
@@ -105,7 +105,7 @@ def test_evaluate_runs_one_trial_per_task():
     family = make_family("bandit", {"num_arms": 3})
     config = rl2.RL2Config(hidden_size=8, episodes_per_trial=4)
     tasks = family.sample(5, np.random.default_rng(1), "test")
-    policy = rl2.RL2Policy(rl2.SpaceSpec(1, True, 3), 8)
+    policy = rl2.RL2Policy(rl2.SpaceSpec(1, True, 3), rl2.RL2Config(hidden_size=8))
     results = rl2.evaluate(policy, family, tasks, config, seed=0)
     assert [r["task_id"] for r in results] == [t.task_id for t in tasks]
     assert all(0 <= r["trial_return"] <= 4 for r in results)
@@ -113,11 +113,11 @@ def test_evaluate_runs_one_trial_per_task():
 
 def test_target_kl_stops_the_epochs_early():
     sampler, config = make_sampler(slots=16, epochs=8, minibatches=2, lr=0.05, target_kl=1e-6)
-    learner = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config.hidden_size), config, torch.device("cpu"), 0)
+    learner = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config), config, torch.device("cpu"), 0)
     sampler.set_weights(0, rl2.get_weights(learner.policy))
     batch = sampler.sample(16)[0]
     assert learner.update([batch])["ppo_minibatch_steps"] < 16
-    free = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config.hidden_size), config.model_copy(update={"target_kl": 0.0}),
+    free = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config), config.model_copy(update={"target_kl": 0.0}),
                           torch.device("cpu"), 0)
     assert free.update([batch])["ppo_minibatch_steps"] == 16
 

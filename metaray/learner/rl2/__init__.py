@@ -38,7 +38,7 @@ from metaray.tasks import Task, TaskFamily
 
 
 def make_policy(obs_space: gym.Space, act_space: gym.Space, config: RL2Config) -> RL2Policy:
-    return RL2Policy(space_spec(obs_space, act_space, config), config.hidden_size)
+    return RL2Policy(space_spec(obs_space, act_space, config), config)
 
 
 def evaluate(policy: RL2Policy, family: TaskFamily, tasks: list[Task], config: RL2Config, seed: int) -> list[dict[str, Any]]:
@@ -76,7 +76,7 @@ class RL2(AlgorithmBase):
 
     def loop_spec(self, config: RL2Config) -> LoopSpec:
         return LoopSpec(trials_per_call=config.slots_per_worker, trials_per_update=config.trials_per_update,
-                        max_policy_lag=config.max_policy_lag)
+                        max_policy_lag=config.max_policy_lag, sync=config.sync)
 
     def wire_spec(self, config: RL2Config) -> WireSpec:
         """An actor outside Ray sends whole trials: one rollout of episodes_per_trial episodes."""
