@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class RL2Config(BaseModel):
@@ -13,7 +13,7 @@ class RL2Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     episodes_per_trial: int = Field(10, ge=1, description="Episodes per trial (n); the memory spans them. For `bandit` this is the number of pulls.")
-    memory: Literal["gru", "lstm"] = Field("gru", description="The sequence model over the trial: gru (Duan et al. 2016), lstm.")
+    memory: Literal["gru", "lstm", "snail", "transformer", "mann"] = Field("gru", description="The sequence model over the trial: gru (Duan et al. 2016), lstm, snail (Mishra et al. 2018: causal convolutions and attention), transformer (causal, pre-LN), mann (Santoro et al. 2016: LSTM controller with an external memory).")
     hidden_size: int = Field(128, ge=1, description="Width of the input encoder and the memory.")
     shared_memory: bool = Field(False, description="One encoder and memory for the policy and the value function (the value loss then dominates the memory's gradient); false: each has its own.")
     layer_norm: bool = Field(True, description="Layer norm after the input encoder and on the memory's output.")
@@ -34,5 +34,19 @@ class RL2Config(BaseModel):
     target_kl: float = Field(0.0, ge=0, description="Stop the update's epochs early once a minibatch's approximate KL exceeds 1.5x this (0 = never). Long trials need it: Adam steps compound through the recurrence.")
     bptt_len: int = Field(0, ge=0, description="Truncated BPTT window in steps; 0 = backpropagate through the whole trial.")
     normalize_advantages: bool = Field(True, description="Normalise advantages per batch.")
+    context_length: int = Field(0, ge=0, description="transformer and snail: steps of the trial they can see, at least episodes_per_trial x the family's max_episode_steps (checked against the family at start); required (>= 1) for them, unused by the others.")
+    num_layers: int = Field(2, ge=1, description="transformer: number of blocks.")
+    num_heads: int = Field(2, ge=1, description="transformer: attention heads per block; must divide hidden_size.")
+    snail_filters: int = Field(16, ge=1, description="snail: features each dense block (gated dilated causal convolution) adds.")
+    mann_slots: int = Field(32, ge=1, description="mann: rows of the external memory.")
+    mann_width: int = Field(32, ge=1, description="mann: width of a memory row (and of the read vector added to the controller's output).")
     progress_input: bool = Field(False, description="Also feed the trial's progress (episodes finished / episodes_per_trial) to the GRU. With long trials the value depends on the steps left, which the GRU must otherwise learn to count (Pardo et al. 2018, time limits in RL). Off = Duan et al.'s inputs.")
 
+    @model_validator(mode="after")
+    def _memory_settings(self) -> RL2Config:
+        if self.memory in ("transformer", "snail") and self.context_length < 1:
+            raise ValueError(f"rl2.context_length: memory {self.memory} needs it set to the trial's length in steps "
+                             "(episodes_per_trial x the family's max_episode_steps)")
+        if self.memory == "transformer" and self.hidden_size % self.num_heads:
+            raise ValueError(f"rl2.num_heads: {self.num_heads} does not divide hidden_size {self.hidden_size}")
+        return self

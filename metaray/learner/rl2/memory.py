@@ -99,4 +99,13 @@ def make_memory(config: RL2Config, input_dim: int) -> Memory:
     """The memory `config.memory` names, over inputs of `input_dim` features."""
     if config.memory in ("gru", "lstm"):
         return RecurrentMemory(config.memory, input_dim, config.hidden_size, config.layer_norm)
+    if config.memory == "transformer":
+        from metaray.learner.rl2.attention import TransformerMemory
+        return TransformerMemory(input_dim, config.hidden_size, config.context_length, config.num_layers, config.num_heads)
+    if config.memory == "snail":
+        from metaray.learner.rl2.attention import SnailMemory
+        return SnailMemory(input_dim, config.context_length, config.snail_filters, config.layer_norm)
+    if config.memory == "mann":
+        from metaray.learner.rl2.mann import MANNMemory
+        return MANNMemory(input_dim, config.hidden_size, config.mann_slots, config.mann_width, config.layer_norm)
     raise ValueError(f"rl2.memory: unknown memory {config.memory!r}")
