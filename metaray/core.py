@@ -14,7 +14,7 @@ config) whose instance provides:
   update, and its policy-lag bound);
 - optionally (`AlgorithmBase` gives the defaults): `wire_spec(config)` for actors outside Ray,
   `to_rollouts` / `from_rollouts` for a stream algorithm's payload on the wire,
-  `requires_expert`, `check_family(family)`.
+  `requires_expert`, `check_family(family, config)`.
 
 The two modes are the two training loops (`metaray.cluster.runners`):
 - meta-batch: the runner draws tasks from the scheduler, each worker's sampler `collect`s its
@@ -272,7 +272,7 @@ class Algorithm(Protocol):
     def from_rollouts(self, rollouts: list[RolloutArrays], config: Any, obs_space: gym.Space,
                       act_space: gym.Space) -> Any: ...
 
-    def check_family(self, family: TaskFamily) -> None: ...
+    def check_family(self, family: TaskFamily, config: Any) -> None: ...
 
 
 class AlgorithmBase:
@@ -294,8 +294,8 @@ class AlgorithmBase:
                       act_space: gym.Space) -> Any:
         raise NotImplementedError(f"algorithm {self.name!r} does not take trials over gRPC")
 
-    def check_family(self, family: TaskFamily) -> None:
-        """Raise ValueError (one line) when this algorithm cannot run on `family`."""
+    def check_family(self, family: TaskFamily, config: Any) -> None:
+        """Raise ValueError (one line) when this algorithm, so configured, cannot run on `family`."""
         if self.requires_expert and not callable(getattr(family, "expert", None)):
             raise ValueError(f"algo {self.name} imitates an expert: task family {family.name!r} has no expert(task)")
 
