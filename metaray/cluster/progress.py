@@ -39,7 +39,6 @@ class ProgressDisplay:
         self.live = sys.stdout.isatty() if live is None else live
         self.total, self.plain_every_s, self.last_line = total, plain_every_s, 0.0
         self.log_path: Path | None = None
-        self._log_lock = threading.Lock()  # Ray's messages arrive on its listener thread
         self.progress: Progress | None = None
         if self.live:
             self.progress = Progress(
@@ -73,13 +72,20 @@ class ProgressDisplay:
         self.log_path = path
 
     def log(self, text: str, source: str = "metaray") -> None:
-        """A line for driver.log only (e.g. Ray's own messages)."""
-        if self.log_path is None:
-            return
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with self._log_lock, open(self.log_path, "a", encoding="utf-8") as out:
-            out.write("".join(f"{stamp} [{source}] {line}\n" for line in text.splitlines() or [""]))
+        """A line for driver.log only."""
+        if self.log_path is not None:
+            append_log(self.log_path, text, source)
 
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+
+_LOG_LOCK = threading.Lock()  # Ray's messages arrive on its listener thread
+
+
+def append_log(path: Path, text: str, source: str = "metaray") -> None:
+    """Append `text` to a run's driver.log, each line timestamped and marked with its source."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    with _LOG_LOCK, open(path, "a", encoding="utf-8") as out:
+        out.write("".join(f"{stamp} [{source}] {line}\n" for line in text.splitlines() or [""]))

@@ -110,7 +110,8 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         # a running driver rewrites driver.json every few seconds, also while an iteration waits:
         # workers alive now, those asked for that do not take work yet, and why none is alive
         "workers_alive": driver.get("workers_alive", last.get("workers_alive")) if live else last.get("workers_alive"),
-        "worker_restarts_total": last.get("worker_restarts_total", 0),
+        "worker_restarts_total": driver.get("worker_restarts_total", last.get("worker_restarts_total", 0)) if live
+        else last.get("worker_restarts_total", 0),
         "workers_pending": driver.get("workers_pending", 0) if live else 0,
         "workers_target": driver.get("workers_target") if live else None,
         "stalled": driver.get("stalled") if live else None,

@@ -213,6 +213,7 @@ def test_no_placeable_worker_stops_the_run_with_a_checkpoint_after_the_timeout(t
         cleanup()
     assert [r["iteration"] for r in read_progress(run)] == [1, 2]
     assert statuses and statuses[0]["workers_alive"] == 0 and statuses[0]["workers_pending"] == 2
+    assert statuses[0]["worker_restarts_total"] == 2  # live, not the last row's 0
     assert "waiting" in statuses[0]["stalled"] and statuses[0]["iteration"] == 2
 
 

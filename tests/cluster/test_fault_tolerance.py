@@ -227,7 +227,10 @@ class KillWorkerAfter:
 
     def observe(self, record):
         if record["iteration"] == self.iteration:
-            self.ray.kill(self.trainer.pool.handle(self.slot), no_restart=True)
+            handle = self.trainer.pool.handle(self.slot)
+            self.ray.kill(handle, no_restart=True)
+            with pytest.raises(Exception):  # noqa: B017 - until Ray knows it is dead (its calls then fail)
+                self.ray.get(handle.ping.remote(), timeout=60)
 
     def close(self):
         pass
@@ -311,7 +314,7 @@ def test_a_worker_in_restart_backoff_does_not_hold_up_the_others(runtime, ray_lo
 
 
 def test_a_stream_run_samples_on_while_a_replacement_waits(runtime, ray_local, tmp_path):
-    rl2_cfg = {"algo": "rl2", "seed": 2, "iterations": 4, "task": {"family": "bandit", "kwargs": {"num_arms": 3}},
+    rl2_cfg = {"algo": "rl2", "seed": 2, "iterations": 8, "task": {"family": "bandit", "kwargs": {"num_arms": 3}},
                "workers": {"num_workers": 2, "restart_delay_s": 30.0}, "metrics": {"tensorboard": False},
                "rl2": {"episodes_per_trial": 5, "hidden_size": 8, "slots_per_worker": 8, "trials_per_update": 8}}
     path = config_file(tmp_path, rl2_cfg)
@@ -320,6 +323,6 @@ def test_a_stream_run_samples_on_while_a_replacement_waits(runtime, ray_local, t
     trainer.run()
     release(ray_local, trainer)
     rows = read_progress(run)
-    assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
-    assert rows[-1]["worker_restarts_total"] == 1
+    assert [r["iteration"] for r in rows] == list(range(1, 9))  # batches in flight at the kill may come first,
+    assert rows[-1]["worker_restarts_total"] == 1  # then the failure is seen, and the rest come from worker 0
     assert rows[-1]["workers_alive"] == 1 and rows[-1]["workers_pending"] == 1

@@ -8,6 +8,7 @@ differs. A runner knows its algorithm only through `metaray.core.Algorithm`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -32,7 +33,7 @@ from metaray.cluster.control import NAMESPACE as CONTROL_NAMESPACE
 from metaray.cluster.control import RunControl, control_name
 from metaray.cluster.metrics import RunMetrics, TensorBoardScalars
 from metaray.cluster.observers import Checkpointer, Observer, ProgressLog
-from metaray.cluster.progress import ProgressDisplay
+from metaray.cluster.progress import ProgressDisplay, append_log
 from metaray.cluster.runners.remote import RemoteActors
 from metaray.cluster.runtime import RayRuntime, SerialRuntime
 from metaray.cluster.scheduler import TaskScheduler
@@ -291,7 +292,8 @@ class Runner:
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
         self.display.log_to(self.run_dir / "driver.log")  # our messages, and Ray's own (not on the display)
-        self.runtime.route_ray_messages(lambda line: self.display.log(line, source="ray"))
+        # the sink outlives the run (Ray's note on a worker death comes late): it holds the path only
+        self.runtime.route_ray_messages(functools.partial(append_log, self.run_dir / "driver.log", source="ray"))
         if self.resumed_from is not None:  # the resume starts now: only from here on the run directory changes
             dropped = truncate_progress(self.run_dir, self.counters["iteration"])
             self.display.message(f"resuming from {self.resumed_from.relative_to(self.run_dir)} (iteration "
@@ -339,7 +341,8 @@ class Runner:
                 "control_actor": self.control_name, "grpc_address": self.grpc.address if self.grpc else None,
                 "target_iterations": self.config.iterations, "updated": time.time(),
                 "workers_alive": len(self.pool), "workers_pending": len(self.pool.waiting()),
-                "workers_target": self.pool.target(), "stalled": self._stalled}
+                "workers_target": self.pool.target(), "stalled": self._stalled,
+                "worker_restarts_total": self.counters["worker_restarts_total"]}
         write_text_atomic(self.run_dir / "driver.json", json.dumps(info, indent=1) + "\n")
 
     def _update(self, batches: list[Any]) -> dict[str, Any] | None:
