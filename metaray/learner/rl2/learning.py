@@ -64,7 +64,8 @@ class RL2Learner:
             _, values_norm = policy(x)
             values = policy.denormalize(values_norm)
             adv = trial_gae(rewards, values, mask, cfg.gamma, cfg.gae_lambda)
-            returns = adv + values
+            returns = adv + values if cfg.value_lambda == cfg.gae_lambda else (
+                trial_gae(rewards, values, mask, cfg.gamma, cfg.value_lambda) + values)
             explained = 1.0 - float((returns - values)[mask].var() / returns[mask].var().clamp_min(1e-8))
             if cfg.value_norm:
                 self._update_value_stats(returns[mask])
