@@ -45,7 +45,8 @@ class StreamRunner(Runner):
                 self._receive(ready[0], spec.trials_per_call, spec.max_policy_lag)
             if self.remote is not None:
                 self._take_remote_trials(spec.max_policy_lag)
-            if self._trials >= spec.trials_per_update:
+            # sync: only once every call has returned, so the whole batch is on-policy
+            if self._trials >= spec.trials_per_update and not (self._sync and self._pending):
                 self._learn()
                 self._launch_parked(spec.trials_per_call)
 
