@@ -63,7 +63,7 @@ def run_variant(variant: str, updates: int, every: int) -> dict:
     sampler = rl2.RL2Sampler(make_family("bandit", {"num_arms": 5}), config, config.slots_per_worker, seed=0)
     with torch.no_grad():
         pool = [sampler.sample(config.slots_per_worker)[0] for _ in range(16)]
-    learner = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config.hidden_size), config, torch.device("cpu"), seed=0)
+    learner = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config), config, torch.device("cpu"), seed=0)
     del sampler
     gc.collect()
     series: list[tuple[int, float, float]] = []

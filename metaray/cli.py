@@ -174,7 +174,7 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
     if ":" in config.task.family:  # a user's family: its whole contract, once, before anything starts
         check_family(family)
     try:
-        config.algorithm().check_family(family)
+        config.algorithm().check_family(family, config.algo_config())
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if config.scheduler.strategy == "regret" and not callable(getattr(family, "expert", None)):

@@ -14,7 +14,7 @@ config) whose instance provides:
   update, and its policy-lag bound);
 - optionally (`AlgorithmBase` gives the defaults): `wire_spec(config)` for actors outside Ray,
   `to_rollouts` / `from_rollouts` for a stream algorithm's payload on the wire,
-  `requires_expert`, `check_family(family)`.
+  `requires_expert`, `check_family(family, config)`.
 
 The two modes are the two training loops (`metaray.cluster.runners`):
 - meta-batch: the runner draws tasks from the scheduler, each worker's sampler `collect`s its
@@ -162,6 +162,7 @@ class LoopSpec:
     trials_per_call: int = 1  # stream: whole trials a worker returns per sampling call, at least
     trials_per_update: int = 1  # stream: trials gathered before one learner update
     max_policy_lag: int = 0  # stream: batches sampled with weights older than this many versions are dropped
+    sync: bool = False  # stream: workers wait for each update before sampling on (on-policy batches)
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,7 @@ class Algorithm(Protocol):
     def from_rollouts(self, rollouts: list[RolloutArrays], config: Any, obs_space: gym.Space,
                       act_space: gym.Space) -> Any: ...
 
-    def check_family(self, family: TaskFamily) -> None: ...
+    def check_family(self, family: TaskFamily, config: Any) -> None: ...
 
 
 class AlgorithmBase:
@@ -293,8 +294,8 @@ class AlgorithmBase:
                       act_space: gym.Space) -> Any:
         raise NotImplementedError(f"algorithm {self.name!r} does not take trials over gRPC")
 
-    def check_family(self, family: TaskFamily) -> None:
-        """Raise ValueError (one line) when this algorithm cannot run on `family`."""
+    def check_family(self, family: TaskFamily, config: Any) -> None:
+        """Raise ValueError (one line) when this algorithm, so configured, cannot run on `family`."""
         if self.requires_expert and not callable(getattr(family, "expert", None)):
             raise ValueError(f"algo {self.name} imitates an expert: task family {family.name!r} has no expert(task)")
 

@@ -185,9 +185,8 @@ def _format_error(err: ValidationError) -> str:
         return f"{loc}: unknown key"
     if e["type"] == "missing":
         return f"{loc}: required key is missing"
-    if e["type"] == "value_error" and loc == "<top level>":  # a whole-config rule: its message names the keys
-        return str(e["ctx"]["error"]) if "error" in e.get("ctx", {}) else e["msg"]
-    if loc.startswith("algo_settings") and e["type"] == "value_error":
+    # a rule over a whole config or section (or a user algorithm's settings): its message names the keys
+    if e["type"] == "value_error" and (len(e["loc"]) <= 1 or loc.startswith("algo_settings")):
         return str(e["ctx"]["error"]) if "error" in e.get("ctx", {}) else e["msg"]
     return f"{loc}: {e['msg'][0].lower()}{e['msg'][1:]} (got {e.get('input')!r})"
 

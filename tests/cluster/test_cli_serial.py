@@ -89,6 +89,11 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["train", "{cfg}", "--address", "127.0.0.1:9"], "cannot reach Ray at 127.0.0.1:9"),
         (["eval", "{tmp}"], "is not a metaray run directory"),
         (["train", "{cfg}", "--serial", "--resume"], "--resume needs --run-dir"),
+        (["train", "{cfg}", "--serial", "--set", "rl2.memory=bogus"], "rl2.memory: input should be 'gru', 'lstm'"),
+        (["train", "{cfg}", "--serial", "--set", "rl2.memory=transformer"], "rl2.context_length: memory transformer needs"),
+        (["train", "{cfg}", "--serial", "--set", "rl2.memory=snail", "--set", "rl2.context_length=3"],
+         "rl2.context_length: a trial is episodes_per_trial x max_episode_steps = 5 x 1 = 5 steps but the snail's "
+         "context holds 3; set rl2.context_length: 5"),
     ],
 )
 def test_bad_input_gives_one_line_and_writes_nothing(tiny_config, tmp_path, args, fragment):
@@ -180,3 +185,13 @@ def test_eval_on_an_out_of_distribution_ring_writes_its_own_file(tmp_path, capsy
     assert main(["eval", str(run), "--set", "maml.inner_lr=1.0"]) == 2
     err = capsys.readouterr().err.strip()
     assert "only task.kwargs.* and eval.*" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("memory", ["gru", "lstm", "snail", "transformer", "mann"])
+def test_every_rl2_memory_trains_and_evaluates_in_serial(tiny_config, tmp_path, memory, capsys):
+    run = tmp_path / "run"
+    assert train(tiny_config, run, "--iterations", "2", "--set", f"rl2.memory={memory}",
+                 "--set", "rl2.context_length=5") == 0
+    assert [r["iteration"] for r in read_progress(run)] == [1, 2]
+    assert main(["eval", str(run), "--num-tasks", "8"]) == 0
+    assert "mean return" in capsys.readouterr().out

@@ -94,7 +94,7 @@ def test_rl2_restarts_a_trial_cut_by_an_env_failure(guard):
     family = make_family("faulty", {"raise_rate": 0.01, "horizon": 10})
     config = rl2.RL2Config(episodes_per_trial=2, hidden_size=8)
     sampler = rl2.RL2Sampler(family, config, slots=8, seed=0)
-    policy = rl2.RL2Policy(sampler.spec, config.hidden_size)
+    policy = rl2.RL2Policy(sampler.spec, config)
     sampler.set_weights(0, rl2.get_weights(policy))
     batch, info = sampler.sample(40)
     assert sampler.dropped_trials > 0 and sum(generic.ENV_FAILURES.values()) >= sampler.dropped_trials

@@ -602,7 +602,7 @@ def test_cli_train_with_grpc_port_on_local_ray_counts_external_trials(tmp_path):
     trials until the learner has counted some, then the run is stopped with SIGTERM."""
     data = json.loads(json.dumps(TINY_RL2))
     data["iterations"] = 100000
-    data["rl2"]["max_policy_lag"] = 3
+    data["rl2"].update(max_policy_lag=3, memory="transformer", context_length=5)  # GRU runs are tested everywhere else
     cfg = tmp_path / "rl2.yaml"
     cfg.write_text(yaml.safe_dump(data))
     run_dir = tmp_path / "run"

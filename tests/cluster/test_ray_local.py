@@ -40,6 +40,15 @@ def test_rl2_trains_on_two_ray_workers(tiny_config, tmp_path):
     assert len(pids) == 2
 
 
+@pytest.mark.parametrize("memory", ["lstm", "snail", "mann"])
+def test_every_memory_trains_on_ray_workers(tiny_config, tmp_path, memory):
+    config = load_config(tiny_config, ["iterations=2", f"rl2.memory={memory}", "rl2.context_length=5"])
+    trainer = Trainer(config, tmp_path, RayRuntime(address=None))
+    trainer.run()
+    rows = read_progress(tmp_path)
+    assert [r["iteration"] for r in rows] == [1, 2] and all(np.isfinite(r["policy_loss"]) for r in rows)
+
+
 def test_workers_share_one_object_store_copy_per_version(ray_local, tiny_config):
     config = load_config(tiny_config)
     runtime = RayRuntime(address=None)
@@ -66,13 +75,21 @@ def test_workers_share_one_object_store_copy_per_version(ray_local, tiny_config)
 
 
 def test_batches_older_than_max_policy_lag_are_dropped(tiny_config, tmp_path):
-    config = load_config(tiny_config, ["iterations=4", "rl2.max_policy_lag=0"])
+    config = load_config(tiny_config, ["iterations=4", "rl2.max_policy_lag=0", "rl2.sync=false"])
     trainer = Trainer(config, tmp_path, RayRuntime(address=None))
     trainer.run()
     rows = read_progress(tmp_path)
     assert len(rows) == 4
     assert all(r["policy_lag_max"] == 0 for r in rows)  # nothing stale reached the learner
-    assert rows[-1]["dropped_batches_total"] == trainer.counters["dropped_batches_total"]
+    assert rows[-1]["dropped_batches_total"] == trainer.counters["dropped_batches_total"] > 0  # asynchronous: some were
+
+
+def test_sync_workers_wait_for_each_update_so_no_batch_is_stale(tiny_config, tmp_path):
+    config = load_config(tiny_config, ["iterations=4", "rl2.max_policy_lag=0", "rl2.sync=true"])
+    Trainer(config, tmp_path, RayRuntime(address=None)).run()
+    rows = read_progress(tmp_path)
+    assert len(rows) == 4 and all(r["policy_lag_max"] == 0 for r in rows)
+    assert rows[-1]["dropped_batches_total"] == 0  # nothing sampled with old weights, nothing wasted
 
 
 def test_cuda_learner_without_a_gpu_is_a_clear_error(tiny_config, tmp_path):

@@ -7,7 +7,7 @@ from metaray.tasks import make_family
 
 
 def make_sampler(family_name="bandit", kwargs=None, slots=8, seed=0, **cfg):
-    config = rl2.RL2Config(hidden_size=16, slots_per_worker=slots, **cfg)
+    config = rl2.RL2Config(**{"hidden_size": 16, "slots_per_worker": slots, **cfg})
     family = make_family(family_name, kwargs or {})
     return rl2.RL2Sampler(family, config, slots, seed), config
 
@@ -16,7 +16,7 @@ def recompute_logp(policy, batch):
     spec = policy.spec
     x = torch.from_numpy(rl2.trial_inputs(spec, batch.obs, batch.actions, batch.rewards, batch.dones))
     with torch.no_grad():
-        head, _, _ = policy(x, policy.initial_state(x.shape[0]))
+        head, _ = policy(x)
         return policy.log_prob(policy.distribution(head), torch.from_numpy(batch.actions)).numpy()
 
 
@@ -66,10 +66,10 @@ def test_gae_over_a_trial_matches_hand_computation():
 def test_truncated_bptt_keeps_forward_values_and_cuts_gradients():
     torch.manual_seed(0)
     spec = rl2.SpaceSpec(obs_dim=1, discrete=True, act_dim=3)
-    policy = rl2.RL2Policy(spec, 8)
+    policy = rl2.RL2Policy(spec, rl2.RL2Config(hidden_size=8))
     x = torch.randn(2, 6, spec.input_dim, requires_grad=True)
-    full_head, full_v, _ = policy(x, policy.initial_state(2))
-    cut_head, cut_v, _ = policy(x, policy.initial_state(2), bptt_len=2)
+    full_head, full_v = policy(x)
+    cut_head, cut_v = policy(x, bptt_len=2)
     torch.testing.assert_close(full_head, cut_head)
     cut_v[:, 5].sum().backward()
     assert x.grad[:, :4].abs().sum() == 0 and x.grad[:, 4:].abs().sum() > 0
@@ -77,7 +77,7 @@ def test_truncated_bptt_keeps_forward_values_and_cuts_gradients():
 
 def test_update_changes_weights_and_reports_finite_stats():
     sampler, config = make_sampler(slots=16, trials_per_update=16, minibatches=2, epochs=2)
-    learner = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config.hidden_size), config, torch.device("cpu"), 0)
+    learner = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config), config, torch.device("cpu"), 0)
     sampler.set_weights(0, rl2.get_weights(learner.policy))
     before = rl2.get_weights(learner.policy)
     batches = [sampler.sample(8)[0], sampler.sample(8)[0]]
@@ -90,12 +90,12 @@ def test_update_changes_weights_and_reports_finite_stats():
 
 def test_optimizer_state_round_trip():
     sampler, config = make_sampler(slots=8)
-    policy = rl2.RL2Policy(sampler.spec, config.hidden_size)
+    policy = rl2.RL2Policy(sampler.spec, config)
     learner = rl2.RL2Learner(policy, config, torch.device("cpu"), 0)
     sampler.set_weights(0, rl2.get_weights(policy))
     learner.update([sampler.sample(8)[0]])
     tensors, meta = learner.optimizer_state()
-    other = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config.hidden_size), config, torch.device("cpu"), 0)
+    other = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config), config, torch.device("cpu"), 0)
     other.load_optimizer_state(tensors, meta)
     for a, b in zip(learner.optimizer.state.values(), other.optimizer.state.values(), strict=True):
         torch.testing.assert_close(a["exp_avg"], b["exp_avg"])
@@ -105,7 +105,7 @@ def test_evaluate_runs_one_trial_per_task():
     family = make_family("bandit", {"num_arms": 3})
     config = rl2.RL2Config(hidden_size=8, episodes_per_trial=4)
     tasks = family.sample(5, np.random.default_rng(1), "test")
-    policy = rl2.RL2Policy(rl2.SpaceSpec(1, True, 3), 8)
+    policy = rl2.RL2Policy(rl2.SpaceSpec(1, True, 3), rl2.RL2Config(hidden_size=8))
     results = rl2.evaluate(policy, family, tasks, config, seed=0)
     assert [r["task_id"] for r in results] == [t.task_id for t in tasks]
     assert all(0 <= r["trial_return"] <= 4 for r in results)
@@ -113,11 +113,11 @@ def test_evaluate_runs_one_trial_per_task():
 
 def test_target_kl_stops_the_epochs_early():
     sampler, config = make_sampler(slots=16, epochs=8, minibatches=2, lr=0.05, target_kl=1e-6)
-    learner = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config.hidden_size), config, torch.device("cpu"), 0)
+    learner = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config), config, torch.device("cpu"), 0)
     sampler.set_weights(0, rl2.get_weights(learner.policy))
     batch = sampler.sample(16)[0]
     assert learner.update([batch])["ppo_minibatch_steps"] < 16
-    free = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config.hidden_size), config.model_copy(update={"target_kl": 0.0}),
+    free = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config), config.model_copy(update={"target_kl": 0.0}),
                           torch.device("cpu"), 0)
     assert free.update([batch])["ppo_minibatch_steps"] == 16
 
@@ -174,3 +174,53 @@ def test_sampler_state_without_env_state_restarts_trials():
     other, _ = make_sampler("faulty", {}, slots=4, seed=5, episodes_per_trial=2)
     other.set_state(meta, arrays)
     assert other.rng.bit_generator.state == sampler.rng.bit_generator.state
+
+
+def memory_grad_norms(policy, loss) -> tuple[float, float]:
+    """Gradient norms that `loss` puts on the policy's memory and on the value function's."""
+    policy.zero_grad(set_to_none=True)
+    loss.backward(retain_graph=True)
+
+    def norm(module) -> float:
+        grads = [p.grad.norm() ** 2 for p in module.parameters() if p.grad is not None]
+        return float(torch.stack(grads).sum().sqrt()) if grads else 0.0
+
+    value = 0.0 if policy.value_net is None else norm(policy.value_net.memory)
+    return norm(policy.policy_net.memory), value
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_the_policy_gradient_reaches_the_memory_the_policy_reads(shared):
+    """With its own memory the policy's gradient is all the policy memory gets (the value loss
+    trains the value memory); with one shared memory the value loss's gradient swamps it."""
+    sampler, config = make_sampler("tabular-mdp", slots=16, hidden_size=32, shared_memory=shared,
+                                   episodes_per_trial=10)
+    batch, _ = sampler.sample(min_trials=16)
+    policy = rl2.RL2Policy(sampler.spec, config)
+    x = torch.from_numpy(rl2.trial_inputs(sampler.spec, batch.obs, batch.actions, batch.rewards, batch.dones))
+    head, values = policy(x)
+    logp = policy.log_prob(policy.distribution(head), torch.from_numpy(batch.actions))
+    returns = torch.from_numpy(batch.rewards).flip(1).cumsum(1).flip(1)  # reward-to-go, unnormalised
+    policy_loss = -(logp * (returns - returns.mean())).mean()
+    value_loss = config.value_coef * torch.nn.functional.huber_loss(values, returns)
+    from_policy, _ = memory_grad_norms(policy, policy_loss)
+    from_value, value_memory = memory_grad_norms(policy, value_loss)
+    assert from_policy > 0
+    share = from_policy / (from_policy + from_value)
+    if shared:
+        assert share < 0.5  # the value loss dominates what the shared memory learns
+    else:
+        assert share == 1.0 and value_memory > 0  # the value loss trains its own memory only
+
+
+def test_popart_moves_the_return_statistics_without_changing_the_values():
+    sampler, config = make_sampler(slots=8, hidden_size=16)
+    policy = rl2.RL2Policy(sampler.spec, config)
+    learner = rl2.RL2Learner(policy, config, torch.device("cpu"), 0)
+    x = torch.randn(4, 6, sampler.spec.input_dim)
+    with torch.no_grad():
+        for returns in (torch.full((50,), 60.0) + torch.randn(50) * 10, torch.full((50,), 80.0) + torch.randn(50)):
+            before = policy.denormalize(policy(x)[1])
+            learner._update_value_stats(returns)
+            torch.testing.assert_close(policy.denormalize(policy(x)[1]), before, rtol=1e-4, atol=1e-3)
+    assert 60.0 < float(policy.value_mean) < 80.0 and int(policy.value_updates) == 2  # first batch taken as is, then EMA

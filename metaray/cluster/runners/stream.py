@@ -17,10 +17,12 @@ from metaray.core import Batch
 class StreamRunner(Runner):
     def __init__(self, *args: Any, **kwargs: Any):
         self._pending: dict[Any, tuple[int, Any, Any]] = {}  # info future -> (slot, batch future, worker)
+        self._parked: list[int] = []  # sync: workers waiting for the update to sample on
         super().__init__(*args, **kwargs)
 
     def _loop(self) -> None:
         spec = self.algorithm.loop_spec(self.algo_config)
+        self._sync, self._per_update = spec.sync, spec.trials_per_update
         for slot in self._launch_order + [s for s in self.pool.slots if s not in self._launch_order]:
             self._launch(slot, spec.trials_per_call)
         self._batches: list[Batch] = []
@@ -32,7 +34,9 @@ class StreamRunner(Runner):
         while self.counters["iteration"] < self.config.iterations:
             for joined in self._tick_pool():
                 self._launch(joined, spec.trials_per_call)
-            if not self._pending:
+            if not self._pending and self._parked and self._trials < spec.trials_per_update:
+                self._launch_parked(spec.trials_per_call)  # sync, but batches were dropped: sample more
+            if not self._pending and not self._parked:
                 for joined in self._await_a_worker():
                     self._launch(joined, spec.trials_per_call)
                 continue
@@ -41,11 +45,20 @@ class StreamRunner(Runner):
                 self._receive(ready[0], spec.trials_per_call, spec.max_policy_lag)
             if self.remote is not None:
                 self._take_remote_trials(spec.max_policy_lag)
-            if self._trials >= spec.trials_per_update:
+            # sync: only once every call has returned, so the whole batch is on-policy
+            if self._trials >= spec.trials_per_update and not (self._sync and self._pending):
                 self._learn()
+                self._launch_parked(spec.trials_per_call)
+
+    def _launch_parked(self, trials: int) -> None:
+        parked, self._parked = self._parked, []
+        for slot in parked:
+            if slot in self.pool.workers:
+                self._launch(slot, trials)
 
     def in_flight_slots(self) -> list[int]:
-        return [slot for slot, _, _ in self._pending.values()]
+        """Slots sampling now, then those parked for the update (sync), in the order they go on."""
+        return [slot for slot, _, _ in self._pending.values()] + self._parked
 
     def _launch(self, slot: int, trials: int) -> None:
         handle = self.pool.handle(slot)
@@ -60,6 +73,8 @@ class StreamRunner(Runner):
             return
         if slot in self.pool.retiring:
             self.pool.retire(slot)
+        elif self._sync and self._trials + info["num_trials"] + trials * len(self._pending) >= self._per_update:
+            self._parked.append(slot)  # enough is coming for this update: sample on after it
         else:
             self._launch(slot, trials)
         self._count_worker_info(info)

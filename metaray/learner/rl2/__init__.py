@@ -21,6 +21,7 @@ import gymnasium as gym
 import torch
 
 from metaray.core import AlgorithmBase, LoopSpec, WireSpec
+from metaray.learner.rl2.attention import check_context
 from metaray.learner.rl2.config import RL2Config
 from metaray.learner.rl2.learning import RL2Learner, trial_gae
 from metaray.learner.rl2.networks import (
@@ -38,7 +39,7 @@ from metaray.tasks import Task, TaskFamily
 
 
 def make_policy(obs_space: gym.Space, act_space: gym.Space, config: RL2Config) -> RL2Policy:
-    return RL2Policy(space_spec(obs_space, act_space, config), config.hidden_size)
+    return RL2Policy(space_spec(obs_space, act_space, config), config)
 
 
 def evaluate(policy: RL2Policy, family: TaskFamily, tasks: list[Task], config: RL2Config, seed: int) -> list[dict[str, Any]]:
@@ -76,7 +77,13 @@ class RL2(AlgorithmBase):
 
     def loop_spec(self, config: RL2Config) -> LoopSpec:
         return LoopSpec(trials_per_call=config.slots_per_worker, trials_per_update=config.trials_per_update,
-                        max_policy_lag=config.max_policy_lag)
+                        max_policy_lag=config.max_policy_lag, sync=config.sync)
+
+    def check_family(self, family: TaskFamily, config: RL2Config) -> None:
+        """A transformer's or SNAIL's context must hold a whole trial."""
+        super().check_family(family, config)
+        if config.memory in ("transformer", "snail"):
+            check_context(config, family.max_episode_steps)
 
     def wire_spec(self, config: RL2Config) -> WireSpec:
         """An actor outside Ray sends whole trials: one rollout of episodes_per_trial episodes."""

@@ -42,6 +42,11 @@ class RL2Learner:
         self.policy = policy.to(device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr, eps=1e-5)
         self.generator = torch.Generator().manual_seed(seed)
+        value_params = {id(p) for p in (policy.value_net or policy.value_head).parameters()}
+        self._groups = [[p for p in policy.parameters() if id(p) not in value_params],
+                        [p for p in policy.parameters() if id(p) in value_params]]
+        if config.shared_memory:  # one memory under both losses: one clip over everything
+            self._groups = [list(policy.parameters())]
 
     def update(self, batches: list[Trials]) -> dict[str, float]:
         cfg, policy, spec = self.config, self.policy, self.policy.spec
@@ -56,9 +61,15 @@ class RL2Learner:
         rewards, mask, old_logp = to_dev(batch.rewards), to_dev(batch.mask), to_dev(batch.logp)
         n_trials = x.shape[0]
         with torch.no_grad():
-            _, values, _ = policy(x, policy.initial_state(n_trials).to(self.device))
+            _, values_norm = policy(x)
+            values = policy.denormalize(values_norm)
             adv = trial_gae(rewards, values, mask, cfg.gamma, cfg.gae_lambda)
-            returns = adv + values
+            returns = adv + values if cfg.value_lambda == cfg.gae_lambda else (
+                trial_gae(rewards, values, mask, cfg.gamma, cfg.value_lambda) + values)
+            explained = 1.0 - float((returns - values)[mask].var() / returns[mask].var().clamp_min(1e-8))
+            if cfg.value_norm:
+                self._update_value_stats(returns[mask])
+            targets = (returns - policy.value_mean) / policy.value_std
             if cfg.normalize_advantages:
                 a = adv[mask]
                 adv = (adv - a.mean()) / (a.std() + 1e-8)
@@ -71,7 +82,7 @@ class RL2Learner:
                 break
             perm = torch.randperm(n_trials, generator=self.generator).to(self.device)
             for idx in perm.chunk(n_mb):
-                head, v, _ = policy(x[idx], policy.initial_state(len(idx)).to(self.device), cfg.bptt_len)
+                head, v = policy(x[idx], cfg.bptt_len)
                 dist = policy.distribution(head)
                 logp = policy.log_prob(dist, actions[idx])
                 m = mask[idx]
@@ -80,7 +91,7 @@ class RL2Learner:
                 a = adv[idx]
                 pg = -torch.min(ratio * a, ratio.clamp(1 - cfg.clip_ratio, 1 + cfg.clip_ratio) * a)
                 ent = policy.entropy(dist)
-                vloss = 0.5 * (v - returns[idx]) ** 2
+                vloss = nn.functional.huber_loss(v, targets[idx], reduction="none")
                 mf = m.float()
                 denom = mf.sum().clamp_min(1.0)
                 policy_loss = (pg * mf).sum() / denom
@@ -89,7 +100,9 @@ class RL2Learner:
                 loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                grad_norm = sum(float(nn.utils.clip_grad_norm_(group, cfg.max_grad_norm)) for group in self._groups[:1])
+                for group in self._groups[1:]:
+                    nn.utils.clip_grad_norm_(group, cfg.max_grad_norm)
                 self.optimizer.step()
                 with torch.no_grad():
                     approx_kl = (((ratio - 1) - log_ratio) * mf).sum().item() / denom.item()
@@ -98,7 +111,7 @@ class RL2Learner:
                     stats["entropy"] += entropy.item()
                     stats["approx_kl"] += approx_kl
                     stats["clip_frac"] += (((ratio - 1).abs() > cfg.clip_ratio).float() * mf).sum().item() / denom.item()
-                    stats["grad_norm"] += float(grad_norm)
+                    stats["grad_norm"] += grad_norm
                 steps += 1
                 if cfg.target_kl > 0 and approx_kl > 1.5 * cfg.target_kl:
                     stopped_early = True
@@ -107,7 +120,26 @@ class RL2Learner:
         out["trial_return"] = float(batch.rewards.sum(1).mean())
         out["num_trials"] = n_trials
         out["ppo_minibatch_steps"] = steps
+        out["value_explained_variance"] = explained
+        out["value_mean"], out["value_std"] = float(policy.value_mean), float(policy.value_std)
         return out
+
+    def _update_value_stats(self, returns: torch.Tensor, beta: float = 0.1) -> None:
+        """PopArt (van Hasselt et al. 2016): move the return statistics towards this batch's and
+        rescale the value head so that its outputs in return units stay what they were. The
+        first update takes the batch's statistics as they are."""
+        policy = self.policy
+        w = 1.0 if int(policy.value_updates) == 0 else beta
+        old_mean, old_std = policy.value_mean.clone(), policy.value_std.clone()
+        mean = (1 - w) * old_mean + w * returns.mean()
+        second = (1 - w) * (old_std**2 + old_mean**2) + w * (returns**2).mean()
+        std = (second - mean**2).clamp_min(1e-4).sqrt()
+        head = policy.value_head
+        head.weight.mul_(old_std / std)
+        head.bias.mul_(old_std).add_(old_mean - mean).div_(std)
+        policy.value_mean.copy_(mean)
+        policy.value_std.copy_(std)
+        policy.value_updates += 1
 
     def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return optimizer_tensors(self.optimizer)

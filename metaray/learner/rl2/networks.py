@@ -1,6 +1,6 @@
-"""The RL² network: a GRU actor-critic over (observation, previous action, previous reward,
-previous done flag), and the inputs it takes, built the same way step by step (worker) and for
-whole trials (learner)."""
+"""The RL² network: an actor-critic with a memory (GRU, LSTM, ... see `memory`) over
+(observation, previous action, previous reward, previous done flag), and the inputs it takes,
+built the same way step by step (worker) and for whole trials (learner)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from metaray.learner.rl2.config import RL2Config
+from metaray.learner.rl2.memory import State, make_memory
 
 
 @dataclass(frozen=True)
@@ -45,44 +46,74 @@ class SpaceSpec:
         return self.obs_dim + self.act_dim + 2 + (self.progress_episodes > 0)
 
 
-class RL2Policy(nn.Module):
-    """GRU actor-critic over (obs, previous action, previous reward, previous done)."""
+class Branch(nn.Module):
+    """Input encoder (linear, layer norm, tanh) -> memory -> linear head."""
 
-    def __init__(self, spec: SpaceSpec, hidden_size: int):
+    def __init__(self, spec: SpaceSpec, config: RL2Config, out_dim: int):
         super().__init__()
-        self.spec = spec
-        self.hidden_size = hidden_size
-        self.encoder = nn.Sequential(nn.Linear(spec.input_dim, hidden_size), nn.Tanh())
-        self.gru = nn.GRU(hidden_size, hidden_size, batch_first=True)
-        self.pi = nn.Linear(hidden_size, spec.act_dim)
-        self.v = nn.Linear(hidden_size, 1)
+        width = config.hidden_size
+        self.encoder = nn.Sequential(nn.Linear(spec.input_dim, width),
+                                     nn.LayerNorm(width) if config.layer_norm else nn.Identity(), nn.Tanh())
+        self.memory = make_memory(config, width)
+        self.head = nn.Linear(self.memory.out_dim, out_dim)
+
+    def forward(self, inputs: torch.Tensor, bptt_len: int = 0) -> torch.Tensor:
+        return self.head(self.memory(self.encoder(inputs), bptt_len))
+
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        y, state = self.memory.step(self.encoder(x), state)
+        return self.head(y), state
+
+
+class RL2Policy(nn.Module):
+    """RL²'s actor-critic over (obs, previous action, previous reward, previous done).
+
+    The policy and the value function each have their own encoder and memory by default
+    (`rl2.shared_memory: false`): under one shared memory the value loss's gradient is hundreds
+    of times the policy's and the memory learns to predict returns, not to remember what
+    the policy needs (issue 26). Workers step only the policy branch. The value head predicts
+    returns normalised by running statistics kept here (PopArt, van Hasselt et al. 2016), so
+    its targets have a steady scale however large the trial's return.
+    """
+
+    def __init__(self, spec: SpaceSpec, config: RL2Config):
+        super().__init__()
+        self.spec, self.config = spec, config
+        self.hidden_size = config.hidden_size
+        self.policy_net = Branch(spec, config, spec.act_dim)
+        self.value_net = None if config.shared_memory else Branch(spec, config, 1)
+        self.shared_value_head = nn.Linear(self.policy_net.memory.out_dim, 1) if config.shared_memory else None
         if not spec.discrete:
             self.log_std = nn.Parameter(torch.full((spec.act_dim,), -0.5))
-        nn.init.orthogonal_(self.pi.weight, 0.01)
-        nn.init.zeros_(self.pi.bias)
+        nn.init.orthogonal_(self.policy_net.head.weight, 0.01)
+        nn.init.zeros_(self.policy_net.head.bias)
+        self.register_buffer("value_mean", torch.zeros(()))  # PopArt statistics of the returns
+        self.register_buffer("value_std", torch.ones(()))
+        self.register_buffer("value_updates", torch.zeros((), dtype=torch.int64))
 
-    def initial_state(self, batch: int) -> torch.Tensor:
-        return torch.zeros(1, batch, self.hidden_size)
+    @property
+    def value_head(self) -> nn.Linear:
+        return self.shared_value_head if self.value_net is None else self.value_net.head
 
-    def forward(
-        self, inputs: torch.Tensor, h0: torch.Tensor, bptt_len: int = 0
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """inputs [B, T, input_dim] -> (policy head [B, T, act_dim], values [B, T], h_T).
+    def initial_state(self, batch: int) -> State:
+        """The worker's state: the policy branch's memory."""
+        return self.policy_net.memory.initial_state(batch)
 
-        With `bptt_len` > 0 gradients stop at the hidden state every `bptt_len` steps
-        (truncated BPTT); the forward values are the same.
-        """
-        x = self.encoder(inputs)
-        if bptt_len <= 0 or bptt_len >= x.shape[1]:
-            out, h = self.gru(x, h0)
-        else:
-            outs, h = [], h0
-            for start in range(0, x.shape[1], bptt_len):
-                o, h = self.gru(x[:, start : start + bptt_len], h)
-                outs.append(o)
-                h = h.detach()
-            out = torch.cat(outs, dim=1)
-        return self.pi(out), self.v(out).squeeze(-1), h
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One env step for all slots (workers): x [B, input_dim] -> (policy head [B, act_dim], state)."""
+        return self.policy_net.step(x, state)
+
+    def forward(self, inputs: torch.Tensor, bptt_len: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole trials from the start: inputs [B, T, input_dim] -> (policy head [B, T, act_dim],
+        normalised values [B, T]). With `bptt_len` > 0 recurrent memories backpropagate through
+        at most that many steps (same forward values)."""
+        if self.value_net is None:
+            features = self.policy_net.memory(self.policy_net.encoder(inputs), bptt_len)
+            return self.policy_net.head(features), self.shared_value_head(features).squeeze(-1)
+        return self.policy_net(inputs, bptt_len), self.value_net(inputs, bptt_len).squeeze(-1)
+
+    def denormalize(self, values: torch.Tensor) -> torch.Tensor:
+        return values * self.value_std + self.value_mean
 
     def distribution(self, head: torch.Tensor) -> torch.distributions.Distribution:
         if self.spec.discrete:
@@ -104,7 +135,7 @@ def space_spec(obs_space: gym.Space, act_space: gym.Space, config: RL2Config) ->
 
 
 def make_policy(obs_space: gym.Space, act_space: gym.Space, config: RL2Config) -> RL2Policy:
-    return RL2Policy(space_spec(obs_space, act_space, config), config.hidden_size)
+    return RL2Policy(space_spec(obs_space, act_space, config), config)
 
 
 def build_inputs(

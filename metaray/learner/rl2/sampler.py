@@ -10,6 +10,7 @@ import torch
 
 from metaray.core import SampleInfo
 from metaray.learner.rl2.config import RL2Config
+from metaray.learner.rl2.memory import Memory
 from metaray.learner.rl2.networks import RL2Policy, SpaceSpec, build_inputs, space_spec
 from metaray.learner.sampling import SamplerBase
 from metaray.tasks import SAMPLER_INFO_KEYS, Task, TaskFamily, make_vector_env, step_success
@@ -37,7 +38,7 @@ class RL2Sampler(SamplerBase):
         self.slots = len(tasks)
         self.env = make_vector_env(family, tasks, seed=int(self.rng.integers(2**31)), info_keys=SAMPLER_INFO_KEYS)
         self.spec = space_spec(self.env.single_observation_space, self.env.single_action_space, config)
-        self.policy = RL2Policy(self.spec, config.hidden_size)
+        self.policy = RL2Policy(self.spec, config)
         self.policy.requires_grad_(False)
         self.max_len = config.episodes_per_trial * family.max_episode_steps
         self._no_failure = np.zeros(self.slots, bool)
@@ -59,7 +60,7 @@ class RL2Sampler(SamplerBase):
         self.episodes = np.zeros(s, np.int64)
         self.trial_version = np.full(s, self.version, np.int64)
         self.active = np.ones(s, bool)
-        self.h = self.policy.initial_state(s)
+        self.memory_state = self.policy.initial_state(s)
         obs, _ = self.env.reset()
         self.obs = obs
         self.prev_a = np.full(s, -1, np.int64) if spec.discrete else np.zeros((s, spec.act_dim), np.float32)
@@ -87,8 +88,8 @@ class RL2Sampler(SamplerBase):
         self.trial_version[self.t == 0] = self.version
         while len(done_rows) < min_trials and self.active.any():
             x = build_inputs(spec, self.obs, self.prev_a, self.prev_r, self.prev_d, self.episodes)
-            head, _, self.h = self.policy(torch.from_numpy(x)[:, None], self.h)
-            dist = self.policy.distribution(head[:, 0])
+            head, self.memory_state = self.policy.step(torch.from_numpy(x), self.memory_state)
+            dist = self.policy.distribution(head)
             if spec.discrete:
                 action_t = torch.multinomial(dist.probs, 1, generator=self.torch_gen)[:, 0]
             else:
@@ -162,7 +163,7 @@ class RL2Sampler(SamplerBase):
             buf = getattr(self, name)[:, :used].copy()
             buf[stale] = 0
             arrays[f"trial/{name}"] = buf
-        arrays["trial/h"] = self.h.numpy().copy()
+        arrays.update({f"trial/memory/{k}": v.numpy().copy() for k, v in self.memory_state.items()})
         arrays.update({f"env/{name}": value for name, value in env_arrays.items()})
         meta.update(in_flight=True, env_state=env_meta, reports_success=self.reports_success)
         return meta, arrays
@@ -180,7 +181,8 @@ class RL2Sampler(SamplerBase):
             saved, buf = arrays[f"trial/{name}"], getattr(self, name)
             buf[...] = 0
             buf[:, :saved.shape[1]] = saved
-        self.h = torch.from_numpy(np.array(arrays["trial/h"], copy=True))
+        self.memory_state = {k[len("trial/memory/"):]: torch.from_numpy(np.array(v, copy=True))
+                             for k, v in arrays.items() if k.startswith("trial/memory/")}
         self.reports_success = bool(meta["reports_success"])
 
     def restart(self) -> None:
@@ -198,7 +200,7 @@ class RL2Sampler(SamplerBase):
         self.obs = np.where(mask[:, None], obs, self.obs)
         self.t[slots] = 0
         self.episodes[slots] = 0
-        self.h[:, slots] = 0.0
+        Memory.reset(self.memory_state, torch.from_numpy(np.asarray(slots, np.int64)))
         self.prev_a[slots] = -1 if self.spec.discrete else 0.0
         self.prev_r[slots] = 0.0
         self.prev_d[slots] = 0.0
