@@ -186,6 +186,7 @@ def _resume_run_dir(args: argparse.Namespace, config: RunConfig) -> Path:
     """--run-dir, once it holds a run of this config (up to RESUME_MAY_CHANGE) with a checkpoint."""
     from metaray.cluster.checkpoint import CheckpointError, latest_checkpoint
     from metaray.cluster.config import ConfigError, load_yaml, validate
+    from metaray.core import builtin_algorithms
 
     if args.run_dir is None:
         raise ConfigError("--resume needs --run-dir of the run to continue")
@@ -193,6 +194,10 @@ def _resume_run_dir(args: argparse.Namespace, config: RunConfig) -> Path:
         raise CheckpointError(f"{args.run_dir} is not a metaray run directory (no config.yaml)")
     saved = validate(load_yaml(args.run_dir / "config.yaml")).model_dump()
     now = config.model_dump()
+    for name in builtin_algorithms():  # other algorithms' sections (defaults that may change) do not matter
+        if name != config.algo:
+            saved.pop(name, None)
+            now.pop(name, None)
     for key in RESUME_MAY_CHANGE:
         *parents, leaf = key.split(".")
         into, source = saved, now
