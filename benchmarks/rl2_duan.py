@@ -51,12 +51,11 @@ def metaray(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=ROOT, check=False)
 
 
-def run_one(bench: str, seed: int, iterations: int | None, serial: bool, eval_only: bool = False) -> dict:
-    config, _ = BENCHES[bench]
-    run_dir = RUNS / f"{bench}-seed{seed}"
-    if eval_only:
-        return evaluate(bench, seed, run_dir, serial, None)
-    args = ["train", config, "--run-dir", str(run_dir), "--set", f"seed={seed}"]
+def train(config: str, run_dir: Path, overrides: list[str], iterations: int | None, serial: bool, what: str) -> float:
+    """`metaray train` (continued with --resume when the run directory holds a run); seconds taken."""
+    args = ["train", config, "--run-dir", str(run_dir)]
+    for override in overrides:
+        args += ["--set", override]
     if iterations:
         args += ["--iterations", str(iterations)]
     if serial:
@@ -64,10 +63,18 @@ def run_one(bench: str, seed: int, iterations: int | None, serial: bool, eval_on
     if (run_dir / "config.yaml").exists():
         args.append("--resume")
     start = time.time()
-    train = metaray(*args)
-    train_s = time.time() - start
-    if train.returncode != 0:
-        raise SystemExit(f"{bench} seed {seed}: train failed: {train.stderr.strip()[-500:]}")
+    done = metaray(*args)
+    if done.returncode != 0:
+        raise SystemExit(f"{what}: train failed: {done.stderr.strip()[-500:]}")
+    return time.time() - start
+
+
+def run_one(bench: str, seed: int, iterations: int | None, serial: bool, eval_only: bool = False) -> dict:
+    config, _ = BENCHES[bench]
+    run_dir = RUNS / f"{bench}-seed{seed}"
+    if eval_only:
+        return evaluate(bench, seed, run_dir, serial, None)
+    train_s = train(config, run_dir, [f"seed={seed}"], iterations, serial, f"{bench} seed {seed}")
     return evaluate(bench, seed, run_dir, serial, round(train_s, 1))
 
 

@@ -25,7 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "rl2_memories"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from rl2_duan import BENCHES, machine, metaray  # noqa: E402
+from rl2_duan import BENCHES, machine, metaray, train  # noqa: E402
 
 MEMORIES = ("gru", "lstm", "snail", "transformer", "mann")
 
@@ -42,17 +42,8 @@ def trial_steps(config_path: str) -> int:
 def run_one(bench: str, memory: str, seed: int, runs_dir: Path, iterations: int | None, serial: bool) -> dict:
     config, _ = BENCHES[bench]
     run_dir = runs_dir / f"{bench}-{memory}-seed{seed}"
-    args = ["train", config, "--run-dir", str(run_dir), "--set", f"seed={seed}", "--set", f"rl2.memory={memory}",
-            "--set", f"rl2.context_length={trial_steps(config)}"]
-    if iterations:
-        args += ["--iterations", str(iterations)]
-    if serial:
-        args.append("--serial")
-    if (run_dir / "config.yaml").exists():
-        args.append("--resume")
-    train = metaray(*args)
-    if train.returncode != 0:
-        raise SystemExit(f"{bench} {memory} seed {seed}: train failed: {train.stderr.strip()[-500:]}")
+    train(config, run_dir, [f"seed={seed}", f"rl2.memory={memory}", f"rl2.context_length={trial_steps(config)}"],
+          iterations, serial, f"{bench} {memory} seed {seed}")
     ev = metaray("eval", str(run_dir), "--json")
     if ev.returncode != 0:
         raise SystemExit(f"{bench} {memory} seed {seed}: eval failed: {ev.stderr.strip()[-500:]}")
