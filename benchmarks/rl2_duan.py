@@ -34,6 +34,14 @@ BENCHES = {
 }
 
 
+def commit() -> str:
+    """The work tree's commit (with "+dirty" when it has uncommitted changes): what produced a number."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -69,12 +77,13 @@ def train(config: str, run_dir: Path, overrides: list[str], iterations: int | No
     return time.time() - start
 
 
-def run_one(bench: str, seed: int, iterations: int | None, serial: bool, eval_only: bool = False) -> dict:
+def run_one(bench: str, seed: int, iterations: int | None, serial: bool, eval_only: bool = False,
+            runs_dir: Path = RUNS, overrides: tuple[str, ...] = ()) -> dict:
     config, _ = BENCHES[bench]
-    run_dir = RUNS / f"{bench}-seed{seed}"
+    run_dir = runs_dir / f"{bench}-seed{seed}"
     if eval_only:
         return evaluate(bench, seed, run_dir, serial, None)
-    train_s = train(config, run_dir, [f"seed={seed}"], iterations, serial, f"{bench} seed {seed}")
+    train_s = train(config, run_dir, [f"seed={seed}", *overrides], iterations, serial, f"{bench} seed {seed}")
     return evaluate(bench, seed, run_dir, serial, round(train_s, 1))
 
 
@@ -91,7 +100,7 @@ def evaluate(bench: str, seed: int, run_dir: Path, serial: bool, command_s: floa
         "command_wall_s": command_s, "env_steps": progress[-1]["env_steps_total"],
         "test_tasks": result["num_tasks"], "test_mean_return": round(result["mean_return"], 3),
         "train_return_last": round(progress[-1]["trial_return"], 3),
-        "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"), "machine": machine(), "commit": commit(),
     }
 
 
@@ -141,6 +150,9 @@ def main() -> None:
     parser.add_argument("--serial", action="store_true", help="train without Ray (one process)")
     parser.add_argument("--table", action="store_true", help="only rebuild the table from the JSON")
     parser.add_argument("--eval-only", action="store_true", help="re-evaluate existing runs, no training")
+    parser.add_argument("--runs-dir", type=Path, default=RUNS, help="where the run directories live (resumable)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every run (as `metaray train --set`)")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     store = RESULTS / "rl2_duan.json"
@@ -148,7 +160,8 @@ def main() -> None:
     if not args.table:
         for bench in args.bench or list(BENCHES):
             for seed in args.seeds:
-                row = run_one(bench, seed, args.iterations, args.serial, args.eval_only)
+                row = run_one(bench, seed, args.iterations, args.serial, args.eval_only,
+                              args.runs_dir.expanduser(), tuple(args.overrides))
                 rows = json.loads(store.read_text()) if store.exists() else []  # other runs may have written
                 if args.eval_only:
                     old = next((r for r in rows if (r["bench"], r["seed"]) == (bench, seed)), {})

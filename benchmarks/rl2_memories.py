@@ -25,7 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "rl2_memories"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from rl2_duan import BENCHES, machine, metaray, train  # noqa: E402
+from rl2_duan import BENCHES, commit, machine, metaray, train  # noqa: E402
 
 MEMORIES = ("gru", "lstm", "snail", "transformer", "mann")
 
@@ -39,11 +39,12 @@ def trial_steps(config_path: str) -> int:
     return int(cfg["rl2"]["episodes_per_trial"]) * int(family.max_episode_steps)
 
 
-def run_one(bench: str, memory: str, seed: int, runs_dir: Path, iterations: int | None, serial: bool) -> dict:
+def run_one(bench: str, memory: str, seed: int, runs_dir: Path, iterations: int | None, serial: bool,
+            overrides: tuple[str, ...] = ()) -> dict:
     config, _ = BENCHES[bench]
     run_dir = runs_dir / f"{bench}-{memory}-seed{seed}"
-    train(config, run_dir, [f"seed={seed}", f"rl2.memory={memory}", f"rl2.context_length={trial_steps(config)}"],
-          iterations, serial, f"{bench} {memory} seed {seed}")
+    train(config, run_dir, [f"seed={seed}", f"rl2.memory={memory}", f"rl2.context_length={trial_steps(config)}",
+                            *overrides], iterations, serial, f"{bench} {memory} seed {seed}")
     ev = metaray("eval", str(run_dir), "--json")
     if ev.returncode != 0:
         raise SystemExit(f"{bench} {memory} seed {seed}: eval failed: {ev.stderr.strip()[-500:]}")
@@ -54,7 +55,8 @@ def run_one(bench: str, memory: str, seed: int, runs_dir: Path, iterations: int 
         "iterations": result["iteration"], "test_tasks": result["num_tasks"],
         "test_mean_return": round(result["mean_return"], 3),
         "curve": [(r["wall_time_s"], r["env_steps_total"], r["trial_return"]) for r in rows],
-        "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"), "machine": machine(), "commit": commit(),
+        "wall_s": round(rows[-1]["wall_time_s"], 1), "env_steps": rows[-1]["env_steps_total"],
     }
 
 
@@ -121,13 +123,16 @@ def main() -> None:
     parser.add_argument("--score", type=float, help="the score whose time to reach is reported "
                                                     "(default: Duan et al.'s RL² number for the benchmark)")
     parser.add_argument("--report", action="store_true", help="only rebuild the table and plots")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every run (as `metaray train --set`)")
     args = parser.parse_args()
     store = OUT / f"{args.bench}.json"
     rows = json.loads(store.read_text()) if store.exists() else []
     if not args.report:
         for memory in args.memories:
             for seed in args.seeds:
-                row = run_one(args.bench, memory, seed, args.runs_dir.expanduser(), args.iterations, args.serial)
+                row = run_one(args.bench, memory, seed, args.runs_dir.expanduser(), args.iterations, args.serial,
+                              tuple(args.overrides))
                 rows = [r for r in rows if (r["memory"], r["seed"]) != (memory, seed)] + [row]
                 OUT.mkdir(parents=True, exist_ok=True)
                 store.write_text(json.dumps(rows, indent=1) + "\n")
