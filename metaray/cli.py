@@ -148,7 +148,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 # Where the run reports and serves, and how it handles faults: not what it computes.
 RESUME_MAY_CHANGE = ("iterations", "metrics", "grpc", "workers.max_worker_restarts", "workers.restart_failed_workers",
                      "workers.restart_delay_s", "workers.probe_timeout_s", "workers.task_timeout_s",
-                     "workers.unplaceable_timeout_s")
+                     "workers.start_grace_s", "workers.unplaceable_timeout_s")
 
 
 def _train_config(args: argparse.Namespace) -> RunConfig:

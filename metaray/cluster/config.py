@@ -49,6 +49,7 @@ class WorkersConfig(BaseModel):
     restart_delay_s: float = Field(1.0, ge=0, description="Wait before restarting a worker; doubles with each restart of the same slot, at most 30 s.")
     probe_timeout_s: float = Field(10.0, gt=0, description="Health probe: a worker that does not answer a ping within this is treated as dead.")
     task_timeout_s: PositiveFloat | Literal["auto"] | None = Field("auto", description="Meta-batch algorithms: re-issue a worker's tasks to an idle worker when they take longer than this; the first result wins. 'auto': 4x the median time of the run's jobs so far, at least 10 s; null: never.")
+    start_grace_s: float = Field(60.0, gt=0, description="How long training waits at start for every rollout worker to answer; those still not placed then (no node with room, an autoscaler still adding one) join when they start, and training goes on without them meanwhile.")
     unplaceable_timeout_s: float = Field(300.0, gt=0, description="With no rollout worker alive (e.g. their node was lost and no node has room for the replacements), checkpoint and stop after this long.")
 
 

@@ -60,6 +60,38 @@ class WorkerPool:
             self.workers[slot] = make_worker(slot, 0)
             self.restarts[slot] = 0
 
+    def settle(self) -> list[int]:
+        """Wait up to workers.start_grace_s for the initial workers to answer; those still silent
+        then (no node with room yet, say) become `pending` and join when they answer, so no
+        runner hands work (or, in a synchronous update, waits) on a worker that may never
+        start. A worker that fails to start is replaced. With none answering, the runners' wait
+        for a worker (and workers.unplaceable_timeout_s) takes over. Returns the slots set pending."""
+        grace_s = self.config.start_grace_s
+        pings = {slot: handle.ping.remote() for slot, handle in self.workers.items()}
+        if not pings:
+            return []
+        start = time.monotonic()
+        ready, rest = self.runtime.wait(list(pings.values()), num_returns=len(pings), timeout=grace_s)
+        silent = []
+        for slot, ping in pings.items():
+            if ping in ready:
+                try:
+                    self.runtime.get(ping)
+                    self.confirmed.add(slot)
+                    continue
+                except Exception as err:
+                    if not is_worker_failure(err):
+                        raise
+                    self.replace(slot, f"{type(err).__name__} while starting")
+                    continue
+            self.pending[slot] = (self.workers.pop(slot), ping)
+            self.waiting_since[slot] = start
+            silent.append(slot)
+        if silent:
+            self.log(f"rollout workers {silent} did not start within {grace_s:g} s (no node with room yet?); "
+                     f"training starts with {len(self.workers)}, they join when they answer")
+        return silent
+
     def __len__(self) -> int:
         """Workers that take work now."""
         return len(self.workers)

@@ -75,6 +75,7 @@ class Runner:
         self._restarts_base = self.counters["worker_restarts_total"]
         self.pool = WorkerPool(runtime, self._make_worker, config.workers.num_workers, config.workers,
                                log=self.display.message)
+        self.pool.settle()
         self.control: Any = None
         self.control_name: str | None = None
         if runtime.name == "ray":
