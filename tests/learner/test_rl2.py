@@ -101,6 +101,23 @@ def test_optimizer_state_round_trip():
         torch.testing.assert_close(a["exp_avg"], b["exp_avg"])
 
 
+def test_the_learning_rate_anneals_linearly_and_resumes_where_it_was():
+    sampler, config = make_sampler(slots=8, lr=0.01, lr_anneal_updates=4, epochs=1, minibatches=1)
+    learner = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config), config, torch.device("cpu"), 0)
+    sampler.set_weights(0, rl2.get_weights(learner.policy))
+    batch = sampler.sample(8)[0]
+    assert [learner.update([batch])["lr"] for _ in range(2)] == pytest.approx([0.01, 0.0075])
+    tensors, meta = learner.optimizer_state()
+    resumed = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config), config, torch.device("cpu"), 0)
+    resumed.load_optimizer_state(tensors, meta)
+    lrs = [resumed.update([batch])["lr"] for _ in range(3)]
+    assert lrs == pytest.approx([0.005, 0.0025, 0.0025])  # then it stays at lr / lr_anneal_updates
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.0025)
+    constant = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config), config.model_copy(update={"lr_anneal_updates": 0}),
+                              torch.device("cpu"), 0)
+    assert [constant.update([batch])["lr"] for _ in range(5)] == [0.01] * 5
+
+
 def test_evaluate_runs_one_trial_per_task():
     family = make_family("bandit", {"num_arms": 3})
     config = rl2.RL2Config(hidden_size=8, episodes_per_trial=4)

@@ -23,6 +23,7 @@ class RL2Config(BaseModel):
     trials_per_update: int = Field(1024, ge=1, description="Trials gathered before one learner update.")
     max_policy_lag: int = Field(2, ge=0, description="Trials sampled with weights more than this many versions old are dropped (counted).")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    lr_anneal_updates: int = Field(0, ge=0, description="Decay the learning rate linearly over this many updates, from lr to lr / lr_anneal_updates (CleanRL's anneal_lr; set it to the run's iterations), then keep it there; 0: constant. The count is the learner's, so a resumed run goes on where it was.")
     gamma: float = Field(0.99, gt=0, le=1, description="Discount over the whole trial.")
     gae_lambda: float = Field(0.3, ge=0, le=1, description="GAE lambda of the policy's advantages (Duan et al. used 0.3).")
     value_lambda: float = Field(1.0, ge=0, le=1, description="GAE lambda of the value function's targets. 1: the discounted return itself, right from the first update; a small lambda bootstraps off the value function, which over a 100-step trial takes hundreds of updates to become informative (while the advantages it feeds ignore all but the next few rewards).")

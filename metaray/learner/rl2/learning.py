@@ -42,6 +42,7 @@ class RL2Learner:
         self.policy = policy.to(device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr, eps=1e-5)
         self.generator = torch.Generator().manual_seed(seed)
+        self.updates = 0  # updates done (the learning-rate schedule's clock)
         value_params = {id(p) for p in (policy.value_net or policy.value_head).parameters()}
         self._groups = [[p for p in policy.parameters() if id(p) not in value_params],
                         [p for p in policy.parameters() if id(p) in value_params]]
@@ -74,6 +75,9 @@ class RL2Learner:
                 a = adv[mask]
                 adv = (adv - a.mean()) / (a.std() + 1e-8)
 
+        lr = self.learning_rate()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         stats = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0}
         n_mb = min(cfg.minibatches, n_trials)
         steps, stopped_early = 0, False
@@ -122,7 +126,16 @@ class RL2Learner:
         out["ppo_minibatch_steps"] = steps
         out["value_explained_variance"] = explained
         out["value_mean"], out["value_std"] = float(policy.value_mean), float(policy.value_std)
+        out["lr"] = lr
+        self.updates += 1
         return out
+
+    def learning_rate(self) -> float:
+        """This update's learning rate: `lr`, or on the linear schedule of `lr_anneal_updates`."""
+        cfg = self.config
+        if not cfg.lr_anneal_updates:
+            return cfg.lr
+        return cfg.lr * max(1.0 - self.updates / cfg.lr_anneal_updates, 1.0 / cfg.lr_anneal_updates)
 
     def _update_value_stats(self, returns: torch.Tensor, beta: float = 0.1) -> None:
         """PopArt (van Hasselt et al. 2016): move the return statistics towards this batch's and
@@ -142,8 +155,10 @@ class RL2Learner:
         policy.value_updates += 1
 
     def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        return optimizer_tensors(self.optimizer)
+        tensors, meta = optimizer_tensors(self.optimizer)
+        return tensors, {**meta, "updates": self.updates}
 
     def load_optimizer_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         load_optimizer_tensors(self.optimizer, tensors, meta, self.device)
+        self.updates = int(meta.get("updates", 0))
 
