@@ -114,8 +114,8 @@ def classical_results() -> dict[str, dict]:
 def write_table(rows: list[dict]) -> str:
     classical = classical_results()
     lines = ["| benchmark | seeds | RL² held-out mean return (per seed) | mean | train time / seed | env steps / seed "
-             "| classical, same held-out tasks (`rl2_classical.py`) | Duan et al. 2016 |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| code (date) | classical, same held-out tasks (`rl2_classical.py`) | Duan et al. 2016 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for bench, (config, ref) in BENCHES.items():
         got = [r for r in rows if r["bench"] == bench]
         base = classical.get(config, {})
@@ -125,14 +125,15 @@ def write_table(rows: list[dict]) -> str:
                           sorted(base.items(), key=lambda kv: -kv[1]["mean_return"])) or "—"
         duan = ", ".join(f"{k} {v}" for k, v in ref.items()) or "—"
         if not got:
-            lines.append(f"| {bench} | 0 | not run | — | — | — | {cells} | {duan} |")
+            lines.append(f"| {bench} | 0 | not run | — | — | — | — | {cells} | {duan} |")
             continue
         vals = [r["test_mean_return"] for r in got]
         mean = sum(vals) / len(vals)
         lines.append(
             f"| {bench} | {len(got)} | {', '.join(f'{v:.2f}' for v in vals)} | **{mean:.2f}** | "
             f"{sum(r['train_wall_s'] for r in got) / len(got) / 60:.1f} min | "
-            f"{sum(r['env_steps'] for r in got) / len(got) / 1e6:.1f}M | {cells} | {duan} |"
+            f"{sum(r['env_steps'] for r in got) / len(got) / 1e6:.1f}M | "
+            f"{', '.join(sorted({r.get('commit', 'before issue 26') + ' (' + r['date'] + ')' for r in got}))} | {cells} | {duan} |"
         )
     machines = sorted({r["machine"] for r in rows})
     lines.append("")
