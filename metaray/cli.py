@@ -259,6 +259,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"{result['num_tasks']} {result['split']} tasks: mean return {pre}{result['mean_return']:.3f} "
               f"(std {result['std_return']:.3f}, worst 10% {result['cvar10_return']:.3f}); "
               f"wrote {args.output or args.run_dir / 'eval.json'}")
+        if "episode_return_means" in result:
+            means = result["episode_return_means"]
+            shown = means if len(means) <= 12 else [*means[:6], *means[-6:]]
+            cells = " ".join(f"{v:.2f}" for v in shown[:6]) + (" ... " if len(means) > 12 else " ") + \
+                " ".join(f"{v:.2f}" for v in shown[6:])
+            print(f"  mean return per episode of the trial, first to last: {cells.strip()}")
     return 0
 
 

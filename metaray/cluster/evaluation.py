@@ -95,6 +95,10 @@ def evaluate_run(run_dir: Path, split: str = "test", num_tasks: int | None = Non
         # and normalised_score = (R − R_random) / (R_expert − R_random), mean over tasks.
         **{key: float(np.nanmean([r[key] for r in per_task]))
            for key in ("normalised_score", "expert_return", "random_return") if key in per_task[0]},
+        # Algorithms that run trials of several episodes (RL²): the mean return of each episode
+        # of the trial, first to last, the within-trial learning curve.
+        **({"episode_return_means": np.round(np.mean([r["episode_returns"] for r in per_task], axis=0), 4).tolist()}
+           if "episode_returns" in per_task[0] else {}),
         "tasks": per_task,
         **({"skipped_checkpoints": found.skipped} if found.skipped else {}),
     }

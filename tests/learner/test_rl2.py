@@ -20,17 +20,19 @@ def recompute_logp(policy, batch):
         return policy.log_prob(policy.distribution(head), torch.from_numpy(batch.actions)).numpy()
 
 
-@pytest.mark.parametrize("progress_input", [False, True])
+@pytest.mark.parametrize(("progress_input", "previous_obs"), [(False, False), (True, False), (False, True)])
 @pytest.mark.parametrize(("family", "kwargs", "n"), [("bandit", {"num_arms": 5}, 10), ("tabular-mdp", {}, 3), ("point-nav", {}, 2)])
-def test_learner_sees_exactly_what_the_worker_sampled(family, kwargs, n, progress_input):
+def test_learner_sees_exactly_what_the_worker_sampled(family, kwargs, n, progress_input, previous_obs):
     """Recomputing log-probs over whole trials reproduces the worker's step-by-step ones.
 
     This holds only if the hidden state is carried across the episodes of a trial, reset between
     trials, and the learner rebuilds the same (obs, prev action, prev reward, done, progress)
     inputs.
     """
-    sampler, _ = make_sampler(family, kwargs, episodes_per_trial=n, progress_input=progress_input)
-    assert sampler.policy.spec.input_dim == sampler.spec.obs_dim + sampler.spec.act_dim + 2 + progress_input
+    sampler, _ = make_sampler(family, kwargs, episodes_per_trial=n, progress_input=progress_input,
+                              previous_obs_input=previous_obs)
+    spec = sampler.spec
+    assert spec.input_dim == spec.obs_dim * (1 + previous_obs) + spec.act_dim + 2 + progress_input
     sampler.set_weights(3, rl2.get_weights(sampler.policy))
     batch, info = sampler.sample(min_trials=12)  # more trials than slots: slots start new trials
     assert info.num_trials >= 12 and batch.policy_version == 3
@@ -46,6 +48,11 @@ def test_learner_sees_exactly_what_the_worker_sampled(family, kwargs, n, progres
         last = x[mask.sum(1) > 0, mask.sum(1) - 1, -1]
         assert (first == 0).all() and np.allclose(last, (n - 1) / n)
         assert (np.diff(x[..., -1], axis=1)[mask[:, 1:]] >= 0).all()
+    if previous_obs:  # the last obs_dim columns: zeros at a trial's start, then the step before's
+        x = rl2.trial_inputs(spec, batch.obs, batch.actions, batch.rewards, batch.dones)
+        prev = x[..., -spec.obs_dim:]
+        assert (prev[:, 0] == 0).all()
+        np.testing.assert_array_equal(prev[:, 1:][mask[:, 1:]], batch.obs[:, :-1][mask[:, 1:]])
 
 
 def test_gae_over_a_trial_matches_hand_computation():
@@ -126,6 +133,16 @@ def test_evaluate_runs_one_trial_per_task():
     results = rl2.evaluate(policy, family, tasks, config, seed=0)
     assert [r["task_id"] for r in results] == [t.task_id for t in tasks]
     assert all(0 <= r["trial_return"] <= 4 for r in results)
+    # the trial's return split by episode: n entries (here one pull each) that add up to it
+    assert all(len(r["episode_returns"]) == 4 and set(r["episode_returns"]) <= {0.0, 1.0} for r in results)
+    assert all(sum(r["episode_returns"]) == pytest.approx(r["trial_return"]) for r in results)
+
+
+def test_episode_returns_split_a_trial_at_its_episode_ends():
+    sampler, config = make_sampler("tabular-mdp", {"episode_length": 4}, slots=4, episodes_per_trial=3)
+    batch = sampler.sample(4)[0]
+    split = np.array(rl2.episode_returns(batch, 3))
+    np.testing.assert_allclose(split, batch.rewards.reshape(len(split), 3, 4).sum(2), atol=1e-4)
 
 
 def test_target_kl_stops_the_epochs_early():

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 
 from metaray.core import AlgorithmBase, LoopSpec, WireSpec
@@ -49,10 +50,22 @@ def evaluate(policy: RL2Policy, family: TaskFamily, tasks: list[Task], config: R
     with torch.no_grad():
         batch, _ = sampler.sample(min_trials=len(tasks))
     returns = dict(zip(batch.task_ids.tolist(), batch.rewards.sum(1).tolist(), strict=True))
+    episodes = dict(zip(batch.task_ids.tolist(), episode_returns(batch, config.episodes_per_trial), strict=True))
     # Families that report success: the share of the trial's episodes with a successful step, and
     # whether its last episode (the most adapted one) had one.
     success = {task_id: {"success_rate": rate, "success_last": last} for task_id, rate, last in sampler.trial_success}
-    return [{"task_id": t.task_id, "trial_return": float(returns[t.task_id]), **success.get(t.task_id, {})} for t in tasks]
+    return [{"task_id": t.task_id, "trial_return": float(returns[t.task_id]), "episode_returns": episodes[t.task_id],
+             **success.get(t.task_id, {})} for t in tasks]
+
+
+def episode_returns(batch: Trials, episodes_per_trial: int) -> list[list[float]]:
+    """Each trial's return split by episode (the within-trial learning curve): [B][episodes]."""
+    mask = batch.mask.astype(bool)
+    index = np.cumsum(batch.dones.astype(np.int64), axis=1) - batch.dones.astype(np.int64)  # episode of each step
+    out = np.zeros((len(mask), episodes_per_trial))
+    rows = np.broadcast_to(np.arange(len(mask))[:, None], mask.shape)
+    np.add.at(out, (rows[mask], np.minimum(index[mask], episodes_per_trial - 1)), batch.rewards[mask])
+    return np.round(out, 4).tolist()
 
 
 class RL2(AlgorithmBase):
@@ -105,6 +118,6 @@ class RL2(AlgorithmBase):
 
 __all__ = [
     "RL2", "RL2Config", "RL2Learner", "RL2Policy", "RL2Sampler", "SpaceSpec", "Trials", "build_inputs", "concat_trials",
-    "evaluate", "get_weights", "load_weights", "make_policy", "pad_trials", "shift_previous", "space_spec",
+    "episode_returns", "evaluate", "get_weights", "load_weights", "make_policy", "pad_trials", "shift_previous", "space_spec",
     "trial_gae", "trial_inputs",
 ]

@@ -42,6 +42,7 @@ class RL2Config(BaseModel):
     snail_filters: int = Field(16, ge=1, description="snail: features each dense block (gated dilated causal convolution) adds.")
     mann_slots: int = Field(32, ge=1, description="mann: rows of the external memory.")
     mann_width: int = Field(32, ge=1, description="mann: width of a memory row (and of the read vector added to the controller's output).")
+    previous_obs_input: bool = Field(False, description="Also feed the previous observation, so each input holds the whole transition (s, a, r) that the previous reward came from, and the memory need not carry s from one step to the next to pair it with a and r (tabular MDPs: the reward table is indexed by (s, a)). Off = Duan et al.'s inputs.")
     progress_input: bool = Field(False, description="Also feed the trial's progress (episodes finished / episodes_per_trial) to the GRU. With long trials the value depends on the steps left, which the GRU must otherwise learn to count (Pardo et al. 2018, time limits in RL). Off = Duan et al.'s inputs.")
 
     @model_validator(mode="after")

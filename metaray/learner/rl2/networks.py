@@ -25,25 +25,28 @@ class SpaceSpec:
     act_low: tuple[float, ...] = ()
     act_high: tuple[float, ...] = ()
     progress_episodes: int = 0  # > 0: input episodes-finished / this (RL2Config.progress_input)
+    previous_obs: bool = False  # input the previous observation too (RL2Config.previous_obs_input)
 
     @staticmethod
-    def from_spaces(obs_space: gym.Space, act_space: gym.Space, progress_episodes: int = 0) -> SpaceSpec:
+    def from_spaces(obs_space: gym.Space, act_space: gym.Space, progress_episodes: int = 0,
+                    previous_obs: bool = False) -> SpaceSpec:
         if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
             raise ValueError(f"RL² needs a flat Box observation space, got {obs_space}")
         if isinstance(act_space, gym.spaces.Discrete):
-            return SpaceSpec(obs_space.shape[0], True, int(act_space.n), progress_episodes=progress_episodes)
+            return SpaceSpec(obs_space.shape[0], True, int(act_space.n), progress_episodes=progress_episodes,
+                             previous_obs=previous_obs)
         if isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:
             return SpaceSpec(
                 obs_space.shape[0], False, act_space.shape[0],
                 tuple(float(x) for x in act_space.low), tuple(float(x) for x in act_space.high),
-                progress_episodes,
+                progress_episodes, previous_obs,
             )
         raise ValueError(f"RL² needs a Discrete or flat Box action space, got {act_space}")
 
     @property
     def input_dim(self) -> int:
-        # + previous reward, previous done (+ trial progress)
-        return self.obs_dim + self.act_dim + 2 + (self.progress_episodes > 0)
+        # + previous reward, previous done (+ trial progress) (+ previous observation)
+        return self.obs_dim * (1 + self.previous_obs) + self.act_dim + 2 + (self.progress_episodes > 0)
 
 
 class Branch(nn.Module):
@@ -131,7 +134,8 @@ class RL2Policy(nn.Module):
 
 def space_spec(obs_space: gym.Space, act_space: gym.Space, config: RL2Config) -> SpaceSpec:
     """The policy's input/output spec for these spaces under `config`."""
-    return SpaceSpec.from_spaces(obs_space, act_space, config.episodes_per_trial if config.progress_input else 0)
+    return SpaceSpec.from_spaces(obs_space, act_space, config.episodes_per_trial if config.progress_input else 0,
+                                 config.previous_obs_input)
 
 
 def make_policy(obs_space: gym.Space, act_space: gym.Space, config: RL2Config) -> RL2Policy:
@@ -140,12 +144,13 @@ def make_policy(obs_space: gym.Space, act_space: gym.Space, config: RL2Config) -
 
 def build_inputs(
     spec: SpaceSpec, obs: np.ndarray, prev_actions: np.ndarray, prev_rewards: np.ndarray,
-    prev_dones: np.ndarray, episodes_done: np.ndarray | None = None,
+    prev_dones: np.ndarray, episodes_done: np.ndarray | None = None, prev_obs: np.ndarray | None = None,
 ) -> np.ndarray:
     """Concatenate the RL² input features; works on [..., feature] arrays of any batch shape.
 
     `episodes_done` (episodes of the trial finished before this step) is needed only when the
-    spec takes the trial's progress as input.
+    spec takes the trial's progress as input, `prev_obs` (zeros at a trial's first step) only
+    when it takes the previous observation.
     """
     if spec.discrete:
         prev_act = np.eye(spec.act_dim, dtype=np.float32)[prev_actions]
@@ -158,6 +163,10 @@ def build_inputs(
         if episodes_done is None:
             raise ValueError("this RL² policy takes the trial's progress: pass episodes_done")
         parts.append((np.asarray(episodes_done, np.float32) / spec.progress_episodes)[..., None])
+    if spec.previous_obs:
+        if prev_obs is None:
+            raise ValueError("this RL² policy takes the previous observation: pass prev_obs")
+        parts.append(prev_obs.astype(np.float32))
     return np.concatenate(parts, axis=-1)
 
 
@@ -166,7 +175,11 @@ def trial_inputs(
 ) -> np.ndarray:
     """RL² inputs for whole trials [B, T, ...], exactly as the worker built them step by step."""
     prev_a, prev_r, prev_d = shift_previous(spec, actions, rewards, dones)
-    return build_inputs(spec, obs, prev_a, prev_r, prev_d, np.cumsum(prev_d, axis=1))
+    prev_obs = None
+    if spec.previous_obs:
+        prev_obs = np.zeros_like(obs)
+        prev_obs[:, 1:] = obs[:, :-1]
+    return build_inputs(spec, obs, prev_a, prev_r, prev_d, np.cumsum(prev_d, axis=1), prev_obs)
 
 
 def shift_previous(spec: SpaceSpec, actions: np.ndarray, rewards: np.ndarray, dones: np.ndarray):

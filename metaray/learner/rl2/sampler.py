@@ -87,7 +87,10 @@ class RL2Sampler(SamplerBase):
         spec = self.spec
         self.trial_version[self.t == 0] = self.version
         while len(done_rows) < min_trials and self.active.any():
-            x = build_inputs(spec, self.obs, self.prev_a, self.prev_r, self.prev_d, self.episodes)
+            prev_obs = None
+            if spec.previous_obs:  # the observation of the step before, in the trial's buffer
+                prev_obs = np.where((self.t > 0)[:, None], self.obs_buf[rows, np.maximum(self.t - 1, 0)], 0.0)
+            x = build_inputs(spec, self.obs, self.prev_a, self.prev_r, self.prev_d, self.episodes, prev_obs)
             head, self.memory_state = self.policy.step(torch.from_numpy(x), self.memory_state)
             dist = self.policy.distribution(head)
             if spec.discrete:
