@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = RESULTS / "runs"
@@ -39,7 +41,9 @@ def commit() -> str:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    changed = [line for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
+               if "benchmarks/results/" not in line]  # results written by the runs themselves
+    return head + ("+dirty" if changed else "")
 
 
 def machine() -> str:
@@ -83,13 +87,17 @@ def run_one(bench: str, seed: int, iterations: int | None, serial: bool, eval_on
     run_dir = runs_dir / f"{bench}-seed{seed}"
     if eval_only:
         return evaluate(bench, seed, run_dir, serial, None)
+    code = commit()  # as the run starts (the tree may move on while it trains)
     train_s = train(config, run_dir, [f"seed={seed}", *overrides], iterations, serial, f"{bench} seed {seed}")
-    return evaluate(bench, seed, run_dir, serial, round(train_s, 1))
+    return {**evaluate(bench, seed, run_dir, serial, round(train_s, 1)), "commit": code}
 
 
 def evaluate(bench: str, seed: int, run_dir: Path, serial: bool, command_s: float | None) -> dict:
     config, _ = BENCHES[bench]
-    ev = metaray("eval", str(run_dir), "--json")
+    # the benchmark's held-out tasks (its config's eval settings), whatever the run was started with
+    wanted = yaml.safe_load((ROOT / config).read_text()).get("eval", {})
+    sets = [arg for key, value in wanted.items() for arg in ("--set", f"eval.{key}={value}")]
+    ev = metaray("eval", str(run_dir), "--json", *sets)
     if ev.returncode != 0:
         raise SystemExit(f"{bench} seed {seed}: eval failed: {ev.stderr.strip()[-500:]}")
     result = json.loads(ev.stdout.strip().splitlines()[-1])
@@ -100,7 +108,7 @@ def evaluate(bench: str, seed: int, run_dir: Path, serial: bool, command_s: floa
         "command_wall_s": command_s, "env_steps": progress[-1]["env_steps_total"],
         "test_tasks": result["num_tasks"], "test_mean_return": round(result["mean_return"], 3),
         "train_return_last": round(progress[-1]["trial_return"], 3),
-        "date": time.strftime("%Y-%m-%d"), "machine": machine(), "commit": commit(),
+        "date": time.strftime("%Y-%m-%d"), "machine": machine(),
     }
 
 
