@@ -174,7 +174,8 @@ def main() -> None:
                 rows = json.loads(store.read_text()) if store.exists() else []  # other runs may have written
                 if args.eval_only:
                     old = next((r for r in rows if (r["bench"], r["seed"]) == (bench, seed)), {})
-                    row = {**old, **{k: v for k, v in row.items() if v is not None}}
+                    # the run's own facts (how and on what it trained) stay; the evaluation is new
+                    row = {**old, **{k: v for k, v in row.items() if v is not None and not (old and k == "mode")}}
                 print(json.dumps(row), flush=True)
                 rows = [r for r in rows if (r["bench"], r["seed"]) != (bench, seed)] + [row]
                 store.write_text(json.dumps(rows, indent=1) + "\n")
