@@ -131,7 +131,7 @@ def plan(rewards: np.ndarray, transitions: np.ndarray, horizon: int) -> np.ndarr
 
 def run_mdp(env, num_states: int, num_actions: int, episode_length: int, episodes: int,
             agent: str, rng: np.random.Generator) -> np.ndarray:
-    """Total reward per slot of a trial of `episodes` episodes.
+    """Each episode's reward per slot [slots, episodes] over a trial of `episodes` episodes.
 
     Posterior for the prior the family draws from: reward mean ~ N(1, 1) with unit reward noise
     (conjugate Normal), transition rows ~ Dirichlet(1) (conjugate counts).
@@ -141,9 +141,9 @@ def run_mdp(env, num_states: int, num_actions: int, episode_length: int, episode
     reward_sum = np.zeros((n, num_states, num_actions))
     visits = np.zeros((n, num_states, num_actions))
     counts = np.ones((n, num_states, num_actions, num_states))  # Dirichlet(1) prior
-    total = np.zeros(n)
+    total = np.zeros((n, episodes))  # each episode's return
     obs, _ = env.reset()
-    for _ in range(episodes):
+    for episode in range(episodes):
         post_var = 1.0 / (1.0 + visits)
         post_mean = post_var * (1.0 + reward_sum)
         if agent == "psrl":
@@ -165,7 +165,7 @@ def run_mdp(env, num_states: int, num_actions: int, episode_length: int, episode
             visits[slots, state, action] += 1
             if h < episode_length - 1:
                 counts[slots, state, action, nxt] += 1
-            total += reward
+            total[:, episode] += reward
         assert (terminated | truncated).all(), "episodes must all end after episode_length steps"
     return total
 
@@ -185,9 +185,13 @@ def evaluate_config(path: Path, seed: int) -> dict:
         start = time.time()
         env = make_vector_env(family, tasks, seed=int(rng.integers(2**31)))
         totals = fn(env)
+        per_episode = None
+        if totals.ndim == 2:  # [tasks, episodes]: the within-trial curve, as `metaray eval` reports RL²'s
+            per_episode, totals = totals.mean(0), totals.sum(1)
         results[name] = {"mean_return": round(float(totals.mean()), 3),
                          "stderr": round(float(totals.std(ddof=1) / math.sqrt(len(totals))), 3),
-                         "seconds": round(time.time() - start, 1)}
+                         "seconds": round(time.time() - start, 1),
+                         **({"episode_return_means": np.round(per_episode, 3).tolist()} if per_episode is not None else {})}
         print(f"  {name:<16} {results[name]['mean_return']:8.3f} ± {results[name]['stderr']:.3f}", flush=True)
 
     print(f"{path} ({len(tasks)} held-out tasks, trial of {episodes} episodes)", flush=True)
