@@ -54,16 +54,7 @@ def test_removing_a_node_mid_run_costs_only_restarts(two_nodes, tmp_path):
     trainer = Trainer(load_config(path), run, RayRuntime(address=None))
     placed = {ray.get(h.ping.remote())["node"] for h in trainer.pool.workers.values()}
     assert placed == {node.node_id, cluster.head_node.node_id}, "SPREAD puts one worker on each node"
-    errors: list[BaseException] = []
-
-    def train() -> None:
-        try:
-            trainer.run()
-        except BaseException as err:  # surfaced below
-            errors.append(err)
-
-    thread = threading.Thread(target=train)
-    thread.start()
+    thread, errors = train_in_thread(trainer)
     deadline = time.monotonic() + 120
     while len(read_progress(run)) < 3 and time.monotonic() < deadline and thread.is_alive():
         time.sleep(0.1)
@@ -76,6 +67,21 @@ def test_removing_a_node_mid_run_costs_only_restarts(two_nodes, tmp_path):
     assert all(r["num_tasks"] == 8 for r in rows)
     assert rows[-1]["worker_restarts_total"] >= 1
     assert rows[-1]["workers_alive"] + rows[-1]["workers_pending"] == 2  # the replacement joins in the background
+
+
+def train_in_thread(trainer) -> tuple[threading.Thread, list[BaseException]]:
+    """`trainer.run()` started in a daemon thread; what it raised lands in the list."""
+    errors: list[BaseException] = []
+
+    def train() -> None:
+        try:
+            trainer.run()
+        except BaseException as err:  # surfaced by the test
+            errors.append(err)
+
+    thread = threading.Thread(target=train, daemon=True)
+    thread.start()
+    return thread, errors
 
 
 def trainer_on(cluster, tmp_path, head_cpus_held: int, overrides=(), config=CONFIG):
@@ -261,16 +267,7 @@ def test_a_worker_never_placed_does_not_hold_a_synchronous_update(two_nodes, tmp
     if first_node in cluster.worker_nodes:  # run alone (the first test removes it)
         cluster.remove_node(first_node)
     trainer, run, node, cleanup = trainer_on(cluster, tmp_path, head_cpus_held=2, config=RL2_SYNC)
-    errors: list[BaseException] = []
-
-    def train() -> None:
-        try:
-            trainer.run()
-        except BaseException as err:  # surfaced below
-            errors.append(err)
-
-    thread = threading.Thread(target=train, daemon=True)
-    thread.start()
+    thread, errors = train_in_thread(trainer)
     thread.join(timeout=120)
     finished = not thread.is_alive()
     cleanup()
