@@ -95,6 +95,38 @@ def test_update_changes_weights_and_reports_finite_stats():
     assert any(not np.array_equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.parametrize("memory", ["gru", "lstm", "transformer"])
+def test_bf16_learner_runs_the_bodies_in_bf16_and_keeps_log_probs_close(memory):
+    """precision: bf16 autocasts the encoder and memory; heads, weights and losses stay float32,
+    so the learner's log-probs stay within bf16's resolution of the worker's float32 ones."""
+    sampler, config = make_sampler("tabular-mdp", {}, slots=16, episodes_per_trial=2, memory=memory,
+                                   context_length=20, trials_per_update=16, minibatches=2, precision="bf16")
+    learner = rl2.RL2Learner(rl2.RL2Policy(sampler.spec, config), config, torch.device("cpu"), 0)
+    sampler.set_weights(0, rl2.get_weights(learner.policy))
+    batch = sampler.sample(16)[0]
+    x = torch.from_numpy(rl2.trial_inputs(sampler.spec, batch.obs, batch.actions, batch.rewards, batch.dones))
+    net = learner.policy.policy_net
+    body = [net.encoder[0], net.memory.rnn if memory != "transformer" else
+            next(m for m in net.memory.modules() if isinstance(m, torch.nn.Linear))]
+    dtypes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: dtypes.append((o[0] if isinstance(o, tuple) else o).dtype))
+             for m in body]
+    with torch.no_grad(), learner.autocast():
+        head, values = learner.policy(x)
+    for hook in hooks:
+        hook.remove()
+    assert dtypes == [torch.bfloat16, torch.bfloat16] and head.dtype == values.dtype == torch.float32
+    logp = learner.policy.log_prob(learner.policy.distribution(head), torch.from_numpy(batch.actions)).numpy()
+    gap = np.abs(logp - batch.logp)[batch.mask]
+    assert 0 < gap.max() < 0.05  # not float32-exact (bf16 ran), but close
+    before = rl2.get_weights(learner.policy)
+    stats = learner.update([batch])
+    assert all(np.isfinite(v) for v in stats.values()) and stats["clip_frac"] < 0.5
+    after = rl2.get_weights(learner.policy)
+    assert all(v.dtype == np.float32 for v in after.values() if np.issubdtype(v.dtype, np.floating))
+    assert any(not np.array_equal(before[k], after[k]) for k in before)
+
+
 def test_optimizer_state_round_trip():
     sampler, config = make_sampler(slots=8)
     policy = rl2.RL2Policy(sampler.spec, config)

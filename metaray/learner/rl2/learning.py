@@ -62,7 +62,8 @@ class RL2Learner:
         rewards, mask, old_logp = to_dev(batch.rewards), to_dev(batch.mask), to_dev(batch.logp)
         n_trials = x.shape[0]
         with torch.no_grad():
-            _, values_norm = policy(x)
+            with self.autocast():
+                _, values_norm = policy(x)
             values = policy.denormalize(values_norm)
             adv = trial_gae(rewards, values, mask, cfg.gamma, cfg.gae_lambda)
             returns = adv + values if cfg.value_lambda == cfg.gae_lambda else (
@@ -86,7 +87,8 @@ class RL2Learner:
                 break
             perm = torch.randperm(n_trials, generator=self.generator).to(self.device)
             for idx in perm.chunk(n_mb):
-                head, v = policy(x[idx], cfg.bptt_len)
+                with self.autocast():
+                    head, v = policy(x[idx], cfg.bptt_len)
                 dist = policy.distribution(head)
                 logp = policy.log_prob(dist, actions[idx])
                 m = mask[idx]
@@ -129,6 +131,10 @@ class RL2Learner:
         out["lr"] = lr
         self.updates += 1
         return out
+
+    def autocast(self) -> torch.autocast:
+        """bfloat16 autocast for the networks' bodies when `precision` is bf16 (heads stay float32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
 
     def learning_rate(self) -> float:
         """This update's learning rate: `lr`, or on the linear schedule of `lr_anneal_updates`."""

@@ -81,8 +81,11 @@ class RecurrentMemory(Memory):
         return self.norm(out[:, 0]), self._state(hidden)
 
     def forward(self, x: torch.Tensor, bptt_len: int = 0) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):  # autocast leaves a float32 input's RNN in float32
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         hidden = self._hidden(self.initial_state(x.shape[0]))
-        hidden = hidden.to(x.device) if isinstance(hidden, torch.Tensor) else tuple(h.to(x.device) for h in hidden)
+        hidden = hidden.to(x.device, x.dtype) if isinstance(hidden, torch.Tensor) else \
+            tuple(h.to(x.device, x.dtype) for h in hidden)
         if bptt_len <= 0 or bptt_len >= x.shape[1]:
             out, _ = self.rnn(x, hidden)
         else:

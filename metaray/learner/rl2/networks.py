@@ -49,6 +49,13 @@ class SpaceSpec:
         return self.obs_dim * (1 + self.previous_obs) + self.act_dim + 2 + (self.progress_episodes > 0)
 
 
+def fp32_head(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """A head in full precision even under autocast (`rl2.precision: bf16`): the logits and
+    values, and so the log-probability ratios and value targets, keep float32's resolution."""
+    with torch.autocast(features.device.type, enabled=False):
+        return head(features.float())
+
+
 class Branch(nn.Module):
     """Input encoder (linear, layer norm, tanh) -> memory -> linear head."""
 
@@ -61,7 +68,7 @@ class Branch(nn.Module):
         self.head = nn.Linear(self.memory.out_dim, out_dim)
 
     def forward(self, inputs: torch.Tensor, bptt_len: int = 0) -> torch.Tensor:
-        return self.head(self.memory(self.encoder(inputs), bptt_len))
+        return fp32_head(self.head, self.memory(self.encoder(inputs), bptt_len))
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         y, state = self.memory.step(self.encoder(x), state)
@@ -112,7 +119,8 @@ class RL2Policy(nn.Module):
         at most that many steps (same forward values)."""
         if self.value_net is None:
             features = self.policy_net.memory(self.policy_net.encoder(inputs), bptt_len)
-            return self.policy_net.head(features), self.shared_value_head(features).squeeze(-1)
+            return (fp32_head(self.policy_net.head, features),
+                    fp32_head(self.shared_value_head, features).squeeze(-1))
         return self.policy_net(inputs, bptt_len), self.value_net(inputs, bptt_len).squeeze(-1)
 
     def denormalize(self, values: torch.Tensor) -> torch.Tensor:
