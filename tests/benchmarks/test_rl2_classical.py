@@ -65,6 +65,10 @@ def test_psrl_beats_random_on_real_tabular_mdps():
     family = make_family("tabular-mdp", {"num_states": 4, "num_actions": 3, "episode_length": 5})
     tasks = family.sample(200, np.random.default_rng(0), "test")
     rng = np.random.default_rng(1)
-    totals = {agent: classical.run_mdp(make_vector_env(family, tasks, seed=3), 4, 3, 5, 8, agent, rng).mean()
-              for agent in ("random", "psrl")}
+    per_episode = {agent: classical.run_mdp(make_vector_env(family, tasks, seed=3), 4, 3, 5, 8, agent, rng)
+                   for agent in ("random", "psrl")}
+    assert all(r.shape == (200, 8) for r in per_episode.values())  # each episode's return per task
+    totals = {agent: r.sum(1).mean() for agent, r in per_episode.items()}
     assert totals["psrl"] > totals["random"] + 5
+    # PSRL learns within the trial: its last episodes earn more than its first; random's do not
+    assert per_episode["psrl"][:, -2:].mean() > per_episode["psrl"][:, :2].mean() + 0.5
