@@ -71,22 +71,12 @@ class WorkerPool:
         if not pings:
             return []
         start = time.monotonic()
-        ready, rest = self.runtime.wait(list(pings.values()), num_returns=len(pings), timeout=grace_s)
-        silent = []
-        for slot, ping in pings.items():
-            if ping in ready:
-                try:
-                    self.runtime.get(ping)
-                    self.confirmed.add(slot)
-                    continue
-                except Exception as err:
-                    if not is_worker_failure(err):
-                        raise
-                    self.replace(slot, f"{type(err).__name__} while starting")
-                    continue
+        self.runtime.wait(list(pings.values()), num_returns=len(pings), timeout=grace_s)
+        for slot, ping in pings.items():  # as replacements do: they join by answering (admit_ready)
             self.pending[slot] = (self.workers.pop(slot), ping)
             self.waiting_since[slot] = start
-            silent.append(slot)
+        self.admit_ready()
+        silent = sorted(slot for slot in pings if slot in self.pending)
         if silent:
             self.log(f"rollout workers {silent} did not start within {grace_s:g} s (no node with room yet?); "
                      f"training starts with {len(self.workers)}, they join when they answer")
