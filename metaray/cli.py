@@ -7,6 +7,7 @@ with one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -14,8 +15,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from metaray.cluster.config import RunConfig
@@ -50,6 +52,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _run_dir(text: str) -> Path | str:
+    """A run directory: a path, or a storage URI (`s3://bucket/prefix`, `gs://...`, `file:///...`)."""
+    from metaray.cluster.storage import is_uri
+
+    return text.rstrip("/") if is_uri(text) else Path(text)
+
+
+RUN_DIR_HELP = "run directory: a path, or a storage URI pyarrow reads (s3://, gs://, hdfs://, file://)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="metaray", description="Distributed meta-reinforcement learning on Ray.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -58,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", nargs="?", help="config YAML file (with --resume: default the run's own config.yaml)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="override a config value (repeatable)")
-    train.add_argument("--run-dir", type=Path, help="run directory (default: runs/ALGO-FAMILY-TIME)")
+    train.add_argument("--run-dir", type=_run_dir, help=f"{RUN_DIR_HELP} (default: runs/ALGO-FAMILY-TIME)")
     train.add_argument("--workers", type=_positive_int, help="rollout workers (workers.num_workers)")
     train.add_argument("--address", help="join a running Ray cluster: 'auto' or HOST:PORT (default: start a local one)")
     train.add_argument("--serial", action="store_true", help="run everything in this process, without Ray")
@@ -68,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--grpc-port", type=_port, help="serve the gRPC service for actors outside Ray on this port (grpc.port; 0 = any free port)")
 
     ev = sub.add_parser("eval", help="evaluate a run on held-out tasks")
-    ev.add_argument("run_dir", type=Path)
+    ev.add_argument("run_dir", type=_run_dir, help=RUN_DIR_HELP)
     ev.add_argument("--split", choices=["train", "test"], default="test")
     ev.add_argument("--num-tasks", type=_positive_int)
     ev.add_argument("--seed", type=int)
@@ -78,15 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", type=Path, help="write the result here instead of RUN_DIR/eval.json")
 
     plot = sub.add_parser("plot", help="plot a run's learning curves to a PNG")
-    plot.add_argument("run_dir", type=Path)
+    plot.add_argument("run_dir", type=_run_dir, help=RUN_DIR_HELP)
     plot.add_argument("-o", "--output", type=Path, help="PNG file (default: RUN_DIR/curves.png)")
 
     scale = sub.add_parser("scale", help="resize the rollout-worker pool of a running job")
-    scale.add_argument("run_dir", type=Path)
+    scale.add_argument("run_dir", type=_run_dir, help=RUN_DIR_HELP)
     scale.add_argument("--workers", type=_positive_int, required=True, help="rollout workers wanted")
 
     status = sub.add_parser("status", help="latest progress of a running or finished run")
-    status.add_argument("run_dir", type=Path)
+    status.add_argument("run_dir", type=_run_dir, help=RUN_DIR_HELP)
     status.add_argument("--json", action="store_true", help="print the status as JSON")
 
     sub.add_parser("tasks", help="list task families")
@@ -107,20 +119,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     from metaray.cluster.progress import ProgressDisplay
     from metaray.cluster.runners import make_runner
     from metaray.cluster.runtime import make_runtime
+    from metaray.cluster.storage import StorageSync, is_uri
 
-    config = _train_config(args)
-    run_dir = _resume_run_dir(args, config) if args.resume else _new_run_dir(args, config)
+    storage = _train_storage(args) if args.run_dir is not None and is_uri(args.run_dir) else None
+    created = storage is not None and not args.resume
+    try:
+        config = _train_config(args)
+        run_dir = _resume_run_dir(args, config) if args.resume else _new_run_dir(args, config)
+    except BaseException as err:
+        if created:
+            storage.discard()
+        _raise_in_storage_terms(err, storage)
+        raise
+    shown = storage.uri if storage is not None else run_dir
     runtime = make_runtime(args.serial, args.address, num_cpus=_local_cpus(config) if args.address is None else None)
     if threading.current_thread() is threading.main_thread():  # `ray job stop`, kill: stop like Ctrl-C
         signal.signal(signal.SIGTERM, _interrupt)  # after ray.init, which installs its own
-    created = not run_dir.exists()
+    created = created or not run_dir.exists()
+    display = ProgressDisplay(config.iterations, 0)
+    sync = [StorageSync(storage, display.message)] if storage is not None else []
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        display = ProgressDisplay(config.iterations, 0)
-        trainer = make_runner(config, run_dir, runtime, resume=args.resume, display=display)
+        trainer = make_runner(config, run_dir, runtime, resume=args.resume, display=display, observers=sync)
         if trainer.counters["iteration"] >= config.iterations:
             trainer.close()
-            print(f"{run_dir}: already at iteration {trainer.counters['iteration']} of {config.iterations}")
+            print(f"{shown}: already at iteration {trainer.counters['iteration']} of {config.iterations}")
             return 0
         # the run starts now: a resume that failed before this point left the run directory as it was
         write_text_atomic(run_dir / "config.yaml", to_yaml(config))
@@ -128,21 +151,74 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"started local Ray at {runtime.address}" if args.address is None else f"joined Ray cluster at {runtime.address}")
         display.message(
             f"metaray: {config.algo} on {config.task.family}, {config.workers.num_workers} workers "
-            f"({where}), learner on {trainer.device}, run dir {run_dir}"
+            f"({where}), learner on {trainer.device}, run dir {shown}"
+            + (f" (local copy {run_dir})" if storage is not None else "")
             + (f", metrics at {trainer.metrics_url}" if trainer.metrics_url else "")
             + (f", gRPC on {trainer.grpc.address} (token: {trainer.grpc_token_source})" if trainer.grpc else "")
         )
         last = trainer.run()
-    except BaseException:
+    except BaseException as err:
+        runtime.shutdown()
         if created and not (run_dir / "progress.jsonl").exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # failed before any iteration: leave nothing
+        elif storage is not None:
+            _final_push(storage, failing=True)  # what the run did until it stopped
+        _raise_in_storage_terms(err, storage)
         raise
-    finally:
-        runtime.shutdown()
+    runtime.shutdown()
+    if storage is not None:
+        _final_push(storage)
     ret = {k: v for k, v in last.items() if k in ("trial_return", "return_pre", "return_post")}
     print(f"done: {last.get('iteration')} iterations, {last.get('env_steps_total')} env steps, "
-          f"{json.dumps(ret)}; run dir {run_dir}")
+          f"{json.dumps(ret)}; run dir {shown}")
     return 0
+
+
+def _train_storage(args: argparse.Namespace) -> Any:
+    """The run directory in storage, with a fresh local copy to work in (a resume pulls the run);
+    `args.run_dir` becomes the local copy."""
+    from metaray.cluster.config import ConfigError
+    from metaray.cluster.storage import RunStorage, StorageError, staging_dir
+
+    storage = RunStorage(args.run_dir, staging_dir(args.run_dir))
+    if args.resume:
+        if not storage.exists("config.yaml"):
+            raise StorageError(f"{storage.uri} is not a metaray run directory (no config.yaml)")
+        if not storage.committed_checkpoints():
+            raise StorageError(f"{storage.uri} has no checkpoint to resume from")
+        storage.pull()
+    else:
+        if storage.exists("config.yaml"):
+            raise ConfigError(f"{storage.uri} already holds a run; pass --resume to continue it or choose another --run-dir")
+        storage.pull(files=(), checkpoints=False)  # an empty local copy
+    args.run_dir = storage.local
+    return storage
+
+
+def _raise_in_storage_terms(err: BaseException, storage: Any) -> None:
+    """A user-facing error about the local copy of a run in storage is told about its URI."""
+    from metaray.cluster.checkpoint import CheckpointError
+    from metaray.cluster.config import ConfigError
+
+    if storage is not None and isinstance(err, (ConfigError, CheckpointError)) and str(storage.local) in str(err):
+        raise type(err)(str(err).replace(str(storage.local), storage.uri)) from None
+
+
+def _final_push(storage: Any, failing: bool = False) -> None:
+    """Upload the run's last changes; if that fails the local copy is kept and said where (while
+    another error ends the run, that error is the one raised)."""
+    from metaray.cluster.storage import StorageError
+
+    try:
+        storage.push()
+    except StorageError as err:
+        storage.keep_unpushed()
+        line = (f"{err}; the run's last changes are only in its local copy {storage.local} (kept: copy it to "
+                f"{storage.uri} by hand, then remove it)")
+        if failing:
+            print(f"metaray train: error: {line}", file=sys.stderr)
+            return
+        raise StorageError(line) from None
 
 
 # Where the run reports and serves, and how it handles faults: not what it computes.
@@ -248,7 +324,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from metaray.cluster.config import ConfigError
 
         raise ConfigError(f"--output must be a .json file, got {args.output}")
-    result = evaluate_run(args.run_dir, args.split, args.num_tasks, args.seed, args.overrides, args.output)
+    with _readable_run(args, checkpoints=True) as (run_dir, storage):
+        result = evaluate_run(run_dir, args.split, args.num_tasks, args.seed, args.overrides, args.output)
+        if storage is not None and args.output is None:
+            storage.push_file("eval.json")
     for line in result.get("skipped_checkpoints", []):
         print(f"metaray eval: {line}; evaluated {result['checkpoint']}", file=sys.stderr)
     if args.json:
@@ -258,7 +337,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"{args.run_dir}: {result['algo']} on {result['family']}, iteration {result['iteration']}, "
               f"{result['num_tasks']} {result['split']} tasks: mean return {pre}{result['mean_return']:.3f} "
               f"(std {result['std_return']:.3f}, worst 10% {result['cvar10_return']:.3f}); "
-              f"wrote {args.output or args.run_dir / 'eval.json'}")
+              f"wrote {args.output or f'{args.run_dir}/eval.json'}")
         if "episode_return_means" in result:
             means = result["episode_return_means"]
             shown = means if len(means) <= 12 else [*means[:6], *means[-6:]]
@@ -275,14 +354,25 @@ def cmd_plot(args: argparse.Namespace) -> int:
         from metaray.cluster.config import ConfigError
 
         raise ConfigError(f"--output must be a .png file, got {args.output}")
-    print(f"wrote {plot_run(args.run_dir, args.output)}")
+    with _readable_run(args, checkpoints=False) as (run_dir, storage):
+        out = plot_run(run_dir, args.output)
+        if storage is not None and args.output is None:
+            storage.push_file(out.name)
+    print(f"wrote {args.run_dir}/{out.name}" if storage is not None and args.output is None else f"wrote {out}")
     return 0
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
-    from metaray.cluster.control import scale_run
+    from metaray.cluster.control import ScaleError, scale_run
+    from metaray.cluster.storage import is_uri, staging_dir
 
-    out = scale_run(args.run_dir, args.workers)
+    run_dir = args.run_dir
+    if is_uri(run_dir):  # a run in storage is driven from its local copy, on the driver's machine
+        run_dir = staging_dir(run_dir)
+        if not (run_dir / "config.yaml").is_file():
+            raise ScaleError(f"{args.run_dir}: no run of it is driven from this machine (no local copy in {run_dir}); "
+                             "run `metaray scale` where its driver runs")
+    out = scale_run(run_dir, args.workers)
     print(f"{args.run_dir}: rollout workers {out['workers_before']} -> {out['workers_target']} "
           "(applied within seconds: new workers join once they start; removed ones finish their current work first)")
     return 0
@@ -291,12 +381,35 @@ def cmd_scale(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from metaray.cluster.report import print_status, run_status
 
-    status = run_status(args.run_dir)
+    with _readable_run(args, checkpoints=False) as (run_dir, storage):
+        status = run_status(run_dir)
+        if storage is not None:
+            newest = storage.committed_checkpoints()
+            status.update(run_dir=storage.uri, checkpoint=newest[-1] if newest else None)
     if args.json:
         print(json.dumps(status))
     else:
         print_status(status)
     return 0
+
+
+@contextlib.contextmanager
+def _readable_run(args: argparse.Namespace, checkpoints: bool) -> Iterator[tuple[Path, Any]]:
+    """(a folder holding the run, its storage or None): `args.run_dir` itself, or a scratch copy of
+    a run in storage (removed afterwards); errors about the copy name the URI."""
+    from metaray.cluster.storage import is_uri, scratch_copy
+
+    if not is_uri(args.run_dir):
+        yield args.run_dir, None
+        return
+    storage = scratch_copy(args.run_dir, checkpoints)
+    try:
+        yield storage.local, storage
+    except BaseException as err:
+        _raise_in_storage_terms(err, storage)
+        raise
+    finally:
+        storage.discard()
 
 
 def main(argv: list[str] | None = None) -> int:

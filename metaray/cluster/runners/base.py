@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ class Runner:
     """The shared core; `MetaBatchRunner` and `StreamRunner` add the loop (`_loop`)."""
 
     def __init__(self, config: RunConfig, run_dir: Path, runtime: SerialRuntime | RayRuntime, resume: bool = False,
-                 display: ProgressDisplay | None = None):
+                 display: ProgressDisplay | None = None, observers: Sequence[Observer] = ()):
         self.config, self.run_dir, self.runtime = config, Path(run_dir), runtime
         self.algorithm = config.algorithm()
         self.algo_config = config.algo_config()
@@ -93,7 +94,7 @@ class Runner:
         if config.grpc.port is not None:
             self.remote = RemoteActors(self, resume_state[1] if resume_state else {})
         self._control_poller = ControlPoller(self)
-        self.observers: list[Observer] = self._observers()
+        self.observers: list[Observer] = [*self._observers(), *observers]
         if resume_state is not None:  # a checkpoint now (an interrupt before the first iteration) is the same one
             self._committed = {"counters": dict(self.counters), "version": self.version, "workers": None,
                                "scheduler": self.scheduler.get_state(),
