@@ -534,10 +534,10 @@ def test_maml_wrong_version_and_bad_episode_ends_are_rejected():
 # ---------------------------------------------------------------------------------- in training
 
 
-def serial_config(tmp_path, algo: str, **grpc_extra) -> tuple:
+def serial_config(tmp_path, algo: str, memory: str = "gru", **grpc_extra) -> tuple:
     if algo == "rl2":
         data = json.loads(json.dumps(TINY_RL2))
-        data["rl2"]["max_policy_lag"] = 1
+        data["rl2"].update(max_policy_lag=1, memory=memory, context_length=5)
     else:
         data = {"algo": "maml", "seed": 1, "iterations": 2, "task": {"family": "point-nav", "kwargs": {"horizon": 10}},
                 "workers": {"num_workers": 1},
@@ -550,8 +550,11 @@ def serial_config(tmp_path, algo: str, **grpc_extra) -> tuple:
     return config, run_dir
 
 
-def test_external_trials_are_learned_in_a_serial_rl2_run(tmp_path):
-    config, run_dir = serial_config(tmp_path, "rl2")
+@pytest.mark.parametrize("memory", ["gru", "lstm", "snail", "transformer", "mann"])
+def test_external_trials_are_learned_in_a_serial_rl2_run(tmp_path, memory):
+    """Trials an actor outside Ray samples (with the policy's memory stepped on its side) are
+    learned from, for every memory type."""
+    config, run_dir = serial_config(tmp_path, "rl2", memory)
     trainer = Trainer(config, run_dir, SerialRuntime())
     token = (run_dir / "grpc_token").read_text().strip()
     with RemoteClient(trainer.grpc.address, token=token) as client:
