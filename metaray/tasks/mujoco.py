@@ -14,13 +14,14 @@ Conventions shared with the numpy families:
   is terminated, not truncated.
 - observations are the v5 envs' own float64 vectors, matching their declared Box spaces.
 
-These families have no natively batched env: `metaray.tasks.make_vector_env` runs `make_env`
-envs side by side in a SAME_STEP SyncVectorEnv (`GymTaskVectorEnv`).
+`metaray.tasks.make_vector_env` steps their slots together (`metaray.tasks.mujoco_batched`: one
+MjData per slot, MuJoCo's C step, numpy for the rest), with exactly the observations and rewards
+of these envs side by side (`GymTaskVectorEnv`, the reference, still what `make_env` gives).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -264,6 +265,7 @@ class _MujocoFamily(SeededFamily):
     name: ClassVar[str]
     env_id: ClassVar[str]
     wrapper: ClassVar[type[MujocoTaskWrapper]]
+    vector_env_class: ClassVar[str]  # its class in metaray.tasks.mujoco_batched
     horizon: int
 
     @property
@@ -277,6 +279,15 @@ class _MujocoFamily(SeededFamily):
 
     def wrapper_kwargs(self) -> dict[str, Any]:
         return {}
+
+    def make_vector_env(self, tasks: Sequence[Task], envs_per_task: int = 1, seed: int | None = None) -> Any:
+        """All slots stepped together (`metaray.tasks.mujoco_batched`): the same observations and
+        rewards as `make_env` envs side by side with the same seeds, at a fraction of the cost."""
+        from metaray.tasks import mujoco_batched
+
+        vector_class = getattr(mujoco_batched, self.vector_env_class)
+        return vector_class(tasks, envs_per_task, seed, horizon=self.horizon, env_kwargs=self.env_kwargs(),
+                            **self.wrapper_kwargs())
 
 
 def _draw_direction(rng: np.random.Generator) -> tuple[float, ...]:
@@ -302,6 +313,7 @@ class HalfCheetahVelFamily(_MujocoFamily):
     name: ClassVar[str] = "halfcheetah-vel"
     env_id: ClassVar[str] = HALFCHEETAH_ID
     wrapper: ClassVar[type[MujocoTaskWrapper]] = HalfCheetahVelEnv
+    vector_env_class: ClassVar[str] = "HalfCheetahVelVectorEnv"
 
     def __post_init__(self) -> None:
         check_int("HalfCheetahVelFamily", "horizon", self.horizon)
@@ -362,6 +374,7 @@ class HalfCheetahDirFamily(_MujocoFamily):
     name: ClassVar[str] = "halfcheetah-dir"
     env_id: ClassVar[str] = HALFCHEETAH_ID
     wrapper: ClassVar[type[MujocoTaskWrapper]] = HalfCheetahDirEnv
+    vector_env_class: ClassVar[str] = "HalfCheetahDirVectorEnv"
 
     def __post_init__(self) -> None:
         check_int("HalfCheetahDirFamily", "horizon", self.horizon)
@@ -389,6 +402,7 @@ class AntDirFamily(_MujocoFamily):
     name: ClassVar[str] = "ant-dir"
     env_id: ClassVar[str] = ANT_ID
     wrapper: ClassVar[type[MujocoTaskWrapper]] = AntDirEnv
+    vector_env_class: ClassVar[str] = "AntDirVectorEnv"
 
     def __post_init__(self) -> None:
         check_int("AntDirFamily", "horizon", self.horizon)
@@ -415,6 +429,7 @@ class AntGoalFamily(_MujocoFamily):
     name: ClassVar[str] = "ant-goal"
     env_id: ClassVar[str] = ANT_ID
     wrapper: ClassVar[type[MujocoTaskWrapper]] = AntGoalEnv
+    vector_env_class: ClassVar[str] = "AntGoalVectorEnv"
 
     def __post_init__(self) -> None:
         check_int("AntGoalFamily", "horizon", self.horizon)

@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from metaray.tasks import FAMILIES, Task, TaskFamily, TaskFamilyError, make_family, make_vector_env
+from metaray.tasks import FAMILIES, Task, TaskFamily, TaskFamilyError, make_family
 from metaray.tasks.generic import GymTaskVectorEnv
 from metaray.tasks.mujoco import (
     AntDirFamily,
@@ -221,11 +221,13 @@ def test_ant_terminates_when_unhealthy(ant, horizon):
     env.close()
 
 
-def test_generic_vector_env_per_slot_tasks_and_reset_mask(name):
+def test_reference_vector_env_per_slot_tasks_and_reset_mask(name):
+    """The gymnasium envs side by side (the reference the batched path is checked against,
+    tests/tasks/test_mujoco_batched.py): per-slot tasks, reset masks, SAME_STEP autoreset."""
     family = make_family(name, {"horizon": 3})
     tasks = two_tasks(name)
-    env = make_vector_env(family, tasks, envs_per_task=2, seed=0)
-    assert isinstance(env, GymTaskVectorEnv) and env.num_envs == 4
+    env = GymTaskVectorEnv(family, tasks, envs_per_task=2, seed=0)
+    assert env.num_envs == 4
     assert env.tasks == [tasks[0], tasks[0], tasks[1], tasks[1]]
     assert env.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
     start, _ = env.reset()
