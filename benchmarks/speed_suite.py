@@ -54,6 +54,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 MARK = "SPEED_SUITE_RESULT "
 ENV_ID, CTRL_COST, HORIZON, SLOTS, HIDDEN = "HalfCheetah-v5", 0.05, 200, 8, [64, 64]
 TARGET_VS_VECTOR, TARGET_VS_RLLIB = 0.8, 2.0
+TARGET_VS_VECTOR_BATCHED, TARGET_VS_C_LIMIT = 2.0, 0.85  # issue 27: MuJoCo families stepped in C
 NATIVE_CONFIGS = ["configs/rl2-bandit-n10-k5.yaml", "configs/rl2-tabular-mdp-n10.yaml",
                   "configs/maml-trpo-point-nav.yaml"]
 Result = dict[str, Any]
@@ -130,17 +131,13 @@ def measure_raw_env(seconds: float, warmup: float) -> dict[str, Result]:
 # 2. The plain one-process baseline
 
 
-def measure_vector_baseline(seconds: float, warmup: float) -> dict[str, Result]:
-    """SyncVectorEnv of 8 envs + 2x64 tanh Gaussian MLP, one batched forward per step."""
-    import gymnasium as gym
+def gaussian_mlp(obs_dim: int, act_dim: int, low: Any, high: Any) -> Callable[[Any], Any]:
+    """The 2x64 tanh Gaussian MLP every HalfCheetah measurement drives its envs with: one batched
+    forward + action sample + log-prob per vector step; obs [N, obs_dim] -> clipped actions."""
     import numpy as np
     import torch
     from torch import nn
 
-    one_thread()
-    envs = gym.vector.SyncVectorEnv([make_halfcheetah] * SLOTS, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    obs_dim, act_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
-    low, high = envs.single_action_space.low, envs.single_action_space.high
     layers: list[nn.Module] = []
     last = obs_dim
     for width in HIDDEN:
@@ -149,22 +146,109 @@ def measure_vector_baseline(seconds: float, warmup: float) -> dict[str, Result]:
     mlp = nn.Sequential(*layers, nn.Linear(last, act_dim))
     log_std = torch.zeros(act_dim)
     gen = torch.Generator().manual_seed(0)
+
+    def act(obs: Any) -> Any:
+        with torch.no_grad():
+            mean = mlp(torch.from_numpy(np.asarray(obs, np.float32)))
+            std = log_std.exp()
+            action = mean + std * torch.randn(mean.shape, generator=gen)
+            logp = (-0.5 * ((action - mean) / std).square() - log_std - 0.9189385).sum(-1)  # noqa: F841
+        return np.clip(action.numpy(), low, high)
+
+    return act
+
+
+def measure_vector_baseline(seconds: float, warmup: float) -> dict[str, Result]:
+    """SyncVectorEnv of SLOTS envs + 2x64 tanh Gaussian MLP, one batched forward per step."""
+    import gymnasium as gym
+
+    one_thread()
+    envs = gym.vector.SyncVectorEnv([make_halfcheetah] * SLOTS, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    space = envs.single_action_space
+    act = gaussian_mlp(envs.single_observation_space.shape[0], space.shape[0], space.low, space.high)
     state = {"obs": envs.reset(seed=0)[0]}
     chunk = 25
 
     def run() -> int:
         obs = state["obs"]
-        with torch.no_grad():
-            for _ in range(chunk):
-                mean = mlp(torch.from_numpy(np.asarray(obs, np.float32)))
-                std = log_std.exp()
-                action = mean + std * torch.randn(mean.shape, generator=gen)
-                logp = (-0.5 * ((action - mean) / std).square() - log_std - 0.9189385).sum(-1)  # noqa: F841
-                obs = envs.step(np.clip(action.numpy(), low, high))[0]
+        for _ in range(chunk):
+            obs = envs.step(act(obs))[0]
         state["obs"] = obs
         return chunk * SLOTS
 
     return {"vector_baseline": run_for(run, seconds, warmup)}
+
+
+def measure_mujoco_batched(seconds: float, warmup: float) -> dict[str, Result]:
+    """metaray's batched halfcheetah-vel env (one MjData per slot, metaray.tasks.mujoco_batched)
+    with pre-drawn actions and with the MLP, against the limit: the same physics stepped for all
+    SLOTS states in one `mujoco.rollout` call per env step (C, frame_skip substeps), observations,
+    rewards and the 200-step resets in numpy, with pre-drawn actions and with the MLP."""
+    import mujoco
+    import numpy as np
+    from mujoco import rollout
+
+    from metaray.tasks import make_family, make_vector_env
+
+    one_thread()
+    family = make_family("halfcheetah-vel")
+    env = make_vector_env(family, family.sample(1, np.random.default_rng(0)), SLOTS, seed=0)
+    space = env.single_action_space
+    act = gaussian_mlp(env.single_observation_space.shape[0], space.shape[0], space.low, space.high)
+    predrawn = np.random.default_rng(0).uniform(space.low, space.high, (500, SLOTS, space.shape[0])).astype(np.float32)
+    chunk = 25
+
+    def batched(policy: bool) -> Callable[[], int]:
+        state = {"obs": env.reset(seed=0)[0], "t": 0}
+
+        def run() -> int:
+            obs, t = state["obs"], state["t"]
+            for _ in range(chunk):
+                obs = env.step(act(obs) if policy else predrawn[t % 500])[0]
+                t += 1
+            state["obs"], state["t"] = obs, t
+            return chunk * SLOTS
+        return run
+
+    model, skip, dt = env.model, env.frame_skip, env.dt
+    spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
+    nstate, nq, nv = mujoco.mj_stateSize(model, spec), model.nq, model.nv
+    data, models = mujoco.MjData(model), [model] * SLOTS
+    rng = np.random.default_rng(0)
+
+    def initial(n: int) -> Any:
+        states = np.zeros((n, nstate))
+        states[:, 1:1 + nq] = model.qpos0 + rng.uniform(-0.1, 0.1, (n, nq))
+        states[:, 1 + nq:1 + nq + nv] = 0.1 * rng.standard_normal((n, nv))
+        return states
+
+    def limit(policy: bool) -> Callable[[], int]:
+        state = {"x": initial(SLOTS), "t": 0}
+        out = np.empty((SLOTS, skip, nstate))
+        target = rng.uniform(0, 2, SLOTS)
+
+        def run() -> int:
+            x, t = state["x"], state["t"]
+            for _ in range(chunk):
+                qpos, qvel = x[:, 1:1 + nq], x[:, 1 + nq:1 + nq + nv]
+                obs = np.concatenate((qpos[:, 1:], qvel), axis=1)
+                a = act(obs) if policy else predrawn[t % 500]
+                rollout.rollout(models, [data], x, np.repeat(a[:, None], skip, axis=1), nstep=skip, state=out,
+                                skip_checks=True)
+                new = out[:, -1]
+                reward = -np.abs((new[:, 1] - x[:, 1]) / dt - target) - CTRL_COST * np.square(a).sum(1)  # noqa: F841
+                x = new.copy()
+                t += 1
+                if t % HORIZON == 0:
+                    x = initial(SLOTS)
+            state["x"], state["t"] = x, t
+            return chunk * SLOTS
+        return run
+
+    return {"batched_env_predrawn_actions": run_for(batched(False), seconds, warmup),
+            "batched_env_mlp": run_for(batched(True), seconds, warmup),
+            "c_limit_rollout_predrawn_actions": run_for(limit(False), seconds, warmup),
+            "c_limit_rollout_mlp": run_for(limit(True), seconds, warmup)}
 
 
 # ------------------------------------------------------------------------------------------
@@ -184,14 +268,26 @@ def maml_setup() -> tuple[Any, Any, list[Any]]:
     return family, config, family.sample(1, np.random.default_rng(0))
 
 
-def measure_metaray_in_process(seconds: float, warmup: float) -> dict[str, Result]:
-    """MAMLSampler.collect (2 stages x 200 steps x 8 slots + the inner step), and its rollout alone
-    with one θ for all slots (the pre-update stage) and with per-task θ (the post-update stage)."""
+def measure_metaray_in_process(seconds: float, warmup: float, reference: bool = False) -> dict[str, Result]:
+    """MAMLSampler.collect (2 stages x 200 steps x SLOTS slots + the inner step), and its rollout alone
+    with one θ for all slots (the pre-update stage) and with per-task θ (the post-update stage).
+    `reference`: on gymnasium's envs side by side (GymTaskVectorEnv, the path before
+    metaray.tasks.mujoco_batched), collect only."""
     import torch
 
     from metaray.learner import maml
 
     one_thread()
+    if reference:
+        from metaray.tasks.mujoco import _MujocoFamily
+
+        del _MujocoFamily.make_vector_env  # make_vector_env falls back to the family's make_env envs
+        family, config, tasks = maml_setup()
+        sampler = maml.MAMLSampler(family, config, SLOTS, seed=0)
+        sampler.set_weights(0, maml.get_weights(sampler.policy))
+        assert type(sampler.env).__name__ == "GymTaskVectorEnv"
+        return {"metaray_1_worker_in_process_reference_env": run_for(
+            lambda: sum(r.env_steps for r in sampler.collect(tasks, 0)), seconds, warmup)}
     family, config, tasks = maml_setup()
     sampler = maml.MAMLSampler(family, config, SLOTS, seed=0)
     sampler.set_weights(0, maml.get_weights(sampler.policy))
@@ -417,7 +513,7 @@ def measure_native(seconds: float, warmup: float, config_path: str) -> dict[str,
 def child(python: str, measure: str, args: argparse.Namespace, extra: list[str] | None = None) -> dict[str, Result]:
     """Run one measurement in a fresh process; its results, or one entry with the error."""
     cmd = [python, str(Path(__file__).resolve()), "--measure", measure, "--seconds", str(args.seconds),
-           "--warmup", str(args.warmup), *(extra or [])]
+           "--warmup", str(args.warmup), "--slots", str(args.slots), *(extra or [])]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     load = os.getloadavg()[0]
     print(f"-- {measure} {' '.join(extra or [])} (load average {load:.2f})", flush=True)
@@ -478,8 +574,15 @@ def ratios(m: dict[str, Result]) -> dict[str, Any]:
         "metaray_1_worker_over_rllib_1_runner": ratio(one, rate(m, "rllib_ppo_1_runner")),
         "metaray_2_workers_over_rllib_2_runners": ratio(two, rate(m, "rllib_ppo_2_runners")),
         "metaray_2_workers_over_1_worker": ratio(two, one),
+        # issue 27: MuJoCo stepped in C for all slots
+        "batched_env_mlp_over_vector_baseline": ratio(rate(m, "batched_env_mlp"), vector),
+        "batched_env_mlp_over_c_limit_rollout_mlp": ratio(rate(m, "batched_env_mlp"), rate(m, "c_limit_rollout_mlp")),
+        "metaray_1_worker_over_c_limit_rollout_mlp": ratio(one, rate(m, "c_limit_rollout_mlp")),
+        "metaray_1_worker_in_process_over_reference_env": ratio(
+            rate(m, "metaray_1_worker_in_process"), rate(m, "metaray_1_worker_in_process_reference_env")),
     }
-    out["targets"] = {"metaray_1_worker_over_vector_baseline": f">= {TARGET_VS_VECTOR}",
+    out["targets"] = {"metaray_1_worker_over_vector_baseline": f">= {TARGET_VS_VECTOR_BATCHED} (issue 27; was {TARGET_VS_VECTOR})",
+                      "metaray_1_worker_over_c_limit_rollout_mlp": f">= {TARGET_VS_C_LIMIT} (aim, issue 27)",
                       "metaray_2_workers_per_worker_over_vector_baseline": f">= {TARGET_VS_VECTOR}",
                       "metaray_1_worker_over_rllib_1_runner": f">= {TARGET_VS_RLLIB}",
                       "metaray_2_workers_over_rllib_2_runners": f">= {TARGET_VS_RLLIB}"}
@@ -592,11 +695,14 @@ def main() -> None:
                              "a meta-iteration against pytorch-maml-rl (maml_vs_pytorch_maml_rl.py)")
     parser.add_argument("--peer-dir", type=Path, help="pytorch-maml-rl set-up (benchmarks/peer/setup_pytorch_maml_rl.sh)")
     parser.add_argument("--maml-iterations", type=int, default=20, help="meta-iterations of each side with --peer-dir")
+    parser.add_argument("--slots", type=int, default=SLOTS,
+                        help="env slots per worker / runner / vector env (the MAML worker: 1 task x this many episodes)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: run one measurement, print its JSON
     parser.add_argument("--runners", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"
+    globals()["SLOTS"] = args.slots  # every measurement reads the module's SLOTS
 
     if args.measure:
         sys.path.insert(0, str(ROOT))
@@ -604,6 +710,8 @@ def main() -> None:
             "raw_env": lambda: measure_raw_env(args.seconds, args.warmup),
             "vector_baseline": lambda: measure_vector_baseline(args.seconds, args.warmup),
             "metaray_in_process": lambda: measure_metaray_in_process(args.seconds, args.warmup),
+            "metaray_in_process_reference": lambda: measure_metaray_in_process(args.seconds, args.warmup, True),
+            "mujoco_batched": lambda: measure_mujoco_batched(args.seconds, args.warmup),
             "metaray_ray": lambda: measure_metaray_ray(args.seconds, args.warmup),
             "rllib": lambda: measure_rllib(args.seconds, args.warmup, args.runners),
             "native": lambda: measure_native(args.seconds, args.warmup, args.config),
@@ -615,7 +723,8 @@ def main() -> None:
     from rl2_duan import machine
 
     measurements: dict[str, Result] = {}
-    for name in ["raw_env", "vector_baseline", "metaray_in_process", "metaray_ray"]:
+    for name in ["raw_env", "vector_baseline", "mujoco_batched", "metaray_in_process", "metaray_in_process_reference",
+                 "metaray_ray"]:
         measurements.update(child(sys.executable, name, args))
     rllib: dict[str, Any] = {"python": args.rllib_python}
     if args.skip_rllib:
@@ -650,8 +759,8 @@ def main() -> None:
             "policy": f"Gaussian MLP {'x'.join(map(str, HIDDEN))} tanh, one batched forward per vector step",
             "slots": f"{SLOTS} envs per worker / runner / vector env",
             "threads": "OMP_NUM_THREADS=1 in every process and Ray actor, torch.set_num_threads(1)",
-            "metaray": "MAMLSampler for halfcheetah-vel, 1 task x 8 episodes per collect (pre-update "
-                       "rollout, inner step, post-update rollout: 3200 env steps per call); Ray: "
+            "metaray": f"MAMLSampler for halfcheetah-vel, 1 task x {SLOTS} episodes per collect (pre-update "
+                       f"rollout, inner step, post-update rollout: {400 * SLOTS} env steps per call); Ray: "
                        "RolloutWorker.collect actors (1 CPU each) in ray.init(num_cpus=2), timed on the driver",
             "rllib": "PPO new API stack, num_learners=0, DefaultModelConfig(fcnet_hiddens=[64, 64], tanh); "
                      "synchronous_parallel_sample(max_env_steps=3200 x runners) (PPO's sampling phase) "
