@@ -1,6 +1,7 @@
 """MAML family: the math (baseline, advantages, inner step, meta-gradient, KL curvature) and the
 learner's outer steps, on tiny hand-made batches. Worker-side tests: test_maml_sampler.py."""
 
+import copy
 import math
 
 import gymnasium as gym
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 
 from metaray.core import Episodes, TaskResult, finite_mean, get_algorithm
 from metaray.learner import maml
+from metaray.learner.maml.curvature import adapted_closed_form
 from metaray.tasks import make_family
 
 torch.set_num_threads(1)
@@ -321,6 +323,64 @@ def test_closed_form_meta_gradient_and_kl_hessian_equal_autograd(steps, first_or
         torch.testing.assert_close(per_task.adapted[k], adapted[k])
 
 
+@pytest.mark.parametrize(("steps", "activation", "post_std"),
+                         [(1, "tanh", "shared"), (2, "relu", "shared"), (2, "tanh", "learned"), (0, "tanh", "shared")])
+def test_closed_form_adaptation_equals_the_vmapped_autograd_one(steps, activation, post_std):
+    """The line search's θ'_i (hand-written backward pass) are autograd's, stage after stage."""
+    cfg = maml.MAMLConfig(num_inner_steps=steps, inner_lr=0.4, activation=activation, post_std=post_std)
+    policy = tiny_policy(hidden=(5, 3), activation=activation, post_log_std=-0.5 if post_std == "learned" else None)
+    inner, post = tiny_batch(cfg)
+    params = leaf_params(policy)
+    with torch.no_grad():
+        got = adapted_closed_form(policy, params, inner, 3, cfg.inner_lr)
+        want = maml.adapted_params(policy, params, inner, 3, cfg.inner_lr)
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k].expand_as(got[k]), atol=1e-13, rtol=1e-11)
+
+
+def test_subsampled_kl_hessian_is_the_chosen_tasks_mean_and_the_gradient_uses_every_task():
+    cfg = maml.MAMLConfig(num_inner_steps=1, inner_lr=0.4)
+    policy = tiny_policy(hidden=(5, 3))
+    inner, post = tiny_batch(cfg, n=5)
+    params = leaf_params(policy)
+    v = torch.randn(maml.flat(params.values()).shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        full = maml.KLCurvature(policy, params, inner, post, cfg)
+        # each task alone: its own KL Hessian (a mean over one task)
+        alone = [maml.KLCurvature(policy, params, [maml.Stage(*(x[i:i + 1] for x in inner[0]))],
+                                  maml.Stage(*(x[i:i + 1] for x in post)), cfg)(v, params) for i in range(5)]
+        torch.testing.assert_close(full(v, params), sum(alone) / 5, atol=1e-12, rtol=1e-9)
+        for seed in range(3):
+            sub = maml.KLCurvature(policy, params, inner, post, cfg, subsample=0.4,
+                                   generator=torch.Generator().manual_seed(seed))
+            chosen = torch.randperm(5, generator=torch.Generator().manual_seed(seed))[:2].tolist()
+            torch.testing.assert_close(sub(v, params), (alone[chosen[0]] + alone[chosen[1]]) / 2, atol=1e-12, rtol=1e-9)
+            torch.testing.assert_close(sub.meta_gradient(params), full.meta_gradient(params), atol=1e-12, rtol=1e-9)
+            torch.testing.assert_close(sub.old_mean, full.old_mean)
+            torch.testing.assert_close(sub.old_log_std, full.old_log_std)
+            for k in params:
+                torch.testing.assert_close(sub.adapted[k], full.adapted[k])
+
+
+def test_the_learner_draws_its_subsamples_from_its_seed_and_step_count():
+    """A resumed learner (outer step count from its optimizer state) takes the same step."""
+    cfg = maml.MAMLConfig(hidden_sizes=[8], inner_lr=0.5, cg_iters=4, cg_subsample=0.5)
+    inner, post = tiny_batch(cfg, n=4, seed=9)
+    policy = tiny_policy(hidden=(8,))
+    _, _, post = old_post_policy(policy, dict(policy.named_parameters()), inner, post, cfg)
+    results = results_from(inner, post, cfg)
+    a = maml.MAMLLearner(copy.deepcopy(policy), cfg, torch.device("cpu"), 3)
+    a.update(results)
+    tensors, meta = a.optimizer_state()
+    assert meta["outer_steps"] == 1
+    b = maml.MAMLLearner(copy.deepcopy(a.policy), cfg, torch.device("cpu"), 3)
+    b.load_optimizer_state(tensors, meta)
+    a.update(results)
+    b.update(results)
+    torch.testing.assert_close(maml.flat(a.policy.parameters()), maml.flat(b.policy.parameters()), atol=0, rtol=0)
+
+
 # ------------------------------------------------------------------------------------------------
 # outer steps through the learner, on hand-made results
 
@@ -442,7 +502,7 @@ def test_ppo_clip_second_order_with_inner_kl_improves_and_keeps_adam_state():
     t2, _ = other.optimizer_state()
     assert t2.keys() == tensors.keys() and all(torch.equal(t2[k], tensors[k]) for k in tensors)
     trpo = maml.MAMLLearner(tiny_policy(hidden=(8,)), maml.MAMLConfig(hidden_sizes=[8]), torch.device("cpu"), 0)
-    assert trpo.optimizer_state() == ({}, {})
+    assert trpo.optimizer_state() == ({}, {"outer_steps": 0})  # no optimizer; the step count (cg_subsample draws)
     trpo.load_optimizer_state({}, {})
 
 

@@ -88,7 +88,8 @@ def test_a_saved_state_resumes_the_same_trajectory(name):
             np.testing.assert_array_equal(g, w)
 
 
-def test_a_slot_whose_physics_goes_non_finite_is_reset_counted_and_dropped():
+def test_a_slot_whose_physics_goes_non_finite_is_reset_counted_and_dropped(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes its warning to MUJOCO_LOG.TXT in the working directory
     _, env, _ = pair("halfcheetah-vel", FAMILIES["halfcheetah-vel"])
     env.reset()
     before = ENV_FAILURES["non-finite"]

@@ -205,25 +205,39 @@ class KLCurvature:
 
     On CPU the tasks are processed a few at a time (`tasks_per_group`, default: about 1 MB of
     activations per layer) so that the intermediate arrays stay in cache; on a GPU all at once.
+
+    `subsample` < 1: the KL Hessian (what conjugate gradient multiplies by, ten times per
+    update) is estimated on that fraction of the tasks, drawn with `generator`, scaled to the
+    whole meta-batch (rllab's and garage's `subsample_factor`, over tasks); the meta-gradient,
+    the old policies and the line search use every task.
     """
 
     def __init__(self, policy: GaussianMLPPolicy, params: Params, inner: list[Stage], post: Stage,
-                 config: MAMLConfig, tasks_per_group: int | None = None, inner_lr: InnerLR | None = None):
+                 config: MAMLConfig, tasks_per_group: int | None = None, inner_lr: InnerLR | None = None,
+                 subsample: float = 1.0, generator: torch.Generator | None = None):
         n, rows = post.obs.shape[0], post.mask[0].numel()
         if tasks_per_group is None:
             on_gpu = post.obs.device.type != "cpu"
             tasks_per_group = n if on_gpu else max(1, 2**18 // (rows * max(config.hidden_sizes)))
-        self.groups = []
-        for a in range(0, n, tasks_per_group):
-            part = slice(a, a + tasks_per_group)
-            group_inner = [Stage(*(x[part] for x in stage)) for stage in inner]
-            group_post = Stage(*(x[part] for x in post))
-            self.groups.append(_TaskGroupCurvature(policy, params, group_inner, group_post, config, n,
-                                                   config.inner_lr if inner_lr is None else inner_lr))
-        self.adapted = {k: torch.cat([g.adapted[k] for g in self.groups]) for k in params}
+        m = n if subsample >= 1 else max(1, min(n, round(subsample * n)))
+        order = torch.arange(n) if m == n else torch.randperm(n, generator=generator)
+        self.groups, self.hessian_groups = [], []
+        for chosen, part_order in ((True, order[:m]), (False, order[m:])):
+            for a in range(0, len(part_order), tasks_per_group):
+                part = part_order[a:a + tasks_per_group].to(post.obs.device)
+                group_inner = [Stage(*(x[part] for x in stage)) for stage in inner]
+                group_post = Stage(*(x[part] for x in post))
+                group = _TaskGroupCurvature(policy, params, group_inner, group_post, config, n,
+                                            config.inner_lr if inner_lr is None else inner_lr)
+                self.groups.append(group)
+                if chosen:
+                    self.hessian_groups.append(group)
+        self.hessian_scale = n / m
+        inverse = torch.argsort(order).to(post.obs.device)  # the groups' task order back to the batch's
+        self.adapted = {k: torch.cat([g.adapted[k] for g in self.groups])[inverse] for k in params}
         shape = post.actions.shape
-        self.old_mean = torch.cat([g.post.mean for g in self.groups]).view(shape)
-        self.old_log_std = torch.cat([g.post.log_std for g in self.groups]).unsqueeze(1).expand(shape)
+        self.old_mean = torch.cat([g.post.mean for g in self.groups])[inverse].view(shape)
+        self.old_log_std = torch.cat([g.post.log_std for g in self.groups])[inverse].unsqueeze(1).expand(shape)
         self.loss = -episode_mean(post.advantages, post.mask).mean()
 
     def meta_gradient(self, like: Params) -> torch.Tensor:
@@ -231,7 +245,21 @@ class KLCurvature:
         return sum(g.meta_gradient(like) for g in self.groups)
 
     def __call__(self, v: torch.Tensor, like: Params) -> torch.Tensor:
-        """Jᵀ F J v for a flat θ-vector v (no damping)."""
+        """Jᵀ F J v for a flat θ-vector v (no damping), over the subsample of tasks when set."""
         tangent = unflat(v, like)
-        return sum(g.kl_hessian(tangent) for g in self.groups)
+        out = sum(g.kl_hessian(tangent) for g in self.hessian_groups)
+        return out if self.hessian_scale == 1 else out * self.hessian_scale
 
+
+def adapted_closed_form(policy: GaussianMLPPolicy, params: Params, inner: list[Stage], num_tasks: int,
+                        inner_lr: InnerLR) -> Params:
+    """θ'_i stacked per task after the inner steps, each step's gradient from the hand-written
+    backward pass (no autograd): `adaptation.adapted_params` without a graph, for the line search."""
+    theta = {k: p.detach().expand(num_tasks, *p.shape) for k, p in params.items()}
+    if not inner:
+        return theta
+    carried = {POST_LOG_STD: theta.pop(POST_LOG_STD)} if POST_LOG_STD in theta else {}
+    for stage in inner:
+        grad = InnerCurvature(policy, theta, stage, second_order=False).grad
+        theta = {k: p - step_size(inner_lr, k) * grad[k] for k, p in theta.items()}
+    return {**theta, **carried, "log_std": carried[POST_LOG_STD]} if carried else theta

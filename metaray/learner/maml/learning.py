@@ -23,9 +23,9 @@ from metaray.learner.maml.adaptation import (
     stage_names,
 )
 from metaray.learner.maml.config import MAMLConfig
-from metaray.learner.maml.curvature import KLCurvature
+from metaray.learner.maml.curvature import KLCurvature, adapted_closed_form
 from metaray.learner.maml.returns import Stage, episode_mean
-from metaray.learner.maml.trpo import surrogate_and_kl, trpo_step
+from metaray.learner.maml.trpo import post_surrogate_and_kl, surrogate_and_kl, trpo_step
 from metaray.learner.optim_state import load_optimizer_tensors, optimizer_tensors
 from metaray.networks import (
     GaussianMLPPolicy,
@@ -47,20 +47,20 @@ class OuterStep:
     and per outer step ls_steps/step_accepted/behaviour_logp_err (trpo), inner_kl/clip_frac (ppo-clip).
     """
 
-    def __init__(self, policy: GaussianMLPPolicy, config: MAMLConfig, device: torch.device):
+    def __init__(self, policy: GaussianMLPPolicy, config: MAMLConfig, device: torch.device, seed: int = 0):
         self.policy, self.config = policy, config
         self.device = torch.device(device)
         self.dtype = next(policy.parameters()).dtype
         self.inner_lr: InnerLR = config.inner_lr
+        self.seed, self.steps = seed, 0  # the draws of cg_subsample: a function of both, so a resume repeats them
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=config.ppo_lr) if config.outer == "ppo-clip" else None
 
     def __call__(self, params: Params, inner: list[Stage], post: Stage) -> dict[str, float]:
         """One outer step from θ = `params` (the policy's own parameters, updated in place)."""
-        if self.config.outer == "trpo":
-            return self.trpo(params, inner, post)
-        if self.config.outer == "ppo-clip":
-            return self.ppo_clip(params, inner, post)
-        return self.reptile(params, inner, post)
+        step = {"trpo": self.trpo, "ppo-clip": self.ppo_clip}.get(self.config.outer, self.reptile)
+        stats = step(params, inner, post)
+        self.steps += 1
+        return stats
 
     def noise_stats(self) -> dict[str, float]:
         """Mean log σ of the exploring policy, and of the adapted ones with post_std: learned."""
@@ -78,7 +78,9 @@ class OuterStep:
 
     def trpo(self, params: Params, inner: list[Stage], post: Stage) -> dict[str, float]:
         with torch.no_grad():
-            curvature = KLCurvature(self.policy, params, inner, post, self.config, inner_lr=self.inner_lr)
+            draws = torch.Generator().manual_seed(self.seed * 1_000_003 + self.steps)
+            curvature = KLCurvature(self.policy, params, inner, post, self.config, inner_lr=self.inner_lr,
+                                    subsample=self.config.cg_subsample, generator=draws)
             old_mean, old_log_std = curvature.old_mean, curvature.old_log_std
             old_logp = gaussian_log_prob(old_mean, old_log_std, post.actions)
         behaviour_err = ((old_logp - post.logp).abs() * post.mask).max().item()
@@ -94,6 +96,10 @@ class OuterStep:
 
     def _objective(self, params: Params, inner: list[Stage], post: Stage, old_mean: torch.Tensor,
                    old_log_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.closed_form and not self.config.first_order and not torch.is_grad_enabled():
+            # the line search: the inner steps' gradients by the hand-written backward pass
+            adapted = adapted_closed_form(self.policy, params, inner, post.obs.shape[0], self.inner_lr)
+            return post_surrogate_and_kl(self.policy, adapted, post, old_mean, old_log_std)
         return surrogate_and_kl(self.policy, params, inner, post, old_mean, old_log_std, self.config, self.inner_lr)
 
     def ppo_clip(self, params: Params, inner: list[Stage], post: Stage) -> dict[str, float]:
@@ -150,12 +156,14 @@ class OuterStep:
         return {"meta_loss": 0.0, "kl": 0.0, "grad_norm": flat(delta.values()).norm().item()}
 
     def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Adam state for ppo-clip; trpo and reptile keep no optimizer state."""
-        return ({}, {}) if self.optimizer is None else optimizer_tensors(self.optimizer)
+        """Adam state for ppo-clip (trpo and reptile keep none), and the count of outer steps."""
+        tensors, meta = ({}, {}) if self.optimizer is None else optimizer_tensors(self.optimizer)
+        return tensors, {**meta, "outer_steps": self.steps}
 
     def load_optimizer_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         if self.optimizer is not None:
             load_optimizer_tensors(self.optimizer, tensors, meta, self.device)
+        self.steps = int(meta.get("outer_steps", 0))
 
 
 class MAMLLearner:
@@ -168,7 +176,7 @@ class MAMLLearner:
         self.policy = policy.to(self.device)
         self.dtype = next(self.policy.parameters()).dtype
         self.generator = torch.Generator().manual_seed(seed)  # the MAML updates draw no randomness
-        self.outer = OuterStep(self.policy, config, self.device)
+        self.outer = OuterStep(self.policy, config, self.device, seed)
 
     def stages(self, results: list[TaskResult]) -> tuple[list[Stage], Stage]:
         """The tasks' results as the inner stages and the post stage, tensors [N, E, T, ...]."""

@@ -44,6 +44,12 @@ def surrogate_and_kl(policy: nn.Module, params: Params, inner: list[Stage], post
     where π_old are the adapted policies of the θ the episodes were judged against."""
     inner_lr = config.inner_lr if inner_lr is None else inner_lr
     adapted = adapted_params(policy, params, inner, post.obs.shape[0], inner_lr, config.first_order)
+    return post_surrogate_and_kl(policy, adapted, post, old_mean, old_log_std)
+
+
+def post_surrogate_and_kl(policy: nn.Module, adapted: Params, post: Stage, old_mean: torch.Tensor,
+                          old_log_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`surrogate_and_kl` from the adapted parameters θ'_i (stacked)."""
     mean, log_std = per_task_forward(policy, adapted, post.obs)
     ratio = (gaussian_log_prob(mean, log_std, post.actions) - post.logp).exp()
     loss = -episode_mean(ratio * post.advantages, post.mask).mean()
