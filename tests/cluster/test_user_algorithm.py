@@ -132,5 +132,9 @@ def test_a_run_written_before_the_algorithm_contract_resumes_exactly(tmp_path, c
     lines = (ROOT / "tests" / "data" / "maml-run-afd66b3-uninterrupted-progress.jsonl").read_text().splitlines()
     uninterrupted = [json.loads(line) for line in lines]
     assert [r["iteration"] for r in resumed] == [1, 2, 3]
-    for key in ("return_pre", "return_post", "meta_loss", "kl", "grad_norm", "env_steps_total", "policy_version"):
+    for key in ("return_pre", "return_post", "grad_norm", "env_steps_total", "policy_version"):
         assert resumed[2][key] == uninterrupted[2][key], key
+    # the surrogate and KL after the step: since issue 27 the line search computes the inner
+    # steps by the hand-written backward pass instead of autograd (same θ, float32 rounding)
+    for key in ("meta_loss", "kl"):
+        assert resumed[2][key] == pytest.approx(uninterrupted[2][key], rel=1e-5), key
