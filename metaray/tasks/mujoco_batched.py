@@ -77,6 +77,12 @@ class MujocoVectorEnv(BatchedTaskEnv):
         self._state = np.zeros((n, mujoco.mj_stateSize(model, STATE)))
         self._derived = {name: np.zeros((n, *getattr(self.datas[0], name).shape)) for name in DERIVED}
         self._failed = np.zeros(n, dtype=bool)
+        self._ctrl_views = [data.ctrl for data in self.datas]  # live views into each MjData
+        self._qpos_views = [data.qpos for data in self.datas]
+        self._qvel_views = [data.qvel for data in self.datas]
+        self._xpos_views = [data.xpos for data in self.datas]
+        self._cfrc_views = [data.cfrc_ext for data in self.datas]
+        self._xpos = np.zeros((n, model.nbody, 3))
 
     # ------------------------------------------------------------------ per-family parts
     def _observation_space(self, space: gym.spaces.Box) -> gym.spaces.Box:
@@ -104,6 +110,16 @@ class MujocoVectorEnv(BatchedTaskEnv):
         if self.contacts:
             self.cfrc_ext[i] = data.cfrc_ext
 
+    def _read_all(self) -> None:
+        """`_read` for every slot, from views of MjData made once."""
+        np.stack(self._qpos_views, out=self.qpos)
+        np.stack(self._qvel_views, out=self.qvel)
+        if self._body_id is not None:
+            np.stack(self._xpos_views, out=self._xpos)
+            self.xy[:] = self._xpos[:, self._body_id, :2]
+        if self.contacts:
+            np.stack(self._cfrc_views, out=self.cfrc_ext)
+
     def _reset_state(self, mask: np.ndarray) -> None:
         model, nq, nv = self.model, self.model.nq, self.model.nv
         for i in np.flatnonzero(mask):  # gymnasium's MujocoEnv.reset + reset_model, with slot i's draws
@@ -118,18 +134,20 @@ class MujocoVectorEnv(BatchedTaskEnv):
         actions = np.asarray(actions)
         if actions.shape != (self.num_envs, self.model.nu):
             raise ValueError(f"actions must have shape ({self.num_envs}, {self.model.nu}), got {actions.shape}")
-        model, skip, contacts, read = self.model, self.frame_skip, self.contacts, self._read
+        model, skip, step = self.model, self.frame_skip, mujoco.mj_step
         before = self.qpos[:, :1].copy() if self._body_id is None else self.xy.copy()
-        restarted = np.zeros(self.num_envs, dtype=bool)
-        for i, (data, action, warn) in enumerate(zip(self.datas, actions, self._warnings, strict=True)):
-            data.ctrl[:] = action
-            mujoco.mj_step(model, data, nstep=skip)
-            if contacts:  # what gymnasium's do_simulation adds: cfrc_ext (the state is untouched)
+        ctrl = actions.astype(np.float64)  # what MjData.ctrl holds; the control cost stays in the actions' dtype
+        # the per-slot loop is the only Python per slot and step: views made once, nothing else
+        for data, target, source in zip(self.datas, self._ctrl_views, ctrl, strict=True):
+            target[:] = source
+            step(model, data, skip)
+        if self.contacts:  # what gymnasium's do_simulation adds: cfrc_ext (the state is untouched)
+            for data in self.datas:
                 mujoco.mj_rnePostConstraint(model, data)
-            read(i, data)
-            # MuJoCo resets a slot whose state went bad (NaN, huge) on its own and steps on:
-            # finite, but not this episode any more. Its counters say so (our resets zero them).
-            restarted[i] = warn[BAD_QPOS] or warn[BAD_QVEL] or warn[BAD_QACC]
+        self._read_all()
+        # MuJoCo resets a slot whose state went bad (NaN, huge) on its own and steps on:
+        # finite, but not this episode any more. Its counters say so (our resets zero them).
+        restarted = np.array([w[BAD_QPOS] or w[BAD_QVEL] or w[BAD_QACC] for w in self._warnings], dtype=bool)
         after = self.qpos[:, :1] if self._body_id is None else self.xy
         velocity = (after - before) / self.dt
         ctrl_cost = self._ctrl_weight * np.sum(np.square(actions), axis=1)
