@@ -10,6 +10,10 @@ leak raises this floor; memory the allocator frees and reuses only swings above 
 writes benchmarks/results/soak.json and soak.png.
 
     python benchmarks/soak.py --config configs/quickstart.yaml --minutes 30
+    python benchmarks/soak.py --attach DRIVER_PID --run-dir RUN_DIR --minutes 30 --name hcv   # a run already going
+
+With `--attach` the run is neither started nor stopped: its driver's processes are sampled as
+they are (e.g. a long training run), and the results go to soak_NAME.json / .png.
 """
 
 from __future__ import annotations
@@ -109,23 +113,33 @@ def main() -> None:
     parser.add_argument("--config", default="configs/quickstart.yaml")
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--every", type=float, default=10.0)
+    parser.add_argument("--attach", type=int, help="sample this running driver (pid) instead of starting a run")
+    parser.add_argument("--run-dir", type=Path, help="with --attach: the run's directory")
+    parser.add_argument("--name", default="", help="suffix of the result files (soak_NAME.json)")
     args = parser.parse_args()
-    run_dir = RESULTS / "runs" / f"soak-{Path(args.config).stem}"
-    subprocess.run(["rm", "-rf", str(run_dir)], check=True)
-    exe = str(Path(sys.executable).with_name("metaray"))
-    proc = subprocess.Popen([exe, "train", args.config, "--run-dir", str(run_dir), "--iterations", "10000000",
-                             "--set", "checkpoint.every=100"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if args.attach and args.run_dir is None:
+        raise SystemExit("--attach needs --run-dir")
+    if args.attach:
+        run_dir, proc, driver = args.run_dir, None, args.attach
+        first_row = len((run_dir / "progress.jsonl").read_text().splitlines())
+    else:
+        run_dir = RESULTS / "runs" / f"soak-{Path(args.config).stem}"
+        subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+        exe = str(Path(sys.executable).with_name("metaray"))
+        proc = subprocess.Popen([exe, "train", args.config, "--run-dir", str(run_dir), "--iterations", "10000000",
+                                 "--set", "checkpoint.every=100"], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        driver, first_row = proc.pid, 0
     samples: dict[str, list[tuple[float, float]]] = {}
     start = time.time()
     try:
         while time.time() - start < args.minutes * 60:
             time.sleep(args.every)
-            if proc.poll() is not None:
-                raise SystemExit(f"training exited early with {proc.returncode}")
+            if (proc.poll() is not None) if proc else not Path(f"/proc/{driver}").exists():
+                raise SystemExit("training exited early")
             now = time.time() - start
-            pids = {"driver": proc.pid}
-            for role, found in ray_actor_processes(proc.pid).items():
+            pids = {"driver": driver}
+            for role, found in ray_actor_processes(driver).items():
                 for i, pid in enumerate(sorted(found)):
                     pids[f"{role}_{i}" if role == "worker" else role] = pid
             values = {}
@@ -136,12 +150,15 @@ def main() -> None:
                 if value is not None:
                     samples.setdefault(key, []).append((now, value))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=300)
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=300)
     rows = [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]
+    config = str(run_dir / "config.yaml") if args.attach else args.config
     report = {
-        "config": args.config, "minutes": args.minutes, "iterations": rows[-1]["iteration"],
-        "env_steps": rows[-1]["env_steps_total"],
+        "config": config, "minutes": args.minutes, "iterations": rows[-1]["iteration"] - (rows[first_row - 1]["iteration"] if first_row else 0),
+        "env_steps": rows[-1]["env_steps_total"] - (rows[first_row - 1]["env_steps_total"] if first_row else 0),
+        "attached": bool(args.attach),
         "processes": {k: {"rss_start_mib": round(v[0][1], 1), "rss_end_mib": round(v[-1][1], 1),
                           "rss_max_mib": round(max(x for _, x in v), 1),
                           "slope_second_half_mib_per_hour": round(slope_mib_per_hour([t for t, _ in v], [x for _, x in v]), 2),
@@ -149,7 +166,8 @@ def main() -> None:
                           "samples": len(v)} for k, v in sorted(samples.items())},
         "date": time.strftime("%Y-%m-%d"), "machine": machine(),
     }
-    (RESULTS / "soak.json").write_text(json.dumps({**report, "series": samples}, indent=1) + "\n")
+    stem = f"soak_{args.name}" if args.name else "soak"
+    (RESULTS / f"{stem}.json").write_text(json.dumps({**report, "series": samples}, indent=1) + "\n")
 
     import matplotlib
 
@@ -159,10 +177,10 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(8, 4.2), constrained_layout=True)
     for key, series in sorted(samples.items()):
         ax.plot([t / 60 for t, _ in series], [x for _, x in series], label=key)
-    ax.set(xlabel="minutes", ylabel="RSS (MiB)", title=f"soak: {args.config}, {rows[-1]['iteration']} iterations")
+    ax.set(xlabel="minutes", ylabel="RSS (MiB)", title=f"soak: {config}, {report['iterations']} iterations")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(RESULTS / "soak.png", dpi=100)
+    fig.savefig(RESULTS / f"{stem}.png", dpi=100)
     print(json.dumps(report, indent=1))
 
 
