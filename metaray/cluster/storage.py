@@ -152,11 +152,14 @@ class RunStorage:
         stat = source.stat()
         final = self._remote(rel)
         target = f"{final}.tmp-{os.getpid()}" if atomic else final
-        self._call(f"writing {rel}", lambda: self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True))
-        with open(source, "rb") as src, self._call(f"writing {rel}", self.fs.open_output_stream, target) as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        if atomic:
-            self._call(f"writing {rel}", self.fs.move, target, final)
+        try:  # a network error mid-copy is an OSError too: one StorageError for any of it
+            self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+            with open(source, "rb") as src, self.fs.open_output_stream(target) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            if atomic:
+                self.fs.move(target, final)
+        except OSError as err:
+            raise StorageError(f"{self.uri}: writing {rel} failed ({_first_line(err)})") from None
         self._uploaded[rel] = (stat.st_size, stat.st_mtime_ns)
 
     def push(self) -> int:
@@ -174,9 +177,11 @@ class RunStorage:
                 if path.is_file():
                     self._upload(f"{CHECKPOINTS}/{name}/{path.name}", atomic=False)
                     written += 1
-            marker = self._remote(f"{CHECKPOINTS}/{name}/{COMMITTED}")
-            with self._call("committing a checkpoint", self.fs.open_output_stream, marker) as out:
-                out.write(b"")
+            try:
+                with self.fs.open_output_stream(self._remote(f"{CHECKPOINTS}/{name}/{COMMITTED}")) as out:
+                    out.write(b"")
+            except OSError as err:
+                raise StorageError(f"{self.uri}: committing checkpoint {name} failed ({_first_line(err)})") from None
             self._committed.add(name)
             written += 1
         for path in sorted(self.local.rglob("*")):
