@@ -13,7 +13,14 @@ from safetensors.numpy import load_file
 
 from metaray.cli import main
 from metaray.cluster.checkpoint import read_progress
-from metaray.cluster.storage import COMMITTED, UNPUSHED, RunStorage, StorageError, staging_dir
+from metaray.cluster.storage import (
+    COMMITTED,
+    UNPUSHED,
+    RunStorage,
+    StorageError,
+    StorageSync,
+    staging_dir,
+)
 
 pytest.importorskip("pyarrow")
 
@@ -142,3 +149,21 @@ def test_the_local_copy_of_a_uri_is_the_same_folder_every_time(staging):
     assert staging_dir(uri) == staging_dir(uri + "/")
     assert staging_dir(uri).name == "halfcheetah" and staging_dir(uri).is_relative_to(staging)
     assert staging_dir(uri) != staging_dir("gs://bucket/runs/halfcheetah")
+
+
+def test_a_failed_upload_during_training_is_said_and_retried_not_fatal(tiny_config, tmp_path):
+    remote = tmp_path / "remote"
+    uri = remote.as_uri()
+    assert train(tiny_config, uri) == 0
+    storage = RunStorage(uri, tmp_path / "copy")
+    storage.pull()
+    (remote / "progress.jsonl").unlink()
+    (remote / "progress.jsonl").mkdir()  # the next upload of it fails
+    (storage.local / "progress.jsonl").write_text((storage.local / "progress.jsonl").read_text() + "{}\n")
+    said: list[str] = []
+    sync = StorageSync(storage, said.append, every_s=0.0)
+    sync.observe({"iteration": 4})
+    assert len(said) == 1 and said[0].startswith(f"upload to {uri} failed, will retry:")
+    (remote / "progress.jsonl").rmdir()  # storage reachable again: the next observation uploads
+    sync.observe({"iteration": 5})
+    assert len(said) == 1 and (remote / "progress.jsonl").read_text().endswith("{}\n")
