@@ -5,6 +5,7 @@ a checkpointed state resumes exactly; a slot whose physics goes non-finite is re
 
 from __future__ import annotations
 
+import mujoco
 import numpy as np
 import pytest
 
@@ -109,3 +110,21 @@ def test_wrong_action_shapes_are_refused():
     env.reset()
     with pytest.raises(ValueError, match=r"actions must have shape \(4, 8\)"):
         env.step(np.zeros((4, 6)))
+
+
+def test_an_unhealthy_ant_ends_its_episode_as_gymnasiums_does():
+    """Ant-v5's health check (torso height in [0.2, 1.0]): terminated, no survive bonus, reset."""
+    _, batched, reference = pair("ant-goal", FAMILIES["ant-goal"])
+    batched.reset()
+    reference.reset()
+    model = reference.envs[1].unwrapped.model
+    for data in (batched.datas[1], reference.envs[1].unwrapped.data):
+        data.qpos[2] = 1.6  # the torso lifted out of the healthy range
+        mujoco.mj_forward(model, data)
+    batched._read(1, batched.datas[1])  # the batched env's copy of slot 1's state
+    actions = np.zeros((batched.num_envs, 8), np.float32)
+    out_b, out_r = batched.step(actions), reference.step(actions)
+    for got, want in zip(out_b[:4], out_r[:4], strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert out_b[2].tolist() == [False, True, False, False]
+    np.testing.assert_array_equal(out_b[4]["final_obs"][1], out_r[4]["final_obs"][1])
