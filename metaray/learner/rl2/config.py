@@ -15,6 +15,7 @@ class RL2Config(BaseModel):
     episodes_per_trial: int = Field(10, ge=1, description="Episodes per trial (n); the memory spans them. For `bandit` this is the number of pulls.")
     memory: Literal["gru", "lstm", "snail", "transformer", "mann"] = Field("gru", description="The sequence model over the trial: gru (Duan et al. 2016), lstm, snail (Mishra et al. 2018: causal convolutions and attention), transformer (causal, pre-LN), mann (Santoro et al. 2016: LSTM controller with an external memory).")
     hidden_size: int = Field(128, ge=1, description="Width of the input encoder and the memory.")
+    gru_update_bias: float = Field(0.0, description="gru: initial bias of the update gate z (h' = (1 - z) n + z h); 1.0 starts the memory keeping most of what it holds at each step (pytorch_rl2's forget_bias 1.0; Jozefowicz et al. 2015 for the LSTM's forget gate, which lstm always gets). 0: torch's initialisation.")
     shared_memory: bool = Field(False, description="One encoder and memory for the policy and the value function (the value loss then dominates the memory's gradient); false: each has its own.")
     layer_norm: bool = Field(True, description="Layer norm after the input encoder and on the memory's output.")
     value_norm: bool = Field(True, description="Normalise value targets by running statistics of the returns (PopArt).")

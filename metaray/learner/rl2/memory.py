@@ -52,14 +52,20 @@ class RecurrentMemory(Memory):
     """torch's fused GRU or LSTM, with layer norm on its output (Ba et al. 2016): the heads see
     features of a steady scale however long the trial."""
 
-    def __init__(self, kind: str, input_dim: int, hidden_size: int, layer_norm: bool = True):
+    def __init__(self, kind: str, input_dim: int, hidden_size: int, layer_norm: bool = True,
+                 gru_update_bias: float = 0.0):
         super().__init__()
         self.kind, self.out_dim = kind, hidden_size
         self.rnn = (nn.GRU if kind == "gru" else nn.LSTM)(input_dim, hidden_size, batch_first=True)
         self.norm = nn.LayerNorm(hidden_size) if layer_norm else nn.Identity()
+        # gates' biases (torch's order: LSTM i, f, g, o; GRU r, z, n), split over the input and
+        # hidden bias vectors, which are summed
         if kind == "lstm":  # forget-gate bias 1 (Jozefowicz et al. 2015): remember by default
             for name in ("bias_ih_l0", "bias_hh_l0"):
                 getattr(self.rnn, name).data[hidden_size : 2 * hidden_size] = 0.5
+        elif gru_update_bias:  # h' = (1 - z) n + z h: z near 1 keeps what the memory holds
+            for name in ("bias_ih_l0", "bias_hh_l0"):
+                getattr(self.rnn, name).data[hidden_size : 2 * hidden_size] = gru_update_bias / 2
 
     def initial_state(self, batch: int) -> State:
         state = {"h": torch.zeros(batch, self.out_dim)}
@@ -101,7 +107,7 @@ class RecurrentMemory(Memory):
 def make_memory(config: RL2Config, input_dim: int) -> Memory:
     """The memory `config.memory` names, over inputs of `input_dim` features."""
     if config.memory in ("gru", "lstm"):
-        return RecurrentMemory(config.memory, input_dim, config.hidden_size, config.layer_norm)
+        return RecurrentMemory(config.memory, input_dim, config.hidden_size, config.layer_norm, config.gru_update_bias)
     if config.memory == "transformer":
         from metaray.learner.rl2.attention import TransformerMemory
         return TransformerMemory(input_dim, config.hidden_size, config.context_length, config.num_layers, config.num_heads)
