@@ -138,8 +138,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     created = created or not run_dir.exists()
     display = ProgressDisplay(config.iterations, 0)
     sync = [StorageSync(storage, display.message)] if storage is not None else []
+    made = None  # the folder this run made (inode): the only one its clean-up may remove
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        made = run_dir.stat().st_ino
         trainer = make_runner(config, run_dir, runtime, resume=args.resume, display=display, observers=sync)
         if trainer.counters["iteration"] >= config.iterations:
             trainer.close()
@@ -160,7 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except BaseException as err:
         runtime.shutdown()
         if created and not (run_dir / "progress.jsonl").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)  # failed before any iteration: leave nothing
+            remove_if_same(run_dir, made)  # failed before any iteration: leave nothing
         elif storage is not None:
             _final_push(storage, failing=True)  # what the run did until it stopped
         _raise_in_storage_terms(err, storage)
@@ -172,6 +174,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"done: {last.get('iteration')} iterations, {last.get('env_steps_total')} env steps, "
           f"{json.dumps(ret)}; run dir {shown}")
     return 0
+
+
+def remove_if_same(run_dir: Path, inode: int | None) -> None:
+    """Remove `run_dir` if it is still the folder with this inode: a run stopped while another was
+    started in a re-created folder of the same path must not remove the other's."""
+    try:
+        if inode is not None and run_dir.stat().st_ino == inode:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    except OSError:
+        pass
 
 
 def _train_storage(args: argparse.Namespace) -> Any:

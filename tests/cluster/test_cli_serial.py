@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -195,3 +196,23 @@ def test_every_rl2_memory_trains_and_evaluates_in_serial(tiny_config, tmp_path, 
     assert [r["iteration"] for r in read_progress(run)] == [1, 2]
     assert main(["eval", str(run), "--num-tasks", "8"]) == 0
     assert "mean return" in capsys.readouterr().out
+
+
+def test_a_stopped_runs_clean_up_leaves_a_new_run_in_the_same_path_alone(tmp_path):
+    """A run that failed before its first iteration removes its folder, but not a folder of the
+    same path made since by another run (its folder was removed and the path reused)."""
+    from metaray.cli import remove_if_same
+
+    run = tmp_path / "run"
+    run.mkdir()
+    mine = run.stat().st_ino
+    other = tmp_path / "held"
+    other.mkdir()  # keeps the old inode from being reused at once
+    (run / "x").write_text("")
+    os.rename(run, other / "old")
+    run.mkdir()  # another run's folder now
+    (run / "config.yaml").write_text("theirs")
+    remove_if_same(run, mine)
+    assert (run / "config.yaml").read_text() == "theirs"
+    remove_if_same(run, run.stat().st_ino)
+    assert not run.exists()
