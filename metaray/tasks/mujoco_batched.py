@@ -30,11 +30,9 @@ from gymnasium.utils import seeding
 
 from metaray.tasks.base import Task
 from metaray.tasks.generic import ENV_FAILURES
+from metaray.tasks.mujoco import MUJOCO_DERIVED as DERIVED  # what a checkpoint keeps as it is
 from metaray.tasks.native import BatchedTaskEnv
 
-# Quantities MuJoCo derives from the state that a step reads before it integrates (Ant's torso
-# position): a checkpoint keeps them as they are, like the gymnasium path (mujoco.MUJOCO_DERIVED).
-DERIVED = ("xpos", "xquat", "xipos", "cfrc_ext")
 STATE = mujoco.mjtState.mjSTATE_INTEGRATION
 BAD_QPOS, BAD_QVEL, BAD_QACC = (int(w) for w in (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL,
                                                    mujoco.mjtWarning.mjWARN_BADQACC))
@@ -102,16 +100,9 @@ class MujocoVectorEnv(BatchedTaskEnv):
             self._seed_slots(seed)
         return super().reset(seed=seed, options=options)
 
-    def _read(self, i: int, data: Any) -> None:
-        """Copy slot i's state into the arrays the observations and rewards are computed from."""
-        self.qpos[i], self.qvel[i] = data.qpos, data.qvel
-        if self._body_id is not None:
-            self.xy[i] = data.xpos[self._body_id, :2]
-        if self.contacts:
-            self.cfrc_ext[i] = data.cfrc_ext
-
     def _read_all(self) -> None:
-        """`_read` for every slot, from views of MjData made once."""
+        """Copy every slot's state into the arrays observations and rewards are computed from
+        (from views of MjData made once)."""
         np.stack(self._qpos_views, out=self.qpos)
         np.stack(self._qvel_views, out=self.qvel)
         if self._body_id is not None:
@@ -128,7 +119,7 @@ class MujocoVectorEnv(BatchedTaskEnv):
             data.qpos[:] = self._init_qpos + rng.uniform(low=-self._noise, high=self._noise, size=nq)
             data.qvel[:] = self._init_qvel + self._noise * rng.standard_normal(nv)
             mujoco.mj_forward(model, data)
-            self._read(i, data)
+        self._read_all()
 
     def _transition(self, actions: Any) -> tuple[np.ndarray, np.ndarray]:
         actions = np.asarray(actions)
@@ -190,7 +181,7 @@ class MujocoVectorEnv(BatchedTaskEnv):
             mujoco.mj_setState(self.model, data, self._state[i], STATE)
             for name, array in self._derived.items():
                 getattr(data, name)[...] = array[i]
-            self._read(i, data)
+        self._read_all()
 
     def close_extras(self, **kwargs: Any) -> None:
         reference = getattr(self, "_reference", None)

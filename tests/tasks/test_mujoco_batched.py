@@ -121,7 +121,7 @@ def test_an_unhealthy_ant_ends_its_episode_as_gymnasiums_does():
     for data in (batched.datas[1], reference.envs[1].unwrapped.data):
         data.qpos[2] = 1.6  # the torso lifted out of the healthy range
         mujoco.mj_forward(model, data)
-    batched._read(1, batched.datas[1])  # the batched env's copy of slot 1's state
+    batched._read_all()  # the batched env's copy of the slots' state
     actions = np.zeros((batched.num_envs, 8), np.float32)
     out_b, out_r = batched.step(actions), reference.step(actions)
     for got, want in zip(out_b[:4], out_r[:4], strict=True):
