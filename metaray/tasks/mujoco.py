@@ -35,6 +35,14 @@ HALFCHEETAH_ID = "HalfCheetah-v5"
 ANT_ID = "Ant-v5"
 # Control cost weight of the HalfCheetah tasks (Finn et al. 2017): reward -= 0.05 * ||a||^2.
 HALFCHEETAH_CTRL_COST = 0.05
+# The family ranges a config may ask for (`task.kwargs`), beyond which a task is physically out of
+# reach and training on it would only waste the run. HalfCheetah: no published policy runs faster
+# than ~15 m/s (SAC's HalfCheetah returns of ~12-15k over 1000 steps), so a target velocity is
+# limited to |v*| <= 15 m/s. Ant: a goal must lie within the distance the ant covers in its
+# horizon at 6 m/s (faster than published Ant-v5 policies), i.e. radius <= 6 * horizon * 0.05 s.
+HALFCHEETAH_MAX_TARGET_SPEED = 15.0
+ANT_MAX_SPEED = 6.0
+ANT_DT = 0.05  # Ant-v5: frame_skip 5 x timestep 0.01
 
 
 class MujocoTaskWrapper(gym.Wrapper):
@@ -323,6 +331,12 @@ class HalfCheetahVelFamily(_MujocoFamily):
             raise ValueError(
                 f"HalfCheetahVelFamily: low must be < high, got low={self.low} high={self.high}"
             )
+        limit = HALFCHEETAH_MAX_TARGET_SPEED
+        if self.low < -limit or self.high > limit:
+            raise ValueError(
+                f"HalfCheetahVelFamily: target velocities must lie in [-{limit:g}, {limit:g}] m/s "
+                f"(faster than a HalfCheetah runs), got low={self.low} high={self.high}"
+            )
         if not isinstance(self.observe_target, bool):
             raise ValueError(f"HalfCheetahVelFamily: observe_target must be true or false, got {self.observe_target!r}")
 
@@ -436,6 +450,12 @@ class AntGoalFamily(_MujocoFamily):
         check_float("AntGoalFamily", "radius", self.radius)
         if self.radius <= 0:
             raise ValueError(f"AntGoalFamily: radius must be > 0, got {self.radius!r}")
+        reach = ANT_MAX_SPEED * ANT_DT * self.horizon
+        if self.radius > reach:
+            raise ValueError(
+                f"AntGoalFamily: radius must be <= {reach:g} (what the ant can walk in horizon="
+                f"{self.horizon} steps at {ANT_MAX_SPEED:g} m/s), got {self.radius!r}"
+            )
 
     def draw_params(self, rng: np.random.Generator) -> tuple[float, ...]:
         angle = rng.uniform(0.0, 2.0 * np.pi)

@@ -95,6 +95,9 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["train", "{cfg}", "--serial", "--set", "rl2.memory=snail", "--set", "rl2.context_length=3"],
          "rl2.context_length: a trial is episodes_per_trial x max_episode_steps = 5 x 1 = 5 steps but the snail's "
          "context holds 3; set rl2.context_length: 5"),
+        # a task outside the family's physical range (issue 27): refused before anything runs
+        (["train", "{hcv}", "--serial", "--set", "task.kwargs.high=40"],
+         "task.kwargs: HalfCheetahVelFamily: target velocities must lie in [-15, 15] m/s"),
     ],
 )
 def test_bad_input_gives_one_line_and_writes_nothing(tiny_config, tmp_path, args, fragment):
@@ -102,7 +105,8 @@ def test_bad_input_gives_one_line_and_writes_nothing(tiny_config, tmp_path, args
     bad.write_text("algo: rl2\ntask: {family: bandit\n")
     work = tmp_path / "work"
     work.mkdir()
-    args = [a.format(cfg=tiny_config, bad=bad, tmp=work) for a in args]
+    hcv = Path(__file__).resolve().parents[2] / "configs" / "maml-trpo-halfcheetah-vel.yaml"
+    args = [a.format(cfg=tiny_config, bad=bad, tmp=work, hcv=hcv) for a in args]
     proc = run_cli(*args, cwd=work)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -293,6 +293,11 @@ def test_families_pickle(name):
         (AntGoalFamily, {"horizon": 0}, "horizon"),
         (AntGoalFamily, {"radius": 0.0}, "radius"),
         (AntGoalFamily, {"radius": float("inf")}, "radius"),
+        # outside the family's physical range: a target no HalfCheetah runs, a goal out of reach
+        (HalfCheetahVelFamily, {"low": 0.0, "high": 40.0}, "target velocities"),
+        (HalfCheetahVelFamily, {"low": -20.0, "high": 0.0}, "target velocities"),
+        (AntGoalFamily, {"radius": 61.0}, "radius"),
+        (AntGoalFamily, {"radius": 10.0, "horizon": 20}, "radius"),
     ],
 )
 def test_bad_kwargs_raise_one_line_value_errors(cls, kwargs, kwarg):
@@ -301,6 +306,13 @@ def test_bad_kwargs_raise_one_line_value_errors(cls, kwargs, kwarg):
     assert "\n" not in str(info.value)
     with pytest.raises(TaskFamilyError, match=kwarg):
         make_family(cls.name, kwargs)
+
+
+def test_the_edges_of_the_physical_ranges_are_accepted():
+    tasks = HalfCheetahVelFamily(low=-15.0, high=15.0).sample(50, np.random.default_rng(0))
+    assert all(-15.0 <= t.params[0] <= 15.0 for t in tasks)
+    goals = np.array([t.params for t in AntGoalFamily(radius=60.0).sample(50, np.random.default_rng(0))])
+    assert np.linalg.norm(goals, axis=1).max() <= 60.0
 
 
 def test_unknown_kwarg_is_named():
