@@ -308,7 +308,7 @@ OPTIONAL = {"wire_spec": AlgorithmBase.wire_spec, "to_rollouts": AlgorithmBase.t
             "from_rollouts": AlgorithmBase.from_rollouts, "check_family": AlgorithmBase.check_family,
             "requires_expert": False}
 _BUILTIN = {"rl2": "metaray.learner.rl2:RL2", "maml": "metaray.learner.maml:MAML",
-            "adversarial": "metaray.learner.adversarial:Adversarial"}
+            "adversarial": "metaray.learner.adversarial:Adversarial", "pearl": "metaray.learner.pearl:PEARL"}
 
 
 class AlgorithmError(ValueError):

@@ -1,0 +1,115 @@
+"""PEARL's replay: per train task, an RL ring buffer and a context buffer, in the learner.
+
+A plain numpy ring per task rather than torchrl's buffers: the learner samples [meta_batch,
+batch] index arrays per gradient step, which is one fancy-index per field here, the buffers
+checkpoint as flat named arrays (safetensors) without a second serialisation layer, and no
+dependency is added. Arrays are allocated with `np.zeros` (the OS maps pages as they are
+first written), so a large capacity costs memory only as it fills.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import numpy as np
+
+FIELDS = ("obs", "actions", "rewards", "next_obs", "terminals")
+
+
+def transition_bytes(obs_dim: int, act_dim: int) -> int:
+    """Bytes one stored transition takes (float32 fields, a bool terminal)."""
+    return 4 * (2 * obs_dim + act_dim + 1) + 1
+
+
+def machine_memory_bytes() -> int:
+    """The machine's physical memory (0 where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_buffer_fits(num_tasks: int, capacity: int, obs_dim: int, act_dim: int, memory_bytes: int | None = None) -> int:
+    """The full buffers' size in bytes; ValueError with the estimate if they could not fit in
+    half the machine's memory (the learner needs the rest)."""
+    need = num_tasks * capacity * transition_bytes(obs_dim, act_dim)
+    total = machine_memory_bytes() if memory_bytes is None else memory_bytes
+    if total and need > total // 2:
+        raise ValueError(
+            f"pearl.buffer_size_per_task: {num_tasks} tasks x {capacity} transitions x "
+            f"{transition_bytes(obs_dim, act_dim)} B = {need / 2**30:.1f} GiB of replay, more than half "
+            f"this machine's {total / 2**30:.1f} GiB; lower buffer_size_per_task or num_train_tasks")
+    return need
+
+
+class Ring:
+    """One task's transitions, the oldest overwritten first once `capacity` is reached."""
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int):
+        self.capacity = capacity
+        self.obs = np.zeros((capacity, obs_dim), np.float32)
+        self.actions = np.zeros((capacity, act_dim), np.float32)
+        self.rewards = np.zeros(capacity, np.float32)
+        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
+        self.terminals = np.zeros(capacity, bool)
+        self.size = 0  # transitions held (<= capacity)
+        self.head = 0  # where the next one goes
+
+    def add(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
+            terminals: np.ndarray) -> None:
+        n = len(rewards)
+        if n >= self.capacity:  # only the newest `capacity` survive
+            obs, actions, rewards, next_obs, terminals = (a[n - self.capacity:] for a in (obs, actions, rewards, next_obs, terminals))
+            n = self.capacity
+        idx = (self.head + np.arange(n)) % self.capacity
+        self.obs[idx], self.actions[idx], self.rewards[idx] = obs, actions, rewards
+        self.next_obs[idx], self.terminals[idx] = next_obs, terminals
+        self.head = int((self.head + n) % self.capacity)
+        self.size = min(self.size + n, self.capacity)
+
+    def clear(self) -> None:
+        self.size = self.head = 0
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """n indices drawn uniformly with replacement from what the ring holds."""
+        return rng.integers(0, self.size, size=n)
+
+    def ordered(self) -> dict[str, np.ndarray]:
+        """The held transitions, oldest first (a checkpoint, or a test)."""
+        idx = (self.head - self.size + np.arange(self.size)) % self.capacity
+        return {name: getattr(self, name)[idx] for name in FIELDS}
+
+
+class TaskReplay:
+    """Per-task RL rings and context rings, created as tasks first send data."""
+
+    def __init__(self, capacity: int, context_capacity: int, obs_dim: int, act_dim: int):
+        self.capacity, self.context_capacity = capacity, context_capacity
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.rl: dict[int, Ring] = {}
+        self.context: dict[int, Ring] = {}
+
+    def tasks(self) -> list[int]:
+        """Task ids with RL data and a non-empty context buffer (those a gradient step can use)."""
+        return sorted(t for t, ring in self.context.items() if ring.size and self.rl[t].size)
+
+    def add_round(self, task_id: int, fields: dict[str, np.ndarray], to_context: np.ndarray) -> None:
+        """One round of a task: every transition to its RL ring; its context ring becomes the
+        round's context transitions (the paper clears a task's encoder buffer each round)."""
+        if task_id not in self.rl:
+            self.rl[task_id] = Ring(self.capacity, self.obs_dim, self.act_dim)
+            self.context[task_id] = Ring(self.context_capacity, self.obs_dim, self.act_dim)
+        self.rl[task_id].add(*(fields[name] for name in FIELDS))
+        if to_context.any():
+            self.context[task_id].clear()
+            self.context[task_id].add(*(fields[name][to_context] for name in FIELDS))
+
+    @property
+    def num_transitions(self) -> int:
+        return sum(ring.size for ring in self.rl.values())
+
+    def gather(self, rings: dict[int, Ring], task_ids: Iterable[int], n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """n transitions (with replacement) of each task: arrays [len(task_ids), n, ...]."""
+        picks = [(rings[t], rings[t].sample(rng, n)) for t in task_ids]
+        return {name: np.stack([getattr(ring, name)[idx] for ring, idx in picks]) for name in FIELDS}
