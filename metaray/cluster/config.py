@@ -64,6 +64,7 @@ class CheckpointConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     every: int = Field(10, ge=1, description="Write a checkpoint every this many iterations (and at the end).")
     keep: int = Field(3, ge=1, description="How many recent checkpoints to keep.")
+    replay_buffer: bool = Field(False, description="Also save an off-policy learner's replay buffers (PEARL) in each checkpoint, so a resumed run goes on with them (in --serial exactly as the uninterrupted run); false: a resumed run starts with empty buffers (warm start). Under Ray the buffers saved are the learner's when the checkpoint is written, which may include the rounds of the update in flight.")
 
 
 class EvalConfig(BaseModel):

@@ -123,6 +123,16 @@ class Learner:
         tensors["rng/update"] = self.impl.generator.get_state().numpy()
         return tensors, {"version": self.version, "optimizer": opt_meta}
 
+    def get_replay_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        """An off-policy learner's replay (`replay_state()`, optional in the contract) as it is
+        now; None for learners without one. Not part of `get_state`: it may be gigabytes, and
+        `get_state` runs before every update."""
+        replay_state = getattr(self.impl, "replay_state", None)
+        return replay_state() if callable(replay_state) else None
+
+    def set_replay_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.impl.load_replay_state(meta, arrays)
+
     def set_state(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> int:
         policy = {k.split("/", 1)[1]: torch.from_numpy(np.array(v)) for k, v in tensors.items() if k.startswith("policy/")}
         self.impl.policy.load_state_dict(policy)

@@ -133,6 +133,9 @@ class Runner:
 
     def _restore_learner(self, tensors: dict[str, np.ndarray], state: dict[str, Any]) -> None:
         self.runtime.get(self.learner.set_state.remote(tensors, state["learner"]))
+        if "replay" in state and self.config.checkpoint.replay_buffer:  # else: warm start, empty buffers
+            replay = {name[len("replay/"):]: array for name, array in tensors.items() if name.startswith("replay/")}
+            self.runtime.get(self.learner.set_replay_state.remote(state["replay"], replay))
         self.counters.update({k: state[k] for k in self.counters if k in state})
         if "scheduler" in state:
             self.scheduler.set_state(state["scheduler"])
@@ -438,7 +441,11 @@ class Runner:
             if not workers.get(str(slot), {}).get("in_flight"):
                 with contextlib.suppress(Exception):
                     self.runtime.get(self.pool.handle(slot).restart_trials.remote())
+        replay = self.runtime.get(self.learner.get_replay_state.remote()) if self.config.checkpoint.replay_buffer else None
+        if replay is not None:
+            tensors.update({f"replay/{name}": array for name, array in replay[1].items()})
         state = {**counters, "policy_version": committed["version"], "learner": learner_meta,
+                 **({"replay": replay[0]} if replay is not None else {}),
                  "algo": self.config.algo, "scheduler": committed["scheduler"], "workers": workers,
                  "launch_order": self.in_flight_slots(), **committed["remote"]}
         return save_checkpoint(self.run_dir, counters["iteration"], tensors, state, self.config.checkpoint.keep)

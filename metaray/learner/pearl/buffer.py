@@ -75,6 +75,18 @@ class Ring:
         """n indices drawn uniformly with replacement from what the ring holds."""
         return rng.integers(0, self.size, size=n)
 
+    def state(self) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+        """The held transitions in their slots (so a restored ring samples the same indices)."""
+        return {"size": self.size, "head": self.head}, {name: getattr(self, name)[: self.size].copy() for name in FIELDS}
+
+    def load(self, meta: dict[str, int], arrays: dict[str, np.ndarray]) -> None:
+        size = int(meta["size"])
+        if size > self.capacity:
+            raise ValueError(f"a replay of {size} transitions does not fit a buffer of {self.capacity}")
+        for name in FIELDS:
+            getattr(self, name)[:size] = arrays[name]
+        self.size, self.head = size, int(meta["head"])
+
     def ordered(self) -> dict[str, np.ndarray]:
         """The held transitions, oldest first (a checkpoint, or a test)."""
         idx = (self.head - self.size + np.arange(self.size)) % self.capacity
@@ -104,6 +116,26 @@ class TaskReplay:
         if to_context.any():
             self.context[task_id].clear()
             self.context[task_id].add(*(fields[name][to_context] for name in FIELDS))
+
+    def state(self) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+        """Every task's rings as a JSON-able dict and arrays named `{rl|context}/{task}/{field}`."""
+        meta: dict[str, object] = {"rl": {}, "context": {}}
+        arrays: dict[str, np.ndarray] = {}
+        for kind, rings in (("rl", self.rl), ("context", self.context)):
+            for task_id, ring in rings.items():
+                ring_meta, ring_arrays = ring.state()
+                meta[kind][str(task_id)] = ring_meta  # type: ignore[index]
+                arrays.update({f"{kind}/{task_id}/{name}": a for name, a in ring_arrays.items()})
+        return meta, arrays
+
+    def load(self, meta: dict[str, object], arrays: dict[str, np.ndarray]) -> None:
+        """Replace the rings by a `state()`."""
+        self.rl, self.context = {}, {}
+        for kind, rings, capacity in (("rl", self.rl, self.capacity), ("context", self.context, self.context_capacity)):
+            for task_id, ring_meta in meta[kind].items():  # type: ignore[attr-defined]
+                ring = Ring(capacity, self.obs_dim, self.act_dim)
+                ring.load(ring_meta, {name: arrays[f"{kind}/{task_id}/{name}"] for name in FIELDS})
+                rings[int(task_id)] = ring
 
     @property
     def num_transitions(self) -> int:

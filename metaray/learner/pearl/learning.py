@@ -45,11 +45,14 @@ class PEARLLearner:
         self.replay = TaskReplay(config.buffer_size_per_task, config.episodes_per_round * 10_000, spec.obs_dim, spec.act_dim)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self.rng = np.random.default_rng(seed)
-        self.critic_opt = torch.optim.Adam(agent.critic.parameters(), lr=config.critic_lr)
-        self.encoder_opt = torch.optim.Adam(agent.encoder.parameters(), lr=config.encoder_lr)
-        self.actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=config.actor_lr)
+        # foreach: one kernel per op over all of a network's tensors (these are small networks)
+        self.critic_opt = torch.optim.Adam(agent.critic.parameters(), lr=config.critic_lr, foreach=True)
+        self.encoder_opt = torch.optim.Adam(agent.encoder.parameters(), lr=config.encoder_lr, foreach=True)
+        self.actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=config.actor_lr, foreach=True)
         self.alpha_opt = torch.optim.Adam([agent.log_alpha], lr=config.alpha_lr)
         self.target_entropy = -float(spec.act_dim)
+        self._target_params = list(agent.target_critic.parameters())
+        self._online_params = list(agent.critic.parameters())
         self.grad_steps = 0
         self.env_steps = 0
         self._owed = 0.0  # gradient steps earned by env steps but not yet taken (fractional replay ratios)
@@ -80,7 +83,7 @@ class PEARLLearner:
         stats["grad_steps_total"] = float(self.grad_steps)
         stats["replay_transitions"] = float(self.replay.num_transitions)
         stats["replay_tasks"] = float(len(self.replay.rl))
-        stats["alpha"] = float(self.agent.log_alpha.exp())
+        stats["alpha"] = self.agent.log_alpha.detach().exp().item()
         return stats
 
     def _add(self, batch: Rounds) -> None:
@@ -138,11 +141,10 @@ class PEARLLearner:
             alpha_loss.backward()
             self.alpha_opt.step()
         with torch.no_grad():
-            for target_p, p in zip(agent.target_critic.parameters(), agent.critic.parameters(), strict=True):
-                target_p.lerp_(p, cfg.tau)
+            torch._foreach_lerp_(self._target_params, self._online_params, cfg.tau)
         self.grad_steps += 1
-        return {"critic_loss": float(critic_loss), "actor_loss": float(actor_loss), "kl": float(kl) / cfg.meta_batch,
-                "z_var_mean": float(var.mean()), "q_mean": float(q.mean()), "entropy": float(-logp.mean())}
+        return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(), "kl": kl.item() / cfg.meta_batch,
+                "z_var_mean": var.mean().item(), "q_mean": q.mean().item(), "entropy": -logp.mean().item()}
 
     def _noise(self, like: torch.Tensor) -> torch.Tensor:
         return torch.randn(like.shape, generator=self.generator).to(self.device)
@@ -172,6 +174,13 @@ class PEARLLearner:
             prefix = f"{name}/"
             own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             load_optimizer_tensors(opt, own, meta[name], self.device)
+
+    def replay_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The replay buffers (`checkpoint.replay_buffer: true` saves them)."""
+        return self.replay.state()
+
+    def load_replay_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.replay.load(meta, arrays)
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"critic": self.critic_opt, "encoder": self.encoder_opt, "actor": self.actor_opt, "alpha": self.alpha_opt}

@@ -107,6 +107,8 @@ class PEARLSampler(SamplerBase):
         self.ep_success = np.zeros(s, bool)
         self.successes = np.zeros((s, self.episodes_per_round), bool)
         self.reports_success = False
+        self.last_successes: list[np.ndarray] = []
+        self._env_steps = self._episodes = 0
 
     def _context_episode(self, episode: np.ndarray) -> np.ndarray:
         """Whether transitions of this episode (index within the round) join the context."""
@@ -172,62 +174,66 @@ class PEARLSampler(SamplerBase):
     def sample(self, min_trials: int) -> tuple[Rounds, SampleInfo]:
         """Step until at least `min_trials` rounds finish; return them as flat transitions."""
         done: list[tuple[Any, ...]] = []
-        rows = np.arange(self.slots)
-        env_steps = episodes = 0
+        self._env_steps = self._episodes = 0
         self.round_version[self.t == 0] = self.version
         while len(done) < min_trials and self.active.any():
-            with torch.no_grad():
-                noise = torch.randn((self.slots, self.spec.act_dim), generator=self.torch_gen)
-                action, _, _, _, _ = self.agent.actor(torch.from_numpy(self.obs), torch.from_numpy(self.z), noise)
-            action = action.numpy()
-            next_obs, reward, terminated, truncated, info = self.env.step(action)
-            next_obs = next_obs.astype(np.float32)
-            failed = info.get("env_failure", self._no_failure)
-            ended = (terminated | truncated) & ~failed
-            real_next = next_obs
-            if "final_obs" in info:
-                real_next = np.where(info["_final_obs"][:, None], np.asarray(info["final_obs"], np.float32), next_obs)
-            t = np.minimum(self.t, self.round_len - 1)
-            self.obs_buf[rows, t] = self.obs
-            self.act_buf[rows, t] = action
-            self.rew_buf[rows, t] = reward
-            self.next_buf[rows, t] = real_next
-            self.term_buf[rows, t] = terminated & ~failed
-            self.ctx_buf[rows, t] = self._context_episode(self.episode)
-            ep = np.minimum(self.episode, self.episodes_per_round - 1)
-            self.ep_return[rows, ep] += np.where(self.active, reward, 0.0)
-            succeeded = step_success(info, self.slots)
-            if succeeded is not None:
-                self.reports_success = True
-                self.ep_success |= succeeded
-                self.successes[rows[ended], ep[ended]] = self.ep_success[ended]
-                self.ep_success[ended | failed] = False
-            self.t += 1
-            self.episode += ended
-            env_steps += int(self.active.sum())
-            episodes += int((ended & self.active).sum())
-            self.obs = next_obs
-
-            finished = np.flatnonzero(self.active & (self.episode >= self.episodes_per_round) & ~failed)
-            done.extend(self._take_round(slot, int(self.t[slot])) for slot in finished)
-            dropped = np.flatnonzero(failed & self.active)
-            if dropped.size:
-                self.dropped_episodes += int(dropped.size)
-            if finished.size:
-                if self.refill:
-                    self._start_rounds(finished)
-                else:
-                    self.active[finished] = False
-            if dropped.size:
-                self._start_rounds(dropped, same_task=not self.refill)
-            # slots going on to their round's next episode: a new z (finished and dropped slots got theirs)
-            self._draw_z(np.flatnonzero(ended & self.active & (self.episode < self.episodes_per_round)))
+            done.extend(self.step())
         batch = make_rounds(done, self.spec.obs_dim, self.spec.act_dim, self.episodes_per_round)
         self.last_successes = [row[-1] for row in done] if self.reports_success else []
-        post = batch.episode_returns[:, self.config.prior_episodes:] if not self.evaluation else batch.episode_returns
+        post = batch.episode_returns if self.evaluation else batch.episode_returns[:, self.config.prior_episodes:]
         mean_return = float(post.mean()) if post.size else float("nan")
         success = float(np.mean([s.mean() for s in self.last_successes])) if self.last_successes else None
-        return batch, SampleInfo(batch.policy_version, len(done), env_steps, episodes, mean_return, success)
+        return batch, SampleInfo(batch.policy_version, len(done), self._env_steps, self._episodes, mean_return, success)
+
+    def step(self) -> list[tuple[Any, ...]]:
+        """One env step of every slot; returns the rounds it finished."""
+        rows = np.arange(self.slots)
+        with torch.no_grad():
+            noise = torch.randn((self.slots, self.spec.act_dim), generator=self.torch_gen)
+            action, _, _, _, _ = self.agent.actor(torch.from_numpy(self.obs), torch.from_numpy(self.z), noise)
+        action = action.numpy()
+        next_obs, reward, terminated, truncated, info = self.env.step(action)
+        next_obs = next_obs.astype(np.float32)
+        failed = info.get("env_failure", self._no_failure)
+        ended = (terminated | truncated) & ~failed
+        real_next = next_obs
+        if "final_obs" in info:
+            real_next = np.where(info["_final_obs"][:, None], np.asarray(info["final_obs"], np.float32), next_obs)
+        t = np.minimum(self.t, self.round_len - 1)  # finished evaluation slots step on, unrecorded
+        self.obs_buf[rows, t] = self.obs
+        self.act_buf[rows, t] = action
+        self.rew_buf[rows, t] = reward
+        self.next_buf[rows, t] = real_next
+        self.term_buf[rows, t] = terminated & ~failed
+        self.ctx_buf[rows, t] = self._context_episode(self.episode)
+        ep = np.minimum(self.episode, self.episodes_per_round - 1)
+        self.ep_return[rows, ep] += np.where(self.active, reward, 0.0)
+        succeeded = step_success(info, self.slots)
+        if succeeded is not None:
+            self.reports_success = True
+            self.ep_success |= succeeded
+            self.successes[rows[ended], ep[ended]] = self.ep_success[ended]
+            self.ep_success[ended | failed] = False
+        self.t += 1
+        self.episode += ended
+        self._env_steps += int(self.active.sum())
+        self._episodes += int((ended & self.active).sum())
+        self.obs = next_obs
+
+        finished = np.flatnonzero(self.active & (self.episode >= self.episodes_per_round) & ~failed)
+        done = [self._take_round(slot, int(self.t[slot])) for slot in finished]
+        if finished.size:
+            if self.refill:
+                self._start_rounds(finished)
+            else:
+                self.active[finished] = False
+        dropped = np.flatnonzero(failed & self.active)
+        if dropped.size:  # the slot's env was rebuilt: its round is dropped (counted) and restarted
+            self.dropped_episodes += int(dropped.size)
+            self._start_rounds(dropped, same_task=not self.refill)
+        # slots going on to their round's next episode: a new z (finished and dropped slots got theirs)
+        self._draw_z(np.flatnonzero(ended & self.active & (self.episode < self.episodes_per_round)))
+        return done
 
     def _take_round(self, slot: int, n: int) -> tuple[Any, ...]:
         return (self.obs_buf[slot, :n].copy(), self.act_buf[slot, :n].copy(), self.rew_buf[slot, :n].copy(),
