@@ -56,6 +56,38 @@ def tiny_config(tmp_path: Path) -> Path:
     return path
 
 
+PEARL_TINY = """algo: pearl
+seed: 0
+iterations: 6
+task: {family: point-nav, kwargs: {horizon: 8}}
+workers: {num_workers: 1}
+checkpoint: {every: 3, replay_buffer: true}
+eval: {num_tasks: 5}
+pearl:
+  num_train_tasks: 4
+  meta_batch: 2
+  batch_size: 16
+  context_batch: 8
+  hidden_size: 16
+  encoder_hidden_size: 16
+  prior_episodes: 1
+  extra_posterior_episodes: 1
+  slots_per_worker: 2
+  rounds_per_update: 2
+  warmup_steps: 20
+  updates_per_step: 0.5
+  eval_adaptation_episodes: 1
+"""
+
+
+@pytest.fixture
+def pearl_config(tmp_path: Path) -> Path:
+    """A PEARL run on point-nav small enough for a test (seconds in --serial)."""
+    path = tmp_path / "pearl.yaml"
+    path.write_text(PEARL_TINY)
+    return path
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     """One local Ray instance for the whole module (starting one takes seconds)."""

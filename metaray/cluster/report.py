@@ -45,8 +45,14 @@ def plot_run(run_dir: Path, out: Path | None = None, title: str | None = None) -
     run_dir = Path(run_dir)
     rows = _rows(run_dir)
     out = Path(out) if out is not None else run_dir / "curves.png"
-    fig, (ax_ret, ax_rate, ax_time) = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
-    _plot_returns(ax_ret, rows, _read_json(run_dir / "eval.json"))
+    evaluation = _read_json(run_dir / "eval.json")
+    curve = (evaluation or {}).get("episode_return_means")
+    panels = 4 if curve else 3
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2), constrained_layout=True)
+    ax_ret, ax_rate, ax_time = axes[:3]
+    _plot_returns(ax_ret, rows, evaluation)
+    if curve:
+        _plot_adaptation(axes[3], curve, evaluation)
     ax_rate.plot([r["iteration"] for r in rows], [r.get("env_steps_per_s", 0.0) for r in rows], color="tab:green", lw=1.2)
     ax_rate.set(xlabel="iteration", ylabel="env steps / s", title="throughput")
     ax_rate.grid(alpha=0.3)
@@ -74,6 +80,16 @@ def _plot_returns(ax: Any, rows: list[dict[str, Any]], evaluation: dict[str, Any
                        label=f"{label} ({evaluation.get('num_tasks', '?')} {evaluation.get('split', '')} tasks)")
     ax.set(xlabel="env steps (millions)", ylabel="mean return", title="returns")
     ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _plot_adaptation(ax: Any, curve: list[float], evaluation: dict[str, Any]) -> None:
+    """eval.json's mean return of each episode on the held-out tasks: how the return changes as
+    the agent adapts (RL²: the episodes of a trial; PEARL: after 0, 1, 2, ... episodes of context)."""
+    ax.plot(range(len(curve)), curve, marker="o", color="tab:purple", lw=1.4)
+    ax.set(xlabel="episodes of experience on the task before this one", ylabel="mean return",
+           title=f"held-out adaptation ({evaluation.get('num_tasks', '?')} {evaluation.get('split', '')} tasks)")
+    ax.set_xticks(range(len(curve)))
     ax.grid(alpha=0.3)
 
 

@@ -15,35 +15,10 @@ from safetensors.numpy import load_file
 from metaray.cli import main
 from metaray.cluster.checkpoint import latest_checkpoint, read_progress
 
-TINY = """algo: pearl
-seed: 0
-iterations: 6
-task: {family: point-nav, kwargs: {horizon: 8}}
-workers: {num_workers: 1}
-checkpoint: {every: 3, replay_buffer: true}
-eval: {num_tasks: 5}
-pearl:
-  num_train_tasks: 4
-  meta_batch: 2
-  batch_size: 16
-  context_batch: 8
-  hidden_size: 16
-  encoder_hidden_size: 16
-  prior_episodes: 1
-  extra_posterior_episodes: 1
-  slots_per_worker: 2
-  rounds_per_update: 2
-  warmup_steps: 20
-  updates_per_step: 0.5
-  eval_adaptation_episodes: 1
-"""
-
 
 @pytest.fixture
-def tiny(tmp_path: Path) -> Path:
-    path = tmp_path / "pearl.yaml"
-    path.write_text(TINY)
-    return path
+def tiny(pearl_config: Path) -> Path:
+    return pearl_config
 
 
 def train(config: Path, run_dir: Path, *extra: str) -> int:
@@ -94,6 +69,14 @@ def test_eval_reports_the_adaptation_curve(tiny, tmp_path, capsys):
     assert result["num_tasks"] == 5 and len(result["episode_return_means"]) == 2
     assert result["return_pre"] == pytest.approx(result["episode_return_means"][0], abs=1e-3)
     assert all(len(t["episode_returns"]) == 2 for t in result["tasks"])
+    # `metaray plot` adds the adaptation curve as a fourth panel
+    import matplotlib.image
+
+    assert main(["plot", str(run), "-o", str(tmp_path / "with.png")]) == 0
+    (run / "eval.json").unlink()
+    assert main(["plot", str(run), "-o", str(tmp_path / "without.png")]) == 0
+    with_curve, without = (matplotlib.image.imread(tmp_path / n) for n in ("with.png", "without.png"))
+    assert with_curve.shape[1] > without.shape[1] * 1.25
 
 
 @pytest.mark.parametrize(
@@ -110,7 +93,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny, tmp_path, extra, fragmen
     work = tmp_path / "work"
     work.mkdir()
     if extra == ["BANDIT"]:  # a family with discrete actions
-        tiny.write_text(TINY.replace("{family: point-nav, kwargs: {horizon: 8}}", "{family: bandit}"))
+        tiny.write_text(tiny.read_text().replace("{family: point-nav, kwargs: {horizon: 8}}", "{family: bandit}"))
         extra = []
     proc = subprocess.run([sys.executable, "-m", "metaray.cli", "train", str(tiny), "--serial", *extra],
                           capture_output=True, text=True, cwd=work, timeout=120)

@@ -112,3 +112,20 @@ def test_maml_meta_iterations_on_two_ray_workers(tmp_path):
     assert 0 < last["env_steps_total"] <= 2 * 4 * 4 * 2 * 100
     state = json.loads((tmp_path / "checkpoints" / "iter-000002" / "state.json").read_text())
     assert "scheduler" in state and state["policy_version"] == 2
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_pearl_trains_on_two_ray_workers_with_its_replay_in_the_learner(pearl_config, tmp_path, sync):
+    config = load_config(pearl_config, ["iterations=4", "workers.num_workers=2", f"pearl.sync={str(sync).lower()}",
+                                "checkpoint.every=2"])
+    trainer = Trainer(config, tmp_path / "run", RayRuntime(address=None))
+    last = trainer.run()
+    rows = read_progress(tmp_path / "run")
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4] and last["workers_alive"] == 2
+    # the learner holds every transition it was sent (no ring is full yet) and learns once warm
+    assert rows[-1]["replay_transitions"] == rows[-1]["env_steps_total"]
+    assert rows[-1]["grad_steps_total"] > 0 and np.isfinite(rows[-1]["critic_loss"])
+    if sync:
+        assert all(r["policy_lag_max"] <= 1 for r in rows)  # rounds straddling an update: one version
+    state = json.loads((tmp_path / "run" / "checkpoints" / "iter-000004" / "state.json").read_text())
+    assert set(state["replay"]["rl"]) and set(state["replay"]["context"]) <= set(state["replay"]["rl"])

@@ -54,6 +54,7 @@ class PEARLConfig(BaseModel):
 
     # evaluation (the paper's protocol)
     eval_adaptation_episodes: int = Field(2, ge=0, description="metaray eval: episodes whose experience updates the posterior before the reported ones (z from the prior first, then from the posterior of everything seen so far; the paper: num_exp_traj_eval 2 for cheetah-vel).")
+    eval_deterministic: bool = Field(True, description="metaray eval: act with the actor's mean action (the paper's eval_deterministic); false: sample as in training.")
     eval_episodes: int = Field(1, ge=1, description="metaray eval: episodes reported after the adaptation ones (their mean is `return_post`).")
 
     @model_validator(mode="after")

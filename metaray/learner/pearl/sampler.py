@@ -25,7 +25,12 @@ from metaray.tasks import SAMPLER_INFO_KEYS, Task, TaskFamily, make_vector_env, 
 
 
 def train_task_set(family: TaskFamily, config: PEARLConfig) -> list[Task]:
-    """The fixed train tasks (each gets its own replay buffers): the same for every worker."""
+    """The fixed train tasks (each gets its own replay buffers), the same for every worker: the
+    family's own benchmark set (`train_tasks()`, e.g. Meta-World's 50 goals of ML1) when it has
+    one, its first `num_train_tasks`; else `num_train_tasks` drawn with `task_set_seed`."""
+    own = getattr(family, "train_tasks", None)
+    if callable(own):
+        return list(own())[: config.num_train_tasks]
     return family.sample(config.num_train_tasks, np.random.default_rng(config.task_set_seed), "train")
 
 
@@ -190,7 +195,9 @@ class PEARLSampler(SamplerBase):
         rows = np.arange(self.slots)
         with torch.no_grad():
             noise = torch.randn((self.slots, self.spec.act_dim), generator=self.torch_gen)
-            action, _, _, _, _ = self.agent.actor(torch.from_numpy(self.obs), torch.from_numpy(self.z), noise)
+            deterministic = self.evaluation and self.config.eval_deterministic
+            action, _, _, _, _ = self.agent.actor(torch.from_numpy(self.obs), torch.from_numpy(self.z), noise,
+                                                  deterministic=deterministic)
         action = action.numpy()
         next_obs, reward, terminated, truncated, info = self.env.step(action)
         next_obs = next_obs.astype(np.float32)
