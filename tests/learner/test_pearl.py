@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 from torch.distributions import (
-    AffineTransform,
     Normal,
     TanhTransform,
     TransformedDistribution,
@@ -78,11 +77,13 @@ def test_the_actor_log_prob_equals_torch_s_squashed_gaussian():
     torch.manual_seed(1)
     actor = TanhGaussianActor(spec, 16)
     obs, z = torch.randn(64, spec.obs_dim), torch.randn(64, spec.latent_size)
-    action, logp, mean, log_std, pre = actor(obs, z)
-    scale = torch.as_tensor((spec.act_high - spec.act_low) / 2)
-    dist = TransformedDistribution(Normal(mean, log_std.exp()), [TanhTransform(), AffineTransform(0.0, scale)])
-    torch.testing.assert_close(logp, dist.log_prob(action).sum(-1), rtol=1e-4, atol=1e-4)
-    assert (action.abs() <= 0.1 + 1e-7).all()
+    u, logp, mean, log_std = actor(obs, z)
+    dist = TransformedDistribution(Normal(mean, log_std.exp()), [TanhTransform()])
+    torch.testing.assert_close(logp, dist.log_prob(u).sum(-1), rtol=1e-4, atol=1e-4)
+    assert (u.abs() <= 1).all()
+    env_action = actor.to_env(u)  # the env's box, and back
+    assert (env_action.abs() <= 0.1 + 1e-7).all()
+    torch.testing.assert_close(actor.from_env(env_action), u, rtol=1e-5, atol=1e-6)
 
 
 def test_the_critic_target_by_hand():

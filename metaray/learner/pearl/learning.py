@@ -111,7 +111,7 @@ class PEARLLearner:
         alpha = agent.log_alpha.exp().detach()
         # 3. critics + encoder
         with torch.no_grad():
-            next_action, next_logp, _, _, _ = agent.actor(rl["next_obs"], z.detach(), self._noise(rl["actions"]))
+            next_action, next_logp, _, _ = agent.actor(rl["next_obs"], z.detach(), self._noise(rl["actions"]))
             next_q = agent.target_critic(rl["next_obs"], next_action, z.detach())
             target = critic_target(rl["rewards"], rl["terminals"], next_q, next_logp, alpha, cfg.gamma, cfg.reward_scale)
         q = agent.critic(rl["obs"], rl["actions"], z)
@@ -126,7 +126,7 @@ class PEARLLearner:
         self.encoder_opt.step()
         # 4. actor, z detached
         z_fixed = z.detach()
-        action, logp, pre_mean, log_std, _ = agent.actor(rl["obs"], z_fixed, self._noise(rl["actions"]))
+        action, logp, pre_mean, log_std = agent.actor(rl["obs"], z_fixed, self._noise(rl["actions"]))
         q_new = agent.critic(rl["obs"], action, z_fixed).min(-1).values
         actor_loss = (alpha * logp - q_new).mean()
         actor_loss = actor_loss + cfg.policy_mean_reg * (pre_mean**2).mean() + cfg.policy_std_reg * (log_std**2).mean()

@@ -95,7 +95,11 @@ class ContextEncoder(nn.Module):
 
 
 class TanhGaussianActor(nn.Module):
-    """pi(a | s, z): a Gaussian squashed by tanh into the action box."""
+    """pi(u | s, z): a Gaussian squashed by tanh into [-1, 1]^act_dim. The networks and the
+    replay work in this normalised action space (rlkit's NormalizedBoxEnv, which PEARL uses);
+    `to_env` maps u into the env's action box. With actions in a small box (point-nav's +-0.1)
+    the critics would otherwise have to resolve tiny input differences: SAC then did not learn
+    even a single fixed goal in 5k steps."""
 
     def __init__(self, spec: PEARLSpec, hidden: int):
         super().__init__()
@@ -106,9 +110,9 @@ class TanhGaussianActor(nn.Module):
         self.register_buffer("act_bias", torch.as_tensor((spec.act_high + spec.act_low) / 2.0))
 
     def forward(self, obs: torch.Tensor, z: torch.Tensor, noise: torch.Tensor | None = None,
-                deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> (action in the box, its log-prob, pre-tanh mean, log-std, pre-tanh sample).
-        `noise` is the standard normal draw (reparameterised); None draws it."""
+                deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (u in [-1, 1], its log-prob, pre-tanh mean, log-std). `noise` is the standard
+        normal draw (reparameterised); None draws it."""
         h = F.relu(self.body(torch.cat([obs, z], -1)))
         mean = self.mean(h)
         log_std = self.log_std(h).clamp(LOG_STD_MIN, LOG_STD_MAX)
@@ -117,12 +121,18 @@ class TanhGaussianActor(nn.Module):
             pre = mean
         else:
             pre = mean + std * (torch.randn_like(mean) if noise is None else noise)
-        squashed = torch.tanh(pre)
         normal_logp = (-0.5 * ((pre - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        # change of variables: tanh (the stable form log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))) and the box scale
-        log_det = (2.0 * (math.log(2.0) - pre - F.softplus(-2.0 * pre))).sum(-1) + torch.log(self.act_scale).sum()
-        action = squashed * self.act_scale + self.act_bias
-        return action, normal_logp - log_det, mean, log_std, pre
+        # change of variables through tanh, in the stable form log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x))
+        log_det = (2.0 * (math.log(2.0) - pre - F.softplus(-2.0 * pre))).sum(-1)
+        return torch.tanh(pre), normal_logp - log_det, mean, log_std
+
+    def to_env(self, u: torch.Tensor) -> torch.Tensor:
+        """Normalised actions -> the env's action box."""
+        return u * self.act_scale + self.act_bias
+
+    def from_env(self, action: torch.Tensor) -> torch.Tensor:
+        """The env's actions (e.g. pushed by an actor outside Ray) -> normalised, clipped to [-1, 1]."""
+        return ((action - self.act_bias) / self.act_scale).clamp(-1.0, 1.0)
 
 
 class TwinCritic(nn.Module):

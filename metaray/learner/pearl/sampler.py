@@ -39,7 +39,7 @@ class Rounds(NamedTuple):
     its task id, the oldest policy version it used and its episodes' returns [R, E]."""
 
     obs: np.ndarray
-    actions: np.ndarray
+    actions: np.ndarray  # normalised to [-1, 1] (the actor's u; the env got to_env(u))
     rewards: np.ndarray
     next_obs: np.ndarray
     terminals: np.ndarray  # the episode ended by the task (not by the time limit): no bootstrap
@@ -196,10 +196,11 @@ class PEARLSampler(SamplerBase):
         with torch.no_grad():
             noise = torch.randn((self.slots, self.spec.act_dim), generator=self.torch_gen)
             deterministic = self.evaluation and self.config.eval_deterministic
-            action, _, _, _, _ = self.agent.actor(torch.from_numpy(self.obs), torch.from_numpy(self.z), noise,
-                                                  deterministic=deterministic)
-        action = action.numpy()
-        next_obs, reward, terminated, truncated, info = self.env.step(action)
+            u, _, _, _ = self.agent.actor(torch.from_numpy(self.obs), torch.from_numpy(self.z), noise,
+                                          deterministic=deterministic)
+            env_action = self.agent.actor.to_env(u).numpy()
+        action = u.numpy()  # what the replay and the context hold: normalised actions
+        next_obs, reward, terminated, truncated, info = self.env.step(env_action)
         next_obs = next_obs.astype(np.float32)
         failed = info.get("env_failure", self._no_failure)
         ended = (terminated | truncated) & ~failed
