@@ -175,6 +175,7 @@ class WireSpec:
     rollouts_per_stage: int
     episodes_per_rollout: int
     max_policy_lag: int = 0  # stream: how many versions old a pushed trial may be
+    transitions: bool = False  # each rollout also carries next_observations and terminals (off-policy)
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,6 +295,11 @@ class AlgorithmBase:
                       act_space: gym.Space) -> Any:
         raise NotImplementedError(f"algorithm {self.name!r} does not take trials over gRPC")
 
+    def task_set(self, family: TaskFamily, config: Any) -> list[Task] | None:
+        """A fixed set of train tasks the algorithm samples from (tasks for actors outside Ray
+        are drawn from it); None: any train task (the scheduler's)."""
+        return None
+
     def check_family(self, family: TaskFamily, config: Any) -> None:
         """Raise ValueError (one line) when this algorithm, so configured, cannot run on `family`."""
         if self.requires_expert and not callable(getattr(family, "expert", None)):
@@ -306,6 +312,7 @@ class AlgorithmBase:
 REQUIRED = ("name", "mode", "Config", "make_policy", "make_sampler", "make_learner", "evaluate", "loop_spec")
 OPTIONAL = {"wire_spec": AlgorithmBase.wire_spec, "to_rollouts": AlgorithmBase.to_rollouts,
             "from_rollouts": AlgorithmBase.from_rollouts, "check_family": AlgorithmBase.check_family,
+            "task_set": AlgorithmBase.task_set,
             "requires_expert": False}
 _BUILTIN = {"rl2": "metaray.learner.rl2:RL2", "maml": "metaray.learner.maml:MAML",
             "adversarial": "metaray.learner.adversarial:Adversarial", "pearl": "metaray.learner.pearl:PEARL"}

@@ -459,7 +459,7 @@ class GrpcService:
         self._check_episode_ends(arrays["dones"], where)
         return RolloutArrays(int(msg.task_id), int(msg.policy_version), msg.stage, arrays["observations"],
                              arrays["actions"], arrays["rewards"], arrays["dones"], arrays["log_probs"],
-                             int(msg.assignment_id))
+                             int(msg.assignment_id), arrays.get("next_observations"), arrays.get("terminals"))
 
     def _check_assignment(self, msg: pb.Rollout, where: str) -> None:
         """The rollout answers an open assignment of this actor, with its task, a stage and a
@@ -505,6 +505,16 @@ class GrpcService:
         expected = {"observations": ("float32", (steps, *spec.observation_space.shape)),
                     "actions": ("int64" if spec.discrete else "float32", (steps, *act_tail)),
                     "rewards": ("float32", (steps,)), "dones": ("bool", (steps,)), "log_probs": ("float32", (steps,))}
+        if self.spec.wire is not None and self.spec.wire.transitions:  # off-policy: s' and terminals too
+            for name in ("next_observations", "terminals"):
+                if not msg.HasField(name):
+                    raise _invalid(f"{where}: {name} is missing (algo {self.spec.algo} learns from transitions)")
+                try:
+                    arrays[name] = decode_tensor(getattr(msg, name))
+                except ValueError as err:
+                    raise _invalid(f"{where}: {name}: {err}") from None
+            expected["next_observations"] = ("float32", (steps, *spec.observation_space.shape))
+            expected["terminals"] = ("bool", (steps,))
         for name, (dtype, shape) in expected.items():
             if getattr(msg, name).dtype != dtype or arrays[name].shape != shape:
                 raise _invalid(f"{where}: {name} must be {dtype} {list(shape)}, got {getattr(msg, name).dtype} "
@@ -520,9 +530,18 @@ class GrpcService:
                 raise _invalid(f"{where}: {name} has NaN or infinite values")
             if a.size and np.abs(a).max() > limit:
                 raise _invalid(f"{where}: {name} has values beyond ±{limit:g} (grpc.max_abs_value)")
-        obs = arrays["observations"]
-        if ((obs < self._obs_low) | (obs > self._obs_high)).any():
-            raise _invalid(f"{where}: observations outside the observation space's bounds")
+        for name in ("observations", "next_observations"):
+            if name not in arrays:
+                continue
+            obs = arrays[name]
+            if not np.isfinite(obs).all():
+                raise _invalid(f"{where}: {name} has NaN or infinite values")
+            if obs.size and np.abs(obs).max() > limit:
+                raise _invalid(f"{where}: {name} has values beyond ±{limit:g} (grpc.max_abs_value)")
+            if ((obs < self._obs_low) | (obs > self._obs_high)).any():
+                raise _invalid(f"{where}: {name} outside the observation space's bounds")
+        if "terminals" in arrays and (arrays["terminals"] & ~arrays["dones"]).any():
+            raise _invalid(f"{where}: terminals marks a step that does not end an episode (dones)")
         if spec.discrete:
             acts = arrays["actions"]
             if acts.min() < 0 or acts.max() >= spec.action_space.n:

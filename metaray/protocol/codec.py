@@ -57,6 +57,8 @@ class RolloutArrays:
     dones: np.ndarray
     logp: np.ndarray
     assignment_id: int = 0
+    next_obs: np.ndarray | None = None  # off-policy algorithms (WireSpec.transitions): s' [T, obs_dim]
+    terminals: np.ndarray | None = None  # and whether the task ended the episode [T]
 
 
 def rollout_message(rollout: RolloutArrays, assignment_id: int, actor_id: str) -> pb.Rollout:
@@ -71,4 +73,7 @@ def rollout_message(rollout: RolloutArrays, assignment_id: int, actor_id: str) -
         rewards=encode_tensor("rewards", np.asarray(rollout.rewards, np.float32)),
         dones=encode_tensor("dones", np.asarray(rollout.dones, bool)),
         log_probs=encode_tensor("log_probs", np.asarray(rollout.logp, np.float32)),
+        **({} if rollout.next_obs is None else
+           {"next_observations": encode_tensor("next_observations", np.asarray(rollout.next_obs, np.float32))}),
+        **({} if rollout.terminals is None else {"terminals": encode_tensor("terminals", np.asarray(rollout.terminals, bool))}),
     )

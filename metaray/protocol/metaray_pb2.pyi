@@ -101,7 +101,7 @@ class TaskAssignment(_message.Message):
     def __init__(self, assignment_id: _Optional[int] = ..., family: _Optional[str] = ..., split: _Optional[str] = ..., task_id: _Optional[int] = ..., params: _Optional[_Iterable[float]] = ..., policy_version: _Optional[int] = ..., stages: _Optional[_Iterable[str]] = ..., rollouts_per_stage: _Optional[int] = ..., max_steps: _Optional[int] = ..., episodes_per_rollout: _Optional[int] = ..., expires_in_s: _Optional[float] = ...) -> None: ...
 
 class Rollout(_message.Message):
-    __slots__ = ("actor_id", "assignment_id", "task_id", "policy_version", "stage", "observations", "actions", "rewards", "dones", "log_probs")
+    __slots__ = ("actor_id", "assignment_id", "task_id", "policy_version", "stage", "observations", "actions", "rewards", "dones", "log_probs", "next_observations", "terminals")
     ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +112,8 @@ class Rollout(_message.Message):
     REWARDS_FIELD_NUMBER: _ClassVar[int]
     DONES_FIELD_NUMBER: _ClassVar[int]
     LOG_PROBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    TERMINALS_FIELD_NUMBER: _ClassVar[int]
     actor_id: str
     assignment_id: int
     task_id: int
@@ -122,7 +124,9 @@ class Rollout(_message.Message):
     rewards: Tensor
     dones: Tensor
     log_probs: Tensor
-    def __init__(self, actor_id: _Optional[str] = ..., assignment_id: _Optional[int] = ..., task_id: _Optional[int] = ..., policy_version: _Optional[int] = ..., stage: _Optional[str] = ..., observations: _Optional[_Union[Tensor, _Mapping]] = ..., actions: _Optional[_Union[Tensor, _Mapping]] = ..., rewards: _Optional[_Union[Tensor, _Mapping]] = ..., dones: _Optional[_Union[Tensor, _Mapping]] = ..., log_probs: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    next_observations: Tensor
+    terminals: Tensor
+    def __init__(self, actor_id: _Optional[str] = ..., assignment_id: _Optional[int] = ..., task_id: _Optional[int] = ..., policy_version: _Optional[int] = ..., stage: _Optional[str] = ..., observations: _Optional[_Union[Tensor, _Mapping]] = ..., actions: _Optional[_Union[Tensor, _Mapping]] = ..., rewards: _Optional[_Union[Tensor, _Mapping]] = ..., dones: _Optional[_Union[Tensor, _Mapping]] = ..., log_probs: _Optional[_Union[Tensor, _Mapping]] = ..., next_observations: _Optional[_Union[Tensor, _Mapping]] = ..., terminals: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class PushResult(_message.Message):
     __slots__ = ("accepted", "policy_version")

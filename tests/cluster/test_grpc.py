@@ -683,3 +683,44 @@ def test_grpc_config_errors_are_one_line(tmp_path, tiny_config):
         assert out.returncode == 2 and "at least 16" in out.stderr and "Traceback" not in out.stderr
     finally:
         s.close()
+
+
+def test_external_rounds_are_learned_in_a_serial_pearl_run(tmp_path):
+    """PEARL over gRPC: tasks come from its fixed train set; a round must carry s' and terminals
+    (checked, counted when missing or inconsistent); the accepted rounds reach the replay."""
+    from metaray.learner import pearl
+    from tests.conftest import PEARL_TINY
+
+    data = yaml.safe_load(PEARL_TINY)
+    data.update(iterations=2, grpc={"port": 0}, metrics={"tensorboard": False})
+    config = validate(data)
+    run_dir = tmp_path / "pearl"
+    run_dir.mkdir()
+    trainer = Trainer(config, run_dir, SerialRuntime())
+    family = make_family("point-nav", {"horizon": 8})
+    task_set = {t.task_id for t in pearl.train_task_set(family, config.algo_config())}
+    token = (run_dir / "grpc_token").read_text().strip()
+    svc = trainer.grpc
+    with RemoteClient(trainer.grpc.address, token=token) as client:
+        assert {client.get_task().task_id for _ in range(12)} <= task_set
+        a = client.get_task()
+        n = 16  # 2 episodes of 8 steps
+        dones = np.arange(n) % 8 == 7
+        bare = make_rollout(a, client.actor_id, 0, "round", np.zeros((n, 2), np.float32), np.zeros((n, 2), np.float32),
+                            np.zeros(n, np.float32), dones, np.zeros(n, np.float32))
+        with pytest.raises(grpc.RpcError) as err:
+            client.push([bare])
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "next_observations is missing" in err.value.details()
+        wrong = copy(bare)
+        wrong.next_observations.CopyFrom(encode_tensor("next_observations", np.zeros((n, 2), np.float32)))
+        wrong.terminals.CopyFrom(encode_tensor("terminals", np.arange(n) == 3))  # step 3 ends no episode
+        with pytest.raises(grpc.RpcError) as err:
+            client.push([wrong])
+        assert "terminals marks a step that does not end an episode" in err.value.details()
+        assert svc.counts["grpc_rollouts_rejected_total"] == 2
+        assert RemoteSampler(client, slots=3).run_once() == 3  # real rounds, the policy run on this side
+        trainer.run()
+    rows = [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]
+    assert rows[0]["grpc_rollouts_learned_total"] == 3 and rows[-1]["grpc_rollouts_accepted_total"] == 3
+    # the external rounds' transitions are in the replay with the workers'
+    assert rows[-1]["replay_transitions"] == rows[-1]["env_steps_total"]

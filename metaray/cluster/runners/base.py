@@ -63,6 +63,8 @@ class Runner:
         self._family, self._spaces = family, (probe.single_observation_space, probe.single_action_space)
         probe.close()
         self._scheduler_lock = threading.Lock()  # gRPC threads draw tasks too
+        self._task_set: list[Any] | None = None  # the algorithm's own train tasks, if any (next_task)
+        self._task_set_rng = np.random.default_rng([config.seed, 7])
         self.counters: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
         self.counters["wall_time_s"] = 0.0
         self.resumed_from: Path | None = None
@@ -171,7 +173,13 @@ class Runner:
         return None if self.remote is None else self.remote.token_source
 
     def next_task(self) -> Any:
+        """A train task for an actor outside Ray: from the algorithm's own fixed task set when it
+        has one (PEARL's per-task replay), else the scheduler's."""
         with self._scheduler_lock:
+            if self._task_set is None:
+                self._task_set = self.algorithm.task_set(self._family, self.algo_config) or []
+            if self._task_set:
+                return self._task_set[int(self._task_set_rng.integers(len(self._task_set)))]
             return self.scheduler.next_batch(1)[0]
 
     # ------------------------------------------------------------------ workers

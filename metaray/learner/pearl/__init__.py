@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metaray.core import AlgorithmBase, LoopSpec
+from metaray.core import AlgorithmBase, LoopSpec, WireSpec
 from metaray.learner.pearl.buffer import check_buffer_fits
 from metaray.learner.pearl.config import PEARLConfig
 from metaray.learner.pearl.learning import PEARLLearner, critic_target
@@ -31,8 +31,15 @@ from metaray.learner.pearl.networks import (
     pearl_spec,
     product_of_gaussians,
 )
-from metaray.learner.pearl.sampler import PEARLSampler, Rounds, concat_rounds, train_task_set
+from metaray.learner.pearl.sampler import (
+    PEARLSampler,
+    Rounds,
+    concat_rounds,
+    make_rounds,
+    train_task_set,
+)
 from metaray.networks import get_weights
+from metaray.protocol import RolloutArrays
 from metaray.tasks import Task, TaskFamily
 
 
@@ -84,6 +91,43 @@ class PEARL(AlgorithmBase):
     def loop_spec(self, config: PEARLConfig) -> LoopSpec:
         return LoopSpec(trials_per_call=config.slots_per_worker, trials_per_update=config.rounds_per_update,
                         max_policy_lag=config.max_policy_lag, sync=config.sync)
+
+    def task_set(self, family: TaskFamily, config: PEARLConfig) -> list[Task]:
+        """The fixed train tasks (per-task replay): actors outside Ray are assigned these too."""
+        return train_task_set(family, config)
+
+    def wire_spec(self, config: PEARLConfig) -> WireSpec:
+        """An actor outside Ray runs one round of its task (the policy's z from the prior, then
+        from the posterior, on its side) and sends it with s' and terminals."""
+        return WireSpec(("round",), 1, config.episodes_per_round, config.max_policy_lag, transitions=True)
+
+    def to_rollouts(self, payload: Rounds) -> list[RolloutArrays]:
+        """Each round as one rollout; its actions are the actor's normalised ones, in [-1, 1]."""
+        out = []
+        for r, task_id in enumerate(payload.task_ids.tolist()):
+            rows = payload.round_index == r
+            out.append(RolloutArrays(task_id, int(payload.round_versions[r]), "round", payload.obs[rows],
+                                     payload.actions[rows], payload.rewards[rows], payload.dones[rows],
+                                     np.zeros(int(rows.sum()), np.float32), next_obs=payload.next_obs[rows],
+                                     terminals=payload.terminals[rows]))
+        return out
+
+    def from_rollouts(self, rollouts: list[RolloutArrays], config: PEARLConfig, obs_space: gym.Space,
+                      act_space: gym.Space) -> Rounds:
+        """Pushed rounds as `Rounds`: the context is the episodes before the extra posterior ones
+        (counted from `dones`); actions are clipped into [-1, 1]."""
+        context_episodes = config.prior_episodes + config.posterior_episodes
+        rows = []
+        for r in rollouts:
+            dones = np.asarray(r.dones, bool)
+            episode = np.cumsum(dones) - dones  # each step's episode within the round
+            returns = np.bincount(episode, np.asarray(r.rewards, np.float64), minlength=config.episodes_per_round)
+            rows.append((np.asarray(r.obs, np.float32), np.clip(np.asarray(r.actions, np.float32), -1.0, 1.0),
+                         np.asarray(r.rewards, np.float32), np.asarray(r.next_obs, np.float32),
+                         np.asarray(r.terminals, bool), dones, episode < context_episodes, r.task_id, r.policy_version,
+                         returns[: config.episodes_per_round]))
+        spec = pearl_spec(obs_space, act_space, config)
+        return make_rounds(rows, spec.obs_dim, spec.act_dim, config.episodes_per_round)
 
     def check_family(self, family: TaskFamily, config: PEARLConfig) -> None:
         """Continuous actions only; the replay must fit in memory."""

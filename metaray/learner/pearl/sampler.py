@@ -43,6 +43,7 @@ class Rounds(NamedTuple):
     rewards: np.ndarray
     next_obs: np.ndarray
     terminals: np.ndarray  # the episode ended by the task (not by the time limit): no bootstrap
+    dones: np.ndarray  # the episode ended at this step (terminal or time limit)
     to_context: np.ndarray  # the transition joins the task's context buffer
     round_index: np.ndarray
     task_ids: np.ndarray
@@ -54,12 +55,15 @@ class Rounds(NamedTuple):
         return int(self.round_versions.min()) if len(self.round_versions) else -1
 
 
+FLAT = 7  # Rounds' per-transition fields come first
+
+
 def concat_rounds(batches: list[Rounds]) -> Rounds:
     """Several batches of rounds as one (round indices renumbered)."""
     offsets = np.cumsum([0] + [len(b.task_ids) for b in batches[:-1]])
-    flat = [np.concatenate([getattr(b, k) for b in batches]) for k in Rounds._fields[:6]]
+    flat = [np.concatenate([getattr(b, k) for b in batches]) for k in Rounds._fields[:FLAT]]
     index = np.concatenate([b.round_index + o for b, o in zip(batches, offsets, strict=True)])
-    return Rounds(*flat, index, *(np.concatenate([getattr(b, k) for b in batches]) for k in Rounds._fields[7:]))
+    return Rounds(*flat, index, *(np.concatenate([getattr(b, k) for b in batches]) for k in Rounds._fields[FLAT + 1:]))
 
 
 class PEARLSampler(SamplerBase):
@@ -102,6 +106,7 @@ class PEARLSampler(SamplerBase):
         self.rew_buf = np.zeros((s, n), np.float32)
         self.next_buf = np.zeros((s, n, spec.obs_dim), np.float32)
         self.term_buf = np.zeros((s, n), bool)
+        self.done_buf = np.zeros((s, n), bool)
         self.ctx_buf = np.zeros((s, n), bool)
         self.t = np.zeros(s, np.int64)
         self.episode = np.zeros(s, np.int64)
@@ -213,6 +218,7 @@ class PEARLSampler(SamplerBase):
         self.rew_buf[rows, t] = reward
         self.next_buf[rows, t] = real_next
         self.term_buf[rows, t] = terminated & ~failed
+        self.done_buf[rows, t] = ended
         self.ctx_buf[rows, t] = self._context_episode(self.episode)
         ep = np.minimum(self.episode, self.episodes_per_round - 1)
         self.ep_return[rows, ep] += np.where(self.active, reward, 0.0)
@@ -245,7 +251,8 @@ class PEARLSampler(SamplerBase):
 
     def _take_round(self, slot: int, n: int) -> tuple[Any, ...]:
         return (self.obs_buf[slot, :n].copy(), self.act_buf[slot, :n].copy(), self.rew_buf[slot, :n].copy(),
-                self.next_buf[slot, :n].copy(), self.term_buf[slot, :n].copy(), self.ctx_buf[slot, :n].copy(),
+                self.next_buf[slot, :n].copy(), self.term_buf[slot, :n].copy(), self.done_buf[slot, :n].copy(),
+                self.ctx_buf[slot, :n].copy(),
                 self.env.tasks[slot].task_id, int(self.round_version[slot]), self.ep_return[slot].copy(),
                 self.successes[slot].copy())
 
@@ -260,14 +267,14 @@ class PEARLSampler(SamplerBase):
 
 
 def make_rounds(rows: list[tuple[Any, ...]], obs_dim: int, act_dim: int, episodes: int) -> Rounds:
-    """Rounds (obs, actions, rewards, next_obs, terminals, to_context, task id, version,
+    """Rounds (obs, actions, rewards, next_obs, terminals, dones, to_context, task id, version,
     episode returns[, successes]) as one flat batch."""
     if not rows:
         f32 = np.float32
         return Rounds(np.zeros((0, obs_dim), f32), np.zeros((0, act_dim), f32), np.zeros(0, f32),
-                      np.zeros((0, obs_dim), f32), np.zeros(0, bool), np.zeros(0, bool), np.zeros(0, np.int64),
+                      np.zeros((0, obs_dim), f32), np.zeros(0, bool), np.zeros(0, bool), np.zeros(0, bool), np.zeros(0, np.int64),
                       np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, episodes)))
-    flat = [np.concatenate([r[k] for r in rows]) for k in range(6)]
+    flat = [np.concatenate([r[k] for r in rows]) for k in range(FLAT)]
     index = np.concatenate([np.full(len(r[2]), i, np.int64) for i, r in enumerate(rows)])
-    return Rounds(*flat, index, np.array([r[6] for r in rows], np.int64), np.array([r[7] for r in rows], np.int64),
-                  np.stack([np.asarray(r[8], np.float64) for r in rows]))
+    return Rounds(*flat, index, np.array([r[FLAT] for r in rows], np.int64), np.array([r[FLAT + 1] for r in rows], np.int64),
+                  np.stack([np.asarray(r[FLAT + 2], np.float64) for r in rows]))
