@@ -288,3 +288,33 @@ def test_a_worker_never_placed_does_not_hold_a_synchronous_update(two_nodes, tmp
     # (the two placed ones may join after the grace on a busy machine: then in the first rows)
     assert rows[-1]["workers_alive"] == 2 and rows[-1]["workers_pending"] == 1
     assert all(r["policy_lag_max"] == 0 for r in rows)  # still synchronous: every batch on-policy
+
+
+def test_pearl_on_two_nodes_keeps_its_replay_when_a_node_is_lost(two_nodes, tmp_path):
+    """PEARL's workers spread over both nodes; the second node removed mid-run: its worker is
+    restarted, the learner (on the head) keeps every transition it was sent."""
+    from tests.conftest import PEARL_TINY
+
+    cluster, _ = two_nodes
+    node = cluster.add_node(num_cpus=2)  # the module's first extra node may be gone already
+    data = yaml.safe_load(PEARL_TINY)
+    data.update(iterations=12, workers={"num_workers": 2, "restart_delay_s": 0.5}, checkpoint={"every": 1000},
+                metrics={"tensorboard": False})
+    path = tmp_path / "pearl.yaml"
+    path.write_text(yaml.safe_dump(data))
+    run = tmp_path / "run"
+    run.mkdir()
+    trainer = Trainer(load_config(path), run, RayRuntime(address=None))
+    thread, errors = train_in_thread(trainer)
+    deadline = time.monotonic() + 120
+    while len(read_progress(run)) < 3 and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.1)
+    cluster.remove_node(node)
+    thread.join(timeout=300)
+    release(trainer)
+    assert not thread.is_alive() and not errors, errors
+    rows = read_progress(run)
+    assert [r["iteration"] for r in rows] == list(range(1, 13))
+    held = [r["replay_transitions"] for r in rows]
+    assert held == sorted(held) and held[-1] == rows[-1]["env_steps_total"]  # nothing the learner held was lost
+    assert rows[-1]["grad_steps_total"] > 0
