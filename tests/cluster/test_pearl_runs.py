@@ -114,5 +114,5 @@ def test_pearl_learns_to_use_the_context_on_point_nav(tmp_path):
     prior = np.mean([r["return_prior"] for r in rows[15:]])
     post = np.mean([r["return_post"] for r in rows[15:]])
     first = np.mean([r["return_post"] for r in rows[:10]])
-    assert post > prior + 1.5, (prior, post)  # measured: -10.9 prior, -7.4 posterior
-    assert post > first + 1.5, (first, post)  # measured: -10.6 over the first 10 updates
+    assert post > prior + 1.5, (prior, post)  # measured: -11.6 prior, -7.3 posterior
+    assert post > first + 1.5, (first, post)  # measured: -10.4 over the first 10 updates
