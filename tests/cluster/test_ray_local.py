@@ -122,8 +122,10 @@ def test_pearl_trains_on_two_ray_workers_with_its_replay_in_the_learner(pearl_co
     last = trainer.run()
     rows = read_progress(tmp_path / "run")
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4] and last["workers_alive"] == 2
-    # the learner holds every transition it was sent (no ring is full yet) and learns once warm
-    assert rows[-1]["replay_transitions"] == rows[-1]["env_steps_total"]
+    # the learner holds every transition it learned from (no ring is full yet) and learns once warm;
+    # async: a batch that arrived after the last update, or was too old, is counted but not learned
+    held, sampled = rows[-1]["replay_transitions"], rows[-1]["env_steps_total"]
+    assert held == sampled if sync else 0 < held <= sampled
     assert rows[-1]["grad_steps_total"] > 0 and np.isfinite(rows[-1]["critic_loss"])
     if sync:
         assert all(r["policy_lag_max"] <= 1 for r in rows)  # rounds straddling an update: one version

@@ -64,7 +64,7 @@ def test_user_algorithm_runs_on_local_ray_workers(tmp_path):
 
 
 @pytest.mark.parametrize(("algo", "expected"), [
-    ("ppo", "unknown algo 'ppo' (known: rl2, maml, adversarial, or 'package.module:ClassName')"),
+    ("ppo", "unknown algo 'ppo' (known: rl2, maml, adversarial, pearl, or 'package.module:ClassName')"),
     ("no_such_module:Algo", "cannot import algorithm module 'no_such_module'"),
     (":Algo", "must be a built-in name"),
     ("examples.reinforce:Nope", "module 'examples.reinforce' has no attribute 'Nope'"),

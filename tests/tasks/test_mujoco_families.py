@@ -296,8 +296,7 @@ def test_families_pickle(name):
         # outside the family's physical range: a target no HalfCheetah runs, a goal out of reach
         (HalfCheetahVelFamily, {"low": 0.0, "high": 40.0}, "target velocities"),
         (HalfCheetahVelFamily, {"low": -20.0, "high": 0.0}, "target velocities"),
-        (AntGoalFamily, {"radius": 61.0}, "radius"),
-        (AntGoalFamily, {"radius": 10.0, "horizon": 20}, "radius"),
+        (AntGoalFamily, {"radius": 61.0}, "radius must be <= 60 m"),
     ],
 )
 def test_bad_kwargs_raise_one_line_value_errors(cls, kwargs, kwarg):
@@ -313,6 +312,7 @@ def test_the_edges_of_the_physical_ranges_are_accepted():
     assert all(-15.0 <= t.params[0] <= 15.0 for t in tasks)
     goals = np.array([t.params for t in AntGoalFamily(radius=60.0).sample(50, np.random.default_rng(0))])
     assert np.linalg.norm(goals, axis=1).max() <= 60.0
+    assert AntGoalFamily(horizon=5).radius == 3.0  # a short horizon keeps the default goals
 
 
 def test_unknown_kwarg_is_named():
