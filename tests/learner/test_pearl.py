@@ -276,3 +276,21 @@ def test_serial_learning_is_reproducible_from_the_seed():
 
     (a, wa), (b, wb) = run(), run()
     assert a == b and all(np.array_equal(wa[k], wb[k]) for k in wa)
+
+
+def test_bf16_learner_keeps_outputs_and_losses_in_float32():
+    family, config = point_nav(horizon=10), small_config(precision="bf16")
+    learner = make_learner(config, family)
+    agent = learner.agent
+    obs, act, z = torch.randn(32, 2), torch.rand(32, 2) * 2 - 1, torch.randn(32, config.latent_size)
+    q_bf16 = agent.critic(obs, act, z)
+    agent.set_bf16(False)
+    q_fp32 = agent.critic(obs, act, z)
+    agent.set_bf16(True)
+    assert q_bf16.dtype == torch.float32 and not torch.equal(q_bf16, q_fp32)  # the hidden layers ran in bf16
+    torch.testing.assert_close(q_bf16, q_fp32, rtol=0.05, atol=0.02)
+    sampler = pearl.PEARLSampler(family, config, slots=3, seed=0)
+    assert not sampler.agent.critic.bf16 and not sampler.agent.actor.bf16  # workers run float32
+    batch, _ = sampler.sample(min_trials=3)
+    stats = learner.update([batch])
+    assert stats["grad_steps"] > 0 and all(np.isfinite(stats[k]) for k in ("critic_loss", "actor_loss", "kl"))

@@ -40,6 +40,7 @@ class PEARLLearner:
     def __init__(self, agent: PEARLAgent, config: PEARLConfig, device: torch.device, seed: int):
         self.config, self.device = config, device
         self.policy = self.agent = agent.to(device)
+        agent.set_bf16(config.precision == "bf16")
         spec = agent.spec
         check_buffer_fits(config.num_train_tasks, config.buffer_size_per_task, spec.obs_dim, spec.act_dim)
         self.replay = TaskReplay(config.buffer_size_per_task, config.episodes_per_round * 10_000, spec.obs_dim, spec.act_dim)

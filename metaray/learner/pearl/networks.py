@@ -60,6 +60,16 @@ def mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def run_mlp(net: nn.Sequential, x: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """The MLP, its hidden layers in bfloat16 when `bf16` (autocast; weights stay float32) and its
+    output layer in float32 (Q values of hundreds must resolve differences of ~1)."""
+    if not bf16:
+        return net(x)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        h = net[:-1](x)
+    return net[-1](h.float())
+
+
 def product_of_gaussians(mu: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The Gaussian proportional to the product of the factors N(mu_i, var_i) over axis -2
     ([..., N, L] -> [..., L] mean and variance): precisions add, means weigh by precision."""
@@ -82,10 +92,11 @@ class ContextEncoder(nn.Module):
         super().__init__()
         self.latent_size = latent_size
         self.net = mlp([context_dim, hidden, hidden, hidden, 2 * latent_size])
+        self.bf16 = False  # the learner's `precision: bf16`; workers always run float32
 
     def factors(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """context [..., N, context_dim] -> per-transition mean and variance [..., N, L]."""
-        out = self.net(context)
+        out = run_mlp(self.net, context, self.bf16)
         mu, pre_var = out[..., : self.latent_size], out[..., self.latent_size :]
         return mu, F.softplus(pre_var)
 
@@ -106,6 +117,7 @@ class TanhGaussianActor(nn.Module):
         self.body = mlp([spec.obs_dim + spec.latent_size, hidden, hidden, hidden])
         self.mean = nn.Linear(hidden, spec.act_dim)
         self.log_std = nn.Linear(hidden, spec.act_dim)
+        self.bf16 = False
         self.register_buffer("act_scale", torch.as_tensor((spec.act_high - spec.act_low) / 2.0))
         self.register_buffer("act_bias", torch.as_tensor((spec.act_high + spec.act_low) / 2.0))
 
@@ -113,7 +125,13 @@ class TanhGaussianActor(nn.Module):
                 deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (u in [-1, 1], its log-prob, pre-tanh mean, log-std). `noise` is the standard
         normal draw (reparameterised); None draws it."""
-        h = F.relu(self.body(torch.cat([obs, z], -1)))
+        x = torch.cat([obs, z], -1)
+        if self.bf16:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                h = F.relu(self.body(x))
+            h = h.float()
+        else:
+            h = F.relu(self.body(x))
         mean = self.mean(h)
         log_std = self.log_std(h).clamp(LOG_STD_MIN, LOG_STD_MAX)
         std = log_std.exp()
@@ -142,10 +160,11 @@ class TwinCritic(nn.Module):
         super().__init__()
         sizes = [spec.obs_dim + spec.act_dim + spec.latent_size, hidden, hidden, hidden, 1]
         self.q1, self.q2 = mlp(sizes), mlp(sizes)
+        self.bf16 = False
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, action, z], -1)
-        return torch.cat([self.q1(x), self.q2(x)], -1)
+        return torch.cat([run_mlp(self.q1, x, self.bf16), run_mlp(self.q2, x, self.bf16)], -1)
 
 
 class PEARLAgent(nn.Module):
@@ -161,6 +180,11 @@ class PEARLAgent(nn.Module):
         self.target_critic.load_state_dict(self.critic.state_dict())
         self.target_critic.requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(config.alpha)))
+
+    def set_bf16(self, on: bool) -> None:
+        """Hidden layers in bfloat16 (the learner's `precision: bf16`), or all float32."""
+        for module in (self.encoder, self.actor, self.critic, self.target_critic):
+            module.bf16 = on
 
     def sample_z(self, mean: torch.Tensor, var: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """z ~ N(mean, var), reparameterised (gradients reach the encoder)."""
