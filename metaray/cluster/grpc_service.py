@@ -488,16 +488,14 @@ class GrpcService:
                          f"{where}: policy_version {msg.policy_version}, the task must be run with {assignment.policy_version}")
 
     def _decode(self, msg: pb.Rollout, where: str) -> dict[str, np.ndarray]:
-        """The five tensors, each present, well formed, of its dtype and of one length T."""
+        """The five tensors (seven for off-policy algorithms), each present, well formed, of its
+        dtype and of one length T."""
         spec = self.spec
-        arrays = {}
-        for name in ("observations", "actions", "rewards", "dones", "log_probs"):
-            if not msg.HasField(name):
-                raise _invalid(f"{where}: {name} is missing")
-            try:
-                arrays[name] = decode_tensor(getattr(msg, name))
-            except ValueError as err:
-                raise _invalid(f"{where}: {name}: {err}") from None
+        transitions = spec.wire is not None and spec.wire.transitions  # off-policy: s' and terminals too
+        arrays = {name: _decode_field(msg, name, where) for name in ("observations", "actions", "rewards", "dones", "log_probs")}
+        if transitions:
+            arrays.update({name: _decode_field(msg, name, where, f" (algo {spec.algo} learns from transitions)")
+                           for name in ("next_observations", "terminals")})
         steps = arrays["rewards"].shape[0] if arrays["rewards"].ndim == 1 else -1
         if not 1 <= steps <= spec.max_steps:
             raise _invalid(f"{where}: rewards must have shape [T] with 1 <= T <= {spec.max_steps}, got {arrays['rewards'].shape}")
@@ -505,14 +503,7 @@ class GrpcService:
         expected = {"observations": ("float32", (steps, *spec.observation_space.shape)),
                     "actions": ("int64" if spec.discrete else "float32", (steps, *act_tail)),
                     "rewards": ("float32", (steps,)), "dones": ("bool", (steps,)), "log_probs": ("float32", (steps,))}
-        if self.spec.wire is not None and self.spec.wire.transitions:  # off-policy: s' and terminals too
-            for name in ("next_observations", "terminals"):
-                if not msg.HasField(name):
-                    raise _invalid(f"{where}: {name} is missing (algo {self.spec.algo} learns from transitions)")
-                try:
-                    arrays[name] = decode_tensor(getattr(msg, name))
-                except ValueError as err:
-                    raise _invalid(f"{where}: {name}: {err}") from None
+        if transitions:
             expected["next_observations"] = ("float32", (steps, *spec.observation_space.shape))
             expected["terminals"] = ("bool", (steps,))
         for name, (dtype, shape) in expected.items():
@@ -636,6 +627,16 @@ def _parser(message_class: Any) -> Callable[[bytes], Any]:
 def _refuse_malformed(request: Any, where: str = "request") -> None:
     if isinstance(request, _Malformed):
         raise _invalid(f"{where}: the body is not a valid {request.message} message")
+
+
+def _decode_field(msg: pb.Rollout, name: str, where: str, why: str = "") -> np.ndarray:
+    """One tensor field of a rollout, present and well formed, or Reject naming it."""
+    if not msg.HasField(name):
+        raise _invalid(f"{where}: {name} is missing{why}")
+    try:
+        return decode_tensor(getattr(msg, name))
+    except ValueError as err:
+        raise _invalid(f"{where}: {name}: {err}") from None
 
 
 def _check_actor_id(actor_id: str, where: str = "request") -> str:

@@ -54,6 +54,16 @@ def test_removing_a_node_mid_run_costs_only_restarts(two_nodes, tmp_path):
     trainer = Trainer(load_config(path), run, RayRuntime(address=None))
     placed = {ray.get(h.ping.remote())["node"] for h in trainer.pool.workers.values()}
     assert placed == {node.node_id, cluster.head_node.node_id}, "SPREAD puts one worker on each node"
+    rows = remove_node_after_three_iterations(trainer, cluster, node, run)
+    assert [r["iteration"] for r in rows] == list(range(1, 13))
+    assert all(r["num_tasks"] == 8 for r in rows)
+    assert rows[-1]["worker_restarts_total"] >= 1
+    assert rows[-1]["workers_alive"] + rows[-1]["workers_pending"] == 2  # the replacement joins in the background
+
+
+def remove_node_after_three_iterations(trainer, cluster, node, run) -> list[dict]:
+    """Train in a thread, remove `node` once 3 iterations are done, wait for the run to finish
+    (no error); its progress rows."""
     thread, errors = train_in_thread(trainer)
     deadline = time.monotonic() + 120
     while len(read_progress(run)) < 3 and time.monotonic() < deadline and thread.is_alive():
@@ -62,11 +72,7 @@ def test_removing_a_node_mid_run_costs_only_restarts(two_nodes, tmp_path):
     thread.join(timeout=300)
     release(trainer)
     assert not thread.is_alive() and not errors, errors
-    rows = read_progress(run)
-    assert [r["iteration"] for r in rows] == list(range(1, 13))
-    assert all(r["num_tasks"] == 8 for r in rows)
-    assert rows[-1]["worker_restarts_total"] >= 1
-    assert rows[-1]["workers_alive"] + rows[-1]["workers_pending"] == 2  # the replacement joins in the background
+    return read_progress(run)
 
 
 def train_in_thread(trainer) -> tuple[threading.Thread, list[BaseException]]:
@@ -305,15 +311,7 @@ def test_pearl_on_two_nodes_keeps_its_replay_when_a_node_is_lost(two_nodes, tmp_
     run = tmp_path / "run"
     run.mkdir()
     trainer = Trainer(load_config(path), run, RayRuntime(address=None))
-    thread, errors = train_in_thread(trainer)
-    deadline = time.monotonic() + 120
-    while len(read_progress(run)) < 3 and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.1)
-    cluster.remove_node(node)
-    thread.join(timeout=300)
-    release(trainer)
-    assert not thread.is_alive() and not errors, errors
-    rows = read_progress(run)
+    rows = remove_node_after_three_iterations(trainer, cluster, node, run)
     assert [r["iteration"] for r in rows] == list(range(1, 13))
     held = [r["replay_transitions"] for r in rows]
     assert held == sorted(held) and held[-1] == rows[-1]["env_steps_total"]  # nothing the learner held was lost
