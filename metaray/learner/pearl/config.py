@@ -52,7 +52,7 @@ class PEARLConfig(BaseModel):
     kl_lambda: float = Field(0.1, ge=0, description="Weight of KL(q(z|c) || N(0, I)) in the encoder's loss (the paper: 0.1; 0 = a deterministic-looking encoder).")
     policy_mean_reg: float = Field(1e-3, ge=0, description="L2 penalty on the actor's pre-tanh mean (the paper's policy_mean_reg_weight).")
     policy_std_reg: float = Field(1e-3, ge=0, description="L2 penalty on the actor's log-std (policy_std_reg_weight).")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="The learner's arithmetic: bf16 runs the hidden layers of the encoder, actor and critics under torch.autocast in bfloat16 (weights, optimizers, output layers and losses stay float32): 1.6x faster critic forward+backward at meta-batch 8 x 128, 128 wide, on the CI machine's AVX512-BF16 cores. Its effect on learning is not measured yet; workers always run float32.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="The learner's arithmetic: bf16 runs the hidden layers of the encoder, actor and critics under torch.autocast in bfloat16 (weights, optimizers, output layers and losses stay float32): a gradient step at the halfcheetah-vel config's sizes 1.29x faster (28.0 -> 21.7 ms, benchmarks/pearl_learner_cost.py) on the CI machine's AVX512-BF16 cores; on point-nav one seed learned as well as in fp32 (benchmarks/README.md). Workers always run float32.")
     max_grad_norm: float = Field(0.0, ge=0, description="Gradient-norm clip per network (0 = none, as in the paper).")
 
     # evaluation (the paper's protocol)

@@ -62,9 +62,10 @@ class PEARLLearner:
 
     def update(self, payloads: list[Rounds]) -> dict[str, float]:
         cfg = self.config
-        batch = concat_rounds([p for p in payloads if len(p.task_ids)]) if any(len(p.task_ids) for p in payloads) else None
+        rounds = [p for p in payloads if len(p.task_ids)]
         stats: dict[str, float] = {}
-        if batch is not None:
+        if rounds:
+            batch = concat_rounds(rounds)
             self._add(batch)
             new_steps = len(batch.rewards)
             self.env_steps += new_steps

@@ -256,10 +256,6 @@ class PEARLSampler(SamplerBase):
                 self.env.tasks[slot].task_id, int(self.round_version[slot]), self.ep_return[slot].copy(),
                 self.successes[slot].copy())
 
-    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """The random state; rounds in flight are restarted at a checkpoint (`restart`)."""
-        return super().get_state()
-
     def restart(self) -> None:
         """Drop every partial round; each slot starts a new one."""
         self.active[:] = True
