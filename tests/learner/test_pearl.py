@@ -117,7 +117,7 @@ def test_the_ring_wraps_around_keeping_the_newest():
 
 
 def test_a_round_replaces_its_task_s_context_and_adds_to_its_rl_buffer():
-    replay = TaskReplay(capacity=100, context_capacity=100, obs_dim=1, act_dim=1)
+    replay = TaskReplay(capacity=100, obs_dim=1, act_dim=1)
 
     def round_fields(start, n):
         v = np.arange(start, start + n, dtype=np.float32)

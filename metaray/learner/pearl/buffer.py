@@ -96,8 +96,8 @@ class Ring:
 class TaskReplay:
     """Per-task RL rings and context rings, created as tasks first send data."""
 
-    def __init__(self, capacity: int, context_capacity: int, obs_dim: int, act_dim: int):
-        self.capacity, self.context_capacity = capacity, context_capacity
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int):
+        self.capacity = capacity
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.rl: dict[int, Ring] = {}
         self.context: dict[int, Ring] = {}
@@ -111,11 +111,10 @@ class TaskReplay:
         round's context transitions (the paper clears a task's encoder buffer each round)."""
         if task_id not in self.rl:
             self.rl[task_id] = Ring(self.capacity, self.obs_dim, self.act_dim)
-            self.context[task_id] = Ring(self.context_capacity, self.obs_dim, self.act_dim)
         self.rl[task_id].add(*(fields[name] for name in FIELDS))
-        if to_context.any():
-            self.context[task_id].clear()
-            self.context[task_id].add(*(fields[name][to_context] for name in FIELDS))
+        if to_context.any():  # sized to the round's context, which the next round replaces
+            ring = self.context[task_id] = Ring(int(to_context.sum()), self.obs_dim, self.act_dim)
+            ring.add(*(fields[name][to_context] for name in FIELDS))
 
     def state(self) -> tuple[dict[str, object], dict[str, np.ndarray]]:
         """Every task's rings as a JSON-able dict and arrays named `{rl|context}/{task}/{field}`."""
@@ -131,8 +130,9 @@ class TaskReplay:
     def load(self, meta: dict[str, object], arrays: dict[str, np.ndarray]) -> None:
         """Replace the rings by a `state()`."""
         self.rl, self.context = {}, {}
-        for kind, rings, capacity in (("rl", self.rl, self.capacity), ("context", self.context, self.context_capacity)):
+        for kind, rings in (("rl", self.rl), ("context", self.context)):
             for task_id, ring_meta in meta[kind].items():  # type: ignore[attr-defined]
+                capacity = self.capacity if kind == "rl" else max(int(ring_meta["size"]), 1)
                 ring = Ring(capacity, self.obs_dim, self.act_dim)
                 ring.load(ring_meta, {name: arrays[f"{kind}/{task_id}/{name}"] for name in FIELDS})
                 rings[int(task_id)] = ring

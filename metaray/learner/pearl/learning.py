@@ -43,7 +43,7 @@ class PEARLLearner:
         agent.set_bf16(config.precision == "bf16")
         spec = agent.spec
         check_buffer_fits(config.num_train_tasks, config.buffer_size_per_task, spec.obs_dim, spec.act_dim)
-        self.replay = TaskReplay(config.buffer_size_per_task, config.episodes_per_round * 10_000, spec.obs_dim, spec.act_dim)
+        self.replay = TaskReplay(config.buffer_size_per_task, spec.obs_dim, spec.act_dim)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         # foreach: one kernel per op over all of a network's tensors (these are small networks)
