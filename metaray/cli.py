@@ -1,4 +1,4 @@
-"""The `metaray` command: train, eval, plot, status, tasks.
+"""The `metaray` command: train, eval, plot, scale, status, tasks; bench, sweep, report.
 
 User mistakes (bad config, unknown family, unreachable Ray, a directory that is not a run) end
 with one line on stderr and exit code 2, never a traceback.
@@ -102,7 +102,76 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the status as JSON")
 
     sub.add_parser("tasks", help="list task families")
+
+    bench = sub.add_parser("bench", help="run a benchmark suite (configs x seeds, held-out evaluation, report)")
+    bench.add_argument("suite", type=Path, help="suite YAML (see benchmarks/suites/)")
+    _bench_options(bench)
+
+    sweep = sub.add_parser("sweep", help="one config over seeds and a grid of settings, as a bench")
+    sweep.add_argument("config", help="config YAML file")
+    sweep.add_argument("--seeds", type=int, nargs="+", required=True, help="seeds to train each setting with")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY.PATH=V1,V2,...",
+                       help="values to try for one key (repeatable: the product of all grids)")
+    sweep.add_argument("--name", help="suite name for the results (default: sweep-CONFIG)")
+    sweep.add_argument("--metric", choices=["mean_return", "success_rate", "normalised_score"], default="mean_return")
+    _bench_options(sweep)
+
+    report = sub.add_parser("report", help="tables (mean, IQM, 95%% CIs) and plots from bench results")
+    report.add_argument("results", type=Path, nargs="+", help="result files or directories of them")
+    report.add_argument("-o", "--output", type=Path, help="report path without suffix (default: DIR/report)")
+    report.add_argument("--compare", action="append", default=[], metavar="A,B",
+                        help="probability that run A improves on run B (repeatable)")
     return parser
+
+
+def _bench_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results-dir", type=Path, default=Path("benchmarks/results"),
+                        help="where result files and the report go (default: benchmarks/results)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/bench"),
+                        help="where the training runs go (default: runs/bench)")
+    parser.add_argument("--resume", action="store_true", help="finish the newest interrupted bench of this suite")
+    parser.add_argument("--address", help="run the trials on a running Ray cluster: 'auto' or HOST:PORT")
+    parser.add_argument("--max-concurrent", type=_positive_int, help="at most this many trials at once")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from metaray.bench.suite import load_suite, sweep_suite
+
+    if args.command == "bench":
+        suite = load_suite(args.suite)
+    else:
+        suite = sweep_suite(args.config, args.seeds, args.grid, args.name, args.metric)
+    return _run_bench(suite, args)
+
+
+def _run_bench(suite: Any, args: argparse.Namespace) -> int:
+    from metaray.bench.runner import run_suite
+
+    out = run_suite(suite, args.results_dir, args.runs_dir, resume=args.resume, address=args.address,
+                    max_concurrent=args.max_concurrent)
+    for line in out["failed"]:
+        print(f"metaray {args.command}: trial failed: {line}", file=sys.stderr)
+    print(f"metaray {args.command}: {out['finished']}/{out['trials']} trials finished; results in {out['results_dir']}"
+          + (f", report {out['report']['markdown']}" if out["report"] else "")
+          + (f"; runs in {out['bench_dir']} (--resume finishes the rest)" if out["finished"] < out["trials"] else ""))
+    if out["report"]:
+        print(out["report"]["markdown"].read_text())
+    return 0 if out["finished"] == out["trials"] else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from metaray.bench.report import ReportError, write_report
+
+    pairs = []
+    for text in args.compare:
+        parts = text.split(",")
+        if len(parts) != 2 or not all(parts):
+            raise ReportError(f"--compare {text!r}: expected A,B (two run names)")
+        pairs.append((parts[0], parts[1]))
+    paths = write_report(args.results, args.output, compare=pairs)
+    print(paths["markdown"].read_text())
+    print(f"metaray report: wrote {paths['markdown']}, {paths['plot']}")
+    return 0
 
 
 def cmd_tasks(_: argparse.Namespace) -> int:
@@ -428,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if os.getcwd() not in sys.path:  # a user's "package.module:Class" (family, algorithm) from the working
         sys.path.append(os.getcwd())  # directory, as `python -m` and the local Ray workers see it
+    from metaray.bench.report import ReportError
+    from metaray.bench.suite import SuiteError
     from metaray.cluster.checkpoint import CheckpointError
     from metaray.cluster.config import ConfigError
     from metaray.cluster.control import ScaleError
@@ -435,10 +506,12 @@ def main(argv: list[str] | None = None) -> int:
     from metaray.cluster.worker_pool import TrainingError
     from metaray.tasks import TaskFamilyError
 
-    handlers = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "scale": cmd_scale, "status": cmd_status, "tasks": cmd_tasks}
+    handlers = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "scale": cmd_scale, "status": cmd_status,
+                "tasks": cmd_tasks, "bench": cmd_bench, "sweep": cmd_bench, "report": cmd_report}
     try:
         return handlers[args.command](args)
-    except (ConfigError, TaskFamilyError, RuntimeStartError, CheckpointError, TrainingError, ScaleError) as err:
+    except (ConfigError, TaskFamilyError, RuntimeStartError, CheckpointError, TrainingError, ScaleError,
+            SuiteError, ReportError) as err:
         print(f"metaray {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,219 @@
+"""`metaray report RESULTS...`: bench results aggregated the way the field now expects (Agarwal et
+al. 2021, rliable): mean and interquartile mean over seeds x held-out tasks with 95 %
+stratified-bootstrap confidence intervals (resampling seeds within each task), probability of
+improvement between the runs a suite compares, a performance profile, and the learning curves.
+Writes REPORT.md and REPORT.png; reads only result files, so it reruns anywhere."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metaray.bench.suite import SuiteError, require_bench_extra
+from metaray.bench.trial import SCHEMA_VERSION
+
+BOOTSTRAP_REPS = 2000
+
+
+class ReportError(ValueError):
+    """Nothing to report, or a file that is not a bench result: one line."""
+
+
+def load_results(paths: list[Path]) -> list[dict[str, Any]]:
+    """Result files, or directories holding them (not recursive: one bench's results)."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.glob("*.json"))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ReportError(f"{path}: no such file or directory")
+    results = []
+    for file in files:
+        try:
+            data = json.loads(file.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ReportError(f"{file}: not readable as JSON ({err})") from None
+        if not isinstance(data, dict) or "schema_version" not in data:
+            continue  # other files beside the results (the report's own data, notes)
+        if data["schema_version"] != SCHEMA_VERSION:
+            raise ReportError(f"{file}: result schema {data['schema_version']}, this metaray reads {SCHEMA_VERSION}")
+        results.append(data)
+    if not results:
+        raise ReportError(f"no bench results in {', '.join(map(str, paths))}")
+    return results
+
+
+def _matrix(rows: list[dict[str, Any]]) -> np.ndarray:
+    """seeds x held-out tasks; seed means (seeds x 1) when the seeds were not evaluated on the same tasks."""
+    lengths = {len(r["per_task"]) for r in rows}
+    if len(lengths) == 1 and 0 not in lengths:
+        return np.array([r["per_task"] for r in rows], dtype=np.float64)
+    return np.array([[r["score"]] for r in rows], dtype=np.float64)
+
+
+def aggregate(results: list[dict[str, Any]], compare: list[tuple[str, str]] | None = None,
+              reps: int = BOOTSTRAP_REPS, seed: int = 0) -> dict[str, Any]:
+    from rliable import library as rly
+    from rliable import metrics
+
+    np.random.seed(seed)  # rliable's bootstrap draws from numpy's global generator
+    by_run: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        by_run[r["run"]].append(r)
+    runs = {}
+    for name, rows in by_run.items():
+        rows.sort(key=lambda r: r["seed"])
+        scores = _matrix(rows)
+        seed_scores = np.array([[r["score"]] for r in rows])
+        point, ci = rly.get_interval_estimates(
+            {name: scores}, lambda x: np.array([metrics.aggregate_mean(x), metrics.aggregate_iqm(x)]), reps=reps)
+        runs[name] = {
+            "algo": rows[0]["algo"], "family": rows[0]["family"], "metric": rows[0]["metric"],
+            "seeds": [r["seed"] for r in rows], "seed_scores": [r["score"] for r in rows],
+            "mean": float(point[name][0]), "iqm": float(point[name][1]),
+            "mean_ci": [float(ci[name][0, 0]), float(ci[name][1, 0])] if len(rows) > 1 else None,
+            "iqm_ci": [float(ci[name][0, 1]), float(ci[name][1, 1])] if len(rows) > 1 else None,
+            "seed_std": float(np.std(seed_scores, ddof=1)) if len(rows) > 1 else None,
+            "tasks": int(scores.shape[1]), "env_steps": _mean([r["env_steps"] for r in rows]),
+            "wall_time_s": _mean([r["wall_time_s"] for r in rows]),
+            "commits": sorted({f"{r['commit']}{'+dirty' if r['dirty'] else ''}" for r in rows}),
+            "dates": sorted({r["date"] for r in rows}),
+        }
+    improvements = []
+    for a, b in compare or []:
+        if a not in by_run or b not in by_run:
+            continue
+        x = np.array([[r["score"]] for r in by_run[a]])
+        y = np.array([[r["score"]] for r in by_run[b]])
+        point, ci = rly.get_interval_estimates({"p": (x, y)}, metrics.probability_of_improvement, reps=reps)
+        improvements.append({"a": a, "b": b, "p": float(np.ravel(point["p"])[0]),
+                             "ci": [float(ci["p"][0].ravel()[0]), float(ci["p"][1].ravel()[0])]})
+    return {"runs": runs, "improvements": improvements}
+
+
+def _mean(values: list[Any]) -> float | None:
+    vals = [v for v in values if isinstance(v, (int, float))]
+    return float(np.mean(vals)) if vals else None
+
+
+def _fmt(value: float | None, ci: list[float] | None = None) -> str:
+    if value is None:
+        return "—"
+    digits = 3 if abs(value) < 10 else 2
+    text = f"{value:.{digits}f}"
+    return f"{text} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else text
+
+
+def _steps(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value / 1e6:.2f}M" if value >= 1e5 else f"{value:,.0f}"
+
+
+def markdown(summary: dict[str, Any], results: list[dict[str, Any]], title: str) -> str:
+    first = results[0]
+    m = first["machine"]
+    lines = [f"# {title}", "",
+             f"Machine: {m['cores']} cores, {m['cpu']}, GPU {m['gpu'] or 'none'}, {m.get('memory_gib')} GiB; "
+             + ", ".join(f"{k} {v}" for k, v in first["packages"].items() if v) + ".",
+             f"Held-out metric: `{first['metric']}` ({first['eval'].get('split', 'test')} split, "
+             f"{first['eval'].get('num_tasks')} tasks, eval seed {first['eval'].get('seed')}). "
+             f"Intervals: 95 % stratified bootstrap over seeds within each task ({BOOTSTRAP_REPS} resamples, rliable); "
+             "none with one seed.", "",
+             "| run | algo / family | seeds | mean [95 % CI] | IQM [95 % CI] | per seed | env steps | wall per seed | commit | date |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in summary["runs"].items():
+        per_seed = ", ".join(_fmt(s) for s in r["seed_scores"])
+        wall = f"{r['wall_time_s'] / 60:.1f} min" if r["wall_time_s"] is not None else "—"
+        lines.append(f"| {name} | {r['algo']} / {r['family']} | {len(r['seeds'])} | {_fmt(r['mean'], r['mean_ci'])} | "
+                     f"{_fmt(r['iqm'], r['iqm_ci'])} | {per_seed} | {_steps(r['env_steps'])} | {wall} | "
+                     f"{', '.join(r['commits'])} | {', '.join(r['dates'])} |")
+    if summary["improvements"]:
+        lines += ["", "Probability of improvement (a run's seed score above another's; 0.5 = no difference):", "",
+                  "| a | b | P(a > b) [95 % CI] |", "|---|---|---|"]
+        for imp in summary["improvements"]:
+            lines.append(f"| {imp['a']} | {imp['b']} | {_fmt(imp['p'], imp['ci'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict[str, Any], results: list[dict[str, Any]], out: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from rliable import library as rly
+    from rliable import plot_utils
+
+    names = list(summary["runs"])
+    colors = dict(zip(names, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4, strict=False))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    ax = axes[0]
+    for i, name in enumerate(names):
+        r = summary["runs"][name]
+        ci = r["mean_ci"] or [r["mean"], r["mean"]]
+        ax.errorbar([r["mean"]], [i], xerr=[[r["mean"] - ci[0]], [ci[1] - r["mean"]]], fmt="o", color=colors[name], capsize=4)
+        ax.scatter(r["seed_scores"], [i] * len(r["seed_scores"]), marker="|", color=colors[name], s=80)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel(f"held-out {results[0]['metric']} (mean, 95 % CI; | = seeds)")
+    ax.invert_yaxis()
+
+    ax = axes[1]
+    for name in names:
+        for r in (x for x in results if x["run"] == name):
+            curve = np.array([row for row in r["curve"] if row[2] is not None], dtype=np.float64)
+            if len(curve):
+                ax.plot(curve[:, 0], curve[:, 2], color=colors[name], alpha=0.7, lw=1,
+                        label=name if r["seed"] == summary["runs"][name]["seeds"][0] else None)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("training return")
+    ax.legend(fontsize=8)
+
+    ax = axes[2]
+    # a performance profile compares runs on the same benchmark: those of the most common family
+    families = [summary["runs"][n]["family"] for n in names]
+    family = max(set(families), key=families.count)
+    same = [n for n in names if summary["runs"][n]["family"] == family]
+    scores = {n: _matrix(sorted((x for x in results if x["run"] == n), key=lambda x: x["seed"])) for n in same}
+    lo = min(float(s.min()) for s in scores.values())
+    hi = max(float(s.max()) for s in scores.values())
+    taus = np.linspace(lo, hi, 101) if hi > lo else np.array([lo - 1, lo, lo + 1])
+    profiles, cis = rly.create_performance_profile(scores, taus, reps=200)
+    plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=cis, colors=colors,
+                                         xlabel=f"held-out {results[0]['metric']} τ ({family})",
+                                         ylabel="fraction of (seed, task) above τ", ax=ax,
+                                         labelsize=10, ticklabelsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_report(paths: list[Path], out: Path | None = None, compare: list[tuple[str, str]] | None = None,
+                 title: str | None = None) -> dict[str, Path]:
+    """REPORT.md, REPORT.png and REPORT.json (the aggregate) next to `out` (default: the first
+    directory given, as report.md/png/json)."""
+    try:
+        require_bench_extra("rliable.library")
+    except SuiteError as err:
+        raise ReportError(str(err)) from None
+    results = load_results(paths)
+    suites = sorted({r["suite"] for r in results})
+    title = title or f"metaray bench: {', '.join(suites)}"
+    summary = aggregate(results, compare)
+    base = Path(out) if out is not None else (Path(paths[0]) if Path(paths[0]).is_dir() else Path(paths[0]).parent) / "report"
+    base = base.with_suffix("") if base.suffix in (".md", ".png", ".json") else base
+    md = base.with_name(base.name + ".md")
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(markdown(summary, results, title))
+    js = base.with_name(base.name + ".summary.json")
+    js.write_text(json.dumps(summary, indent=1))
+    png = plot(summary, results, base.with_name(base.name + ".png"), title)
+    return {"markdown": md, "plot": png, "summary": js}

@@ -1,0 +1,93 @@
+"""`metaray bench SUITE.yaml`: every (run, seed) of a suite as a Ray Tune trial, on the local
+machine or the Ray cluster given, resumable after an interruption, then the report.
+
+Layout (results small and committed, training runs large and outside the tree):
+
+    benchmarks/results/<suite>/<date>-<commit>/<run>-seed<k>.json, report.md, report.png
+    runs/bench/<suite>/<date>-<commit>/<run>-seed<k>/            (metaray run directories)
+    runs/bench/<suite>/<date>-<commit>/tune/                     (Tune's experiment state)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from metaray.bench.provenance import git_commit
+from metaray.bench.report import write_report
+from metaray.bench.suite import Suite, SuiteError, require_bench_extra
+from metaray.bench.trial import trial_paths, tune_trainable
+from metaray.cluster.runtime import RayRuntime
+
+
+def bench_id() -> str:
+    code = git_commit()
+    tag = (code["commit"] or "nogit") + ("-dirty" if code["dirty"] else "")
+    return f"{time.strftime('%Y-%m-%d')}-{tag}"
+
+
+def _resume_id(runs_root: Path, suite: Suite) -> str:
+    found = sorted((p for p in (runs_root / suite.name).glob("*") if (p / "tune").is_dir()),
+                   key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise SuiteError(f"--resume: no interrupted bench of suite {suite.name!r} under {runs_root / suite.name}")
+    return found[-1].name
+
+
+def check_resources(suite: Suite, available: dict[str, float]) -> None:
+    """Every trial must fit the cluster on its own, else Tune would wait forever."""
+    cpus = float(available.get("CPU", 0))
+    for run in suite.runs:
+        if run.cpus > cpus:
+            raise SuiteError(f"run {run.name!r} asks for {run.cpus:g} CPUs per trial; the Ray cluster has {cpus:g}")
+
+
+def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = False,
+              address: str | None = None, max_concurrent: int | None = None, verbose: int = 1) -> dict[str, Any]:
+    """Run (or finish) the suite; returns {"results_dir", "failed": [lines], "report": paths}."""
+    require_bench_extra("ray.tune", "rliable.library")
+    import ray
+    from ray import tune
+
+    ident = _resume_id(runs_root, suite) if resume else bench_id()
+    bench_dir = (runs_root / suite.name / ident).resolve()
+    results_dir = (results_root / suite.name / ident).resolve()
+    tune_dir = bench_dir / "tune"
+    if not resume and tune_dir.exists():
+        raise SuiteError(f"{bench_dir} already holds this bench (same suite, day and commit): pass --resume to finish it")
+    if not ray.is_initialized():
+        RayRuntime(address)  # one line on an unreachable cluster (RuntimeStartError)
+    check_resources(suite, ray.cluster_resources())
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "suite.json").write_text(suite.model_dump_json(indent=1))
+
+    cpus = {run.name: run.cpus for run in suite.runs}
+    trainable = tune.with_resources(tune_trainable, lambda config: {"cpu": cpus[config["run"]]})
+    if resume and tune.Tuner.can_restore(str(tune_dir)):
+        tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True, restart_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            # the grid is runs x seeds, the suite's trials (shown as the progress table's columns)
+            param_space={"run": tune.grid_search([r.name for r in suite.runs]), "seed": tune.grid_search(suite.seeds),
+                         "suite": suite.model_dump(),
+                         "bench_dir": str(bench_dir), "results_dir": str(results_dir)},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=max_concurrent,
+                trial_name_creator=lambda t: f"{t.config['run']}-seed{t.config['seed']}",
+                trial_dirname_creator=lambda t: f"{t.config['run']}-seed{t.config['seed']}"),
+            run_config=tune.RunConfig(name="tune", storage_path=str(bench_dir), verbose=verbose),
+        )
+    grid = tuner.fit()
+    failed = []
+    for result in grid:
+        if result.error is not None:
+            line = str(result.error).strip().splitlines()
+            failed.append(next((x for x in reversed(line) if x.strip()), repr(result.error)))
+    done = [t for t in suite.trials()
+            if trial_paths(bench_dir, results_dir, t["run"], t["seed"])["result"].is_file()]
+    report = write_report([results_dir], compare=suite.compare, title=f"metaray bench {suite.name} ({ident})") if done else None
+    return {"results_dir": results_dir, "bench_dir": bench_dir, "failed": failed, "report": report,
+            "finished": len(done), "trials": len(suite.trials())}

@@ -1,0 +1,209 @@
+"""One bench trial: a normal `metaray train --serial` run in its own run directory, then
+`metaray eval` on the suite's held-out tasks, then one result file in the bench schema.
+
+Runs as a Ray Tune function trainable. Training and evaluation are subprocesses running the same
+commands a user would type (their own one-line errors, one torch thread each, nothing of Tune's
+worker process leaking into them). A trial is idempotent: a finished one (its result file
+exists) reports its result again; an interrupted one continues its run with `--resume`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metaray.bench.provenance import SOURCE, config_hash, git_commit, machine, packages
+from metaray.bench.suite import Suite, bench_overrides
+
+SCHEMA_VERSION = 1
+_POLL_S = 5.0
+
+
+class TrialFailed(RuntimeError):
+    """Training or evaluation of a trial exited non-zero; the message is its last error line."""
+
+
+def trial_paths(bench_dir: Path, results_dir: Path, run: str, seed: int) -> dict[str, Path]:
+    key = f"{run}-seed{seed}"
+    return {"run_dir": bench_dir / key, "log": bench_dir / f"{key}.log", "commits": bench_dir / f"{key}.commits.json",
+            "result": results_dir / f"{key}.json"}
+
+
+def per_task_key(metric: str, task: dict[str, Any]) -> str:
+    """The per-task field behind an eval metric (mean_return: post-adaptation where the algorithm
+    adapts, else the trial's return; the others have the same name per task)."""
+    if metric == "mean_return":
+        return "return_post" if "return_post" in task else "trial_return"
+    return metric
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+def _read_progress(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "progress.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line being written
+            break
+    return rows
+
+
+def _headline(row: dict[str, Any]) -> float | None:
+    for key in ("return_post", "trial_return", "mean_return"):
+        if isinstance(row.get(key), (int, float)):
+            return float(row[key])
+    return None
+
+
+def _metaray(*args: str) -> list[str]:
+    return [sys.executable, "-m", "metaray.cli", *args]
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the trial's process dies (Tune kills a stopped trial's actor
+    outright; `metaray train` takes SIGTERM as Ctrl-C and stops at a clean point)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the child outlives a killed trial
+        pass
+
+
+def _shown(path: str) -> str:
+    """A config path as results record it: relative to the checkout when it lies inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(SOURCE))
+    except ValueError:
+        return path
+
+
+def _thin(rows: list[dict[str, Any]], points: int = 200) -> list[list[float]]:
+    """The learning curve as [env steps, wall seconds, headline return], at most `points` rows."""
+    step = max(1, len(rows) // points)
+    keep = rows[::step] + ([rows[-1]] if rows and (len(rows) - 1) % step else [])
+    return [[r.get("env_steps_total", 0), round(r.get("wall_time_s", 0.0), 1), _headline(r)] for r in keep]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_trial(suite: Suite, run_name: str, seed: int, bench_dir: Path, results_dir: Path,
+              report: Any = None) -> dict[str, Any]:
+    """Train (or continue), evaluate, write the result; `report(metrics)` gets progress."""
+    report = report or (lambda metrics: None)
+    paths = trial_paths(bench_dir, results_dir, run_name, seed)
+    if paths["result"].is_file():
+        result = json.loads(paths["result"].read_text())
+        report({"score": result["score"], "env_steps": result["env_steps"], "done_before": True})
+        return result
+    run = suite.run(run_name)
+    overrides = bench_overrides(suite, run, seed)
+    run_dir = paths["run_dir"]
+    resuming = (run_dir / "config.yaml").is_file()
+    code = git_commit()
+    commits = json.loads(paths["commits"].read_text()) if paths["commits"].is_file() else []
+    commits.append({**code, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    _write_atomic(paths["commits"], json.dumps(commits, indent=1))
+
+    args = ["train", run.config, "--serial", "--run-dir", str(run_dir)]
+    for override in overrides:
+        args += ["--set", override]
+    if resuming:
+        args.append("--resume")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with paths["log"].open("a") as log:
+        log.write(f"$ metaray {' '.join(args)}\n")
+        log.flush()
+        proc = subprocess.Popen(_metaray(*args), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        seen = 0
+        while True:
+            try:
+                code_ = proc.wait(timeout=_POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            rows = _read_progress(run_dir)
+            if len(rows) > seen:
+                seen = len(rows)
+                last = rows[-1]
+                report({"iteration": last.get("iteration"), "env_steps": last.get("env_steps_total"),
+                        "train_return": _headline(last)})
+    if code_ != 0:
+        raise TrialFailed(f"{run_name} seed {seed}: train failed: {_last_line(paths['log'].read_text()[-4000:])}")
+
+    eval_out = bench_dir / f"{run_name}-seed{seed}.eval.json"
+    ev_args = ["eval", str(run_dir), "--split", suite.eval.split, "--output", str(eval_out)]
+    for key, value in (("num_tasks", suite.eval.num_tasks), ("seed", suite.eval.seed)):
+        if value is not None:
+            ev_args += [f"--{key.replace('_', '-')}", str(value)]
+    done = subprocess.run(_metaray(*ev_args), capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise TrialFailed(f"{run_name} seed {seed}: eval failed: {_last_line(done.stderr or done.stdout)}")
+    evaluation = json.loads(eval_out.read_text())
+    metric = suite.eval.metric
+    if metric not in evaluation:
+        raise TrialFailed(f"{run_name} seed {seed}: the eval result has no {metric!r} "
+                          f"(this algorithm/family reports: {', '.join(k for k in evaluation if isinstance(evaluation[k], float))})")
+    tasks = evaluation.get("tasks", [])
+    per_task = [float(t[per_task_key(metric, t)]) for t in tasks if per_task_key(metric, t) in t]
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    rows = _read_progress(run_dir)
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        "suite": suite.name,
+        "run": run_name,
+        "seed": seed,
+        "config_file": _shown(run.config),
+        "overrides": overrides,
+        "config_hash": config_hash({k: v for k, v in resolved.items() if k != "seed"}),
+        "config": resolved,
+        "algo": resolved.get("algo"),
+        "family": resolved.get("task", {}).get("family"),
+        "commit": commits[0]["commit"],
+        "dirty": any(c["dirty"] for c in commits),
+        "commits": commits,
+        "machine": machine(),
+        "packages": packages(),
+        "date": time.strftime("%Y-%m-%d"),
+        "iterations": rows[-1]["iteration"] if rows else None,
+        "env_steps": rows[-1].get("env_steps_total") if rows else None,
+        "wall_time_s": round(rows[-1].get("wall_time_s", 0.0), 1) if rows else None,
+        "metric": metric,
+        "score": float(evaluation[metric]),
+        "eval": {k: v for k, v in evaluation.items() if k != "tasks"},
+        "per_task": per_task,
+        "curve": _thin(rows),
+    }
+    _write_atomic(paths["result"], json.dumps(result, indent=1))
+    report({"score": result["score"], "env_steps": result["env_steps"], "done_before": False})
+    return result
+
+
+def tune_trainable(config: dict[str, Any]) -> None:
+    """The Ray Tune entry point: config = {"run", "seed", "suite", "bench_dir", "results_dir"}."""
+    from ray import tune
+
+    suite = Suite.model_validate(config["suite"])
+    run_trial(suite, config["run"], int(config["seed"]), Path(config["bench_dir"]),
+              Path(config["results_dir"]), report=tune.report)

@@ -1,0 +1,126 @@
+"""`metaray bench` end to end on local Ray (the smoke suite: 2 tiny configs x 2 seeds), an
+interrupted bench resumed without re-running finished trials, and the suite's bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+METARAY = [sys.executable, "-m", "metaray.cli"]
+SMOKE = ROOT / "benchmarks" / "suites" / "smoke.yaml"
+TRIALS = ["rl2-bandit-seed0", "rl2-bandit-seed1", "maml-point-nav-seed0", "maml-point-nav-seed1"]
+
+
+def _bench(*args: str, tmp: Path) -> list[str]:
+    return [*METARAY, "bench", *args, "--results-dir", str(tmp / "results"), "--runs-dir", str(tmp / "runs")]
+
+
+def _only(pattern: str, where: Path) -> Path:
+    found = sorted(where.glob(pattern))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_an_interrupted_smoke_bench_resumes_without_rerunning_finished_trials_and_reports(tmp_path):
+    """Interrupted once both RL² trials have written results, then `--resume`: those two keep
+    their runs and results untouched, the MAML trials finish, and the report has CIs."""
+    proc = subprocess.Popen(_bench(str(SMOKE), tmp=tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 400
+    results = tmp_path / "results" / "smoke"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(results.glob("*/rl2-bandit-seed*.json"))) == 2:
+            break
+        time.sleep(0.5)  # polling for the condition, not sleeping to pass
+    assert len(list(results.glob("*/rl2-bandit-seed*.json"))) == 2, proc.communicate()[0][-3000:] if proc.poll() is not None else "timed out"
+    interrupted = proc.poll() is None
+    if interrupted:  # Ctrl-C, as a user would (the whole process group, like a terminal)
+        os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=120)
+
+    out_dir = _only("*", results)
+    runs_dir = _only("*", tmp_path / "runs" / "smoke")
+    before = {name: (out_dir / f"{name}.json").read_bytes() for name in TRIALS[:2]}
+    progress = {name: (runs_dir / name / "progress.jsonl").stat().st_mtime_ns for name in TRIALS[:2]}
+
+    done = subprocess.run(_bench(str(SMOKE), "--resume", tmp=tmp_path), cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "4/4 trials finished" in done.stdout
+    for name in TRIALS[:2]:  # finished before the interruption: not trained, evaluated or written again
+        assert (out_dir / f"{name}.json").read_bytes() == before[name]
+        assert (runs_dir / name / "progress.jsonl").stat().st_mtime_ns == progress[name]
+        assert len(json.loads((runs_dir / f"{name}.commits.json").read_text())) == 1
+
+    for name in TRIALS:
+        r = json.loads((out_dir / f"{name}.json").read_text())
+        assert r["schema_version"] == 1 and r["suite"] == "smoke" and r["run"] + f"-seed{r['seed']}" == name
+        assert r["commit"] and isinstance(r["dirty"], bool) and len(r["config_hash"]) == 16
+        assert r["machine"]["cores"] >= 1 and r["packages"]["torch"] and r["packages"]["ray"]
+        assert r["config"]["seed"] == r["seed"] and r["config"]["eval"]["num_tasks"] == 20
+        assert r["env_steps"] > 0 and r["wall_time_s"] > 0 and r["iterations"] == r["config"]["iterations"]
+        assert len(r["per_task"]) == 20 and r["score"] == pytest.approx(sum(r["per_task"]) / 20, rel=1e-6)
+        assert r["curve"] and r["curve"][-1][0] == r["env_steps"]
+    # the two seeds of one run share the config hash (the seed is not part of it); the runs do not
+    hashes = {name: json.loads((out_dir / f"{name}.json").read_text())["config_hash"] for name in TRIALS}
+    assert hashes["rl2-bandit-seed0"] == hashes["rl2-bandit-seed1"] != hashes["maml-point-nav-seed0"]
+
+    report = (out_dir / "report.md").read_text()
+    summary = json.loads((out_dir / "report.summary.json").read_text())
+    for name in ("rl2-bandit", "maml-point-nav"):
+        run = summary["runs"][name]
+        assert run["seeds"] == [0, 1] and run["tasks"] == 20
+        lo, hi = run["mean_ci"]
+        assert lo <= run["mean"] <= hi
+        assert f"| {name} |" in report
+    assert summary["improvements"][0]["a"] == "rl2-bandit" and "P(a > b)" in report
+    assert (out_dir / "report.png").stat().st_size > 10_000
+
+
+def _write_suite(tmp_path: Path, **changes) -> Path:
+    data = yaml.safe_load(SMOKE.read_text())
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"epochs": 3}, "epochs: unknown key"),
+    ({"runs": [{"name": "a", "config": "configs/nope.yaml"}], "compare": None}, "run 'a': config file not found"),
+    ({"runs": [{"name": "a", "config": str(ROOT / "configs/quickstart.yaml"), "set": {"rl2.no_such_key": 1}}],
+      "compare": None}, "run 'a': config error: rl2.no_such_key: unknown key"),
+    ({"eval": {"metric": "accuracy"}}, "eval.metric"),
+    ({"compare": [["rl2-bandit", "ppo"]]}, "compare: 'ppo' is not a run of this suite"),
+    ({"seeds": [0, 0]}, "seeds: a seed is listed twice"),
+    ({"runs": [{"name": "a b", "config": "configs/quickstart.yaml"}], "compare": None}, "runs.0.name"),
+    ({"runs": [{"name": "big", "config": str(ROOT / "configs/quickstart.yaml"), "cpus": 512}], "compare": None},
+     "run 'big' asks for 512 CPUs per trial; the Ray cluster has"),
+])
+def test_a_bad_suite_is_one_line_and_writes_nothing(tmp_path, change, message):
+    suite = _write_suite(tmp_path, **change)
+    proc = subprocess.run(_bench(str(suite), tmp=tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("metaray bench: error:") and message in lines[0], proc.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
+
+
+def test_resume_with_nothing_to_resume_is_one_line(tmp_path):
+    proc = subprocess.run(_bench(str(SMOKE), "--resume", tmp=tmp_path), cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "no interrupted bench of suite 'smoke'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

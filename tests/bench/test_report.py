@@ -1,0 +1,99 @@
+"""Suites, sweeps and the statistics of `metaray report`, without training anything."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from metaray.bench.report import ReportError, aggregate, load_results, write_report
+from metaray.bench.suite import SuiteError, bench_overrides, load_suite, sweep_suite
+
+ROOT = Path(__file__).resolve().parents[2]
+
+BASE = {"schema_version": 1, "suite": "t", "algo": "rl2", "family": "bandit", "metric": "mean_return",
+        "commit": "abc", "dirty": False, "date": "2026-12-05", "env_steps": 1000, "wall_time_s": 10.0,
+        "machine": {"cores": 2, "cpu": "x", "gpu": None, "memory_gib": 1.0}, "packages": {"torch": "2"},
+        "eval": {"split": "test", "num_tasks": 50, "seed": 1}, "curve": [[500, 5.0, 1.0], [1000, 10.0, 2.0]]}
+
+
+def _results(run: str, seeds: list[int], centre: float, spread: float = 1.0, tasks: int = 50) -> list[dict]:
+    out = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed + 1000 * len(run))
+        per_task = (centre + spread * rng.standard_normal(tasks)).tolist()
+        out.append({**copy.deepcopy(BASE), "run": run, "seed": seed, "per_task": per_task, "score": float(np.mean(per_task))})
+    return out
+
+
+def test_aggregate_gives_the_mean_iqm_and_intervals_over_seeds_and_tasks():
+    results = _results("good", [0, 1, 2], 10.0) + _results("bad", [0, 1, 2], 5.0)
+    summary = aggregate(results, compare=[("good", "bad"), ("bad", "good")], reps=500)
+    good = summary["runs"]["good"]
+    all_scores = np.array([r["per_task"] for r in results if r["run"] == "good"])
+    assert good["mean"] == pytest.approx(all_scores.mean())
+    lo, hi = good["mean_ci"]
+    assert lo < good["mean"] < hi and hi - lo < 1.0  # 150 samples with std 1
+    assert good["iqm_ci"][0] < good["iqm"] < good["iqm_ci"][1]
+    assert good["seeds"] == [0, 1, 2] and good["tasks"] == 50
+    p_good, p_bad = summary["improvements"]
+    assert p_good["p"] == pytest.approx(1.0) and p_bad["p"] == pytest.approx(0.0)
+
+
+def test_one_seed_has_no_interval_and_different_task_sets_fall_back_to_seed_scores():
+    summary = aggregate(_results("one", [0], 3.0), reps=100)
+    assert summary["runs"]["one"]["mean_ci"] is None
+    mixed = _results("m", [0], 3.0, tasks=50) + _results("m", [1], 3.0, tasks=40)
+    assert aggregate(mixed, reps=100)["runs"]["m"]["tasks"] == 1
+
+
+def test_report_files_and_bad_result_files(tmp_path):
+    for r in _results("a", [0, 1], 1.0) + _results("b", [0, 1], 2.0):
+        (tmp_path / f"{r['run']}-seed{r['seed']}.json").write_text(json.dumps(r))
+    (tmp_path / "notes.json").write_text("{}")  # not a result: skipped
+    paths = write_report([tmp_path], compare=[("b", "a")])
+    text = paths["markdown"].read_text()
+    assert "| a | rl2 / bandit | 2 |" in text and "| b | a |" in text
+    assert paths["plot"].stat().st_size > 10_000
+    assert len(load_results([tmp_path])) == 4  # the report's own summary is not read back as a result
+
+    (tmp_path / "future.json").write_text(json.dumps({**_results("c", [0], 1.0)[0], "schema_version": 99}))
+    with pytest.raises(ReportError, match="result schema 99"):
+        load_results([tmp_path])
+    with pytest.raises(ReportError, match="no bench results"):
+        load_results([tmp_path / "notes.json"])
+    with pytest.raises(ReportError, match="no such file"):
+        load_results([tmp_path / "missing"])
+
+
+def test_the_smoke_suite_resolves_its_configs_and_passes_seed_and_eval_to_train():
+    suite = load_suite(ROOT / "benchmarks" / "suites" / "smoke.yaml")
+    assert [t["run"] for t in suite.trials()] == ["rl2-bandit", "rl2-bandit", "maml-point-nav", "maml-point-nav"]
+    run = suite.run("rl2-bandit")
+    assert Path(run.config).is_absolute() and Path(run.config).is_file()
+    args = bench_overrides(suite, run, seed=1)
+    assert "seed=1" in args and "eval.num_tasks=20" in args and "iterations=3" in args
+    assert "rl2.trials_per_update=64" in args
+
+
+def test_every_shipped_suite_loads():
+    suites = sorted((ROOT / "benchmarks" / "suites").glob("*.yaml"))
+    assert suites
+    for path in suites:
+        load_suite(path)
+
+
+def test_a_sweep_is_the_product_of_its_grids():
+    suite = sweep_suite(str(ROOT / "configs" / "quickstart.yaml"), [0, 1],
+                        ["rl2.lr=0.001,0.0003", "rl2.hidden_size=64,128"])
+    assert [r.name for r in suite.runs] == ["lr-0.001_hidden_size-64", "lr-0.001_hidden_size-128",
+                                            "lr-0.0003_hidden_size-64", "lr-0.0003_hidden_size-128"]
+    assert suite.runs[3].set == {"rl2.lr": 0.0003, "rl2.hidden_size": 128}
+    assert len(suite.trials()) == 8
+    with pytest.raises(SuiteError, match="expected key.path=value1,value2"):
+        sweep_suite(str(ROOT / "configs" / "quickstart.yaml"), [0], ["rl2.lr"])
+    with pytest.raises(SuiteError, match="unknown key"):
+        sweep_suite(str(ROOT / "configs" / "quickstart.yaml"), [0], ["rl2.nope=1,2"])
