@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", type=Path, help="report path without suffix (default: DIR/report)")
     report.add_argument("--compare", action="append", default=[], metavar="A,B",
                         help="probability that run A improves on run B (repeatable)")
+    report.add_argument("--target", type=float, help="training return whose time to reach each run reports")
     return parser
 
 
@@ -168,7 +169,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if len(parts) != 2 or not all(parts):
             raise ReportError(f"--compare {text!r}: expected A,B (two run names)")
         pairs.append((parts[0], parts[1]))
-    paths = write_report(args.results, args.output, compare=pairs)
+    paths = write_report(args.results, args.output, compare=pairs, target=args.target)
     print(paths["markdown"].read_text())
     print(f"metaray report: wrote {paths['markdown']}, {paths['plot']}")
     return 0

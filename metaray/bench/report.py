@@ -57,8 +57,19 @@ def _matrix(rows: list[dict[str, Any]]) -> np.ndarray:
     return np.array([[r["score"]] for r in rows], dtype=np.float64)
 
 
+def time_to(curve: list[list[float]], target: float, window: int = 10) -> tuple[float, float] | None:
+    """(env steps, wall seconds) where the mean training return over `window` curve points first
+    reaches `target`; None if it never does."""
+    points = [c for c in curve if c[2] is not None]
+    returns = np.array([c[2] for c in points], dtype=np.float64)
+    for i in range(min(window, len(points)) - 1, len(points)):
+        if returns[max(0, i - window + 1): i + 1].mean() >= target:
+            return float(points[i][0]), float(points[i][1])
+    return None
+
+
 def aggregate(results: list[dict[str, Any]], compare: list[tuple[str, str]] | None = None,
-              reps: int = BOOTSTRAP_REPS, seed: int = 0) -> dict[str, Any]:
+              reps: int = BOOTSTRAP_REPS, seed: int = 0, target: float | None = None) -> dict[str, Any]:
     from rliable import library as rly
     from rliable import metrics
 
@@ -84,6 +95,7 @@ def aggregate(results: list[dict[str, Any]], compare: list[tuple[str, str]] | No
             "wall_time_s": _mean([r["wall_time_s"] for r in rows]),
             "commits": sorted({f"{r['commit']}{'+dirty' if r['dirty'] else ''}" for r in rows}),
             "dates": sorted({r["date"] for r in rows}),
+            **({"time_to_target": [time_to(r["curve"], target) for r in rows]} if target is not None else {}),
         }
     improvements = []
     for a, b in compare or []:
@@ -94,7 +106,7 @@ def aggregate(results: list[dict[str, Any]], compare: list[tuple[str, str]] | No
         point, ci = rly.get_interval_estimates({"p": (x, y)}, metrics.probability_of_improvement, reps=reps)
         improvements.append({"a": a, "b": b, "p": float(np.ravel(point["p"])[0]),
                              "ci": [float(ci["p"][0].ravel()[0]), float(ci["p"][1].ravel()[0])]})
-    return {"runs": runs, "improvements": improvements}
+    return {"runs": runs, "improvements": improvements, "target": target}
 
 
 def _mean(values: list[Any]) -> float | None:
@@ -134,6 +146,12 @@ def markdown(summary: dict[str, Any], results: list[dict[str, Any]], title: str)
         lines.append(f"| {name} | {r['algo']} / {r['family']} | {len(r['seeds'])} | {_fmt(r['mean'], r['mean_ci'])} | "
                      f"{_fmt(r['iqm'], r['iqm_ci'])} | {per_seed} | {_steps(r['env_steps'])} | {wall} | "
                      f"{', '.join(r['commits'])} | {', '.join(r['dates'])} |")
+    if summary.get("target") is not None:
+        lines += ["", f"Time to a training return of {summary['target']:g} (mean over 10 curve points; per seed, "
+                  "env steps / wall minutes):", "", "| run | per seed |", "|---|---|"]
+        for name, r in summary["runs"].items():
+            cells = ["never" if t is None else f"{_steps(t[0])} / {t[1] / 60:.1f} min" for t in r["time_to_target"]]
+            lines.append(f"| {name} | {', '.join(cells)} |")
     if summary["improvements"]:
         lines += ["", "Probability of improvement (a run's seed score above another's; 0.5 = no difference):", "",
                   "| a | b | P(a > b) [95 % CI] |", "|---|---|---|"]
@@ -152,7 +170,7 @@ def plot(summary: dict[str, Any], results: list[dict[str, Any]], out: Path, titl
 
     names = list(summary["runs"])
     colors = dict(zip(names, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4, strict=False))
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.2))
     ax = axes[0]
     for i, name in enumerate(names):
         r = summary["runs"][name]
@@ -163,18 +181,20 @@ def plot(summary: dict[str, Any], results: list[dict[str, Any]], out: Path, titl
     ax.set_xlabel(f"held-out {results[0]['metric']} (mean, 95 % CI; | = seeds)")
     ax.invert_yaxis()
 
-    ax = axes[1]
-    for name in names:
-        for r in (x for x in results if x["run"] == name):
-            curve = np.array([row for row in r["curve"] if row[2] is not None], dtype=np.float64)
-            if len(curve):
-                ax.plot(curve[:, 0], curve[:, 2], color=colors[name], alpha=0.7, lw=1,
-                        label=name if r["seed"] == summary["runs"][name]["seeds"][0] else None)
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("training return")
-    ax.legend(fontsize=8)
+    for ax, column, label in ((axes[1], 0, "env steps"), (axes[2], 1, "wall minutes")):
+        for name in names:
+            for r in (x for x in results if x["run"] == name):
+                curve = np.array([row for row in r["curve"] if row[2] is not None], dtype=np.float64)
+                if len(curve):
+                    ax.plot(curve[:, column] / (60 if column == 1 else 1), curve[:, 2], color=colors[name], alpha=0.7,
+                            lw=1, label=name if r["seed"] == summary["runs"][name]["seeds"][0] else None)
+        if summary.get("target") is not None:
+            ax.axhline(summary["target"], color="grey", ls=":", lw=1)
+        ax.set_xlabel(label)
+        ax.set_ylabel("training return")
+        ax.legend(fontsize=8)
 
-    ax = axes[2]
+    ax = axes[3]
     # a performance profile compares runs on the same benchmark: those of the most common family
     families = [summary["runs"][n]["family"] for n in names]
     family = max(set(families), key=families.count)
@@ -197,7 +217,7 @@ def plot(summary: dict[str, Any], results: list[dict[str, Any]], out: Path, titl
 
 
 def write_report(paths: list[Path], out: Path | None = None, compare: list[tuple[str, str]] | None = None,
-                 title: str | None = None) -> dict[str, Path]:
+                 title: str | None = None, target: float | None = None) -> dict[str, Path]:
     """REPORT.md, REPORT.png and REPORT.json (the aggregate) next to `out` (default: the first
     directory given, as report.md/png/json)."""
     try:
@@ -207,7 +227,7 @@ def write_report(paths: list[Path], out: Path | None = None, compare: list[tuple
     results = load_results(paths)
     suites = sorted({r["suite"] for r in results})
     title = title or f"metaray bench: {', '.join(suites)}"
-    summary = aggregate(results, compare)
+    summary = aggregate(results, compare, target=target)
     base = Path(out) if out is not None else (Path(paths[0]) if Path(paths[0]).is_dir() else Path(paths[0]).parent) / "report"
     base = base.with_suffix("") if base.suffix in (".md", ".png", ".json") else base
     md = base.with_name(base.name + ".md")

@@ -88,6 +88,7 @@ def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = 
             failed.append(next((x for x in reversed(line) if x.strip()), repr(result.error)))
     done = [t for t in suite.trials()
             if trial_paths(bench_dir, results_dir, t["run"], t["seed"])["result"].is_file()]
-    report = write_report([results_dir], compare=suite.compare, title=f"metaray bench {suite.name} ({ident})") if done else None
+    report = write_report([results_dir], compare=suite.compare, title=f"metaray bench {suite.name} ({ident})",
+                          target=suite.target) if done else None
     return {"results_dir": results_dir, "bench_dir": bench_dir, "failed": failed, "report": report,
             "finished": len(done), "trials": len(suite.trials())}

@@ -76,6 +76,8 @@ class Suite(BaseModel):
     runs: list[BenchRun] = Field(min_length=1)
     eval: BenchEval = Field(default_factory=BenchEval)
     compare: list[tuple[str, str]] = Field(default_factory=list)
+    # a training return whose time to reach (env steps, wall minutes) the report gives per run
+    target: float | None = None
 
     @field_validator("name")
     @classmethod

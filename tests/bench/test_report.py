@@ -97,3 +97,17 @@ def test_a_sweep_is_the_product_of_its_grids():
         sweep_suite(str(ROOT / "configs" / "quickstart.yaml"), [0], ["rl2.lr"])
     with pytest.raises(SuiteError, match="unknown key"):
         sweep_suite(str(ROOT / "configs" / "quickstart.yaml"), [0], ["rl2.nope=1,2"])
+
+
+def test_time_to_a_target_is_where_the_smoothed_training_return_first_reaches_it(tmp_path):
+    from metaray.bench.report import time_to
+
+    curve = [[100 * i, 10.0 * i, float(i)] for i in range(1, 31)]  # return i at step 100 i
+    # mean over 10 points ending at point i is i - 4.5: reaches 10 at i = 15
+    assert time_to(curve, 10.0) == (1500.0, 150.0)
+    assert time_to(curve, 100.0) is None
+    for r in _results("a", [0, 1], 1.0):
+        r["curve"] = curve
+        (tmp_path / f"a-seed{r['seed']}.json").write_text(json.dumps(r))
+    text = write_report([tmp_path], target=10.0)["markdown"].read_text()
+    assert "Time to a training return of 10" in text and "| a | 1,500 / 2.5 min, 1,500 / 2.5 min |" in text
