@@ -1,4 +1,4 @@
-"""The `metaray` command: train, eval, plot, scale, status, tasks; bench, sweep, report.
+"""The `metaray` command: train, eval, plot, scale, status, tasks; baseline, bench, sweep, report.
 
 User mistakes (bad config, unknown family, unreachable Ray, a directory that is not a run) end
 with one line on stderr and exit code 2, never a traceback.
@@ -88,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                     help="change task.kwargs.* or eval.* for this evaluation (e.g. an out-of-distribution goal range)")
     ev.add_argument("--output", type=Path, help="write the result here instead of RUN_DIR/eval.json")
+
+    base = sub.add_parser("baseline", help="a classical algorithm on a config's held-out tasks (bandit, tabular-mdp)")
+    base.add_argument("config", type=Path, help="config YAML file (its family, eval.num_tasks, eval.seed)")
+    base.add_argument("name", help="baseline, e.g. greedy, thompson, ucb1, bayes-optimal, greedy-planning, psrl, random")
+    base.add_argument("--split", choices=["train", "test"], default="test")
+    base.add_argument("--num-tasks", type=_positive_int)
+    base.add_argument("--seed", type=int, help="eval seed: which tasks (default: the config's eval.seed)")
+    base.add_argument("--baseline-seed", type=int, default=0, help="the baseline's own randomness")
+    base.add_argument("--json", action="store_true", help="print the result as JSON")
+    base.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                      help="change task.kwargs.* or eval.* (repeatable)")
+    base.add_argument("--output", type=Path, help="also write the result (with per-task returns) to this .json file")
 
     plot = sub.add_parser("plot", help="plot a run's learning curves to a PNG")
     plot.add_argument("run_dir", type=_run_dir, help=RUN_DIR_HELP)
@@ -429,6 +441,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from metaray.cluster.checkpoint import write_text_atomic
+    from metaray.cluster.config import ConfigError
+    from metaray.cluster.evaluation import evaluate_baseline
+
+    if args.output is not None and args.output.suffix.lower() != ".json":
+        raise ConfigError(f"--output must be a .json file, got {args.output}")
+    result = evaluate_baseline(args.config, args.name, args.overrides, args.num_tasks, args.seed, args.baseline_seed,
+                               args.split)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.output, json.dumps(result, indent=1))
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "tasks"}))
+    else:
+        print(f"{args.config}: {args.name} on {result['family']}, {result['num_tasks']} {result['split']} tasks: "
+              f"mean return {result['mean_return']:.3f} (std {result['std_return']:.3f}, "
+              f"standard error {result['std_return'] / max(1, result['num_tasks'] - 1) ** 0.5:.3f})")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from metaray.cluster.report import plot_run
 
@@ -508,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     from metaray.tasks import TaskFamilyError
 
     handlers = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "scale": cmd_scale, "status": cmd_status,
-                "tasks": cmd_tasks, "bench": cmd_bench, "sweep": cmd_bench, "report": cmd_report}
+                "tasks": cmd_tasks, "baseline": cmd_baseline, "bench": cmd_bench, "sweep": cmd_bench, "report": cmd_report}
     try:
         return handlers[args.command](args)
     except (ConfigError, TaskFamilyError, RuntimeStartError, CheckpointError, TrainingError, ScaleError,

@@ -96,6 +96,7 @@ def aggregate(results: list[dict[str, Any]], compare: list[tuple[str, str]] | No
             "commits": sorted({f"{r['commit']}{'+dirty' if r['dirty'] else ''}" for r in rows}),
             "dates": sorted({r["date"] for r in rows}),
             **({"time_to_target": [time_to(r["curve"], target) for r in rows]} if target is not None else {}),
+            "trained": any(r["curve"] for r in rows),
         }
     improvements = []
     for a, b in compare or []:
@@ -150,6 +151,8 @@ def markdown(summary: dict[str, Any], results: list[dict[str, Any]], title: str)
         lines += ["", f"Time to a training return of {summary['target']:g} (mean over 10 curve points; per seed, "
                   "env steps / wall minutes):", "", "| run | per seed |", "|---|---|"]
         for name, r in summary["runs"].items():
+            if not r["trained"]:
+                continue  # a classical baseline: nothing to reach
             cells = ["never" if t is None else f"{_steps(t[0])} / {t[1] / 60:.1f} min" for t in r["time_to_target"]]
             lines.append(f"| {name} | {', '.join(cells)} |")
     if summary["improvements"]:

@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from metaray.cluster.config import ConfigError, apply_overrides, load_yaml, validate
+from metaray.tasks.classical import baselines_for
 
 # Held-out metrics a suite may be judged by (keys of `metaray eval`'s result). `mean_return` is
 # the headline return: post-adaptation where the algorithm adapts, else the trial's return.
@@ -55,6 +56,9 @@ class BenchRun(BaseModel):
     set: dict[str, Any] = Field(default_factory=dict)
     iterations: int | None = Field(default=None, ge=1)
     cpus: float = Field(default=1.0, gt=0)
+    # a classical algorithm evaluated on the same held-out tasks instead of a trained run
+    # (metaray.tasks.classical; `metaray baseline CONFIG NAME`): no training, the seed seeds it
+    baseline: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -159,9 +163,15 @@ def load_suite_data(data: Any, suite_file: Path | None = None) -> Suite:
     for run in suite.runs:
         path = resolve_config(run.config, suite_file)
         try:
-            validate(apply_overrides(load_yaml(path), bench_overrides(suite, run)))
+            config = validate(apply_overrides(load_yaml(path), bench_overrides(suite, run)))
         except ConfigError as err:
             raise SuiteError(f"{where}run {run.name!r}: {err}") from None
+        if run.baseline is not None:
+            episodes = int(getattr(config.algo_config(), "episodes_per_trial", 0) or 0)
+            available = baselines_for(config.task.family, episodes)
+            if run.baseline not in available:
+                raise SuiteError(f"{where}run {run.name!r}: baseline {run.baseline!r} is not one for {config.task.family} "
+                                 f"with {episodes} episodes per trial (available: {', '.join(available) or 'none'})")
         run.config = str(path)
     return suite
 

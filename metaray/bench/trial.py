@@ -125,6 +125,8 @@ def run_trial(suite: Suite, run_name: str, seed: int, bench_dir: Path, results_d
     commits.append({**code, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     _write_atomic(paths["commits"], json.dumps(commits, indent=1))
 
+    if run.baseline is not None:
+        return _baseline_trial(suite, run, seed, overrides, paths, commits, report)
     args = ["train", run.config, "--serial", "--run-dir", str(run_dir)]
     for override in overrides:
         args += ["--set", override]
@@ -197,6 +199,43 @@ def run_trial(suite: Suite, run_name: str, seed: int, bench_dir: Path, results_d
     }
     _write_atomic(paths["result"], json.dumps(result, indent=1))
     report({"score": result["score"], "env_steps": result["env_steps"], "done_before": False})
+    return result
+
+
+def _baseline_trial(suite: Suite, run: Any, seed: int, overrides: list[str], paths: dict[str, Path],
+                    commits: list[dict[str, Any]], report: Any) -> dict[str, Any]:
+    """A classical baseline on the suite's held-out tasks: `metaray baseline`, no training."""
+    out = paths["run_dir"].with_name(paths["run_dir"].name + ".eval.json")
+    sets = [x for o in overrides if not o.startswith(("seed=", "iterations=")) for x in ("--set", o)]
+    args = ["baseline", run.config, run.baseline, "--split", suite.eval.split, "--baseline-seed", str(seed),
+            "--output", str(out), *sets]
+    start = time.time()
+    done = subprocess.run(_metaray(*args), capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          check=False)
+    if done.returncode != 0:
+        raise TrialFailed(f"{run.name} seed {seed}: baseline failed: {_last_line(done.stderr or done.stdout)}")
+    evaluation = json.loads(out.read_text())
+    metric = suite.eval.metric
+    if metric not in evaluation:
+        raise TrialFailed(f"{run.name} seed {seed}: the baseline's result has no {metric!r}")
+    from metaray.cluster.config import apply_overrides, load_yaml
+
+    resolved = apply_overrides(load_yaml(run.config), overrides)
+    result = {
+        "schema_version": SCHEMA_VERSION, "suite": suite.name, "run": run.name, "seed": seed,
+        "config_file": _shown(run.config), "overrides": overrides, "baseline": run.baseline,
+        "config_hash": config_hash({k: v for k, v in resolved.items() if k != "seed"}), "config": resolved,
+        "algo": f"baseline:{run.baseline}", "family": evaluation["family"],
+        "commit": commits[0]["commit"], "dirty": any(c["dirty"] for c in commits), "commits": commits,
+        "machine": machine(), "packages": packages(), "date": time.strftime("%Y-%m-%d"),
+        "iterations": 0, "env_steps": 0, "wall_time_s": round(time.time() - start, 1),
+        "metric": metric, "score": float(evaluation[metric]),
+        "eval": {k: v for k, v in evaluation.items() if k != "tasks"},
+        "per_task": [float(t[per_task_key(metric, t)]) for t in evaluation["tasks"]],
+        "curve": [],
+    }
+    _write_atomic(paths["result"], json.dumps(result, indent=1))
+    report({"score": result["score"], "env_steps": 0, "done_before": False})
     return result
 
 

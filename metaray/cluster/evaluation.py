@@ -46,6 +46,62 @@ def cvar(values: list[float], share: float = 0.1) -> float:
     return float(worst[: max(1, int(np.ceil(share * len(worst))))].mean())
 
 
+def summarise(per_task: list[dict[str, Any]]) -> dict[str, Any]:
+    """The result fields computed from per-task rows (the rows themselves last, as "tasks")."""
+    # The headline return: post-adaptation where the algorithm adapts from episodes, else the whole trial.
+    key = "return_post" if "return_post" in per_task[0] else "trial_return"
+    returns = [r[key] for r in per_task]
+    return {
+        "mean_return": float(np.mean(returns)),
+        "std_return": float(np.std(returns)),
+        "cvar10_return": cvar(returns, 0.1),  # mean over the worst 10% of tasks
+        **({"return_pre": float(np.mean([r["return_pre"] for r in per_task])),
+            "return_post": float(np.mean(returns))} if key == "return_post" else {}),
+        # Families that report info["success"] (Meta-World): share of episodes with a successful
+        # step (post-adaptation episodes, or the trial's episodes), mean over tasks.
+        **{key: float(np.nanmean([r[key] for r in per_task]))
+           for key in ("success_rate", "success_rate_pre", "success_last") if key in per_task[0]},
+        # Imitation algorithms: the expert's and a random policy's true returns on the same tasks,
+        # and normalised_score = (R − R_random) / (R_expert − R_random), mean over tasks.
+        **{key: float(np.nanmean([r[key] for r in per_task]))
+           for key in ("normalised_score", "expert_return", "random_return") if key in per_task[0]},
+        # Algorithms that run trials of several episodes (RL²): the mean return of each episode
+        # of the trial, first to last, the within-trial learning curve.
+        **({"episode_return_means": np.round(np.mean([r["episode_returns"] for r in per_task], axis=0), 4).tolist()}
+           if "episode_returns" in per_task[0] else {}),
+        "tasks": per_task,
+    }
+
+
+def evaluate_baseline(config_path: Path, name: str, overrides: list[str] | None = None, num_tasks: int | None = None,
+                      seed: int | None = None, baseline_seed: int = 0, split: str = "test") -> dict[str, Any]:
+    """`metaray baseline`: a classical algorithm (metaray.tasks.classical) on exactly the held-out
+    tasks `metaray eval` draws for this config (family, eval.num_tasks, eval.seed), through the
+    same batched envs; `baseline_seed` seeds the baseline's own randomness and the envs."""
+    from metaray.tasks.classical import baselines_for, run_baseline
+
+    config = load_config(config_path, overrides)  # any key may change: there is no trained model to fit
+    family = make_family(config.task.family, config.task.kwargs)
+    episodes = int(getattr(config.algo_config(), "episodes_per_trial", 0) or 0)
+    available = baselines_for(config.task.family, episodes)
+    if not available:
+        raise ConfigError(f"no classical baselines for family {config.task.family} (they exist for bandit and tabular-mdp)")
+    if name not in available:
+        raise ConfigError(f"baseline {name!r} is not one for {config.task.family} with {episodes} episodes per trial "
+                          f"(available: {', '.join(available)})")
+    num_tasks = num_tasks or config.eval.num_tasks
+    seed = config.eval.seed if seed is None else seed
+    tasks = family.sample(num_tasks, np.random.default_rng(seed), split)
+    rng = np.random.default_rng(baseline_seed)
+    env = make_vector_env(family, tasks, seed=int(rng.integers(2**31)))
+    rewards = run_baseline(name, family, env, episodes, rng)
+    per_task = [{"task_id": t.task_id, "trial_return": float(r.sum()), "episode_returns": np.round(r, 4).tolist()}
+                for t, r in zip(tasks, rewards, strict=True)]
+    return {"algo": f"baseline:{name}", "family": config.task.family, "split": split, "num_tasks": num_tasks,
+            "seed": seed, "baseline_seed": baseline_seed, "iteration": 0, "task_kwargs": config.task.kwargs,
+            **summarise(per_task)}
+
+
 def evaluate_run(run_dir: Path, split: str = "test", num_tasks: int | None = None, seed: int | None = None,
                  overrides: list[str] | None = None, output: Path | None = None) -> dict[str, Any]:
     """Evaluate the newest checkpoint; writes RUN_DIR/eval.json (or `output`). `overrides` may
@@ -70,9 +126,6 @@ def evaluate_run(run_dir: Path, split: str = "test", num_tasks: int | None = Non
         raise CheckpointError(f"{ckpt}: weights do not fit the run's policy ({str(err).splitlines()[0]})") from None
     torch.set_num_threads(1)
     per_task = algorithm.evaluate(policy, family, tasks, algo_config, seed)
-    # The headline return: post-adaptation where the algorithm adapts from episodes, else the whole trial.
-    key = "return_post" if "return_post" in per_task[0] else "trial_return"
-    returns = [r[key] for r in per_task]
     result = {
         "algo": config.algo,
         "family": config.task.family,
@@ -82,24 +135,7 @@ def evaluate_run(run_dir: Path, split: str = "test", num_tasks: int | None = Non
         "checkpoint": ckpt.name,
         "iteration": state["iteration"],
         "task_kwargs": config.task.kwargs,
-        "mean_return": float(np.mean(returns)),
-        "std_return": float(np.std(returns)),
-        "cvar10_return": cvar(returns, 0.1),  # mean over the worst 10% of tasks
-        **({"return_pre": float(np.mean([r["return_pre"] for r in per_task])),
-            "return_post": float(np.mean(returns))} if key == "return_post" else {}),
-        # Families that report info["success"] (Meta-World): share of episodes with a successful
-        # step (post-adaptation episodes, or the trial's episodes), mean over tasks.
-        **{key: float(np.nanmean([r[key] for r in per_task]))
-           for key in ("success_rate", "success_rate_pre", "success_last") if key in per_task[0]},
-        # Imitation algorithms: the expert's and a random policy's true returns on the same tasks,
-        # and normalised_score = (R − R_random) / (R_expert − R_random), mean over tasks.
-        **{key: float(np.nanmean([r[key] for r in per_task]))
-           for key in ("normalised_score", "expert_return", "random_return") if key in per_task[0]},
-        # Algorithms that run trials of several episodes (RL²): the mean return of each episode
-        # of the trial, first to last, the within-trial learning curve.
-        **({"episode_return_means": np.round(np.mean([r["episode_returns"] for r in per_task], axis=0), 4).tolist()}
-           if "episode_returns" in per_task[0] else {}),
-        "tasks": per_task,
+        **summarise(per_task),
         **({"skipped_checkpoints": found.skipped} if found.skipped else {}),
     }
     write_text_atomic(Path(output) if output is not None else Path(run_dir) / "eval.json", json.dumps(result, indent=1))

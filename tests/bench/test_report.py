@@ -71,7 +71,8 @@ def test_report_files_and_bad_result_files(tmp_path):
 
 def test_the_smoke_suite_resolves_its_configs_and_passes_seed_and_eval_to_train():
     suite = load_suite(ROOT / "benchmarks" / "suites" / "smoke.yaml")
-    assert [t["run"] for t in suite.trials()] == ["rl2-bandit", "rl2-bandit", "maml-point-nav", "maml-point-nav"]
+    assert [t["run"] for t in suite.trials()] == ["rl2-bandit"] * 2 + ["maml-point-nav"] * 2 + ["greedy"] * 2
+    assert suite.run("greedy").baseline == "greedy"
     run = suite.run("rl2-bandit")
     assert Path(run.config).is_absolute() and Path(run.config).is_file()
     args = bench_overrides(suite, run, seed=1)

@@ -1,20 +1,20 @@
-"""The classical baselines the RL² table is compared against compute what they claim."""
+"""The classical baselines the RL² table is compared against compute what they claim, and
+`metaray baseline` runs them on a config's held-out tasks."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from metaray.tasks import make_family, make_vector_env
+from metaray.tasks import classical, make_family, make_vector_env
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "rl2_classical.py"
-_spec = importlib.util.spec_from_file_location("rl2_classical", _PATH)
-classical = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(classical)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bayes_optimal_bandit_values_match_hand_computation():
@@ -36,6 +36,8 @@ def test_bayes_optimal_chooser_beats_random_on_real_bandits():
     choose, value = classical.bayes_optimal_chooser(3, 6)
     best = classical.run_bandit(make_vector_env(family, tasks, seed=2), 3, 6, choose, rng)
     rand = classical.run_bandit(make_vector_env(family, tasks, seed=2), 3, 6, classical.bandit_random, rng)
+    assert best.shape == (300, 6)  # the reward of every pull
+    best, rand = best.sum(1), rand.sum(1)
     assert best.mean() > rand.mean() + 0.5
     # the simulated mean estimates the DP's exact expectation (standard error ~0.07 here)
     assert abs(best.mean() - value(((0, 0),) * 3, 6)) < 0.25
@@ -72,3 +74,26 @@ def test_psrl_beats_random_on_real_tabular_mdps():
     assert totals["psrl"] > totals["random"] + 5
     # PSRL learns within the trial: its last episodes earn more than its first; random's do not
     assert per_episode["psrl"][:, -2:].mean() > per_episode["psrl"][:, :2].mean() + 0.5
+
+
+def test_metaray_baseline_runs_on_the_configs_held_out_tasks_and_rejects_what_does_not_apply(tmp_path):
+    out = tmp_path / "greedy.json"
+    cmd = [sys.executable, "-m", "metaray.cli", "baseline", str(ROOT / "configs" / "rl2-bandit-n10-k5.yaml")]
+    done = subprocess.run([*cmd, "greedy", "--num-tasks", "300", "--output", str(out)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    greedy = json.loads(out.read_text())
+    assert greedy["num_tasks"] == 300 and len(greedy["tasks"]) == 300 and len(greedy["episode_return_means"]) == 10
+    assert greedy["mean_return"] == pytest.approx(np.mean([t["trial_return"] for t in greedy["tasks"]]))
+    rand = subprocess.run([*cmd, "random", "--num-tasks", "300", "--json"], capture_output=True, text=True, timeout=120)
+    assert rand.returncode == 0 and json.loads(rand.stdout)["mean_return"] < greedy["mean_return"] - 0.5
+    # the same tasks as `metaray eval` draws: the config's eval seed picks them
+    family = make_family("bandit", {"num_arms": 5})
+    ids = [t.task_id for t in family.sample(300, np.random.default_rng(12345), "test")]
+    assert [t["task_id"] for t in greedy["tasks"]] == ids
+
+    wrong = subprocess.run([*cmd, "psrl"], capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and "available: random, greedy, ucb1, thompson, bayes-optimal" in wrong.stderr
+    nav = subprocess.run([sys.executable, "-m", "metaray.cli", "baseline", str(ROOT / "configs" / "maml-trpo-point-nav.yaml"),
+                          "greedy"], capture_output=True, text=True, timeout=120)
+    assert nav.returncode == 2 and nav.stderr.count("\n") == 1 and "no classical baselines for family point-nav" in nav.stderr
