@@ -86,6 +86,7 @@ def aggregate(results: list[dict[str, Any]], compare: list[tuple[str, str]] | No
             {name: scores}, lambda x: np.array([metrics.aggregate_mean(x), metrics.aggregate_iqm(x)]), reps=reps)
         runs[name] = {
             "algo": rows[0]["algo"], "family": rows[0]["family"], "metric": rows[0]["metric"],
+            "benchmark": rows[0].get("benchmark", rows[0]["family"]),
             "seeds": [r["seed"] for r in rows], "seed_scores": [r["score"] for r in rows],
             "mean": float(point[name][0]), "iqm": float(point[name][1]),
             "mean_ci": [float(ci[name][0, 0]), float(ci[name][1, 0])] if len(rows) > 1 else None,
@@ -139,12 +140,12 @@ def markdown(summary: dict[str, Any], results: list[dict[str, Any]], title: str)
              f"{first['eval'].get('num_tasks')} tasks, eval seed {first['eval'].get('seed')}). "
              f"Intervals: 95 % stratified bootstrap over seeds within each task ({BOOTSTRAP_REPS} resamples, rliable); "
              "none with one seed.", "",
-             "| run | algo / family | seeds | mean [95 % CI] | IQM [95 % CI] | per seed | env steps | wall per seed | commit | date |",
+             "| run | algo / benchmark | seeds | mean [95 % CI] | IQM [95 % CI] | per seed | env steps | wall per seed | commit | date |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in summary["runs"].items():
         per_seed = ", ".join(_fmt(s) for s in r["seed_scores"])
         wall = f"{r['wall_time_s'] / 60:.1f} min" if r["wall_time_s"] is not None else "—"
-        lines.append(f"| {name} | {r['algo']} / {r['family']} | {len(r['seeds'])} | {_fmt(r['mean'], r['mean_ci'])} | "
+        lines.append(f"| {name} | {r['algo']} / {r['benchmark']} | {len(r['seeds'])} | {_fmt(r['mean'], r['mean_ci'])} | "
                      f"{_fmt(r['iqm'], r['iqm_ci'])} | {per_seed} | {_steps(r['env_steps'])} | {wall} | "
                      f"{', '.join(r['commits'])} | {', '.join(r['dates'])} |")
     if summary.get("target") is not None:
@@ -198,10 +199,10 @@ def plot(summary: dict[str, Any], results: list[dict[str, Any]], out: Path, titl
         ax.legend(fontsize=8)
 
     ax = axes[3]
-    # a performance profile compares runs on the same benchmark: those of the most common family
-    families = [summary["runs"][n]["family"] for n in names]
-    family = max(set(families), key=families.count)
-    same = [n for n in names if summary["runs"][n]["family"] == family]
+    # a performance profile compares runs on the same benchmark: those of the most common one
+    benches = [summary["runs"][n]["benchmark"] for n in names]
+    family = max(set(benches), key=benches.count)
+    same = [n for n in names if summary["runs"][n]["benchmark"] == family]
     scores = {n: _matrix(sorted((x for x in results if x["run"] == n), key=lambda x: x["seed"])) for n in same}
     lo = min(float(s.min()) for s in scores.values())
     hi = max(float(s.max()) for s in scores.values())

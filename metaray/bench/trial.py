@@ -62,6 +62,15 @@ def _read_progress(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def benchmark_of(config: dict[str, Any]) -> str:
+    """What makes two results comparable: the family, its kwargs and the trial length (bandits
+    n=10 and n=100 share the family and its tasks, not the benchmark)."""
+    task = config.get("task", {})
+    kwargs = ",".join(f"{k}={v}" for k, v in sorted((task.get("kwargs") or {}).items()))
+    episodes = (config.get(config.get("algo", ""), {}) or {}).get("episodes_per_trial")
+    return f"{task.get('family')}({kwargs})" + (f" x{episodes} episodes" if episodes else "")
+
+
 def _headline(row: dict[str, Any]) -> float | None:
     for key in ("return_post", "trial_return", "mean_return"):
         if isinstance(row.get(key), (int, float)):
@@ -182,6 +191,7 @@ def run_trial(suite: Suite, run_name: str, seed: int, bench_dir: Path, results_d
         "config": resolved,
         "algo": resolved.get("algo"),
         "family": resolved.get("task", {}).get("family"),
+        "benchmark": benchmark_of(resolved),
         "commit": commits[0]["commit"],
         "dirty": any(c["dirty"] for c in commits),
         "commits": commits,
@@ -225,7 +235,7 @@ def _baseline_trial(suite: Suite, run: Any, seed: int, overrides: list[str], pat
         "schema_version": SCHEMA_VERSION, "suite": suite.name, "run": run.name, "seed": seed,
         "config_file": _shown(run.config), "overrides": overrides, "baseline": run.baseline,
         "config_hash": config_hash({k: v for k, v in resolved.items() if k != "seed"}), "config": resolved,
-        "algo": f"baseline:{run.baseline}", "family": evaluation["family"],
+        "algo": f"baseline:{run.baseline}", "family": evaluation["family"], "benchmark": benchmark_of(resolved),
         "commit": commits[0]["commit"], "dirty": any(c["dirty"] for c in commits), "commits": commits,
         "machine": machine(), "packages": packages(), "date": time.strftime("%Y-%m-%d"),
         "iterations": 0, "env_steps": 0, "wall_time_s": round(time.time() - start, 1),
