@@ -10,7 +10,8 @@ so it is not used.) A metaray `Task` names one benchmark task by its index in th
 Episodes follow Meta-World: 500 steps (`horizon` may shorten it), truncated at the end, never
 terminated unless `terminate_on_success` (Meta-World's own test-time option) is set; the goal is
 hidden from the observation (39 dims, the goal part zero). `info["success"]` is Meta-World's
-success flag; metaray counts an episode as a success if any of its steps has it.
+success flag; metaray counts an episode as a success if any of its steps has it. Rewards:
+`reward_version` (default "v2", metaworld 3.x's own default; "v1" the original).
 
 Building a benchmark costs once per process (measured here: ML1 1.4 s, ML10 10 s, ML45 34 s);
 it is cached per process. Requires `pip install 'metaray[metaworld]'` (metaworld 3.x, which pins
@@ -30,6 +31,10 @@ from metaray.tasks.base import SPLITS, Task
 from metaray.tasks.native import check_int, check_task
 
 HORIZON = 500  # Meta-World's max_path_length
+# Meta-World's reward functions: "v2" (metaworld 3.x's default, the one its v3 envs are tuned for)
+# or "v1" (the original paper's). The Meta-World+ paper (NeurIPS 2025) shows results move with the
+# version (RL² on ML10 ~35 % vs ~15 %), so the shipped configs name it and every result records it.
+REWARD_VERSIONS = ("v2", "v1")
 
 
 def _import_metaworld() -> Any:
@@ -77,7 +82,7 @@ class MetaWorldTaskEnv(gym.Env):
         if env is None or type(env) is not self.family.env_classes()[mw_task.env_name]:
             if env is not None:
                 env.close()
-            env = self.family.env_classes()[mw_task.env_name]()
+            env = self.family.env_classes()[mw_task.env_name](reward_function_version=self.family.reward_version)
         env.set_task(mw_task)
         return env
 
@@ -121,6 +126,7 @@ class _MetaWorldFamily:
     seed: int
     horizon: int
     terminate_on_success: bool
+    reward_version: str
 
     def _check(self) -> None:
         owner = type(self).__name__
@@ -130,6 +136,8 @@ class _MetaWorldFamily:
             raise ValueError(f"{owner}: horizon must be <= {HORIZON} (Meta-World's), got {self.horizon}")
         if not isinstance(self.terminate_on_success, bool):
             raise ValueError(f"{owner}: terminate_on_success must be true or false")
+        if self.reward_version not in REWARD_VERSIONS:
+            raise ValueError(f"{owner}: reward_version must be one of {', '.join(REWARD_VERSIONS)}, got {self.reward_version!r}")
 
     @property
     def max_episode_steps(self) -> int:
@@ -190,6 +198,7 @@ class MetaWorldML1Family(_MetaWorldFamily):
     seed: int = 0
     horizon: int = HORIZON
     terminate_on_success: bool = False
+    reward_version: str = "v2"
 
     name: ClassVar[str] = "metaworld-ml1"
     kind: ClassVar[str] = "ML1"
@@ -215,6 +224,7 @@ class MetaWorldML10Family(_MetaWorldFamily):
     seed: int = 0
     horizon: int = HORIZON
     terminate_on_success: bool = False
+    reward_version: str = "v2"
 
     name: ClassVar[str] = "metaworld-ml10"
     kind: ClassVar[str] = "ML10"
@@ -235,6 +245,7 @@ class MetaWorldML45Family(_MetaWorldFamily):
     seed: int = 0
     horizon: int = HORIZON
     terminate_on_success: bool = False
+    reward_version: str = "v2"
 
     name: ClassVar[str] = "metaworld-ml45"
     kind: ClassVar[str] = "ML45"

@@ -176,11 +176,25 @@ def test_ml45_builds_its_45_train_and_5_test_classes():
     ({"horizon": 501}, "horizon must be <= 500"),
     ({"seed": -1}, "seed must be an integer >= 0"),
     ({"goal": 1}, "unexpected keyword 'goal'"),
+    ({"reward_version": "v3"}, "reward_version must be one of v2, v1"),
 ])
 def test_bad_family_kwargs_are_one_line_errors(kwargs, fragment):
     with pytest.raises(TaskFamilyError, match=fragment) as err:
         make_family("metaworld-ml1", kwargs)
     assert "\n" not in str(err.value)
+
+
+def test_the_reward_version_reaches_the_env_and_changes_the_reward():
+    """Meta-World's v1 and v2 reward functions differ (Meta-World+): the family's reward_version
+    builds the env with it; the same actions from the same state earn different rewards."""
+    rewards = {}
+    for version in ("v1", "v2"):
+        env = make_family("metaworld-ml1", {"env_name": "reach-v3", "reward_version": version}).make_env()
+        assert env._env.reward_function_version == version
+        env.reset(seed=0)
+        rewards[version] = [env.step(np.full(4, 0.5, np.float32))[1] for _ in range(5)]
+        env.close()
+    assert not np.allclose(rewards["v1"], rewards["v2"])
 
 
 # ---------------------------------------------------------------------------------- success
