@@ -45,7 +45,6 @@ import re
 import shutil
 import sys
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +62,8 @@ from rl2_duan import machine, metaray  # noqa: E402
 
 from metaray.cluster.checkpoint import latest_checkpoint, load_checkpoint, read_progress  # noqa: E402
 from metaray.cluster.config import load_config  # noqa: E402
-from metaray.core import mean_episode_return  # noqa: E402
 from metaray.learner import adversarial as adv  # noqa: E402
-from metaray.learner import maml  # noqa: E402
+from metaray.learner.adversarial import baselines as adv_baselines  # noqa: E402
 from metaray.tasks import make_family, make_vector_env  # noqa: E402
 
 EVAL_SEED = 12345  # eval.seed of both configs: which test tasks, their demos and rollout noise
@@ -188,116 +186,29 @@ def inprocess_eval(agent: adv.AdversarialAgent, config: adv.AdversarialConfig, n
 
 
 # --------------------------------------------------------------------------------------------
-# Behaviour cloning and Meta-BC (Gaussian MLP, negative log-likelihood of the demos' actions)
-
-
-def demo_tensors(family: Any, tasks: list, k: int, k_query: int, noise: float, seed: int
-                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Support and query demos [N, K, T', ...] exactly as AdversarialSampler.demos makes them
-    (expert_demos with K_query + K episodes and the sampler's seed; the first K_query are the query
-    set, the next K the support set), cut to the longest demo."""
-    made, _ = adv.expert_demos(family, tasks, k + k_query, noise, seed)
-    length = int(np.nonzero(made.mask.any((0, 1)))[0].max()) + 1
-    t = {f: torch.as_tensor(getattr(made, f)[:, :, :length]).float() for f in ("obs", "actions", "mask")}
-    return {f: v[:, k_query:] for f, v in t.items()}, {f: v[:, :k_query] for f, v in t.items()}
-
-
-def task_nll(policy: maml.GaussianMLPPolicy, params: maml.Params, obs: torch.Tensor, actions: torch.Tensor,
-             mask: torch.Tensor) -> torch.Tensor:
-    """One task's −mean log π(a|s) over its valid demo steps (params: one set)."""
-    mean, log_std = maml.policy_forward(policy, params, obs)
-    return -adv.masked_mean(maml.gaussian_log_prob(mean, log_std, actions), mask)
-
-
-def stacked_nll(policy: maml.GaussianMLPPolicy, params: maml.Params, demos: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Per task NLL [N] with per-task (stacked) parameters."""
-    mean, log_std = maml.per_task_forward(policy, params, demos["obs"])
-    logp = maml.gaussian_log_prob(mean, log_std, demos["actions"])
-    mask = demos["mask"]
-    return -(logp * mask).sum((1, 2)) / mask.sum((1, 2)).clamp_min(1.0)
-
-
-def bc_adapt(policy: maml.GaussianMLPPolicy, params: maml.Params, demos: dict[str, torch.Tensor], lr: float,
-             steps: int) -> maml.Params:
-    """θ_i = θ − α ∇ NLL_i(θ) `steps` times, all tasks at once (vmap(grad), differentiable)."""
-    grad_fn = torch.func.grad(partial(task_nll, policy))
-    stacked = False
-    for _ in range(steps):
-        grads = torch.vmap(grad_fn, in_dims=(0 if stacked else None, 0, 0, 0))(
-            params, demos["obs"], demos["actions"], demos["mask"])
-        params = {k: p - lr * grads[k] for k, p in params.items()}
-        stacked = True
-    return params
-
-
-def rollout_returns(config: adv.AdversarialConfig, stacked: maml.Params, tasks: list, seed: int) -> list[float]:
-    """Mean true return of episodes_per_task episodes per task, task i acting with stacked[·][i]
-    (stochastic Gaussian actions, clipped by the env, as every other method's returns)."""
-    sampler = maml.MAMLSampler(FAMILY, config, config.episodes_per_task, seed)
-    sampler.env.close()
-    sampler.env = make_vector_env(FAMILY, tasks, config.episodes_per_task, seed=seed)
-    with torch.no_grad():
-        episodes = sampler.rollout({k: v.detach() for k, v in stacked.items()}, per_task=True, num_tasks=len(tasks)).episodes
-    sampler.env.close()
-    return [mean_episode_return(episodes.task(i)) for i in range(len(tasks))]
+# Behaviour cloning and Meta-BC: the library's baselines (metaray/learner/adversarial/baselines.py,
+# also `metaray baseline CONFIG bc|meta-bc`) on this script's test tasks and K
 
 
 def bc_from_scratch(config: adv.AdversarialConfig, k: int, seed: int, num_tasks: int, steps: int, lr: float) -> dict:
-    """Per test task: a fresh policy fitted to the task's K support demos, then rolled out."""
+    """Per test task a fresh policy fitted to the task's K support demos, then rolled out."""
     torch.set_num_threads(2)
     tasks = test_tasks(num_tasks)
-    support, _ = demo_tensors(FAMILY, tasks, k, config.num_query_demos, config.demo_noise, EVAL_SEED)
     torch.manual_seed(seed)
-    nets = [maml.make_policy(*SPACES, config) for _ in tasks]
-    policy = nets[0]
-    params = {name: torch.stack([dict(n.named_parameters())[name].detach() for n in nets]).requires_grad_(True)
-              for name, _ in policy.named_parameters()}
-    # Adam is elementwise and the tasks' losses are independent: one optimiser over the stacked
-    # parameters is N separate fits.
-    opt = torch.optim.Adam(params.values(), lr=lr)
-    for _ in range(steps):
-        loss = stacked_nll(policy, params, support)
-        opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        opt.step()
-    returns = rollout_returns(config, params, tasks, EVAL_SEED)
-    return {"returns": returns, "task_ids": [t.task_id for t in tasks], "final_nll": float(loss.detach().mean()),
-            "log_std": float(params["log_std"].detach().mean())}
+    rows = adv_baselines.bc_from_scratch(FAMILY, tasks, config.model_copy(update={"num_demos": k}), EVAL_SEED, steps, lr)
+    return {"returns": [r["return_post"] for r in rows], "task_ids": [r["task_id"] for r in rows]}
 
 
 def meta_bc(config: adv.AdversarialConfig, k: int, seed: int, num_tasks: int, iterations: int, lr: float,
             inner_lr: float, inner_steps: int) -> dict:
-    """MAML on the BC loss over train tasks (fresh tasks each iteration, meta_batch_size of them),
-    then adaptation on each test task's K support demos and rollouts."""
+    """MAML on the BC loss over train tasks, then adaptation on each test task's K support demos."""
     torch.set_num_threads(2)
     torch.manual_seed(seed)
-    policy = maml.make_policy(*SPACES, config)
-    params = dict(policy.named_parameters())
-    opt = torch.optim.Adam(policy.parameters(), lr=lr)
-    rng = np.random.default_rng([seed, k, 7])
-    curve = []
     start = time.perf_counter()
-    for it in range(iterations):
-        tasks = FAMILY.sample(config.meta_batch_size, rng, "train")
-        support, query = demo_tensors(FAMILY, tasks, k, config.num_query_demos, config.demo_noise, seed)
-        adapted = bc_adapt(policy, params, support, inner_lr, inner_steps)
-        loss = stacked_nll(policy, adapted, query).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if it % max(1, iterations // 20) == 0 or it == iterations - 1:
-            curve.append({"iteration": it + 1, "query_nll": round(loss.item(), 4)})
-    train_s = time.perf_counter() - start
-    tasks = test_tasks(num_tasks)
-    support, _ = demo_tensors(FAMILY, tasks, k, config.num_query_demos, config.demo_noise, EVAL_SEED)
-    with torch.no_grad():
-        pre_nll = stacked_nll(policy, {n: p.expand(len(tasks), *p.shape) for n, p in params.items()}, support).mean().item()
-    adapted = {n: p.detach() for n, p in bc_adapt(policy, params, support, inner_lr, inner_steps).items()}
-    with torch.no_grad():
-        post_nll = stacked_nll(policy, adapted, support).mean().item()
-    returns = rollout_returns(config, adapted, tasks, EVAL_SEED)
-    return {"returns": returns, "task_ids": [t.task_id for t in tasks], "train_s": round(train_s, 1), "curve": curve,
-            "test_support_nll_pre": pre_nll, "test_support_nll_post": post_nll}
+    rows = adv_baselines.meta_bc(FAMILY, test_tasks(num_tasks), config.model_copy(update={"num_demos": k}), EVAL_SEED,
+                                 train_seed=seed, iterations=iterations, lr=lr, inner_lr=inner_lr, inner_steps=inner_steps)
+    return {"returns": [r["return_post"] for r in rows], "task_ids": [r["task_id"] for r in rows],
+            "train_s": round(time.perf_counter() - start, 1)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -568,13 +479,12 @@ def main() -> None:
             if "bc" in todo:
                 res = bc_from_scratch(base, k, seed, args.eval_tasks, args.bc_steps, args.bc_lr)
                 keep("bc", kk, seed, res.pop("returns"), res.pop("task_ids"), **res)
-                log(f"K={k} seed {seed}: BC final nll {res['final_nll']:.3f}")
+                log(f"K={k} seed {seed}: BC done")
             if "meta-bc" in todo:
                 res = meta_bc(base, k, seed, args.eval_tasks, args.metabc_iterations, args.metabc_lr,
                               args.metabc_inner_lr, args.metabc_inner_steps)
                 keep("meta-bc", kk, seed, res.pop("returns"), res.pop("task_ids"), **res)
-                log(f"K={k} seed {seed}: Meta-BC {res['train_s']} s, test support nll {res['test_support_nll_pre']:.3f} "
-                    f"-> {res['test_support_nll_post']:.3f}")
+                log(f"K={k} seed {seed}: Meta-BC {res['train_s']} s")
         for method, flag in (("adapt-only-g", "adversarial.adapt_discriminator=false"),
                              ("adapt-only-d", "adversarial.adapt_generator=false"),
                              ("meta-sgd", "adversarial.learn_inner_lr=true"),

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol
 
@@ -276,6 +276,12 @@ class Algorithm(Protocol):
     def check_family(self, family: TaskFamily, config: Any) -> None: ...
 
 
+# A baseline: (family, held-out tasks, algorithm config, eval seed, baseline seed) -> per-task rows
+# as Algorithm.evaluate returns them. The eval seed is `evaluate`'s (demos, env noise); the
+# baseline seed is the baseline's own randomness (its networks' initialisation, its choices).
+Baseline = Callable[..., list[dict[str, Any]]]
+
+
 class AlgorithmBase:
     """Defaults for the optional parts of the contract: no actors outside Ray, any family."""
 
@@ -300,6 +306,12 @@ class AlgorithmBase:
         are drawn from it); None: any train task (the scheduler's)."""
         return None
 
+    def baselines(self, family: TaskFamily, config: Any) -> dict[str, Baseline]:
+        """What this algorithm is judged against on `family`, by name (`metaray baseline`, a
+        suite's `baseline:`): each runs on the held-out tasks `evaluate` gets and returns rows
+        like it. None by default."""
+        return {}
+
     def check_family(self, family: TaskFamily, config: Any) -> None:
         """Raise ValueError (one line) when this algorithm, so configured, cannot run on `family`."""
         if self.requires_expert and not callable(getattr(family, "expert", None)):
@@ -312,7 +324,7 @@ class AlgorithmBase:
 REQUIRED = ("name", "mode", "Config", "make_policy", "make_sampler", "make_learner", "evaluate", "loop_spec")
 OPTIONAL = {"wire_spec": AlgorithmBase.wire_spec, "to_rollouts": AlgorithmBase.to_rollouts,
             "from_rollouts": AlgorithmBase.from_rollouts, "check_family": AlgorithmBase.check_family,
-            "task_set": AlgorithmBase.task_set,
+            "task_set": AlgorithmBase.task_set, "baselines": AlgorithmBase.baselines,
             "requires_expert": False}
 _BUILTIN = {"rl2": "metaray.learner.rl2:RL2", "maml": "metaray.learner.maml:MAML",
             "adversarial": "metaray.learner.adversarial:Adversarial", "pearl": "metaray.learner.pearl:PEARL"}

@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from metaray.cluster.config import ConfigError, apply_overrides, load_yaml, validate
-from metaray.tasks.classical import baselines_for
+from metaray.tasks import TaskFamilyError, make_family
 
 # Held-out metrics a suite may be judged by (keys of `metaray eval`'s result). `mean_return` is
 # the headline return: post-adaptation where the algorithm adapts, else the trial's return.
@@ -167,11 +167,14 @@ def load_suite_data(data: Any, suite_file: Path | None = None) -> Suite:
         except ConfigError as err:
             raise SuiteError(f"{where}run {run.name!r}: {err}") from None
         if run.baseline is not None:
-            episodes = int(getattr(config.algo_config(), "episodes_per_trial", 0) or 0)
-            available = baselines_for(config.task.family, episodes)
+            try:
+                family = make_family(config.task.family, config.task.kwargs)
+            except TaskFamilyError as err:
+                raise SuiteError(f"{where}run {run.name!r}: {err}") from None
+            available = config.algorithm().baselines(family, config.algo_config())
             if run.baseline not in available:
-                raise SuiteError(f"{where}run {run.name!r}: baseline {run.baseline!r} is not one for {config.task.family} "
-                                 f"with {episodes} episodes per trial (available: {', '.join(available) or 'none'})")
+                raise SuiteError(f"{where}run {run.name!r}: baseline {run.baseline!r} is not one of algo {config.algo} on "
+                                 f"{config.task.family} (available: {', '.join(available) or 'none'})")
         run.config = str(path)
     return suite
 

@@ -55,8 +55,8 @@ def summarise(per_task: list[dict[str, Any]]) -> dict[str, Any]:
         "mean_return": float(np.mean(returns)),
         "std_return": float(np.std(returns)),
         "cvar10_return": cvar(returns, 0.1),  # mean over the worst 10% of tasks
-        **({"return_pre": float(np.mean([r["return_pre"] for r in per_task])),
-            "return_post": float(np.mean(returns))} if key == "return_post" else {}),
+        **({"return_post": float(np.mean(returns))} if key == "return_post" else {}),
+        **({"return_pre": float(np.mean([r["return_pre"] for r in per_task]))} if "return_pre" in per_task[0] else {}),
         # Families that report info["success"] (Meta-World): share of episodes with a successful
         # step (post-adaptation episodes, or the trial's episodes), mean over tasks.
         **{key: float(np.nanmean([r[key] for r in per_task]))
@@ -75,28 +75,25 @@ def summarise(per_task: list[dict[str, Any]]) -> dict[str, Any]:
 
 def evaluate_baseline(config_path: Path, name: str, overrides: list[str] | None = None, num_tasks: int | None = None,
                       seed: int | None = None, baseline_seed: int = 0, split: str = "test") -> dict[str, Any]:
-    """`metaray baseline`: a classical algorithm (metaray.tasks.classical) on exactly the held-out
-    tasks `metaray eval` draws for this config (family, eval.num_tasks, eval.seed), through the
-    same batched envs; `baseline_seed` seeds the baseline's own randomness and the envs."""
-    from metaray.tasks.classical import baselines_for, run_baseline
-
+    """`metaray baseline`: one of the algorithm's baselines (Algorithm.baselines: classical
+    bandit/MDP algorithms for RL², BC and Meta-BC for adversarial imitation) on exactly the
+    held-out tasks `metaray eval` draws for this config (family, eval.num_tasks, eval.seed);
+    `baseline_seed` seeds the baseline's own randomness."""
     config = load_config(config_path, overrides)  # any key may change: there is no trained model to fit
     family = make_family(config.task.family, config.task.kwargs)
-    episodes = int(getattr(config.algo_config(), "episodes_per_trial", 0) or 0)
-    available = baselines_for(config.task.family, episodes)
+    algo_config = config.algo_config()
+    available = config.algorithm().baselines(family, algo_config)
     if not available:
-        raise ConfigError(f"no classical baselines for family {config.task.family} (they exist for bandit and tabular-mdp)")
+        raise ConfigError(f"algo {config.algo} has no baselines on family {config.task.family} "
+                          "(classical ones for rl2 on bandit and tabular-mdp; bc and meta-bc for adversarial)")
     if name not in available:
-        raise ConfigError(f"baseline {name!r} is not one for {config.task.family} with {episodes} episodes per trial "
+        raise ConfigError(f"baseline {name!r} is not one of algo {config.algo} on {config.task.family} "
                           f"(available: {', '.join(available)})")
     num_tasks = num_tasks or config.eval.num_tasks
     seed = config.eval.seed if seed is None else seed
     tasks = family.sample(num_tasks, np.random.default_rng(seed), split)
-    rng = np.random.default_rng(baseline_seed)
-    env = make_vector_env(family, tasks, seed=int(rng.integers(2**31)))
-    rewards = run_baseline(name, family, env, episodes, rng)
-    per_task = [{"task_id": t.task_id, "trial_return": float(r.sum()), "episode_returns": np.round(r, 4).tolist()}
-                for t, r in zip(tasks, rewards, strict=True)]
+    torch.set_num_threads(1)
+    per_task = available[name](family, tasks, algo_config, seed, baseline_seed)
     return {"algo": f"baseline:{name}", "family": config.task.family, "split": split, "num_tasks": num_tasks,
             "seed": seed, "baseline_seed": baseline_seed, "iteration": 0, "task_kwargs": config.task.kwargs,
             **summarise(per_task)}

@@ -120,7 +120,7 @@ def _write_suite(tmp_path: Path, **changes) -> Path:
       "compare": None}, "run 'a': config error: rl2.no_such_key: unknown key"),
     ({"eval": {"metric": "accuracy"}}, "eval.metric"),
     ({"runs": [{"name": "b", "config": str(ROOT / "configs/quickstart.yaml"), "baseline": "psrl"}], "compare": None},
-     "run 'b': baseline 'psrl' is not one for bandit with 10 episodes per trial (available: random, greedy"),
+     "run 'b': baseline 'psrl' is not one of algo rl2 on bandit (available: random, greedy"),
     ({"compare": [["rl2-bandit", "ppo"]]}, "compare: 'ppo' is not a run of this suite"),
     ({"seeds": [0, 0]}, "seeds: a seed is listed twice"),
     ({"runs": [{"name": "a b", "config": "configs/quickstart.yaml"}], "compare": None}, "runs.0.name"),

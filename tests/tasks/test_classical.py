@@ -96,4 +96,4 @@ def test_metaray_baseline_runs_on_the_configs_held_out_tasks_and_rejects_what_do
     assert wrong.returncode == 2 and "available: random, greedy, ucb1, thompson, bayes-optimal" in wrong.stderr
     nav = subprocess.run([sys.executable, "-m", "metaray.cli", "baseline", str(ROOT / "configs" / "maml-trpo-point-nav.yaml"),
                           "greedy"], capture_output=True, text=True, timeout=120)
-    assert nav.returncode == 2 and nav.stderr.count("\n") == 1 and "no classical baselines for family point-nav" in nav.stderr
+    assert nav.returncode == 2 and nav.stderr.count("\n") == 1 and "algo maml has no baselines on family point-nav" in nav.stderr

@@ -55,7 +55,8 @@ from typing import Any
 import gymnasium as gym
 import torch
 
-from metaray.core import AlgorithmBase, LoopSpec
+from metaray.core import AlgorithmBase, Baseline, LoopSpec
+from metaray.learner.adversarial.baselines import bc_from_scratch, meta_bc
 from metaray.learner.adversarial.config import AdversarialConfig
 from metaray.learner.adversarial.evaluation import (
     evaluate,
@@ -112,6 +113,18 @@ class Adversarial(AlgorithmBase):
     def evaluate(self, policy: AdversarialAgent, family: TaskFamily, tasks: list[Task], config: AdversarialConfig,
                  seed: int) -> list[dict[str, Any]]:
         return evaluate(policy, family, tasks, config, seed)
+
+    def baselines(self, family: TaskFamily, config: AdversarialConfig) -> dict[str, Baseline]:
+        """Behaviour cloning from scratch and Meta-BC on the same K support demos (baselines.py)."""
+        def bc(family: TaskFamily, tasks: list[Task], config: AdversarialConfig, eval_seed: int, seed: int) -> list[dict[str, Any]]:
+            torch.manual_seed(seed)
+            return bc_from_scratch(family, tasks, config, eval_seed)
+
+        def metabc(family: TaskFamily, tasks: list[Task], config: AdversarialConfig, eval_seed: int, seed: int) -> list[dict[str, Any]]:
+            torch.manual_seed(seed)
+            return meta_bc(family, tasks, config, eval_seed, train_seed=seed)
+
+        return {"bc": bc, "meta-bc": metabc}
 
 
 __all__ = [

@@ -15,13 +15,14 @@ The package, by role:
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from metaray.core import AlgorithmBase, LoopSpec, WireSpec
+from metaray.core import AlgorithmBase, Baseline, LoopSpec, WireSpec
 from metaray.learner.rl2.attention import check_context
 from metaray.learner.rl2.config import RL2Config
 from metaray.learner.rl2.learning import RL2Learner, trial_gae
@@ -36,7 +37,8 @@ from metaray.learner.rl2.networks import (
 from metaray.learner.rl2.sampler import RL2Sampler, Trials, concat_trials, pad_trials
 from metaray.networks import get_weights, load_weights
 from metaray.protocol import RolloutArrays
-from metaray.tasks import Task, TaskFamily
+from metaray.tasks import Task, TaskFamily, make_vector_env
+from metaray.tasks.classical import baselines_for, run_baseline
 
 
 def make_policy(obs_space: gym.Space, act_space: gym.Space, config: RL2Config) -> RL2Policy:
@@ -68,6 +70,17 @@ def episode_returns(batch: Trials, episodes_per_trial: int) -> list[list[float]]
     return np.round(out, 4).tolist()
 
 
+def _classical(name: str, family: TaskFamily, tasks: list[Task], config: RL2Config, eval_seed: int,
+               baseline_seed: int) -> list[dict[str, Any]]:
+    """A classical baseline through the same batched envs as `evaluate`, one trial per task."""
+    rng = np.random.default_rng(baseline_seed)
+    env = make_vector_env(family, tasks, seed=int(rng.integers(2**31)))
+    rewards = run_baseline(name, family, env, config.episodes_per_trial, rng)
+    env.close()
+    return [{"task_id": t.task_id, "trial_return": float(r.sum()), "episode_returns": np.round(r, 4).tolist()}
+            for t, r in zip(tasks, rewards, strict=True)]
+
+
 class RL2(AlgorithmBase):
     """RL² as a stream algorithm (see metaray.core.Algorithm)."""
 
@@ -91,6 +104,10 @@ class RL2(AlgorithmBase):
     def loop_spec(self, config: RL2Config) -> LoopSpec:
         return LoopSpec(trials_per_call=config.slots_per_worker, trials_per_update=config.trials_per_update,
                         max_policy_lag=config.max_policy_lag, sync=config.sync)
+
+    def baselines(self, family: TaskFamily, config: RL2Config) -> dict[str, Baseline]:
+        """Duan et al.'s classical algorithms on bandits and tabular MDPs (metaray.tasks.classical)."""
+        return {name: partial(_classical, name) for name in baselines_for(family.name, config.episodes_per_trial)}
 
     def check_family(self, family: TaskFamily, config: RL2Config) -> None:
         """A transformer's or SNAIL's context must hold a whole trial."""
