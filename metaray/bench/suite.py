@@ -56,6 +56,10 @@ class BenchRun(BaseModel):
     set: dict[str, Any] = Field(default_factory=dict)
     iterations: int | None = Field(default=None, ge=1)
     cpus: float = Field(default=1.0, gt=0)
+    # false: the trial's run uses its own local Ray instance (rollout workers and learner as
+    # actors: what async sampling, policy lag and sync-vs-async comparisons need); `cpus` must
+    # then cover the rollout workers
+    serial: bool = True
     # a classical algorithm evaluated on the same held-out tasks instead of a trained run
     # (metaray.tasks.classical; `metaray baseline CONFIG NAME`): no training, the seed seeds it
     baseline: str | None = None
@@ -166,6 +170,10 @@ def load_suite_data(data: Any, suite_file: Path | None = None) -> Suite:
             config = validate(apply_overrides(load_yaml(path), bench_overrides(suite, run)))
         except ConfigError as err:
             raise SuiteError(f"{where}run {run.name!r}: {err}") from None
+        if not run.serial and run.baseline is None and run.cpus < config.workers.num_workers:
+            # each rollout worker samples all the time; the learner shares (as `metaray train` sizes a local instance)
+            raise SuiteError(f"{where}run {run.name!r}: serial: false runs {config.workers.num_workers} rollout workers; "
+                             f"set cpus to at least {config.workers.num_workers} (got {run.cpus:g})")
         if run.baseline is not None:
             try:
                 family = make_family(config.task.family, config.task.kwargs)

@@ -136,12 +136,14 @@ def run_trial(suite: Suite, run_name: str, seed: int, bench_dir: Path, results_d
 
     if run.baseline is not None:
         return _baseline_trial(suite, run, seed, overrides, paths, commits, report)
-    args = ["train", run.config, "--serial", "--run-dir", str(run_dir)]
+    args = ["train", run.config, *(["--serial"] if run.serial else []), "--run-dir", str(run_dir)]
     for override in overrides:
         args += ["--set", override]
     if resuming:
         args.append("--resume")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # RAY_ADDRESS (set in Tune's workers) would make a non-serial run join the bench's cluster,
+    # whose CPUs the trial already holds: it starts its own local instance instead
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "OMP_NUM_THREADS": "1"}
     with paths["log"].open("a") as log:
         log.write(f"$ metaray {' '.join(args)}\n")
         log.flush()

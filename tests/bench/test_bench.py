@@ -123,6 +123,8 @@ def _write_suite(tmp_path: Path, **changes) -> Path:
      "run 'b': baseline 'psrl' is not one of algo rl2 on bandit (available: random, greedy"),
     ({"compare": [["rl2-bandit", "ppo"]]}, "compare: 'ppo' is not a run of this suite"),
     ({"seeds": [0, 0]}, "seeds: a seed is listed twice"),
+    ({"runs": [{"name": "r", "config": str(ROOT / "configs/quickstart.yaml"), "serial": False}], "compare": None},
+     "run 'r': serial: false runs 2 rollout workers; set cpus to at least 2 (got 1)"),
     ({"runs": [{"name": "a b", "config": "configs/quickstart.yaml"}], "compare": None}, "runs.0.name"),
     ({"runs": [{"name": "big", "config": str(ROOT / "configs/quickstart.yaml"), "cpus": 512}], "compare": None},
      "run 'big' asks for 512 CPUs per trial; the Ray cluster has"),
@@ -141,3 +143,20 @@ def test_resume_with_nothing_to_resume_is_one_line(tmp_path):
                           timeout=120)
     assert proc.returncode == 2 and "no interrupted bench of suite 'smoke'" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_with_serial_false_trains_on_its_own_local_ray_instance(tmp_path):
+    """Async sampling and policy lag need actors: such a trial starts its own local Ray (not the
+    bench's cluster, whose CPUs it holds) and still writes its result."""
+    suite = tmp_path / "ray.yaml"
+    suite.write_text(yaml.safe_dump({
+        "name": "ray-trial", "seeds": [0], "eval": {"num_tasks": 10},
+        "runs": [{"name": "rl2-async", "config": str(ROOT / "configs/quickstart.yaml"), "serial": False, "cpus": 2,
+                  "iterations": 2, "set": {"rl2.trials_per_update": 128, "rl2.slots_per_worker": 64, "rl2.sync": False,
+                                           "workers.num_workers": 1}}]}))
+    done = subprocess.run(_bench(str(suite), tmp=tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    log = _only("*/rl2-async-seed0.log", tmp_path / "runs" / "ray-trial").read_text()
+    assert "1 workers (started local Ray at" in log
+    result = json.loads(_only("*/rl2-async-seed0.json", tmp_path / "results" / "ray-trial").read_text())
+    assert result["iterations"] == 2 and result["config"]["rl2"]["sync"] is False
