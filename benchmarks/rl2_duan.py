@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
+
+from metaray.bench import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -47,15 +47,8 @@ def commit() -> str:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.machine()}, no GPU"
+    m = provenance.machine()
+    return f"{m['cores']} cores, {m['cpu']}, {m['os'].split()[0]} {m['arch']}, {m['gpu'] or 'no GPU'}"
 
 
 def metaray(*args: str) -> subprocess.CompletedProcess:

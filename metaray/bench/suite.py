@@ -24,7 +24,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from metaray.cluster.config import ConfigError, apply_overrides, load_yaml, validate
+from metaray.cluster.config import (
+    ConfigError,
+    apply_overrides,
+    format_validation_error,
+    load_yaml,
+    validate,
+)
 from metaray.tasks import TaskFamilyError, make_family
 
 # Held-out metrics a suite may be judged by (keys of `metaray eval`'s result). `mean_return` is
@@ -127,19 +133,6 @@ def require_bench_extra(*modules: str) -> None:
             raise SuiteError(f"this needs the bench extra: pip install 'metaray[bench]' ({module}: {err})") from None
 
 
-def _format(err: ValidationError) -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"]) or "<top level>"
-    if e["type"] == "extra_forbidden":
-        return f"{loc}: unknown key"
-    if e["type"] == "missing":
-        return f"{loc}: required key is missing"
-    if e["type"] == "value_error" and len(e["loc"]) == 0:
-        return str(e["ctx"]["error"]) if "error" in e.get("ctx", {}) else e["msg"]
-    msg = str(e["ctx"]["error"]) if e["type"] == "value_error" and "error" in e.get("ctx", {}) else e["msg"]
-    return f"{loc}: {msg} (got {e.get('input')!r})"
-
-
 def resolve_config(path: str, suite_file: Path | None) -> Path:
     """A run's config path: as given (absolute or from the current directory), else relative to
     the suite file's directory or one of its parents (suites under benchmarks/suites/ name
@@ -163,7 +156,7 @@ def load_suite_data(data: Any, suite_file: Path | None = None) -> Suite:
     try:
         suite = Suite.model_validate(data)
     except ValidationError as err:
-        raise SuiteError(f"{where}{_format(err)}") from None
+        raise SuiteError(f"{where}{format_validation_error(err)}") from None
     for run in suite.runs:
         path = resolve_config(run.config, suite_file)
         try:

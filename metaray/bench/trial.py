@@ -21,6 +21,7 @@ import yaml
 
 from metaray.bench.provenance import SOURCE, config_hash, git_commit, machine, packages
 from metaray.bench.suite import Suite, bench_overrides
+from metaray.cluster.checkpoint import read_progress
 
 SCHEMA_VERSION = 1
 _POLL_S = 5.0
@@ -47,19 +48,6 @@ def per_task_key(metric: str, task: dict[str, Any]) -> str:
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "(no output)"
-
-
-def _read_progress(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "progress.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line being written
-            break
-    return rows
 
 
 def benchmark_of(config: dict[str, Any]) -> str:
@@ -156,7 +144,7 @@ def run_trial(suite: Suite, run_name: str, seed: int, bench_dir: Path, results_d
                 break
             except subprocess.TimeoutExpired:
                 pass
-            rows = _read_progress(run_dir)
+            rows = read_progress(run_dir)
             if len(rows) > seen:
                 seen = len(rows)
                 last = rows[-1]
@@ -181,7 +169,7 @@ def run_trial(suite: Suite, run_name: str, seed: int, bench_dir: Path, results_d
     tasks = evaluation.get("tasks", [])
     per_task = [float(t[per_task_key(metric, t)]) for t in tasks if per_task_key(metric, t) in t]
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    rows = _read_progress(run_dir)
+    rows = read_progress(run_dir)
     result = {
         "schema_version": SCHEMA_VERSION,
         "suite": suite.name,

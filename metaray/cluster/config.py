@@ -150,7 +150,7 @@ class RunConfigBase(BaseModel):
             try:
                 self._algo_config = algorithm.Config.model_validate(self.algo_settings)
             except ValidationError as err:
-                raise ValueError(f"algo_settings.{_format_error(err)}") from None
+                raise ValueError(f"algo_settings.{format_validation_error(err)}") from None
         if algorithm.mode == "stream" and self.scheduler.strategy != "uniform":
             # stream samplers refill each finished trial slot from the family themselves: a meta-batch
             # schedule would be accepted and silently ignored
@@ -180,7 +180,8 @@ RunConfig = create_model(
 )
 
 
-def _format_error(err: ValidationError) -> str:
+def format_validation_error(err: ValidationError) -> str:
+    """The first error of a pydantic validation as one line naming the key (configs, suites)."""
     e = err.errors()[0]
     loc = ".".join(str(p) for p in e["loc"]) or "<top level>"
     if e["type"] == "extra_forbidden":
@@ -228,7 +229,7 @@ def validate(data: Any) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"config error: {_format_error(err)}") from None
+        raise ConfigError(f"config error: {format_validation_error(err)}") from None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
