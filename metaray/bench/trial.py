@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ import yaml
 
 from metaray.bench.provenance import SOURCE, config_hash, git_commit, machine, packages
 from metaray.bench.suite import Suite, bench_overrides
-from metaray.cluster.checkpoint import read_progress
+from metaray.cluster.checkpoint import latest_checkpoint, read_progress
 
 SCHEMA_VERSION = 1
 _POLL_S = 5.0
@@ -117,6 +118,10 @@ def run_trial(suite: Suite, run_name: str, seed: int, bench_dir: Path, results_d
     overrides = bench_overrides(suite, run, seed)
     run_dir = paths["run_dir"]
     resuming = (run_dir / "config.yaml").is_file()
+    if resuming and latest_checkpoint(run_dir) is None:
+        # interrupted before its first checkpoint: nothing to continue from, start it again
+        shutil.rmtree(run_dir)
+        resuming = False
     code = git_commit()
     commits = json.loads(paths["commits"].read_text()) if paths["commits"].is_file() else []
     commits.append({**code, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

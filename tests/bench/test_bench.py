@@ -160,3 +160,26 @@ def test_a_run_with_serial_false_trains_on_its_own_local_ray_instance(tmp_path):
     assert "1 workers (started local Ray at" in log
     result = json.loads(_only("*/rl2-async-seed0.json", tmp_path / "results" / "ray-trial").read_text())
     assert result["iterations"] == 2 and result["config"]["rl2"]["sync"] is False
+
+
+def test_a_trial_interrupted_before_its_first_checkpoint_starts_again_and_a_finished_one_is_not_rerun(tmp_path):
+    """The run directory of a trial cut short before any checkpoint holds config.yaml and some
+    progress but nothing to resume from: the trial trains it again from the start."""
+    from metaray.bench.suite import load_suite_data
+    from metaray.bench.trial import run_trial, trial_paths
+
+    suite = load_suite_data({"name": "t", "seeds": [0], "eval": {"num_tasks": 10},
+                             "runs": [{"name": "rl2", "config": str(ROOT / "configs/quickstart.yaml"), "iterations": 1,
+                                       "set": {"rl2.trials_per_update": 64, "rl2.slots_per_worker": 64}}]})
+    bench, results = tmp_path / "bench", tmp_path / "results"
+    paths = trial_paths(bench, results, "rl2", 0)
+    paths["run_dir"].mkdir(parents=True)
+    (paths["run_dir"] / "config.yaml").write_text("algo: rl2\n")  # what an interrupted start leaves
+    (paths["run_dir"] / "progress.jsonl").write_text('{"iteration": 1}\n')
+    reports: list[dict] = []
+    result = run_trial(suite, "rl2", 0, bench, results, report=reports.append)
+    assert result["iterations"] == 1 and result["env_steps"] > 0
+    assert "--resume" not in paths["log"].read_text()
+    again = run_trial(suite, "rl2", 0, bench, results, report=reports.append)  # finished: its file, no training
+    assert again == result and reports[-1]["done_before"] is True
+    assert paths["log"].read_text().count("$ metaray train") == 1
