@@ -10,6 +10,7 @@ Layout (results small and committed, training runs large and outside the tree):
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -58,9 +59,13 @@ def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = 
     if not resume and tune_dir.exists():
         raise SuiteError(f"{bench_dir} already holds this bench (same suite, day and commit): pass --resume to finish it")
     if not ray.is_initialized():
+        num_cpus = None
         if address is None:  # Ray starts its workers at niceness 15: a trial would yield to any other
             os.environ.setdefault("RAY_worker_niceness", "0")  # process; a bench measures wall times
-        RayRuntime(address)  # one line on an unreachable cluster (RuntimeStartError)
+            if max_concurrent:  # a local instance only as large as the trials allowed at once: the
+                # limit then holds after Tuner.restore too, which forgets max_concurrent_trials
+                num_cpus = math.ceil(max_concurrent * max(run.cpus for run in suite.runs))
+        RayRuntime(address, num_cpus=num_cpus)  # one line on an unreachable cluster (RuntimeStartError)
     check_resources(suite, ray.cluster_resources())
     bench_dir.mkdir(parents=True, exist_ok=True)
     results_dir.mkdir(parents=True, exist_ok=True)

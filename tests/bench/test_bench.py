@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -60,10 +61,15 @@ def test_an_interrupted_smoke_bench_resumes_without_rerunning_finished_trials_an
     progress = {name: (runs_dir / name / "progress.jsonl").stat().st_mtime_ns for name in done_before
                 if not name.startswith("greedy")}
 
-    done = subprocess.run(_bench(str(SMOKE), "--resume", tmp=tmp_path), cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(_bench(str(SMOKE), "--resume", "--max-concurrent", "1", tmp=tmp_path), cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"{len(TRIALS)}/{len(TRIALS)} trials finished" in done.stdout
+    # --max-concurrent holds after a restore (Tune's own limit does not survive one): one at a time
+    spans = sorted((datetime.strptime(json.loads((runs_dir / f"{n}.commits.json").read_text())[-1]["started"],
+                                      "%Y-%m-%dT%H:%M:%S%z").timestamp(), (out_dir / f"{n}.json").stat().st_mtime)
+                   for n in TRIALS if n not in done_before)
+    assert all(later[0] >= earlier[1] - 1.0 for earlier, later in zip(spans, spans[1:], strict=False)), spans
     for name in done_before:  # finished before the interruption: not trained, evaluated or written again
         assert (out_dir / f"{name}.json").read_bytes() == before[name]
         assert len(json.loads((runs_dir / f"{name}.commits.json").read_text())) == 1
