@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="values to try for one key (repeatable: the product of all grids)")
     sweep.add_argument("--name", help="suite name for the results (default: sweep-CONFIG)")
     sweep.add_argument("--metric", choices=["mean_return", "success_rate", "normalised_score"], default="mean_return")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="override a config field in every run (repeatable)")
+    sweep.add_argument("--iterations", type=_positive_int, help="iterations of every run")
+    sweep.add_argument("--num-tasks", type=_positive_int, help="held-out tasks of every evaluation")
     _bench_options(sweep)
 
     report = sub.add_parser("report", help="tables (mean, IQM, 95%% CIs) and plots from bench results")
@@ -153,7 +157,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.command == "bench":
         suite = load_suite(args.suite)
     else:
-        suite = sweep_suite(args.config, args.seeds, args.grid, args.name, args.metric)
+        suite = sweep_suite(args.config, args.seeds, args.grid, args.name, args.metric, args.overrides, args.iterations,
+                            args.num_tasks)
     return _run_bench(suite, args)
 
 

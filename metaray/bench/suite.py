@@ -29,6 +29,7 @@ from metaray.cluster.config import (
     apply_overrides,
     format_validation_error,
     load_yaml,
+    parse_override,
     validate,
 )
 from metaray.tasks import TaskFamilyError, make_family
@@ -205,8 +206,17 @@ def bench_overrides(suite: Suite, run: BenchRun, seed: int | None = None) -> lis
 
 
 def sweep_suite(config: str, seeds: list[int], grid: list[str], name: str | None = None,
-                metric: str = "mean_return") -> Suite:
-    """`metaray sweep`: a suite over the product of `key=v1,v2,...` grids on one config."""
+                metric: str = "mean_return", overrides: list[str] | None = None, iterations: int | None = None,
+                num_tasks: int | None = None) -> Suite:
+    """`metaray sweep`: a suite over the product of `key=v1,v2,...` grids on one config
+    (`overrides`, as `--set`, apply to every run)."""
+    common: dict[str, Any] = {}
+    for text in overrides or []:
+        try:
+            path, value = parse_override(text)
+        except ConfigError as err:
+            raise SuiteError(str(err)) from None
+        common[".".join(path)] = value
     axes: list[tuple[str, list[Any]]] = []
     for text in grid:
         if "=" not in text:
@@ -220,7 +230,8 @@ def sweep_suite(config: str, seeds: list[int], grid: list[str], name: str | None
     for combo in itertools.product(*[values for _, values in axes]) if axes else [()]:
         settings = {key: value for (key, _), value in zip(axes, combo, strict=False)}
         label = "_".join(f"{key.split('.')[-1]}-{value}" for key, value in settings.items()) or "base"
-        runs.append({"name": re.sub(r"[^A-Za-z0-9_.-]", "-", label), "config": config, "set": settings})
+        runs.append({"name": re.sub(r"[^A-Za-z0-9_.-]", "-", label), "config": config, "set": {**common, **settings},
+                     **({"iterations": iterations} if iterations else {})})
     stem = Path(config).stem
     return load_suite_data({"name": name or f"sweep-{stem}", "seeds": seeds, "runs": runs,
-                            "eval": {"metric": metric}})
+                            "eval": {"metric": metric, **({"num_tasks": num_tasks} if num_tasks else {})}})

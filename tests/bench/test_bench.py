@@ -189,3 +189,17 @@ def test_a_trial_interrupted_before_its_first_checkpoint_starts_again_and_a_fini
     again = run_trial(suite, "rl2", 0, bench, results, report=reports.append)  # finished: its file, no training
     assert again == result and reports[-1]["done_before"] is True
     assert paths["log"].read_text().count("$ metaray train") == 1
+
+
+def test_a_sweep_runs_the_grid_over_the_seeds_and_reports(tmp_path):
+    cmd = [*METARAY, "sweep", str(ROOT / "configs/quickstart.yaml"), "--seeds", "0", "--grid", "rl2.lr=0.001,0.003",
+           "--iterations", "1", "--num-tasks", "10", "--set", "rl2.trials_per_update=64", "--set", "rl2.slots_per_worker=64",
+           "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs")]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = _only("*", tmp_path / "results" / "sweep-quickstart")
+    for lr in ("0.001", "0.003"):
+        r = json.loads((out / f"lr-{lr}-seed0.json").read_text())
+        assert r["config"]["rl2"]["lr"] == float(lr) and r["config"]["rl2"]["trials_per_update"] == 64
+        assert r["iterations"] == 1 and len(r["per_task"]) == 10
+    assert "| lr-0.001 |" in (out / "report.md").read_text()
