@@ -123,7 +123,8 @@ def run_trial(suite: Suite, run_name: str, seed: int, bench_dir: Path, results_d
         shutil.rmtree(run_dir)
         resuming = False
     code = git_commit()
-    commits = json.loads(paths["commits"].read_text()) if paths["commits"].is_file() else []
+    # the code of every start that trained part of this run (a fresh start forgets discarded ones)
+    commits = json.loads(paths["commits"].read_text()) if resuming and paths["commits"].is_file() else []
     commits.append({**code, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     _write_atomic(paths["commits"], json.dumps(commits, indent=1))
 

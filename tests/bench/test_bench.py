@@ -182,10 +182,12 @@ def test_a_trial_interrupted_before_its_first_checkpoint_starts_again_and_a_fini
     paths["run_dir"].mkdir(parents=True)
     (paths["run_dir"] / "config.yaml").write_text("algo: rl2\n")  # what an interrupted start leaves
     (paths["run_dir"] / "progress.jsonl").write_text('{"iteration": 1}\n')
+    paths["commits"].write_text('[{"commit": "0000000000", "dirty": true, "started": "2026-01-01T00:00:00+0000"}]')
     reports: list[dict] = []
     result = run_trial(suite, "rl2", 0, bench, results, report=reports.append)
     assert result["iterations"] == 1 and result["env_steps"] > 0
     assert "--resume" not in paths["log"].read_text()
+    assert len(result["commits"]) == 1 and result["commit"] != "0000000000"  # the discarded start is not the run's code
     again = run_trial(suite, "rl2", 0, bench, results, report=reports.append)  # finished: its file, no training
     assert again == result and reports[-1]["done_before"] is True
     assert paths["log"].read_text().count("$ metaray train") == 1
