@@ -32,6 +32,7 @@ import numpy as np
 from metaray.cluster.config import load_config
 from metaray.tasks import make_family, make_vector_env
 from metaray.tasks.classical import (
+    BAYES_OPTIMAL_MAX_PULLS,
     bandit_greedy,
     bandit_random,
     bandit_thompson,
@@ -43,7 +44,6 @@ from metaray.tasks.classical import (
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-BAYES_OPTIMAL_MAX_PULLS = 12
 
 
 # ---------------------------------------------------------------------------- driver
