@@ -186,10 +186,9 @@ def load_suite(path: str | Path) -> Suite:
     if not path.is_file():
         raise SuiteError(f"suite file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise SuiteError(f"{path}:{f' line {mark.line + 1}' if mark else ''} malformed YAML") from None
+        data = load_yaml(path)  # the config reader's one-line errors: malformed, empty, not a mapping
+    except ConfigError as err:
+        raise SuiteError(str(err)) from None
     return load_suite_data(data, path)
 
 
