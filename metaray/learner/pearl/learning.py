@@ -129,7 +129,11 @@ class PEARLLearner:
         # 4. actor, z detached
         z_fixed = z.detach()
         action, logp, pre_mean, log_std = agent.actor(rl["obs"], z_fixed, self._noise(rl["actions"]))
-        q_new = agent.critic(rl["obs"], action, z_fixed).min(-1).values
+        agent.critic.requires_grad_(False)  # the actor's loss needs d Q / d action, not the critics' weight gradients
+        try:
+            q_new = agent.critic(rl["obs"], action, z_fixed).min(-1).values
+        finally:
+            agent.critic.requires_grad_(True)
         actor_loss = (alpha * logp - q_new).mean()
         actor_loss = actor_loss + cfg.policy_mean_reg * (pre_mean**2).mean() + cfg.policy_std_reg * (log_std**2).mean()
         self.actor_opt.zero_grad(set_to_none=True)
