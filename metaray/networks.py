@@ -19,6 +19,7 @@ from torch import nn
 Params = dict[str, torch.Tensor]  # parameter name -> tensor; "stacked" = a leading task axis
 LOG_2PI = math.log(2 * math.pi)
 MIN_LOG_STD = math.log(1e-6)  # as pytorch-maml-rl
+INNER_OPTIMIZER = "inner_optimizer"  # a GaussianMLPPolicy's submodule holding a learned inner optimizer
 
 
 class GaussianMLPPolicy(nn.Module):
@@ -56,6 +57,12 @@ class GaussianMLPPolicy(nn.Module):
         mean = self.mu(self.body(obs))
         log_std = self.log_std.clamp(min=MIN_LOG_STD).expand_as(mean)
         return mean, log_std
+
+    def theta(self) -> Params:
+        """θ, the parameters the policy acts with (named as in `named_parameters`), without
+        those of a learned inner optimizer it carries (`inner_optimizer.*`, the MAML family's
+        meta-sgd / lstm), which travel and are checkpointed with it but are not θ."""
+        return {k: p for k, p in self.named_parameters() if not k.startswith(INNER_OPTIMIZER + ".")}
 
     def linear_layers(self) -> list[tuple[str, str]]:
         """(weight, bias) parameter names of the linear layers, input to output."""

@@ -26,5 +26,6 @@ def load_optimizer_tensors(
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value.to(device) if name != "step" else value
+        # copies: the optimizer updates its state in place, and must not write into the caller's tensors
+        state.setdefault(int(idx), {})[name] = value.to(device, copy=True) if name != "step" else value.clone()
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

@@ -95,6 +95,10 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["train", "{cfg}", "--serial", "--set", "rl2.memory=snail", "--set", "rl2.context_length=3"],
          "rl2.context_length: a trial is episodes_per_trial x max_episode_steps = 5 x 1 = 5 steps but the snail's "
          "context holds 3; set rl2.context_length: 5"),
+        (["train", "{hcv}", "--serial", "--set", "maml.inner_optimizer=lstm", "--set", "maml.outer=reptile"],
+         "maml.inner_optimizer: lstm needs outer trpo or ppo-clip"),
+        (["train", "{hcv}", "--serial", "--set", "maml.inner_optimizer=adam"],
+         "maml.inner_optimizer: input should be 'sgd', 'meta-sgd' or 'lstm' (got 'adam')"),
         # a task outside the family's physical range (issue 27): refused before anything runs
         (["train", "{hcv}", "--serial", "--set", "task.kwargs.high=40"],
          "task.kwargs: HalfCheetahVelFamily: target velocities must lie in [-15, 15] m/s"),

@@ -98,9 +98,11 @@ def test_cuda_learner_without_a_gpu_is_a_clear_error(tiny_config, tmp_path):
         Trainer(config, tmp_path, RayRuntime(address=None))
 
 
-def test_maml_meta_iterations_on_two_ray_workers(tmp_path):
+@pytest.mark.parametrize("inner_optimizer", ["sgd", "lstm"])
+def test_maml_meta_iterations_on_two_ray_workers(tmp_path, inner_optimizer):
     config = load_config(ROOT / "configs" / "maml-trpo-point-nav.yaml",
-                         ["iterations=2", "maml.meta_batch_size=4", "maml.episodes_per_task=4", "checkpoint.every=1"])
+                         ["iterations=2", "maml.meta_batch_size=4", "maml.episodes_per_task=4", "checkpoint.every=1",
+                          f"maml.inner_optimizer={inner_optimizer}"])
     trainer = Trainer(config, tmp_path, RayRuntime(address=None))
     last = trainer.run()
     rows = read_progress(tmp_path)
@@ -112,6 +114,8 @@ def test_maml_meta_iterations_on_two_ray_workers(tmp_path):
     assert 0 < last["env_steps_total"] <= 2 * 4 * 4 * 2 * 100
     state = json.loads((tmp_path / "checkpoints" / "iter-000002" / "state.json").read_text())
     assert "scheduler" in state and state["policy_version"] == 2
+    if inner_optimizer == "lstm":  # the learned rule was trained and travelled to the workers
+        assert all(row["inner_lr_grad_norm"] > 0 for row in rows)
 
 
 @pytest.mark.parametrize("sync", [True, False])

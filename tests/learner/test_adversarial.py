@@ -71,7 +71,7 @@ def test_replacing_the_env_reward_with_noise_leaves_the_update_identical(discrim
     initial = adv.make_policy(*spaces(), config).state_dict()
     assert not torch.equal(updated[0]["discriminator.g.0.weight"], initial["discriminator.g.0.weight"])
     if learn_inner_lr:  # the step sizes are learned too, from the same reward-free batch
-        assert not torch.equal(updated[0]["inner_log_lr.mu_bias"], initial["inner_log_lr.mu_bias"])
+        assert not torch.equal(updated[0][META_SGD_MU_BIAS], initial[META_SGD_MU_BIAS])
 
 
 def spaces():
@@ -422,8 +422,12 @@ def test_batched_expert_acts_like_the_per_task_expert():
     assert tasks[0].params != tasks[1].params and not np.allclose(same_obs[0], same_obs[1])  # the target matters
 
 
+META_SGD_MU_BIAS = "generator.inner_optimizer.log_lr.mu_bias"
+
+
 def test_meta_sgd_step_sizes_reach_the_workers_and_descend_the_meta_objective():
-    """learn_inner_lr: α per parameter entry travels with the weights, the workers adapt with it,
+    """Meta-SGD (`learn_inner_lr`, an old config's name for inner_optimizer: meta-sgd): α per
+    parameter entry travels with the weights, the workers adapt with it,
     the learner recomputes the same θ'_i, and its Adam step on log α lowers the post-stage
     policy-gradient loss of the adapted policies (θ held fixed)."""
     config = small_config(learn_inner_lr=True, inner_lr_lr=0.01, demo_advantage=1.0)
@@ -433,18 +437,18 @@ def test_meta_sgd_step_sizes_reach_the_workers_and_descend_the_meta_objective():
     torch.manual_seed(0)
     agent = adv.make_policy(sampler.env.single_observation_space, sampler.env.single_action_space, config)
     with torch.no_grad():  # a different α for every entry
-        for p in agent.inner_log_lr.parameters():
+        for p in agent.generator.inner_optimizer.parameters():
             p.add_(0.5 * torch.randn_like(p))
     sampler.set_weights(0, {k: v.numpy().copy() for k, v in agent.state_dict().items()})
-    alpha = {k: a.detach() for k, a in agent.inner_lrs().items()}
+    alpha = {k: a.detach() for k, a in agent.generator.inner_optimizer.step_sizes().items()}
     for k, a in alpha.items():
-        torch.testing.assert_close(sampler.inner_lr[k], a)
+        torch.testing.assert_close(sampler.policy.inner_optimizer.step_sizes()[k], a)
     batch = learner_batch(sampler.collect(tasks, 0))
     learner = adv.AdversarialLearner(agent, config, torch.device("cpu"), seed=0)
     inner, post = learner.gen.stages(batch)
     support = stack_episodes([r.extras["support"] for r in batch])
     inner = [adv.with_demos(stage, support, 1.0) for stage in inner]
-    theta = {k: p.detach().clone() for k, p in agent.generator.named_parameters()}
+    theta = {k: p.detach().clone() for k, p in agent.generator.theta().items()}
     adapted = maml.adapt(agent.generator, theta, inner, alpha)[-1]
     for k, p in adapted.items():
         torch.testing.assert_close(p, sampler.adapted_params[k], atol=1e-5, rtol=1e-5)
@@ -462,14 +466,14 @@ def test_meta_sgd_step_sizes_reach_the_workers_and_descend_the_meta_objective():
     learner.gen.config = learner.gen.outer.config = learner.gen.config.model_copy(update={"outer": "reptile", "reptile_lr": 0.0})
     stats = learner.update(batch)
     assert stats["inner_lr_grad_norm"] > 0
-    assert all(torch.equal(theta[k], p) for k, p in agent.generator.named_parameters())
-    new_alpha = {k: a.detach() for k, a in agent.inner_lrs().items()}
+    assert all(torch.equal(theta[k], p) for k, p in agent.generator.theta().items())
+    new_alpha = {k: a.detach() for k, a in agent.generator.inner_optimizer.step_sizes().items()}
     assert post_loss(new_alpha) < post_loss(alpha)
     tensors, meta = learner.optimizer_state()  # Adam's state of log α is checkpointed
-    assert any(k.startswith("inner_lr/") for k in tensors) and "inner_lr" in meta
+    assert any(k.startswith("generator/inner_optimizer/") for k in tensors) and "inner_optimizer" in meta["generator"]
     fresh = adv.AdversarialLearner(adv.make_policy(*spaces(), config), config, torch.device("cpu"), seed=0)
     fresh.load_optimizer_state(tensors, meta)
-    assert fresh.lr_optimizer.state_dict()["state"][0]["step"] == 1
+    assert fresh.gen.outer.learned_optimizer.state_dict()["state"][0]["step"] == 1
 
 
 def test_meta_sgd_weights_without_step_sizes_are_refused():
@@ -477,5 +481,5 @@ def test_meta_sgd_weights_without_step_sizes_are_refused():
     family = make_family("point-nav", {"horizon": 20})
     sampler = adv.AdversarialSampler(family, config, N_TASKS * PER, seed=0)
     plain = adv.make_policy(*spaces(), small_config())
-    with pytest.raises(ValueError, match="lack the inner step sizes"):
+    with pytest.raises(RuntimeError, match="inner_optimizer.log_lr"):
         sampler.set_weights(0, {k: v.numpy() for k, v in plain.state_dict().items()})

@@ -33,10 +33,11 @@ The meta-update (learner): θ takes MAML's outer step (`outer`: trpo / ppo-clip 
 exactly `maml.MAMLLearner` fed relabelled episodes. φ is recomputed per task from the support
 demos and inner episodes (the same full-batch steps as the worker) and updated by Adam on the
 mean query gradient −∇V(θ_i^k, φ_i^k): at φ_i^k (`disc_outer: first-order`), through the inner
-steps (`second-order`), or φ ← φ + ε mean_i(φ_i^k − φ) (`reptile`). With `learn_inner_lr`
-(Meta-SGD, Li et al. 2017) the generator's inner step size is one α per parameter entry, kept as
-log α in the agent (published and checkpointed with it) and moved by Adam along the gradient of
-the post-stage policy-gradient loss at θ_old: ∂L/∂α = −g_inner ⊙ ∇θ′L, no second derivatives.
+steps (`second-order`), or φ ← φ + ε mean_i(φ_i^k − φ) (`reptile`). With MAML's
+`inner_optimizer: meta-sgd | lstm` the generator's inner step is learned (Meta-SGD's α per
+parameter entry, or a coordinate-wise LSTM), carried by the generator (published and
+checkpointed with the agent) and trained by Adam along the gradient of the post-stage
+policy-gradient loss at θ_old (`maml.OuterStep`); old configs' `learn_inner_lr: true` is meta-sgd.
 
 The learner never sees the true reward: workers keep it for metrics only (TaskResult.metrics,
 which the rollout worker removes before the learner gets the result); a test replaces it with
@@ -79,7 +80,6 @@ from metaray.learner.adversarial.learning import AdversarialLearner
 from metaray.learner.adversarial.networks import (
     AdversarialAgent,
     Discriminator,
-    lr_key,
     make_policy,
     split_weights,
 )
@@ -130,6 +130,6 @@ class Adversarial(AlgorithmBase):
 __all__ = [
     "Adversarial", "AdversarialAgent", "AdversarialConfig", "AdversarialLearner", "AdversarialSampler", "Demos",
     "Discriminator", "Transitions", "disc_adapt", "disc_logits", "disc_loss", "evaluate", "evaluation_chunks",
-    "executed_log_prob", "expert_demos", "lr_key", "make_policy", "masked_mean", "random_policy_returns", "relabel",
+    "executed_log_prob", "expert_demos", "make_policy", "masked_mean", "random_policy_returns", "relabel",
     "split_weights", "stage_logp", "transitions", "with_demos",
 ]

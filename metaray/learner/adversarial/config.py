@@ -3,9 +3,9 @@ discriminator's and the demonstrations'."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, model_validator
 
 from metaray.learner.maml.config import MAMLConfig
 
@@ -13,6 +13,8 @@ from metaray.learner.maml.config import MAMLConfig
 class AdversarialConfig(MAMLConfig):
     """MAML's generator settings (outer step, inner lr, episodes, policy) plus the discriminator's
     and the demonstrations'. Defaults: point-nav scale."""
+
+    section: ClassVar[str] = "adversarial"
 
     num_inner_steps: int = Field(1, ge=1, description="Inner steps (each: D steps on the support demos vs fresh episodes, then a generator policy-gradient step on r̂).")
     discriminator: Literal["airl", "gail"] = Field("gail", description="'airl': f = g + γh(s') − h(s), D = σ(f − log π(executed a|s)); 'gail': D = σ(d).")
@@ -32,7 +34,29 @@ class AdversarialConfig(MAMLConfig):
     demo_advantage: float = Field(0.0, ge=0, description="c > 0: the support demos join each inner policy-gradient step as extra episodes with advantage c at every step (a behaviour-cloning term c·∇log π(a_demo|s_demo) beside the r̂ policy gradient, whose advantages are normalised); 0: the pure r̂ step of Meta-AIRL.")
     query_demo_advantage: float = Field(0.0, ge=0, description="c_q > 0: the query demos join the post stage as episodes of advantage c_q, so the meta-objective gains a behaviour-cloning term of the adapted policies, c_q·∇θ log π_θ'_i(a_demo|s_demo) (a Meta-BC term beside the adversarial one; ratio 1 at the old θ'_i, inside TRPO's KL region); 0: the pure game value of Meta-AIRL.")
     disc_reward: Literal["logit", "log-d"] = Field("logit", description="The generator's reward from D: 'logit' r̂ = log D − log(1 − D) (AIRL's, no sign bias); 'log-d' r̂ = log D ≤ 0, a cost at every step that ending the episode stops (Kostrikov et al. 2019's termination bias), which suits tasks that end at their goal.")
-    learn_inner_lr: bool = Field(False, description="Meta-SGD (Li et al. 2017): the generator's inner step size becomes one α per parameter entry, initialised to inner_lr and meta-learned (log α, Adam at inner_lr_lr) on the same post-stage objective as θ; published and checkpointed with the agent.")
-    inner_lr_lr: float = Field(0.01, gt=0, description="learn_inner_lr: Adam learning rate of log α.")
     wrong_demos: bool = Field(False, description="Control: each task gets another task's demos (task i uses task i+1's of the same meta-batch); scores should fall.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _meta_sgd_was_learn_inner_lr(cls, data: Any) -> Any:
+        """Configs from before `inner_optimizer` still load: `learn_inner_lr: true` is `meta-sgd`,
+        `inner_lr_lr` is `inner_optimizer_lr`."""
+        if not isinstance(data, dict) or not ({"learn_inner_lr", "inner_lr_lr"} & data.keys()):
+            return data
+        data = dict(data)
+        learn, lr = data.pop("learn_inner_lr", False), data.pop("inner_lr_lr", None)
+        if learn:
+            if data.get("inner_optimizer", "meta-sgd") != "meta-sgd":
+                raise ValueError("adversarial.learn_inner_lr: true (the old name of inner_optimizer: meta-sgd) conflicts with "
+                                 f"inner_optimizer: {data['inner_optimizer']}")
+            data["inner_optimizer"] = "meta-sgd"
+        if lr is not None:
+            data.setdefault("inner_optimizer_lr", lr)
+        return data
+
+    @model_validator(mode="after")
+    def _a_learned_inner_optimizer_needs_generator_steps(self) -> AdversarialConfig:
+        if self.inner_optimizer != "sgd" and not self.adapt_generator:
+            raise ValueError(f"adversarial.inner_optimizer: {self.inner_optimizer} needs adapt_generator: true (no generator inner step to learn); allowed here: sgd")
+        return self
 

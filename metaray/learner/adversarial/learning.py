@@ -1,5 +1,6 @@
 """The learner side of meta adversarial imitation: θ takes MAML's outer step on the relabelled
-episodes (`maml.OuterStep`), φ the discriminator meta-update, log α (Meta-SGD) its Adam step."""
+episodes (`maml.OuterStep`, which also trains a learned inner optimizer), φ the discriminator
+meta-update."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from metaray.learner.adversarial.game import (
     with_demos,
 )
 from metaray.learner.adversarial.networks import AdversarialAgent
-from metaray.learner.maml import MAMLLearner, Stage, adapted_params, inner_loss
+from metaray.learner.maml import MAMLLearner
 from metaray.learner.optim_state import load_optimizer_tensors, optimizer_tensors
-from metaray.networks import Params, flat
+from metaray.networks import INNER_OPTIMIZER, Params, flat
 
 
 class AdversarialLearner:
@@ -37,10 +38,6 @@ class AdversarialLearner:
         self.disc = policy.discriminator.to(self.device)
         self.generator = self.gen.generator  # torch RNG state (checkpointed by the learner actor)
         self.disc_optimizer = torch.optim.Adam(self.disc.parameters(), lr=config.disc_lr) if config.disc_outer != "reptile" else None
-        self.lr_optimizer = None
-        if policy.inner_log_lr is not None:
-            policy.inner_log_lr.to(self.device)
-            self.lr_optimizer = torch.optim.Adam(policy.inner_log_lr.parameters(), lr=config.inner_lr_lr)
 
     def _stage_data(self, results: list[TaskResult], stage: str, demo_side: str) -> tuple[Transitions, Transitions]:
         def stack(key: str) -> np.ndarray:
@@ -64,7 +61,7 @@ class AdversarialLearner:
         if leaked:
             raise ValueError(f"adversarial learner got true-reward metrics {leaked}: only TaskResult.for_learner() may reach it")
         inner, post = self.gen.stages(results)
-        params = dict(self.gen.policy.named_parameters())
+        params = self.gen.policy.theta()
         cfg = self.config
         if cfg.demo_advantage > 0:  # as the workers adapted: support demos join every inner stage
             support = stack_episodes([r.extras["support"] for r in results])
@@ -72,45 +69,13 @@ class AdversarialLearner:
         if cfg.query_demo_advantage > 0:
             query = stack_episodes([r.extras["query"] for r in results])
             post = with_demos(post, query, cfg.query_demo_advantage)
-        learn_lr = self.lr_optimizer is not None and cfg.adapt_generator
-        if learn_lr:
-            lr_grad_norm = self._inner_lr_gradient(params, inner, post)  # at θ_old, before θ moves
         if cfg.query_demo_advantage > 0:  # the demo steps' behaviour log-probs: the old θ'_i's (ratio 1)
             episodes = post.obs.shape[1] - query.obs.shape[1]
             _, _, old_logp = self.gen.outer.old_post_policy(params, inner, post)
             post = post._replace(logp=torch.cat([post.logp[:, :episodes], old_logp[:, episodes:]], 1))
-        stats = self.gen.outer(params, inner, post)
-        if learn_lr:
-            stats.update(self._inner_lr_step(), inner_lr_grad_norm=lr_grad_norm)
+        stats = self.gen.outer(params, inner, post)  # (and the learned inner optimizer's step)
         stats.update(self._update_discriminator(results), num_tasks=float(len(results)), **self.gen.outer.noise_stats())
         return stats
-
-    def _inner_lr_gradient(self, params: Params, inner: list[Stage], post: Stage) -> float:
-        """Meta-SGD: ∇ log α of the post-stage policy-gradient loss of the adapted policies,
-        −mean_i E[A ∇ log π_θ'_i(α)], at θ_old (the gradient of the surrogate the outer step
-        descends, where every ratio is 1), left in log α's .grad; the learner's α is fixed to
-        the current one for this update's outer step. Returns the gradient's norm."""
-        assert self.policy.inner_log_lr is not None and self.lr_optimizer is not None
-        alpha = self.policy.inner_lrs()
-        assert alpha is not None
-        theta = {k: p.detach() for k, p in params.items()}
-        adapted = adapted_params(self.gen.policy, theta, inner, post.obs.shape[0], alpha, self.config.first_order)
-        per_task_loss = torch.vmap(partial(inner_loss, self.gen.policy))  # the same loss, on the post episodes
-        loss = per_task_loss(adapted, post.obs, post.actions, post.advantages, post.mask).mean()
-        self.lr_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.gen.outer.inner_lr = {k: a.detach() for k, a in alpha.items()}
-        # (entries the post objective does not reach, e.g. α of the replaced log σ, have no .grad)
-        return flat(torch.zeros_like(p) if p.grad is None else p.grad
-                         for p in self.policy.inner_log_lr.parameters()).norm().item()
-
-    def _inner_lr_step(self) -> dict[str, float]:
-        """The Adam step on log α (after θ's outer step, which used the old α); α's range."""
-        assert self.policy.inner_log_lr is not None and self.lr_optimizer is not None
-        self.lr_optimizer.step()
-        with torch.no_grad():
-            alpha = flat(self.policy.inner_log_lr.parameters()).exp()
-        return {"inner_lr_mean": alpha.mean().item(), "inner_lr_min": alpha.min().item(), "inner_lr_max": alpha.max().item()}
 
     def _update_discriminator(self, results: list[TaskResult]) -> dict[str, float]:
         cfg = self.config
@@ -149,17 +114,16 @@ class AdversarialLearner:
         if self.disc_optimizer is not None:
             disc_tensors, meta["discriminator"] = optimizer_tensors(self.disc_optimizer)
             tensors.update({f"discriminator/{k}": v for k, v in disc_tensors.items()})
-        if self.lr_optimizer is not None:
-            lr_tensors, meta["inner_lr"] = optimizer_tensors(self.lr_optimizer)
-            tensors.update({f"inner_lr/{k}": v for k, v in lr_tensors.items()})
         return tensors, meta
 
     def load_optimizer_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         def part(prefix: str) -> dict[str, torch.Tensor]:
             return {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{prefix}/")}
-        self.gen.load_optimizer_state(part("generator"), meta.get("generator", {}))
+        gen_tensors, gen_meta = part("generator"), dict(meta.get("generator", {}))
+        if "inner_lr" in meta and INNER_OPTIMIZER not in gen_meta:  # a checkpoint from before inner_optimizer
+            gen_meta[INNER_OPTIMIZER] = meta["inner_lr"]
+            gen_tensors.update({f"{INNER_OPTIMIZER}/{k}": v for k, v in part("inner_lr").items()})
+        self.gen.load_optimizer_state(gen_tensors, gen_meta)
         if self.disc_optimizer is not None and "discriminator" in meta:
             load_optimizer_tensors(self.disc_optimizer, part("discriminator"), meta["discriminator"], self.device)
-        if self.lr_optimizer is not None and "inner_lr" in meta:
-            load_optimizer_tensors(self.lr_optimizer, part("inner_lr"), meta["inner_lr"], self.device)
 

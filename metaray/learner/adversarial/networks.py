@@ -1,9 +1,8 @@
-"""The discriminator and the agent (generator + discriminator, + Meta-SGD step sizes) that is
-published and checkpointed as one state dict."""
+"""The discriminator and the agent (generator + discriminator; the generator carries its learned
+inner optimizer, if any) that is published and checkpointed as one state dict."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import gymnasium as gym
@@ -13,7 +12,7 @@ from torch import nn
 
 from metaray.learner.adversarial.config import AdversarialConfig
 from metaray.learner.maml.sampler import make_gaussian_policy
-from metaray.networks import GaussianMLPPolicy, Params, mlp
+from metaray.networks import INNER_OPTIMIZER, GaussianMLPPolicy, mlp
 
 
 class Discriminator(nn.Module):
@@ -45,26 +44,23 @@ class Discriminator(nn.Module):
 
 
 class AdversarialAgent(nn.Module):
-    """Generator and discriminator as one module: one state dict is published and checkpointed.
-    With `inner_lr` (Meta-SGD) it also holds log α per generator parameter entry."""
+    """Generator and discriminator as one module: one state dict is published and checkpointed
+    (the generator's learned inner optimizer under `generator.inner_optimizer.`)."""
 
-    def __init__(self, generator: GaussianMLPPolicy, discriminator: Discriminator, inner_lr: float | None = None):
+    def __init__(self, generator: GaussianMLPPolicy, discriminator: Discriminator):
         super().__init__()
         self.generator, self.discriminator = generator, discriminator
-        self.inner_log_lr = None if inner_lr is None else nn.ParameterDict({
-            lr_key(name): nn.Parameter(torch.full_like(p, math.log(inner_lr))) for name, p in generator.named_parameters()
-        })
-
-    def inner_lrs(self) -> Params | None:
-        """α per generator parameter (a graph to log α), or None without Meta-SGD."""
-        if self.inner_log_lr is None:
-            return None
-        return {name: self.inner_log_lr[lr_key(name)].exp() for name, _ in self.generator.named_parameters()}
+        self._register_load_state_dict_pre_hook(_meta_sgd_keys_moved)
 
 
-def lr_key(name: str) -> str:
-    """ParameterDict keys may not contain dots: generator parameter name -> its log α's key."""
-    return name.replace(".", "_")
+OLD_META_SGD_PREFIX = "inner_log_lr."  # where Meta-SGD's log α lived before `inner_optimizer`
+
+
+def _meta_sgd_keys_moved(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Checkpoints from before `inner_optimizer` load: their `inner_log_lr.K` is now
+    `generator.inner_optimizer.log_lr.K` (the same values)."""
+    for key in [k for k in state_dict if k.startswith(prefix + OLD_META_SGD_PREFIX)]:
+        state_dict[f"{prefix}generator.{INNER_OPTIMIZER}.log_lr.{key[len(prefix + OLD_META_SGD_PREFIX):]}"] = state_dict.pop(key)
 
 
 def make_policy(obs_space: gym.Space, act_space: gym.Space, config: AdversarialConfig) -> AdversarialAgent:
@@ -72,12 +68,12 @@ def make_policy(obs_space: gym.Space, act_space: gym.Space, config: AdversarialC
     disc = Discriminator(obs_space.shape[0], act_space.shape[0], list(config.disc_hidden_sizes),
                          config.discriminator, config.gamma, act_space.low, act_space.high,
                          state_only=config.disc_input == "state")
-    return AdversarialAgent(generator, disc, config.inner_lr if config.learn_inner_lr else None)
+    return AdversarialAgent(generator, disc)
 
 
-def split_weights(weights: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """An agent state dict -> (generator's, discriminator's, log α's keyed by lr_key; {} without Meta-SGD)."""
+def split_weights(weights: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An agent state dict -> (generator's, with its inner optimizer's; discriminator's)."""
     def part(prefix: str) -> dict[str, Any]:
         return {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(prefix + ".")}
-    return part("generator"), part("discriminator"), part("inner_log_lr")
+    return part("generator"), part("discriminator")
 

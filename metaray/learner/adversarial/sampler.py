@@ -17,8 +17,15 @@ from metaray.learner.adversarial.game import (
     transitions,
     with_demos,
 )
-from metaray.learner.adversarial.networks import lr_key, make_policy, split_weights
-from metaray.learner.maml import InnerLR, MAMLSampler, Stage, inner_step, stage_names, with_post_std
+from metaray.learner.adversarial.networks import make_policy, split_weights
+from metaray.learner.maml import (
+    MAMLSampler,
+    Stage,
+    inner_step,
+    inner_update,
+    stage_names,
+    with_post_std,
+)
 from metaray.networks import Params, load_weights
 from metaray.tasks import SAMPLER_INFO_KEYS, Task, TaskFamily, make_vector_env
 
@@ -80,18 +87,12 @@ class AdversarialSampler(MAMLSampler):
         self.disc.requires_grad_(False)
         self.demo_seed = int(seed)
         self.demo_cache: OrderedDict[tuple[str, int], tuple[Demos, float]] = OrderedDict()
-        self.inner_lr: InnerLR = config.inner_lr
         self.adapted_disc: Params = {}
 
     def set_weights(self, version: int, weights: dict[str, np.ndarray]) -> None:
-        gen, disc, log_lr = split_weights(weights)
-        load_weights(self.policy, gen)
+        gen, disc = split_weights(weights)
+        load_weights(self.policy, gen)  # with the generator's learned inner optimizer, if any
         load_weights(self.disc, disc)
-        if self.config.learn_inner_lr:
-            missing = [n for n in gen if lr_key(n) not in log_lr]
-            if missing:
-                raise ValueError(f"learn_inner_lr: the weights lack the inner step sizes of {missing}")
-            self.inner_lr = {n: torch.as_tensor(np.asarray(log_lr[lr_key(n)])).exp() for n in gen}
         self.version = version
 
     def demos(self, tasks: list[Task]) -> tuple[Demos, Demos, np.ndarray]:
@@ -125,8 +126,10 @@ class AdversarialSampler(MAMLSampler):
         n = len(tasks)
         self.use_tasks(tasks)
         support, query, expert_return = self.demos(tasks)
-        theta: Params = dict(self.policy.named_parameters())
+        theta: Params = self.policy.theta()
         meta_theta = theta
+        update = inner_update(self.policy, cfg) if cfg.adapt_generator else 0.0
+        memory: dict[str, torch.Tensor] = {}  # a learned inner optimizer's state across the steps
         phi: Params = dict(self.disc.named_parameters())
         stages: dict[str, Episodes] = {}
         extras: dict[str, np.ndarray] = {}
@@ -161,8 +164,7 @@ class AdversarialSampler(MAMLSampler):
                     stage = Stage.from_episodes(episodes, cfg, torch.float32, torch.device("cpu"))
                     if cfg.demo_advantage > 0:
                         stage = with_demos(stage, support, cfg.demo_advantage)
-                    theta = inner_step(self.policy, theta, stage, self.inner_lr if cfg.adapt_generator else 0.0,
-                                       per_task=j > 0)
+                    theta = inner_step(self.policy, theta, stage, update, per_task=j > 0, memory=memory)
                     if j == cfg.num_inner_steps - 1:  # the post stage's policy: σ = post_log_std if learned
                         theta = with_post_std(theta, meta_theta)
         self.adapted_params, self.adapted_disc = theta, phi

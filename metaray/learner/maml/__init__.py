@@ -15,6 +15,7 @@ The package, by role:
 - `config`: `MAMLConfig`, every hyperparameter documented;
 - `returns`: returns, the linear feature baseline, GAE, `Stage` (a stage's episodes as tensors);
 - `adaptation`: the inner step, shared by worker and learner;
+- `inner_optimizers`: the learned inner steps (`inner_optimizer: meta-sgd | lstm`) and their contract;
 - `sampler`: `MAMLSampler`, the worker side (no graph);
 - `curvature`, `trpo`: the closed forms and the TRPO step;
 - `learning`: `OuterStep` (trpo / ppo-clip / reptile) and `MAMLLearner`;
@@ -42,6 +43,12 @@ from metaray.learner.maml.adaptation import (
 )
 from metaray.learner.maml.config import MAMLConfig
 from metaray.learner.maml.curvature import InnerCurvature, KLCurvature, MLPTape, row_weights
+from metaray.learner.maml.inner_optimizers import (
+    InnerOptimizer,
+    LSTMInnerOptimizer,
+    MetaSGD,
+    make_inner_optimizer,
+)
 from metaray.learner.maml.learning import MAMLLearner, OuterStep
 from metaray.learner.maml.returns import (
     Stage,
@@ -53,7 +60,7 @@ from metaray.learner.maml.returns import (
     normalize_advantages,
     valid_episodes,
 )
-from metaray.learner.maml.sampler import MAMLSampler, Rollout, make_gaussian_policy
+from metaray.learner.maml.sampler import MAMLSampler, Rollout, inner_update, make_gaussian_policy
 from metaray.learner.maml.trpo import conjugate_gradient, surrogate_and_kl, trpo_step
 from metaray.networks import (
     GaussianMLPPolicy,
@@ -116,7 +123,8 @@ class MAML(AlgorithmBase):
 
 
 __all__ = [
-    "MAML", "POST_LOG_STD", "GaussianMLPPolicy", "InnerCurvature", "InnerLR", "KLCurvature", "MAMLConfig",
+    "MAML", "POST_LOG_STD", "GaussianMLPPolicy", "InnerCurvature", "InnerLR", "InnerOptimizer", "KLCurvature",
+    "LSTMInnerOptimizer", "MAMLConfig", "MetaSGD", "inner_update", "make_inner_optimizer",
     "MAMLLearner", "MAMLSampler", "MLPTape", "OuterStep", "Params", "Rollout", "Stage", "TaskResult", "adapt",
     "adapted_params", "baseline_features", "compute_advantages", "conjugate_gradient", "discount_cumsum",
     "episode_mean", "evaluate", "fit_linear_baseline", "flat", "gaussian_kl", "gaussian_log_prob", "get_weights",

@@ -11,10 +11,14 @@ from functools import partial
 import torch
 from torch import nn
 
+from metaray.learner.maml.inner_optimizers import InnerOptimizer
 from metaray.learner.maml.returns import Stage, episode_mean
 from metaray.networks import Params, gaussian_log_prob, policy_forward
 
-InnerLR = float | Params  # one inner step size α, or one per parameter entry (Meta-SGD), shaped as θ
+# how an inner step moves θ: one step size α, one per parameter entry shaped as θ (Meta-SGD's,
+# fixed), or a learned inner optimizer (`inner_optimizers`)
+InnerLR = float | Params | InnerOptimizer
+StepSizes = float | Params  # the fixed kinds: what the closed forms of `curvature` take
 
 
 def inner_loss(policy: nn.Module, params: Params, obs: torch.Tensor, actions: torch.Tensor,
@@ -24,24 +28,31 @@ def inner_loss(policy: nn.Module, params: Params, obs: torch.Tensor, actions: to
     return -episode_mean(gaussian_log_prob(mean, log_std, actions) * advantages, mask)
 
 
-def step_size(inner_lr: InnerLR, name: str) -> float | torch.Tensor:
+def step_size(inner_lr: StepSizes, name: str) -> float | torch.Tensor:
     """α for parameter `name`: the scalar, or its per-entry tensor (broadcasts over a task axis)."""
     return inner_lr[name] if isinstance(inner_lr, dict) else inner_lr
 
 
 def inner_step(policy: nn.Module, params: Params, stage: Stage, inner_lr: InnerLR, per_task: bool,
-               first_order: bool = False) -> Params:
+               first_order: bool = False, memory: dict[str, torch.Tensor] | None = None) -> Params:
     """θ'_i = θ_i − α ∇ L_inner(θ_i; task i's episodes) for all tasks at once -> stacked params.
-    α is a scalar or, per parameter entry, a dict shaped as θ (Meta-SGD; differentiable).
+    α is a scalar or, per parameter entry, a dict shaped as θ (Meta-SGD; differentiable); a
+    learned `InnerOptimizer` makes θ'_i from the gradients and losses instead, keeping its state
+    across the steps of one adaptation in `memory`.
 
     `per_task=False`: `params` is one θ shared by all tasks (the first step); else stacked [N, ...].
     The gradient comes from `vmap(grad(...))`: under an outer autograd graph it is differentiable
     (second-order MAML); `first_order` detaches it, so dθ'/dθ = I.
     """
+    in_dims = (0 if per_task else None, 0, 0, 0, 0)
+    if isinstance(inner_lr, InnerOptimizer):
+        grad_fn = torch.func.grad_and_value(partial(inner_loss, policy))
+        grads, losses = torch.vmap(grad_fn, in_dims=in_dims)(params, stage.obs, stage.actions, stage.advantages, stage.mask)
+        if first_order:
+            grads, losses = {k: g.detach() for k, g in grads.items()}, losses.detach()
+        return inner_lr.update(params, grads, losses, {} if memory is None else memory)
     grad_fn = torch.func.grad(partial(inner_loss, policy))
-    grads = torch.vmap(grad_fn, in_dims=(0 if per_task else None, 0, 0, 0, 0))(
-        params, stage.obs, stage.actions, stage.advantages, stage.mask
-    )
+    grads = torch.vmap(grad_fn, in_dims=in_dims)(params, stage.obs, stage.actions, stage.advantages, stage.mask)
     if first_order:
         grads = {k: g.detach() for k, g in grads.items()}
     return {k: p - step_size(inner_lr, k) * grads[k] for k, p in params.items()}
@@ -74,9 +85,9 @@ def adapt(policy: nn.Module, params: Params, inner: list[Stage], inner_lr: Inner
           first_order: bool = False) -> list[Params]:
     """[θ_1, ..., θ_k] per task (stacked) from θ_0 = θ and the k inner stages' episodes; θ_k,
     the policy of the post-update episodes, with θ's post_log_std (`with_post_std`)."""
-    theta, adapted = params, []
+    theta, adapted, memory = params, [], {}
     for j, stage in enumerate(inner):
-        params = inner_step(policy, params, stage, inner_lr, per_task=j > 0, first_order=first_order)
+        params = inner_step(policy, params, stage, inner_lr, per_task=j > 0, first_order=first_order, memory=memory)
         adapted.append(params)
     if adapted:
         adapted[-1] = with_post_std(adapted[-1], theta)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
@@ -11,10 +11,14 @@ class MAMLConfig(BaseModel):
     """Hyperparameters of the MAML family. Defaults: pytorch-maml-rl's 2D-navigation config."""
 
     model_config = ConfigDict(extra="forbid")
+    section: ClassVar[str] = "maml"  # the config section, for messages
 
     outer: Literal["trpo", "ppo-clip", "reptile"] = Field("trpo", description="Outer step: 'trpo' (MAML-TRPO), 'ppo-clip' (ProMP: clipped surrogate + inner KL penalty, Adam), 'reptile' (θ moves towards the adapted parameters).")
     first_order: bool = Field(False, description="Drop second-order terms (trpo, ppo-clip): the meta-gradient is the post-update policy gradient at θ'_i applied to θ.")
-    inner_lr: float = Field(0.1, gt=0, description="Inner (adaptation) step size α.")
+    inner_lr: float = Field(0.1, gt=0, description="Inner (adaptation) step size α (with meta-sgd / lstm: where the learned step sizes start).")
+    inner_optimizer: Literal["sgd", "meta-sgd", "lstm"] = Field("sgd", description="How θ'_i is made from the inner gradient: 'sgd' θ − α g (MAML); 'meta-sgd' θ − α ⊙ g with one meta-learned α per parameter entry (Li et al. 2017); 'lstm' a coordinate-wise LSTM reading each entry's gradient, the inner loss and the previous update, θ' = f ⊙ θ − i ⊙ g (Ravi & Larochelle 2017), exactly SGD before meta-training. Learned ones travel with the policy's weights and are trained by Adam (inner_optimizer_lr) on the post-update objective; see learner/maml/inner_optimizers.py for the contract.")
+    inner_optimizer_lr: float = Field(0.01, gt=0, description="meta-sgd / lstm: Adam learning rate of the inner optimizer's meta-parameters.")
+    inner_lstm_hidden_size: PositiveInt = Field(16, description="lstm: hidden units of the coordinate-wise LSTM (its state is per task and per parameter entry).")
     num_inner_steps: int = Field(1, ge=0, description="Inner policy-gradient steps per task; each uses fresh episodes sampled with the current adapted parameters. 0: no adaptation, the outer step is plain multi-task TRPO / PPO-clip on θ (Finn et al.'s 'pretrained' baseline; with a task-observing family, a task-conditioned policy).")
     episodes_per_task: int = Field(20, ge=1, description="Episodes per task per stage (pre-update batch of each inner step, and the post-update batch).")
     meta_batch_size: int = Field(20, ge=1, description="Tasks per meta-iteration.")
@@ -44,5 +48,8 @@ class MAMLConfig(BaseModel):
     def _post_std_needs_an_adapted_policy(self) -> MAMLConfig:
         if self.post_std == "learned" and (self.outer == "reptile" or self.num_inner_steps == 0):
             raise ValueError("post_std 'learned' needs outer trpo or ppo-clip and num_inner_steps >= 1 (an adapted policy with an outer objective)")
+        if self.inner_optimizer != "sgd" and (self.outer == "reptile" or self.num_inner_steps == 0):
+            raise ValueError(f"{self.section}.inner_optimizer: {self.inner_optimizer} needs outer trpo or ppo-clip and num_inner_steps >= 1 "
+                             "(reptile has no objective through the inner step to train it); allowed here: sgd")
         return self
 

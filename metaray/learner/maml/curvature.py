@@ -16,7 +16,7 @@ from functools import partial
 
 import torch
 
-from metaray.learner.maml.adaptation import POST_LOG_STD, InnerLR, step_size
+from metaray.learner.maml.adaptation import POST_LOG_STD, StepSizes, step_size
 from metaray.learner.maml.config import MAMLConfig
 from metaray.learner.maml.returns import Stage, episode_mean, valid_episodes
 from metaray.networks import MIN_LOG_STD, GaussianMLPPolicy, Params, flat, unflat
@@ -137,7 +137,7 @@ class _TaskGroupCurvature:
     """The closed forms for a group of tasks; `n_total` tasks in all (the means are over them)."""
 
     def __init__(self, policy: GaussianMLPPolicy, params: Params, inner: list[Stage], post: Stage,
-                 config: MAMLConfig, n_total: int, inner_lr: InnerLR):
+                 config: MAMLConfig, n_total: int, inner_lr: StepSizes):
         n = post.obs.shape[0]
         self.config, self.n, self.n_total, self.inner_lr = config, n, n_total, inner_lr
         self.inner: list[InnerCurvature] = []
@@ -213,7 +213,7 @@ class KLCurvature:
     """
 
     def __init__(self, policy: GaussianMLPPolicy, params: Params, inner: list[Stage], post: Stage,
-                 config: MAMLConfig, tasks_per_group: int | None = None, inner_lr: InnerLR | None = None,
+                 config: MAMLConfig, tasks_per_group: int | None = None, inner_lr: StepSizes | None = None,
                  subsample: float = 1.0, generator: torch.Generator | None = None):
         n, rows = post.obs.shape[0], post.mask[0].numel()
         if tasks_per_group is None:
@@ -252,7 +252,7 @@ class KLCurvature:
 
 
 def adapted_closed_form(policy: GaussianMLPPolicy, params: Params, inner: list[Stage], num_tasks: int,
-                        inner_lr: InnerLR) -> Params:
+                        inner_lr: StepSizes) -> Params:
     """θ'_i stacked per task after the inner steps, each step's gradient from the hand-written
     backward pass (no autograd): `adaptation.adapted_params` without a graph, for the line search."""
     theta = {k: p.detach().expand(num_tasks, *p.shape) for k, p in params.items()}

@@ -19,15 +19,18 @@ from metaray.learner.maml.adaptation import (
     InnerLR,
     adapt,
     adapted_params,
+    inner_loss,
     inner_step,
     stage_names,
 )
 from metaray.learner.maml.config import MAMLConfig
 from metaray.learner.maml.curvature import KLCurvature, adapted_closed_form
+from metaray.learner.maml.inner_optimizers import InnerOptimizer
 from metaray.learner.maml.returns import Stage, episode_mean
 from metaray.learner.maml.trpo import post_surrogate_and_kl, surrogate_and_kl, trpo_step
 from metaray.learner.optim_state import load_optimizer_tensors, optimizer_tensors
 from metaray.networks import (
+    INNER_OPTIMIZER,
     GaussianMLPPolicy,
     Params,
     flat,
@@ -41,26 +44,68 @@ from metaray.networks import (
 class OuterStep:
     """The outer step chosen by `config.outer` on θ = the policy's parameters.
 
-    `inner_lr` is the α every recomputed inner step uses: the config's, or a per-parameter dict
-    when a caller meta-learns it (Meta-SGD). Stats: meta_loss_before/meta_loss (surrogate before
-    and after the step), kl (old vs new adapted policies on the post-update episodes), grad_norm,
-    and per outer step ls_steps/step_accepted/behaviour_logp_err (trpo), inner_kl/clip_frac (ppo-clip).
+    `inner_lr` is what every recomputed inner step uses: the config's α, or with a learned inner
+    optimizer on the policy (`maml.inner_optimizer`) that optimizer as it stands: Meta-SGD's α
+    per entry (detached), or the LSTM module. The learned optimizer's own step: Adam on the
+    gradient of the post-update policy-gradient loss at θ_old through the inner steps (taken
+    before θ moves, applied after θ's step, which holds it fixed).
+    Stats: meta_loss_before/meta_loss (surrogate before and after the step), kl (old vs new
+    adapted policies on the post-update episodes), grad_norm, and per outer step
+    ls_steps/step_accepted/behaviour_logp_err (trpo), inner_kl/clip_frac (ppo-clip),
+    inner_lr_grad_norm and the optimizer's summary (learned inner optimizers).
     """
 
     def __init__(self, policy: GaussianMLPPolicy, config: MAMLConfig, device: torch.device, seed: int = 0):
         self.policy, self.config = policy, config
         self.device = torch.device(device)
         self.dtype = next(policy.parameters()).dtype
-        self.inner_lr: InnerLR = config.inner_lr
+        self.fixed_inner_lr = config.inner_lr
         self.seed, self.steps = seed, 0  # the draws of cg_subsample: a function of both, so a resume repeats them
-        self.optimizer = torch.optim.Adam(policy.parameters(), lr=config.ppo_lr) if config.outer == "ppo-clip" else None
+        theta = list(policy.theta().values())
+        self.optimizer = torch.optim.Adam(theta, lr=config.ppo_lr) if config.outer == "ppo-clip" else None
+        self.learned: InnerOptimizer | None = getattr(policy, INNER_OPTIMIZER, None)
+        self.learned_optimizer = None if self.learned is None else torch.optim.Adam(
+            self.learned.parameters(), lr=config.inner_optimizer_lr)
+
+    @property
+    def inner_lr(self) -> InnerLR:
+        if self.learned is None:
+            return self.fixed_inner_lr
+        sizes = self.learned.step_sizes()
+        return self.learned if sizes is None else {k: a.detach() for k, a in sizes.items()}
 
     def __call__(self, params: Params, inner: list[Stage], post: Stage) -> dict[str, float]:
         """One outer step from θ = `params` (the policy's own parameters, updated in place)."""
         step = {"trpo": self.trpo, "ppo-clip": self.ppo_clip}.get(self.config.outer, self.reptile)
-        stats = step(params, inner, post)
+        if self.learned is None:
+            stats = step(params, inner, post)
+        else:
+            learned_grad_norm = self.learned_gradient(params, inner, post)  # at θ_old, before θ moves
+            self.learned.requires_grad_(False)  # θ's step holds it fixed (and leaves its .grad alone)
+            try:
+                stats = step(params, inner, post)
+            finally:
+                self.learned.requires_grad_(True)
+            assert self.learned_optimizer is not None
+            self.learned_optimizer.step()
+            stats.update(inner_lr_grad_norm=learned_grad_norm, **self.learned.summary())
         self.steps += 1
         return stats
+
+    def learned_gradient(self, params: Params, inner: list[Stage], post: Stage) -> float:
+        """The learned inner optimizer's gradient, left in its parameters' .grad: of the
+        post-stage policy-gradient loss of the adapted policies, −mean_i E[A ∇ log π_θ'_i],
+        at θ_old (the gradient of the surrogate the outer step descends, where every ratio is
+        1), through the inner steps (their gradients detached when `first_order`). Returns its norm."""
+        assert self.learned is not None and self.learned_optimizer is not None
+        theta = {k: p.detach() for k, p in params.items()}
+        adapted = adapted_params(self.policy, theta, inner, post.obs.shape[0], self.learned, self.config.first_order)
+        per_task_loss = torch.vmap(partial(inner_loss, self.policy))  # the same loss, on the post episodes
+        loss = per_task_loss(adapted, post.obs, post.actions, post.advantages, post.mask).mean()
+        self.learned_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        # (entries the post objective does not reach, e.g. α of the replaced log σ, have no .grad)
+        return flat(torch.zeros_like(p) if p.grad is None else p.grad for p in self.learned.parameters()).norm().item()
 
     def noise_stats(self) -> dict[str, float]:
         """Mean log σ of the exploring policy, and of the adapted ones with post_std: learned."""
@@ -76,27 +121,37 @@ class OuterStep:
             mean, log_std = per_task_forward(self.policy, adapted, post.obs)
             return mean, log_std, gaussian_log_prob(mean, log_std, post.actions)
 
+    def closed_form(self) -> bool:
+        """The closed forms apply to fixed step sizes (sgd, meta-sgd), not to an update rule
+        that depends on the gradient (lstm: autograd, through the rule)."""
+        return self.config.closed_form and not isinstance(self.inner_lr, InnerOptimizer)
+
     def trpo(self, params: Params, inner: list[Stage], post: Stage) -> dict[str, float]:
-        with torch.no_grad():
-            draws = torch.Generator().manual_seed(self.seed * 1_000_003 + self.steps)
-            curvature = KLCurvature(self.policy, params, inner, post, self.config, inner_lr=self.inner_lr,
-                                    subsample=self.config.cg_subsample, generator=draws)
-            old_mean, old_log_std = curvature.old_mean, curvature.old_log_std
-            old_logp = gaussian_log_prob(old_mean, old_log_std, post.actions)
+        inner_lr = self.inner_lr
+        curvature = None
+        if isinstance(inner_lr, InnerOptimizer):
+            old_mean, old_log_std, old_logp = self.old_post_policy(params, inner, post)
+        else:
+            with torch.no_grad():
+                draws = torch.Generator().manual_seed(self.seed * 1_000_003 + self.steps)
+                curvature = KLCurvature(self.policy, params, inner, post, self.config, inner_lr=inner_lr,
+                                        subsample=self.config.cg_subsample, generator=draws)
+                old_mean, old_log_std = curvature.old_mean, curvature.old_log_std
+                old_logp = gaussian_log_prob(old_mean, old_log_std, post.actions)
         behaviour_err = ((old_logp - post.logp).abs() * post.mask).max().item()
         post = post._replace(logp=old_logp)  # ratio 1 at the current θ, as pytorch-maml-rl
         objective = partial(self._objective, inner=inner, post=post, old_mean=old_mean, old_log_std=old_log_std)
-        closed_form = curvature if self.config.closed_form else None
+        closed_form = curvature if self.closed_form() else None
         new_params, stats = trpo_step(objective, params, self.config, closed_form)
         with torch.no_grad():
-            for name, p in self.policy.named_parameters():
+            for name, p in self.policy.theta().items():
                 p.copy_(new_params[name])
         stats["behaviour_logp_err"] = behaviour_err
         return stats
 
     def _objective(self, params: Params, inner: list[Stage], post: Stage, old_mean: torch.Tensor,
                    old_log_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.config.closed_form and not self.config.first_order and not torch.is_grad_enabled():
+        if self.closed_form() and not self.config.first_order and not torch.is_grad_enabled():
             # the line search: the inner steps' gradients by the hand-written backward pass
             adapted = adapted_closed_form(self.policy, params, inner, post.obs.shape[0], self.inner_lr)
             return post_surrogate_and_kl(self.policy, adapted, post, old_mean, old_log_std)
@@ -130,7 +185,7 @@ class OuterStep:
             loss = surrogate + cfg.inner_kl_coef * inner_kl
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = flat(torch.zeros_like(p) if p.grad is None else p.grad for p in policy.parameters()).norm()
+            grad_norm = flat(torch.zeros_like(p) if p.grad is None else p.grad for p in policy.theta().values()).norm()
             self.optimizer.step()
             if epoch == 0:
                 stats["meta_loss_before"] = surrogate.item()
@@ -156,13 +211,22 @@ class OuterStep:
         return {"meta_loss": 0.0, "kl": 0.0, "grad_norm": flat(delta.values()).norm().item()}
 
     def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Adam state for ppo-clip (trpo and reptile keep none), and the count of outer steps."""
+        """Adam state for ppo-clip (trpo and reptile keep none), the learned inner optimizer's
+        Adam state (keys `inner_optimizer/…`), and the count of outer steps."""
         tensors, meta = ({}, {}) if self.optimizer is None else optimizer_tensors(self.optimizer)
+        if self.learned_optimizer is not None:
+            learned_tensors, meta[INNER_OPTIMIZER] = optimizer_tensors(self.learned_optimizer)
+            tensors = {**tensors, **{f"{INNER_OPTIMIZER}/{k}": v for k, v in learned_tensors.items()}}
         return tensors, {**meta, "outer_steps": self.steps}
 
     def load_optimizer_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        prefix = f"{INNER_OPTIMIZER}/"
         if self.optimizer is not None:
-            load_optimizer_tensors(self.optimizer, tensors, meta, self.device)
+            own = {k: v for k, v in tensors.items() if not k.startswith(prefix)}
+            load_optimizer_tensors(self.optimizer, own, meta, self.device)
+        if self.learned_optimizer is not None and INNER_OPTIMIZER in meta:
+            learned = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            load_optimizer_tensors(self.learned_optimizer, learned, meta[INNER_OPTIMIZER], self.device)
         self.steps = int(meta.get("outer_steps", 0))
 
 
@@ -186,7 +250,7 @@ class MAMLLearner:
 
     def update(self, results: list[TaskResult]) -> dict[str, float]:
         inner, post = self.stages(results)
-        stats = self.outer(dict(self.policy.named_parameters()), inner, post)
+        stats = self.outer(self.policy.theta(), inner, post)
         stats.update(num_tasks=float(len(results)), **self.outer.noise_stats())
         return stats
 

@@ -11,11 +11,13 @@ import numpy as np
 import torch
 
 from metaray.core import Episodes, TaskResult, mean_episode_return
-from metaray.learner.maml.adaptation import inner_step, stage_names, with_post_std
+from metaray.learner.maml.adaptation import InnerLR, inner_step, stage_names, with_post_std
 from metaray.learner.maml.config import MAMLConfig
+from metaray.learner.maml.inner_optimizers import make_inner_optimizer
 from metaray.learner.maml.returns import Stage
 from metaray.learner.sampling import SamplerBase
 from metaray.networks import (
+    INNER_OPTIMIZER,
     GaussianMLPPolicy,
     Params,
     gaussian_log_prob,
@@ -33,8 +35,19 @@ def make_gaussian_policy(obs_space: gym.Space, act_space: gym.Space, config: MAM
         raise ValueError(f"MAML's Gaussian policy needs a flat Box action space, got {act_space}")
     post = None if config.post_std == "shared" else (
         config.init_log_std if config.init_post_log_std is None else config.init_post_log_std)
-    return GaussianMLPPolicy(obs_space.shape[0], act_space.shape[0], list(config.hidden_sizes), config.activation,
-                             config.init_log_std, config.init_output_scale, post)
+    policy = GaussianMLPPolicy(obs_space.shape[0], act_space.shape[0], list(config.hidden_sizes), config.activation,
+                               config.init_log_std, config.init_output_scale, post)
+    learned = make_inner_optimizer(config.inner_optimizer, {k: p.shape for k, p in policy.theta().items()},
+                                   config.inner_lr, config.inner_lstm_hidden_size)
+    if learned is not None:  # a submodule: published and checkpointed with the policy
+        policy.inner_optimizer = learned
+    return policy
+
+
+def inner_update(policy: GaussianMLPPolicy, config: MAMLConfig) -> InnerLR:
+    """What the inner steps use: the policy's learned inner optimizer, or the config's α."""
+    learned = getattr(policy, INNER_OPTIMIZER, None)
+    return config.inner_lr if learned is None else learned
 
 
 class Rollout(NamedTuple):
@@ -97,17 +110,18 @@ class MAMLSampler(SamplerBase):
         cfg = self.config
         n = len(tasks)
         self.use_tasks(tasks)
-        theta: Params = dict(self.policy.named_parameters())
+        theta: Params = self.policy.theta()
         params = theta
         stages: dict[str, Rollout] = {}
         env_steps = 0
+        update, memory = inner_update(self.policy, cfg), {}  # memory: a learned optimizer's state across steps
         with torch.no_grad():
             for j, name in enumerate(stage_names(cfg.num_inner_steps)):
                 stages[name] = rollout = self.rollout(params, per_task=j > 0, num_tasks=n)
                 env_steps += rollout.env_steps
                 if name != "post":
                     stage = Stage.from_episodes(rollout.episodes, cfg, torch.float32, torch.device("cpu"))
-                    params = inner_step(self.policy, params, stage, cfg.inner_lr, per_task=j > 0)
+                    params = inner_step(self.policy, params, stage, update, per_task=j > 0, memory=memory)
                     if j == cfg.num_inner_steps - 1:
                         params = with_post_std(params, theta)
         self.adapted_params = params

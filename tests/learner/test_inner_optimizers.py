@@ -1,0 +1,219 @@
+"""Learned inner optimizers (`maml.inner_optimizer: meta-sgd | lstm`): the update rules, the
+worker's adaptation against the learner's recomputation, the meta-training step, checkpoints,
+and the settings that are refused."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from metaray.learner import adversarial as adv
+from metaray.learner import maml
+from metaray.learner.maml.inner_optimizers import DECAY_RANGE, LOG_SCALE_RANGE, preprocess
+from metaray.networks import get_weights
+from metaray.tasks import make_family
+
+torch.set_num_threads(1)
+
+N_TASKS, EPISODES = 3, 4
+
+
+def point_nav_setup(kind, steps=1, outer="trpo", seed=0, **extra):
+    """A point-nav sampler and the matching policy (with its learned optimizer) for `kind`."""
+    config = maml.MAMLConfig(inner_optimizer=kind, num_inner_steps=steps, episodes_per_task=EPISODES,
+                             meta_batch_size=N_TASKS, hidden_sizes=[8], outer=outer, **extra)
+    family = make_family("point-nav", {"horizon": 10})
+    sampler = maml.MAMLSampler(family, config, N_TASKS * EPISODES, seed=seed)
+    torch.manual_seed(seed)
+    policy = maml.make_policy(sampler.env.single_observation_space, sampler.env.single_action_space, config)
+    return config, family, sampler, policy
+
+
+def perturb(module, scale=0.5, seed=1):
+    """Move every meta-parameter off its initial value (the LSTM starts as plain SGD)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def collect(config, family, sampler, policy, seed=3):
+    sampler.set_weights(0, get_weights(policy))
+    tasks = family.sample(N_TASKS, np.random.default_rng(seed))
+    results = sampler.collect(tasks, 0)
+    learner = maml.MAMLLearner(policy, config, torch.device("cpu"), seed=0)
+    return learner, results
+
+
+def test_preprocessing_follows_andrychowicz_et_al():
+    x = torch.tensor([2.0, -0.5, 1e-6, -1e-6, 0.0])
+    magnitude, sign = preprocess(x)
+    p = 10.0
+    torch.testing.assert_close(magnitude, torch.tensor([math.log(2) / p, math.log(0.5) / p, -1.0, -1.0, -1.0]))
+    torch.testing.assert_close(sign, torch.tensor([1.0, -1.0, 1e-6 * math.exp(p), -1e-6 * math.exp(p), 0.0]))
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_an_untrained_lstm_adapts_exactly_as_sgd(steps):
+    """The LSTM's output layer starts at zero: i = α, f = 1, so adaptation is MAML's."""
+    config, family, sampler, policy = point_nav_setup("lstm", steps)
+    learner, results = collect(config, family, sampler, policy)
+    inner, post = learner.stages(results)
+    theta = policy.theta()
+    with torch.no_grad():
+        lstm = maml.adapted_params(policy, theta, inner, N_TASKS, policy.inner_optimizer)
+        sgd = maml.adapted_params(policy, theta, inner, N_TASKS, config.inner_lr)
+    for k in sgd:
+        torch.testing.assert_close(lstm[k], sgd[k], rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize(("kind", "steps"), [("meta-sgd", 1), ("lstm", 1), ("lstm", 2), ("meta-sgd", 2)])
+def test_the_workers_adapted_parameters_equal_the_learners_recomputation(kind, steps):
+    """The optimizer travels with the weights; the worker adapts without a graph, the learner
+    recomputes the same θ'_i from the episodes (the LSTM's state carried across the steps)."""
+    config, family, sampler, policy = point_nav_setup(kind, steps)
+    perturb(policy.inner_optimizer)
+    learner, results = collect(config, family, sampler, policy)
+    inner, _ = learner.stages(results)
+    recomputed = maml.adapted_params(policy, policy.theta(), inner, N_TASKS, policy.inner_optimizer)
+    sgd = maml.adapted_params(policy, policy.theta(), inner, N_TASKS, config.inner_lr)
+    assert set(recomputed) == set(sampler.adapted_params)
+    for k, p in recomputed.items():
+        torch.testing.assert_close(p.detach(), sampler.adapted_params[k], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(recomputed["mu.bias"], sgd["mu.bias"])  # the learned rule did change the step
+
+
+def test_the_lstm_rule_by_hand():
+    """One step of the rule, i = α e^{3 tanh((a + s)/3)}, f = 1 − 0.1 tanh(d), θ' = f θ − i g,
+    against its own coefficients, and the previous update fed into the next step."""
+    shapes = {"w": torch.Size([2, 3]), "b": torch.Size([3])}
+    opt = maml.LSTMInnerOptimizer(shapes, inner_lr=0.1, hidden_size=4)
+    perturb(opt)
+    g = torch.Generator().manual_seed(0)
+    params = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    grads = {k: torch.randn(2, *s, generator=g) for k, s in shapes.items()}
+    losses = torch.randn(2, generator=g)
+    memory = {}
+    with torch.no_grad():
+        step, decay = opt.coefficients(grads, losses, {})
+        new = opt.update(params, grads, losses, memory)
+    theta = torch.cat([params["w"].reshape(-1), params["b"]]).expand(2, -1)
+    flat_g = torch.cat([grads["w"].reshape(2, -1), grads["b"]], 1)
+    expected = (1 - decay) * theta - step * flat_g
+    torch.testing.assert_close(torch.cat([new["w"].reshape(2, -1), new["b"]], 1), expected)
+    assert (step > 0.1 * math.exp(-LOG_SCALE_RANGE)).all() and (step < 0.1 * math.exp(LOG_SCALE_RANGE)).all()
+    assert (decay.abs() < DECAY_RANGE).all() and not torch.allclose(step, torch.full_like(step, 0.1))
+    torch.testing.assert_close(memory["previous"], expected - theta)
+    assert memory["h"].shape == (2 * 9, 4)
+
+
+@pytest.mark.parametrize("kind", ["meta-sgd", "lstm"])
+@pytest.mark.parametrize("outer", ["trpo", "ppo-clip"])
+def test_the_learned_step_lowers_the_post_update_loss_and_theta_takes_its_own(kind, outer):
+    """Adam on the optimizer's parameters descends the post-update policy-gradient loss of the
+    adapted policies (measured with θ put back); θ takes the configured outer step."""
+    config, family, sampler, policy = point_nav_setup(kind, 1, outer, inner_optimizer_lr=0.01)
+    perturb(policy.inner_optimizer, 0.1)
+    learner, results = collect(config, family, sampler, policy)
+    inner, post = learner.stages(results)
+    theta = {k: p.detach().clone() for k, p in policy.theta().items()}
+    before_opt = {k: p.detach().clone() for k, p in policy.inner_optimizer.named_parameters()}
+
+    def post_loss():
+        with torch.no_grad():
+            adapted = maml.adapted_params(policy, theta, inner, N_TASKS, policy.inner_optimizer)
+            return torch.vmap(lambda p, *a: maml.inner_loss(policy, p, *a))(
+                adapted, post.obs, post.actions, post.advantages, post.mask).mean().item()
+
+    loss_before = post_loss()
+    stats = learner.update(results)
+    assert stats["inner_lr_grad_norm"] > 0
+    assert any(not torch.equal(p, before_opt[k]) for k, p in policy.inner_optimizer.named_parameters())
+    assert post_loss() < loss_before
+    assert any(not torch.equal(p, theta[k]) for k, p in policy.theta().items())  # θ moved too
+    if outer == "trpo":
+        assert stats["step_accepted"] == 1.0 and stats["kl"] <= config.max_kl
+
+
+def test_lstm_trpo_meta_gradient_goes_through_the_rule():
+    """With lstm the TRPO step differentiates through the update rule by autograd (no closed
+    form): its meta-gradient equals finite differences of the surrogate."""
+    config, family, sampler, policy = point_nav_setup("lstm", 1)
+    perturb(policy.inner_optimizer, 0.3)
+    policy.double()
+    learner, results = collect(config, family, sampler, policy.float())
+    policy.double()
+    learner = maml.MAMLLearner(policy, config, torch.device("cpu"), seed=0)
+    inner, post = learner.stages(results)
+    assert not learner.outer.closed_form()
+    mean, log_std, old_logp = learner.outer.old_post_policy(policy.theta(), inner, post)
+    post = post._replace(logp=old_logp)
+    policy.inner_optimizer.requires_grad_(False)
+    params = {k: p.detach().clone().requires_grad_() for k, p in policy.theta().items()}
+    loss, _ = maml.surrogate_and_kl(policy, params, inner, post, mean, log_std, config, policy.inner_optimizer)
+    grad = torch.autograd.grad(loss, params["mu.bias"])[0]
+    eps = 1e-6
+    for j in range(grad.numel()):
+        shifted = []
+        for sign in (1, -1):
+            p = {k: v.detach().clone() for k, v in params.items()}
+            p["mu.bias"][j] += sign * eps
+            shifted.append(maml.surrogate_and_kl(policy, p, inner, post, mean, log_std, config, policy.inner_optimizer)[0].item())
+        assert grad[j].item() == pytest.approx((shifted[0] - shifted[1]) / (2 * eps), rel=1e-4, abs=1e-8)
+
+
+@pytest.mark.parametrize("kind", ["meta-sgd", "lstm"])
+def test_the_optimizer_and_its_adam_state_are_checkpointed(kind):
+    config, family, sampler, policy = point_nav_setup(kind, 1, "ppo-clip")
+    learner, results = collect(config, family, sampler, policy)
+    learner.update(results)
+    weights = get_weights(policy)
+    assert any(k.startswith("inner_optimizer.") for k in weights)
+    tensors, meta = learner.optimizer_state()
+    fresh_policy = maml.make_policy(sampler.env.single_observation_space, sampler.env.single_action_space, config)
+    fresh_policy.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    fresh = maml.MAMLLearner(fresh_policy, config, torch.device("cpu"), seed=0)
+    fresh.load_optimizer_state(tensors, meta)
+    assert fresh.outer.learned_optimizer.state_dict()["state"][0]["step"] == 1
+    assert fresh.outer.optimizer.state_dict()["state"][0]["step"] == config.ppo_epochs  # θ's Adam kept apart
+    for a, b in ((learner, fresh),):  # the next update is the same from the restored state
+        ra, rb = a.update(results), b.update(results)
+        assert ra["meta_loss"] == rb["meta_loss"] and ra["inner_lr_grad_norm"] == rb["inner_lr_grad_norm"]
+
+
+def test_an_adversarial_checkpoint_from_before_inner_optimizer_loads():
+    """Meta-SGD's log α lived at `inner_log_lr.*` in the adversarial agent and its Adam state at
+    `inner_lr/…`: both load into the generator's inner optimizer."""
+    config = adv.AdversarialConfig(learn_inner_lr=True, inner_lr_lr=0.05, hidden_sizes=[8], disc_hidden_sizes=[8])
+    assert config.inner_optimizer == "meta-sgd" and config.inner_optimizer_lr == 0.05
+    family = make_family("point-nav", {"horizon": 10})
+    env = adv.AdversarialSampler(family, config, 4, seed=0).env
+    agent = adv.make_policy(env.single_observation_space, env.single_action_space, config)
+    old = {k.replace("generator.inner_optimizer.log_lr.", "inner_log_lr."): v.clone() + 0.25
+           for k, v in agent.state_dict().items()}
+    assert any(k.startswith("inner_log_lr.") for k in old)
+    agent.load_state_dict(old)
+    assert torch.equal(agent.generator.inner_optimizer.log_lr["mu_bias"], old["inner_log_lr.mu_bias"])
+    learner = adv.AdversarialLearner(agent, config, torch.device("cpu"), seed=0)
+    _, meta = learner.optimizer_state()  # no step yet: the layout, then the old one made from it
+    meta["inner_lr"] = meta["generator"].pop("inner_optimizer")
+    params = list(agent.generator.inner_optimizer.parameters())
+    tensors = {f"inner_lr/{i}.{name}": torch.full_like(p, 0.5) for i, p in enumerate(params) for name in ("exp_avg", "exp_avg_sq")}
+    tensors.update({f"inner_lr/{i}.step": torch.tensor(7.0) for i in range(len(params))})
+    learner.load_optimizer_state(tensors, meta)
+    state = learner.gen.outer.learned_optimizer.state_dict()["state"]
+    assert state[0]["step"] == 7 and torch.equal(state[0]["exp_avg"], torch.full_like(params[0], 0.5))
+
+
+@pytest.mark.parametrize(("settings", "fragment"), [
+    ({"outer": "reptile"}, "maml.inner_optimizer: lstm needs outer trpo or ppo-clip"),
+    ({"num_inner_steps": 0}, "num_inner_steps >= 1"),
+    ({"inner_optimizer": "adam"}, "Input should be 'sgd', 'meta-sgd' or 'lstm'"),
+])
+def test_settings_a_learned_optimizer_cannot_train_with_are_refused(settings, fragment):
+    with pytest.raises(ValidationError, match=fragment):
+        maml.MAMLConfig(**{"inner_optimizer": "lstm", **settings})
+    with pytest.raises(ValidationError, match="adapt_generator"):
+        adv.AdversarialConfig(inner_optimizer="lstm", adapt_generator=False)
