@@ -13,7 +13,7 @@ R_random), mean over tasks, then mean ± std over seeds:
   test task adapts on another test task's demos); the score must fall;
 - adapt-only-G / adapt-only-D (K = --ablation-k only): trained with adapt_discriminator=false /
   adapt_generator=false, evaluated as ours (the run's own config);
-- meta-sgd (K = --ablation-k only): ours with learn_inner_lr=true (Meta-SGD: the generator's
+- meta-sgd (K = --ablation-k only): ours with inner_optimizer=meta-sgd (Meta-SGD: the generator's
   inner step size learned per parameter entry), evaluated as ours;
 - query-demos (K = --ablation-k only): ours with query_demo_advantage=1 (the query demos join
   the outer objective as advantage-1 episodes, a Meta-BC term), evaluated as ours;
@@ -75,7 +75,7 @@ METHODS = {  # name -> (label, what it is)
     "wrong-demos": ("wrong demos", "the same checkpoint adapted on another test task's demos (control)"),
     "adapt-only-g": ("adapt only G", "trained and evaluated with adapt_discriminator=false"),
     "adapt-only-d": ("adapt only D", "trained and evaluated with adapt_generator=false"),
-    "meta-sgd": ("ours + Meta-SGD step sizes", "trained and evaluated with learn_inner_lr=true (one learned α per generator parameter entry)"),
+    "meta-sgd": ("ours + Meta-SGD step sizes", "trained and evaluated with inner_optimizer=meta-sgd (one learned α per generator parameter entry)"),
     "query-demos": ("ours + query-demo BC term", "trained and evaluated with query_demo_advantage=1 (the query demos join the outer objective)"),
     "airl-scratch": ("adversarial imitation from scratch", "the untrained agent through the same adaptation (same demos, episodes, steps)"),
     "bc": ("BC from scratch", "per task a fresh Gaussian MLP fitted by max. likelihood on the K demos"),
@@ -487,7 +487,7 @@ def main() -> None:
                 log(f"K={k} seed {seed}: Meta-BC {res['train_s']} s")
         for method, flag in (("adapt-only-g", "adversarial.adapt_discriminator=false"),
                              ("adapt-only-d", "adversarial.adapt_generator=false"),
-                             ("meta-sgd", "adversarial.learn_inner_lr=true"),
+                             ("meta-sgd", "adversarial.inner_optimizer=meta-sgd"),
                              ("query-demos", "adversarial.query_demo_advantage=1")):
             if method in todo:
                 run_dir = run_root / f"{PREFIX}-{method}-K{args.ablation_k}-s{seed}-{tag}"

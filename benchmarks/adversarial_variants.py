@@ -83,9 +83,11 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"name": args.name, "config": str(args.config.relative_to(ROOT)) if args.config.is_relative_to(ROOT) else str(args.config),
               "overrides": changes, "seed": args.seed, "log": log, "test_time_inner_steps": final}
-    if agent.inner_log_lr is not None:  # Meta-SGD: where the learned step sizes ended, per parameter
+    learned = getattr(agent.generator, "inner_optimizer", None)
+    sizes = None if learned is None else learned.step_sizes()
+    if sizes is not None:  # Meta-SGD: where the learned step sizes ended, per parameter
         record["inner_lr"] = {k: {"mean": a.mean().item(), "min": a.min().item(), "max": a.max().item()}
-                              for k, a in agent.inner_lrs().items()}
+                              for k, a in sizes.items()}
         print(f"[{args.name}] α: " + json.dumps({k: round(v["mean"], 4) for k, v in record["inner_lr"].items()}))
     out.write_text(json.dumps(record, indent=1))
     print(f"wrote {out}")

@@ -205,3 +205,12 @@ def test_a_sweep_runs_the_grid_over_the_seeds_and_reports(tmp_path):
         assert r["config"]["rl2"]["lr"] == float(lr) and r["config"]["rl2"]["trials_per_update"] == 64
         assert r["iterations"] == 1 and len(r["per_task"]) == 10
     assert "| lr-0.001 |" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("suite", sorted((ROOT / "benchmarks" / "suites").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_suite_validates_with_its_configs(suite):
+    """A published table's suite must still load: its configs, overrides, baselines and metric."""
+    from metaray.bench.suite import load_suite
+
+    loaded = load_suite(suite)
+    assert loaded.name == suite.stem and loaded.runs and loaded.seeds
