@@ -2,7 +2,7 @@
 steps; policy and value networks each with the memory) and the sampling rate of one worker's
 256 slots, in one process with one torch thread. Also the update time against the number of
 minibatches, and float32 against bfloat16 (`rl2.precision`) for each memory, side by side on the
-same batch. Prints Markdown tables (benchmarks/README.md, "RL² after issue 26").
+same batch. Prints Markdown tables (docs/benchmarks-history.md, "RL² after issue 26").
 
     python benchmarks/rl2_memory_cost.py
     python benchmarks/rl2_memory_cost.py --precision   # only the float32 / bfloat16 table
