@@ -194,8 +194,11 @@ def test_an_adversarial_checkpoint_from_before_inner_optimizer_loads():
     old = {k.replace("generator.inner_optimizer.log_lr.", "inner_log_lr."): v.clone() + 0.25
            for k, v in agent.state_dict().items()}
     assert any(k.startswith("inner_log_lr.") for k in old)
+    low = env.single_action_space.low.copy()
     agent.load_state_dict(old)
     assert torch.equal(agent.generator.inner_optimizer.log_lr["mu_bias"], old["inner_log_lr.mu_bias"])
+    # the discriminator's action bounds are its own copies: loading them leaves the family's space alone
+    assert np.array_equal(env.single_action_space.low, low)
     learner = adv.AdversarialLearner(agent, config, torch.device("cpu"), seed=0)
     _, meta = learner.optimizer_state()  # no step yet: the layout, then the old one made from it
     meta["inner_lr"] = meta["generator"].pop("inner_optimizer")

@@ -27,8 +27,10 @@ class Discriminator(nn.Module):
         self.h = mlp(obs_dim, hidden, 1) if kind == "airl" else None
         # D judges the actions the env executed: policy samples are clipped to the action space
         # like the expert's (else |a| beyond the bounds alone would tell them apart)
-        low = torch.full((act_dim,), -torch.inf) if act_low is None else torch.as_tensor(act_low, dtype=torch.float32)
-        high = torch.full((act_dim,), torch.inf) if act_high is None else torch.as_tensor(act_high, dtype=torch.float32)
+        # copies (torch.tensor, not as_tensor): a buffer sharing memory with the env's action
+        # space would let loading a state dict rewrite the space every env of the family shares
+        low = torch.full((act_dim,), -torch.inf) if act_low is None else torch.tensor(act_low, dtype=torch.float32)
+        high = torch.full((act_dim,), torch.inf) if act_high is None else torch.tensor(act_high, dtype=torch.float32)
         self.register_buffer("act_low", low)
         self.register_buffer("act_high", high)
 
