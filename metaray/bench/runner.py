@@ -10,8 +10,10 @@ Layout (results small and committed, training runs large and outside the tree):
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,26 @@ def check_resources(suite: Suite, available: dict[str, float]) -> None:
             raise SuiteError(f"run {run.name!r} asks for {run.cpus:g} CPUs per trial; the Ray cluster has {cpus:g}")
 
 
+CONCURRENCY_FILE = "concurrency.json"  # the --max-concurrent a bench started with
+
+
+def concurrency_on_resume(bench_dir: Path, asked: int | None) -> int | None:
+    """The trials a resumed bench runs at once: the number it started with, which Ray Tune keeps
+    in the restored experiment (its trial generator's limit). Asking for another is said in one
+    line, not silently dropped."""
+    path = bench_dir / CONCURRENCY_FILE
+    if not path.is_file():  # a bench started before metaray recorded it
+        if asked is not None:
+            print(f"metaray bench: --max-concurrent {asked} may not apply on --resume: Ray Tune keeps the limit "
+                  "this bench started with", file=sys.stderr)
+        return asked
+    started = json.loads(path.read_text())["max_concurrent"]
+    if asked is not None and asked != started:
+        print(f"metaray bench: --max-concurrent {asked} does not apply on --resume: this bench keeps the "
+              f"{started or 'unlimited'} it started with (Ray Tune restores it)", file=sys.stderr)
+    return started
+
+
 def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = False,
               address: str | None = None, max_concurrent: int | None = None, verbose: int = 1) -> dict[str, Any]:
     """Run (or finish) the suite; returns {"results_dir", "failed": [lines], "report": paths}."""
@@ -58,6 +80,8 @@ def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = 
     tune_dir = bench_dir / "tune"
     if not resume and tune_dir.exists():
         raise SuiteError(f"{bench_dir} already holds this bench (same suite, day and commit): pass --resume to finish it")
+    if resume and tune.Tuner.can_restore(str(tune_dir)):
+        max_concurrent = concurrency_on_resume(bench_dir, max_concurrent)
     if not ray.is_initialized():
         num_cpus = None
         if address is None:  # Ray starts its workers at niceness 15: a trial would yield to any other
@@ -69,6 +93,8 @@ def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = 
     check_resources(suite, ray.cluster_resources())
     bench_dir.mkdir(parents=True, exist_ok=True)
     results_dir.mkdir(parents=True, exist_ok=True)
+    if not (bench_dir / CONCURRENCY_FILE).is_file():  # written when the bench starts, read when it resumes
+        (bench_dir / CONCURRENCY_FILE).write_text(json.dumps({"max_concurrent": max_concurrent}))
     (results_dir / "suite.json").write_text(suite.model_dump_json(indent=1))
 
     cpus = {run.name: run.cpus for run in suite.runs}

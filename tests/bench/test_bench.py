@@ -214,3 +214,16 @@ def test_every_shipped_suite_validates_with_its_configs(suite):
 
     loaded = load_suite(suite)
     assert loaded.name == suite.stem and loaded.runs and loaded.seeds
+
+
+def test_a_resume_keeps_the_concurrency_the_bench_started_with_and_says_so(tmp_path, capsys):
+    """Ray Tune restores an experiment with the trial limit it started with: a different
+    --max-concurrent on --resume is said in one line, never silently dropped."""
+    from metaray.bench.runner import CONCURRENCY_FILE, concurrency_on_resume
+
+    (tmp_path / CONCURRENCY_FILE).write_text(json.dumps({"max_concurrent": 1}))
+    assert concurrency_on_resume(tmp_path, None) == 1 and capsys.readouterr().err == ""
+    assert concurrency_on_resume(tmp_path, 1) == 1 and capsys.readouterr().err == ""
+    assert concurrency_on_resume(tmp_path, 2) == 1
+    assert capsys.readouterr().err.strip() == ("metaray bench: --max-concurrent 2 does not apply on --resume: this bench "
+                                               "keeps the 1 it started with (Ray Tune restores it)")
