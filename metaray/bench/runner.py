@@ -51,19 +51,20 @@ CONCURRENCY_FILE = "concurrency.json"  # the --max-concurrent a bench started wi
 
 
 def concurrency_on_resume(bench_dir: Path, asked: int | None) -> int | None:
-    """The trials a resumed bench runs at once: the number it started with, which Ray Tune keeps
-    in the restored experiment (its trial generator's limit). Asking for another is said in one
-    line, not silently dropped."""
+    """The trials a resumed bench runs at once. A lower limit than the start's holds (the local
+    Ray instance is sized to it); a higher one does not: Ray Tune restores the experiment's trial
+    generator with the limit it started with, so asking for more is said in one line."""
     path = bench_dir / CONCURRENCY_FILE
     if not path.is_file():  # a bench started before metaray recorded it
         if asked is not None:
-            print(f"metaray bench: --max-concurrent {asked} may not apply on --resume: Ray Tune keeps the limit "
-                  "this bench started with", file=sys.stderr)
+            print(f"metaray bench: --max-concurrent {asked}: on --resume only a limit no higher than the one "
+                  "this bench started with applies (Ray Tune keeps that one)", file=sys.stderr)
         return asked
     started = json.loads(path.read_text())["max_concurrent"]
-    if asked is not None and asked != started:
-        print(f"metaray bench: --max-concurrent {asked} does not apply on --resume: this bench keeps the "
-              f"{started or 'unlimited'} it started with (Ray Tune restores it)", file=sys.stderr)
+    if asked is None or started is None or asked <= started:
+        return started if asked is None else asked
+    print(f"metaray bench: --max-concurrent {asked} does not apply on --resume: this bench started with "
+          f"{started} and Ray Tune keeps that limit; running {started} at a time", file=sys.stderr)
     return started
 
 

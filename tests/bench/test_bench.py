@@ -216,14 +216,17 @@ def test_every_shipped_suite_validates_with_its_configs(suite):
     assert loaded.name == suite.stem and loaded.runs and loaded.seeds
 
 
-def test_a_resume_keeps_the_concurrency_the_bench_started_with_and_says_so(tmp_path, capsys):
-    """Ray Tune restores an experiment with the trial limit it started with: a different
-    --max-concurrent on --resume is said in one line, never silently dropped."""
+def test_a_resume_can_lower_the_concurrency_and_says_when_it_cannot_raise_it(tmp_path, capsys):
+    """Ray Tune restores an experiment's trial generator with the limit it started with: a lower
+    --max-concurrent on --resume holds (the interrupted-bench test checks it end to end), a higher
+    one is said in one line, never silently dropped."""
     from metaray.bench.runner import CONCURRENCY_FILE, concurrency_on_resume
 
-    (tmp_path / CONCURRENCY_FILE).write_text(json.dumps({"max_concurrent": 1}))
-    assert concurrency_on_resume(tmp_path, None) == 1 and capsys.readouterr().err == ""
+    (tmp_path / CONCURRENCY_FILE).write_text(json.dumps({"max_concurrent": 2}))
+    assert concurrency_on_resume(tmp_path, None) == 2 and capsys.readouterr().err == ""
     assert concurrency_on_resume(tmp_path, 1) == 1 and capsys.readouterr().err == ""
-    assert concurrency_on_resume(tmp_path, 2) == 1
-    assert capsys.readouterr().err.strip() == ("metaray bench: --max-concurrent 2 does not apply on --resume: this bench "
-                                               "keeps the 1 it started with (Ray Tune restores it)")
+    assert concurrency_on_resume(tmp_path, 3) == 2
+    assert capsys.readouterr().err.strip() == ("metaray bench: --max-concurrent 3 does not apply on --resume: this bench "
+                                               "started with 2 and Ray Tune keeps that limit; running 2 at a time")
+    (tmp_path / CONCURRENCY_FILE).write_text(json.dumps({"max_concurrent": None}))  # started unlimited
+    assert concurrency_on_resume(tmp_path, 1) == 1 and capsys.readouterr().err == ""
