@@ -59,11 +59,6 @@ class InnerOptimizer(nn.Module):
         return {}
 
 
-def stacked(p: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """θ shared by every task (one set) -> [N, ...] as `like`; stacked parameters unchanged."""
-    return p if p.dim() == like.dim() else p.expand_as(like)
-
-
 class MetaSGD(InnerOptimizer):
     """θ' = θ − α ⊙ g, one meta-learned α per parameter entry (log α kept, initialised to log inner_lr)."""
 
@@ -108,6 +103,7 @@ class LSTMInnerOptimizer(InnerOptimizer):
     def __init__(self, shapes: dict[str, torch.Size], inner_lr: float, hidden_size: int):
         super().__init__()
         self.names = list(shapes)
+        self.shapes = dict(shapes)
         self.sizes = [math.prod(s) for s in shapes.values()]
         self.register_buffer("alpha", torch.tensor(float(inner_lr)))
         self.register_buffer("tensor_index", torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes)))
@@ -117,10 +113,17 @@ class LSTMInnerOptimizer(InnerOptimizer):
         nn.init.zeros_(self.head.bias)
         self.log_scale = nn.Parameter(torch.zeros(len(self.sizes)))
 
-    def coefficients(self, grads: Params, losses: torch.Tensor, memory: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(i, 1 − f) per task and entry, [N, P], advancing the LSTM state in `memory`."""
+    def flat(self, tensors: Params, n: int) -> torch.Tensor:
+        """Per-task tensors (or θ shared by all) as [N, P] rows in this optimizer's entry order."""
+        return torch.cat([tensors[k].reshape(n, -1) if tensors[k].dim() > len(self.shapes[k]) else
+                          tensors[k].reshape(1, -1).expand(n, -1) for k in self.names], 1)
+
+    def coefficients(self, grads: Params, losses: torch.Tensor, memory: dict[str, torch.Tensor],
+                     g: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(i, 1 − f) per task and entry, [N, P], advancing the LSTM state in `memory`; `g`:
+        the gradients already flattened by `flat`, if the caller has them."""
         n = losses.shape[0]
-        g = torch.cat([grads[k].reshape(n, -1) for k in self.names], 1)
+        g = self.flat(grads, n) if g is None else g
         previous = memory.get("previous")
         previous = torch.zeros_like(g) if previous is None else previous / self.alpha
         inputs = torch.stack([*preprocess(g), *preprocess(losses[:, None].expand_as(g)), *preprocess(previous)], -1)
@@ -134,9 +137,9 @@ class LSTMInnerOptimizer(InnerOptimizer):
 
     def update(self, params: Params, grads: Params, losses: torch.Tensor, memory: dict[str, torch.Tensor]) -> Params:
         n = losses.shape[0]
-        step, decay = self.coefficients(grads, losses, memory)
-        g = torch.cat([grads[k].reshape(n, -1) for k in self.names], 1)
-        theta = torch.cat([stacked(params[k], grads[k]).reshape(n, -1) for k in self.names], 1)
+        g = self.flat(grads, n)
+        step, decay = self.coefficients(grads, losses, memory, g)
+        theta = self.flat(params, n)
         delta = -step * g - decay * theta
         memory["previous"] = delta
         new = theta + delta
