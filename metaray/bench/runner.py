@@ -31,12 +31,37 @@ def bench_id() -> str:
     return f"{time.strftime('%Y-%m-%d')}-{tag}"
 
 
-def _resume_id(runs_root: Path, suite: Suite) -> str:
+def _comparable(suite: Suite) -> dict[str, Any]:
+    """What must match for a bench's results to be finished by another start: the suite, with each
+    config named by its file (a checkout elsewhere holds the same configs under another path)."""
+    data = suite.model_dump()
+    for run in data["runs"]:
+        run["config"] = Path(run["config"]).name
+    return data
+
+
+def _resume_id(runs_root: Path, results_root: Path, suite: Suite) -> tuple[str, bool]:
+    """The bench to finish and whether Tune's state of it is there. The newest with Tune's state
+    under the runs dir; else the newest whose result files hold the same suite (the runs dir was
+    lost, e.g. a machine replaced): its finished trials stand, the others start over."""
     found = sorted((p for p in (runs_root / suite.name).glob("*") if (p / "tune").is_dir()),
                    key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise SuiteError(f"--resume: no interrupted bench of suite {suite.name!r} under {runs_root / suite.name}")
-    return found[-1].name
+    if found:
+        return found[-1].name, True
+    kept = sorted((p for p in (results_root / suite.name).glob("*") if (p / "suite.json").is_file()),
+                  key=lambda p: p.stat().st_mtime)
+    if not kept:
+        raise SuiteError(f"--resume: no interrupted bench of suite {suite.name!r} under {runs_root / suite.name} "
+                         f"or {results_root / suite.name}")
+    newest = kept[-1]
+    try:
+        same = _comparable(Suite.model_validate_json((newest / "suite.json").read_text())) == _comparable(suite)
+    except ValueError:
+        same = False
+    if not same:
+        raise SuiteError(f"--resume: {newest} holds results of another version of suite {suite.name!r}; "
+                         "run it without --resume to start a new bench")
+    return newest.name, False
 
 
 def check_resources(suite: Suite, available: dict[str, float]) -> None:
@@ -75,14 +100,21 @@ def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = 
     import ray
     from ray import tune
 
-    ident = _resume_id(runs_root, suite) if resume else bench_id()
+    ident, restorable = _resume_id(runs_root, results_root, suite) if resume else (bench_id(), False)
     bench_dir = (runs_root / suite.name / ident).resolve()
     results_dir = (results_root / suite.name / ident).resolve()
     tune_dir = bench_dir / "tune"
     if not resume and tune_dir.exists():
         raise SuiteError(f"{bench_dir} already holds this bench (same suite, day and commit): pass --resume to finish it")
-    if resume and tune.Tuner.can_restore(str(tune_dir)):
+    restorable = restorable and tune.Tuner.can_restore(str(tune_dir))
+    if restorable:
         max_concurrent = concurrency_on_resume(bench_dir, max_concurrent)
+    elif resume:
+        done = sum(trial_paths(bench_dir, results_dir, t["run"], t["seed"])["result"].is_file() for t in suite.trials())
+        print(f"metaray bench: resuming {ident} from its result files ({done} of {len(suite.trials())} trials "
+              f"finished, they stand); Tune's state of it is not in {bench_dir}: the other trials continue their run "
+              "directories where those are there, else start over",
+              file=sys.stderr)
     if not ray.is_initialized():
         num_cpus = None
         if address is None:  # Ray starts its workers at niceness 15: a trial would yield to any other
@@ -94,13 +126,13 @@ def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = 
     check_resources(suite, ray.cluster_resources())
     bench_dir.mkdir(parents=True, exist_ok=True)
     results_dir.mkdir(parents=True, exist_ok=True)
-    if not (bench_dir / CONCURRENCY_FILE).is_file():  # written when the bench starts, read when it resumes
+    if not restorable:  # written when Tune's experiment starts, read when it is restored
         (bench_dir / CONCURRENCY_FILE).write_text(json.dumps({"max_concurrent": max_concurrent}))
     (results_dir / "suite.json").write_text(suite.model_dump_json(indent=1))
 
     cpus = {run.name: run.cpus for run in suite.runs}
     trainable = tune.with_resources(tune_trainable, lambda config: {"cpu": cpus[config["run"]]})
-    if resume and tune.Tuner.can_restore(str(tune_dir)):
+    if restorable:
         tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True, restart_errored=True)
     else:
         tuner = tune.Tuner(

@@ -230,3 +230,35 @@ def test_a_resume_can_lower_the_concurrency_and_says_when_it_cannot_raise_it(tmp
                                                "started with 2 and Ray Tune keeps that limit; running 2 at a time")
     (tmp_path / CONCURRENCY_FILE).write_text(json.dumps({"max_concurrent": None}))  # started unlimited
     assert concurrency_on_resume(tmp_path, 1) == 1 and capsys.readouterr().err == ""
+
+
+def test_a_bench_whose_runs_dir_was_lost_resumes_from_its_result_files(tmp_path):
+    """A machine replaced between sittings keeps the committed results but not the runs dir:
+    --resume finishes the bench its result files belong to (the finished trials stand, untouched;
+    the rest run, with the concurrency asked now), and refuses results of another suite version."""
+    suite = tmp_path / "baselines.yaml"
+    data = {"name": "baselines", "seeds": [0, 1], "eval": {"num_tasks": 10},
+            "runs": [{"name": "greedy", "config": str(ROOT / "configs/quickstart.yaml"), "baseline": "greedy"}]}
+    suite.write_text(yaml.safe_dump(data))
+    first = subprocess.run(_bench(str(suite), tmp=tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    out = _only("*", tmp_path / "results" / "baselines")
+    kept = (out / "greedy-seed0.json").read_bytes()
+    lost = json.loads((out / "greedy-seed1.json").read_text())
+    (out / "greedy-seed1.json").unlink()  # interrupted before this trial finished
+    subprocess.run(["rm", "-rf", str(tmp_path / "runs")], check=True)  # and the machine replaced
+
+    again = subprocess.run(_bench(str(suite), "--resume", "--max-concurrent", "2", tmp=tmp_path), cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"resuming {out.name} from its result files (1 of 2 trials finished" in again.stderr
+    assert "2/2 trials finished" in again.stdout and _only("*", tmp_path / "results" / "baselines") == out
+    assert (out / "greedy-seed0.json").read_bytes() == kept
+    assert json.loads((out / "greedy-seed1.json").read_text())["score"] == lost["score"]
+
+    subprocess.run(["rm", "-rf", str(tmp_path / "runs")], check=True)
+    suite.write_text(yaml.safe_dump({**data, "seeds": [0, 1, 2]}))  # the suite changed since
+    changed = subprocess.run(_bench(str(suite), "--resume", tmp=tmp_path), cwd=ROOT, capture_output=True,
+                             text=True, timeout=120)
+    assert changed.returncode == 2 and len(changed.stderr.strip().splitlines()) == 1, changed.stderr
+    assert "holds results of another version of suite 'baselines'" in changed.stderr
