@@ -106,8 +106,9 @@ def aggregate(results: list[dict[str, Any]], compare: list[tuple[str, str]] | No
         x = np.array([[r["score"]] for r in by_run[a]])
         y = np.array([[r["score"]] for r in by_run[b]])
         point, ci = rly.get_interval_estimates({"p": (x, y)}, metrics.probability_of_improvement, reps=reps)
+        spread = len(x) > 1 and len(y) > 1  # resampling one seed gives that seed back: no interval
         improvements.append({"a": a, "b": b, "p": float(np.ravel(point["p"])[0]),
-                             "ci": [float(ci["p"][0].ravel()[0]), float(ci["p"][1].ravel()[0])]})
+                             "ci": [float(ci["p"][0].ravel()[0]), float(ci["p"][1].ravel()[0])] if spread else None})
     return {"runs": runs, "improvements": improvements, "target": target}
 
 
@@ -157,7 +158,8 @@ def markdown(summary: dict[str, Any], results: list[dict[str, Any]], title: str)
             cells = ["never" if t is None else f"{_steps(t[0])} / {t[1] / 60:.1f} min" for t in r["time_to_target"]]
             lines.append(f"| {name} | {', '.join(cells)} |")
     if summary["improvements"]:
-        lines += ["", "Probability of improvement (a run's seed score above another's; 0.5 = no difference):", "",
+        lines += ["", "Probability of improvement (a run's seed score above another's; 0.5 = no difference; no interval "
+                  "where a run has one seed):", "",
                   "| a | b | P(a > b) [95 % CI] |", "|---|---|---|"]
         for imp in summary["improvements"]:
             lines.append(f"| {imp['a']} | {imp['b']} | {_fmt(imp['p'], imp['ci'])} |")

@@ -44,8 +44,9 @@ def test_aggregate_gives_the_mean_iqm_and_intervals_over_seeds_and_tasks():
 
 
 def test_one_seed_has_no_interval_and_different_task_sets_fall_back_to_seed_scores():
-    summary = aggregate(_results("one", [0], 3.0), reps=100)
-    assert summary["runs"]["one"]["mean_ci"] is None
+    summary = aggregate(_results("one", [0], 3.0) + _results("two", [0, 1], 1.0), compare=[("one", "two")], reps=100)
+    assert summary["runs"]["one"]["mean_ci"] is None and summary["runs"]["two"]["mean_ci"] is not None
+    assert summary["improvements"][0]["p"] == pytest.approx(1.0) and summary["improvements"][0]["ci"] is None
     mixed = _results("m", [0], 3.0, tasks=50) + _results("m", [1], 3.0, tasks=40)
     assert aggregate(mixed, reps=100)["runs"]["m"]["tasks"] == 1
 
