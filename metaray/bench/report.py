@@ -61,6 +61,8 @@ def time_to(curve: list[list[float]], target: float, window: int = 10) -> tuple[
     """(env steps, wall seconds) where the mean training return over `window` curve points first
     reaches `target`; None if it never does."""
     points = [c for c in curve if c[2] is not None]
+    if not points:  # a classical baseline: no training curve
+        return None
     returns = np.array([c[2] for c in points], dtype=np.float64)
     for i in range(min(window, len(points)) - 1, len(points)):
         if returns[max(0, i - window + 1): i + 1].mean() >= target:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,9 @@ def test_time_to_a_target_is_where_the_smoothed_training_return_first_reaches_it
     # mean over 10 points ending at point i is i - 4.5: reaches 10 at i = 15
     assert time_to(curve, 10.0) == (1500.0, 150.0)
     assert time_to(curve, 100.0) is None
+    with warnings.catch_warnings():  # a baseline has no curve: None, not the mean of nothing
+        warnings.simplefilter("error")
+        assert time_to([], 10.0) is None
     for r in _results("a", [0, 1], 1.0):
         r["curve"] = curve
         (tmp_path / f"a-seed{r['seed']}.json").write_text(json.dumps(r))
