@@ -43,7 +43,7 @@ def _comparable(suite: Suite) -> dict[str, Any]:
 def _resume_id(runs_root: Path, results_root: Path, suite: Suite) -> tuple[str, bool]:
     """The bench to finish and whether Tune's state of it is there. The newest with Tune's state
     under the runs dir; else the newest whose result files hold the same suite (the runs dir was
-    lost, e.g. a machine replaced): its finished trials stand, the others start over."""
+    lost, e.g. a machine replaced): its finished trials stand, the others train again."""
     found = sorted((p for p in (runs_root / suite.name).glob("*") if (p / "tune").is_dir()),
                    key=lambda p: p.stat().st_mtime)
     if found:
