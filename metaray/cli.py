@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="run a benchmark suite (configs x seeds, held-out evaluation, report)")
     bench.add_argument("suite", type=Path, help="suite YAML (see benchmarks/suites/)")
+    bench.add_argument("--only", type=_names, metavar="RUN[,RUN...]",
+                       help="train only these runs of the suite now (a later --resume without it trains the rest)")
+    bench.add_argument("--only-seeds", type=_seeds, metavar="K[,K...]", help="only these of the suite's seeds now")
     _bench_options(bench)
 
     sweep = sub.add_parser("sweep", help="one config over seeds and a grid of settings, as a bench")
@@ -139,6 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="probability that run A improves on run B (repeatable)")
     report.add_argument("--target", type=float, help="training return whose time to reach each run reports")
     return parser
+
+
+def _names(text: str) -> list[str]:
+    names = text.split(",")
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected run names separated by commas")
+    return names
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(k) for k in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seeds separated by commas, e.g. 0,1,2") from None
 
 
 def _bench_options(parser: argparse.ArgumentParser) -> None:
@@ -166,12 +183,18 @@ def _run_bench(suite: Any, args: argparse.Namespace) -> int:
     from metaray.bench.runner import run_suite
 
     out = run_suite(suite, args.results_dir, args.runs_dir, resume=args.resume, address=args.address,
-                    max_concurrent=args.max_concurrent)
+                    max_concurrent=args.max_concurrent, only=getattr(args, "only", None),
+                    only_seeds=getattr(args, "only_seeds", None))
     for line in out["failed"]:
         print(f"metaray {args.command}: trial failed: {line}", file=sys.stderr)
-    print(f"metaray {args.command}: {out['finished']}/{out['trials']} trials finished; results in {out['results_dir']}"
+    of_suite = (f" ({out['suite_finished']}/{out['suite_trials']} of the suite)"
+                if out["trials"] < out["suite_trials"] else "")
+    print(f"metaray {args.command}: {out['finished']}/{out['trials']} trials finished{of_suite}; "
+          f"results in {out['results_dir']}"
           + (f", report {out['report']['markdown']}" if out["report"] else "")
-          + (f"; runs in {out['bench_dir']} (--resume finishes the rest)" if out["finished"] < out["trials"] else ""))
+          + (f"; runs in {out['bench_dir']} (--resume finishes the rest)" if out["finished"] < out["trials"] else
+             f"; --resume trains the suite's other {out['suite_trials'] - out['suite_finished']} trials"
+             if out["suite_finished"] < out["suite_trials"] else ""))
     if out["report"]:
         print(out["report"]["markdown"].read_text())
     return 0 if out["finished"] == out["trials"] else 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -72,7 +73,30 @@ def check_resources(suite: Suite, available: dict[str, float]) -> None:
             raise SuiteError(f"run {run.name!r} asks for {run.cpus:g} CPUs per trial; the Ray cluster has {cpus:g}")
 
 
-CONCURRENCY_FILE = "concurrency.json"  # the --max-concurrent a bench started with
+CONCURRENCY_FILE = "concurrency.json"  # the --max-concurrent (and the trials) Tune's experiment started with
+
+
+def select_trials(suite: Suite, only: list[str] | None = None, seeds: list[int] | None = None) -> dict[str, list]:
+    """The runs and seeds to train now (`--only`, `--only-seeds`; the whole suite by default), in
+    the suite's order: a grid, since Tune's param space is runs x seeds."""
+    names = [run.name for run in suite.runs]
+    for name in only or []:
+        if name not in names:
+            raise SuiteError(f"--only {name!r}: not a run of suite {suite.name!r} (runs: {', '.join(names)})")
+    for seed in seeds or []:
+        if seed not in suite.seeds:
+            raise SuiteError(f"--only-seeds {seed}: not a seed of suite {suite.name!r} "
+                             f"(seeds: {', '.join(map(str, suite.seeds))})")
+    return {"runs": [n for n in names if not only or n in only],
+            "seeds": [k for k in suite.seeds if not seeds or k in seeds]}
+
+
+def started_selection(bench_dir: Path, suite: Suite) -> dict[str, list]:
+    """The runs and seeds Tune's experiment of this bench was started over (the whole suite for a
+    bench started before metaray recorded them)."""
+    path = bench_dir / CONCURRENCY_FILE
+    state = json.loads(path.read_text()) if path.is_file() else {}
+    return {"runs": state.get("runs", [run.name for run in suite.runs]), "seeds": state.get("seeds", suite.seeds)}
 
 
 def concurrency_on_resume(bench_dir: Path, asked: int | None) -> int | None:
@@ -94,12 +118,17 @@ def concurrency_on_resume(bench_dir: Path, asked: int | None) -> int | None:
 
 
 def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = False,
-              address: str | None = None, max_concurrent: int | None = None, verbose: int = 1) -> dict[str, Any]:
-    """Run (or finish) the suite; returns {"results_dir", "failed": [lines], "report": paths}."""
+              address: str | None = None, max_concurrent: int | None = None, verbose: int = 1,
+              only: list[str] | None = None, only_seeds: list[int] | None = None) -> dict[str, Any]:
+    """Run (or finish) the suite, or the runs `only` x seeds `only_seeds` of it (a later --resume
+    without them trains the rest into the same bench); returns {"results_dir", "failed": [lines],
+    "report": paths, "finished"/"trials": of the selection, "suite_finished"/"suite_trials"}."""
     require_bench_extra("ray.tune", "rliable.library")
     import ray
     from ray import tune
 
+    selection = select_trials(suite, only, only_seeds)
+    chosen = [t for t in suite.trials() if t["run"] in selection["runs"] and t["seed"] in selection["seeds"]]
     ident, restorable = _resume_id(runs_root, results_root, suite) if resume else (bench_id(), False)
     bench_dir = (runs_root / suite.name / ident).resolve()
     results_dir = (results_root / suite.name / ident).resolve()
@@ -107,7 +136,15 @@ def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = 
     if not resume and tune_dir.exists():
         raise SuiteError(f"{bench_dir} already holds this bench (same suite, day and commit): pass --resume to finish it")
     restorable = restorable and tune.Tuner.can_restore(str(tune_dir))
-    if restorable:
+    if restorable and started_selection(bench_dir, suite) != selection:
+        # Tune restores the grid it started with; other trials asked now: a new experiment under the
+        # same bench (Tune's bookkeeping only is replaced; run directories and results stay)
+        print(f"metaray bench: resuming {ident} over {len(chosen)} trials ({', '.join(selection['runs'])} x seeds "
+              f"{', '.join(map(str, selection['seeds']))}), not the ones it was started with: finished trials stand, "
+              "interrupted ones continue their run directories", file=sys.stderr)
+        shutil.rmtree(tune_dir)
+        restorable = False
+    elif restorable:
         max_concurrent = concurrency_on_resume(bench_dir, max_concurrent)
     elif resume:
         done = sum(trial_paths(bench_dir, results_dir, t["run"], t["seed"])["result"].is_file() for t in suite.trials())
@@ -127,7 +164,7 @@ def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = 
     bench_dir.mkdir(parents=True, exist_ok=True)
     results_dir.mkdir(parents=True, exist_ok=True)
     if not restorable:  # written when Tune's experiment starts, read when it is restored
-        (bench_dir / CONCURRENCY_FILE).write_text(json.dumps({"max_concurrent": max_concurrent}))
+        (bench_dir / CONCURRENCY_FILE).write_text(json.dumps({"max_concurrent": max_concurrent, **selection}))
     (results_dir / "suite.json").write_text(suite.model_dump_json(indent=1))
 
     cpus = {run.name: run.cpus for run in suite.runs}
@@ -138,7 +175,7 @@ def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = 
         tuner = tune.Tuner(
             trainable,
             # the grid is runs x seeds, the suite's trials (shown as the progress table's columns)
-            param_space={"run": tune.grid_search([r.name for r in suite.runs]), "seed": tune.grid_search(suite.seeds),
+            param_space={"run": tune.grid_search(selection["runs"]), "seed": tune.grid_search(selection["seeds"]),
                          "suite": suite.model_dump(),
                          "bench_dir": str(bench_dir), "results_dir": str(results_dir)},
             tune_config=tune.TuneConfig(
@@ -158,4 +195,5 @@ def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = 
     report = write_report([results_dir], compare=suite.compare, title=f"metaray bench {suite.name} ({ident})",
                           target=suite.target) if done else None
     return {"results_dir": results_dir, "bench_dir": bench_dir, "failed": failed, "report": report,
-            "finished": len(done), "trials": len(suite.trials())}
+            "finished": sum(t in done for t in chosen), "trials": len(chosen),
+            "suite_finished": len(done), "suite_trials": len(suite.trials())}

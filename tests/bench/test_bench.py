@@ -262,3 +262,38 @@ def test_a_bench_whose_runs_dir_was_lost_resumes_from_its_result_files(tmp_path)
                              text=True, timeout=120)
     assert changed.returncode == 2 and len(changed.stderr.strip().splitlines()) == 1, changed.stderr
     assert "holds results of another version of suite 'baselines'" in changed.stderr
+
+
+def test_only_some_runs_and_seeds_train_now_and_a_plain_resume_trains_the_rest(tmp_path):
+    """`--only RUN --only-seeds K` trains that part of a suite into the bench (e.g. the row in doubt
+    first); `--resume` without them then trains the other trials of the same bench, leaving the
+    finished one untouched. A name or seed the suite does not have: one line, exit 2, nothing written."""
+    suite = tmp_path / "baselines.yaml"
+    suite.write_text(yaml.safe_dump({
+        "name": "baselines", "seeds": [0, 1], "eval": {"num_tasks": 10},
+        "runs": [{"name": name, "config": str(ROOT / "configs/quickstart.yaml"), "baseline": name}
+                 for name in ("greedy", "thompson")]}))
+    for bad, message in ((["--only", "greedy,ucb"], "--only 'ucb': not a run of suite 'baselines' (runs: greedy, thompson)"),
+                         (["--only-seeds", "0,7"], "--only-seeds 7: not a seed of suite 'baselines' (seeds: 0, 1)")):
+        refused = subprocess.run(_bench(str(suite), *bad, tmp=tmp_path), cwd=ROOT, capture_output=True, text=True,
+                                 timeout=120)
+        assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [f"metaray bench: error: {message}"], refused.stderr
+        assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
+
+    part = subprocess.run(_bench(str(suite), "--only", "greedy", "--only-seeds", "0", tmp=tmp_path), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert part.returncode == 0, part.stdout[-3000:] + part.stderr[-3000:]
+    assert "1/1 trials finished (1/4 of the suite)" in part.stdout
+    assert "--resume trains the suite's other 3 trials" in part.stdout
+    out = _only("*", tmp_path / "results" / "baselines")
+    assert sorted(p.name for p in out.glob("*-seed*.json")) == ["greedy-seed0.json"]
+    kept = (out / "greedy-seed0.json").read_bytes()
+
+    rest = subprocess.run(_bench(str(suite), "--resume", tmp=tmp_path), cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert rest.returncode == 0, rest.stdout[-3000:] + rest.stderr[-3000:]
+    assert f"resuming {out.name} over 4 trials" in rest.stderr
+    assert "4/4 trials finished;" in rest.stdout
+    assert sorted(p.name for p in out.glob("*-seed*.json")) == [
+        "greedy-seed0.json", "greedy-seed1.json", "thompson-seed0.json", "thompson-seed1.json"]
+    assert (out / "greedy-seed0.json").read_bytes() == kept
