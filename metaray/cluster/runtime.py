@@ -139,13 +139,16 @@ class RayRuntime:
         import ray
 
         self.ray = ray
+        if address is None and os.environ.get("RAY_ADDRESS"):  # Ray's convention (`ray job submit`
+            address = os.environ["RAY_ADDRESS"]  # sets it): join that cluster
         self.started_here = address is None
         if address not in (None, "auto"):
             _check_reachable(address)
         env_vars = {"PYTHONPATH": os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)}
         try:
-            ray.init(
-                address=address, num_cpus=num_cpus if address is None else None,
+            ray.init(  # no address: a fresh local instance ("local"), never one found running on the
+                # machine (ray.init(None) would join that and then refuse num_cpus)
+                address=address or "local", num_cpus=num_cpus if address is None else None,
                 include_dashboard=False, logging_level="ERROR", log_to_driver=True,
                 runtime_env={"env_vars": env_vars}, ignore_reinit_error=True,
             )

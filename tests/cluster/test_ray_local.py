@@ -135,3 +135,20 @@ def test_pearl_trains_on_two_ray_workers_with_its_replay_in_the_learner(pearl_co
         assert all(r["policy_lag_max"] <= 1 for r in rows)  # rounds straddling an update: one version
     state = json.loads((tmp_path / "run" / "checkpoints" / "iter-000004" / "state.json").read_text())
     assert set(state["replay"]["rl"]) and set(state["replay"]["context"]) <= set(state["replay"]["rl"])
+
+
+def test_without_an_address_ray_address_is_joined_and_nothing_else(ray_local, tmp_path):
+    """No --address: RAY_ADDRESS (what `ray job submit` sets) is joined, num_cpus and all; a Ray
+    instance merely running on the machine is not (ray.init(None) would join one started with
+    `ray start` and then refuse num_cpus: the bench failed so beside a leftover instance)."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import ray; from metaray.cluster.runtime import RayRuntime; r = RayRuntime(None, num_cpus=1); "
+             "print(int(ray.cluster_resources()['CPU']), r.started_here)")
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    joined = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert joined.returncode == 0, joined.stderr[-2000:]
+    assert joined.stdout.split()[-2:] == ["4", "False"]  # the module's 4-CPU instance, not a new 1-CPU one
