@@ -323,7 +323,7 @@ def measure_metaray_ray(seconds: float, warmup: float) -> dict[str, Result]:
 
     one_thread()
     env_vars = {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", runtime_env={"env_vars": env_vars})
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", runtime_env={"env_vars": env_vars})
     try:
         family, config, tasks = maml_setup()
         server = ray.remote(ParameterServer).options(num_cpus=0).remote()
@@ -397,7 +397,7 @@ def measure_rllib(seconds: float, warmup: float, runners: int) -> dict[str, Resu
 
     one_thread()
     per_call = HORIZON * 2 * SLOTS  # 3200 env steps per runner per call, as one metaray collect
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     try:
         register_env("HalfCheetah200", lambda _: make_halfcheetah())

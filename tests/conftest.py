@@ -93,7 +93,7 @@ def ray_local():
     """One local Ray instance for the whole module (starting one takes seconds)."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR",
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR",
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     yield ray
     ray.shutdown()

@@ -142,8 +142,10 @@ def test_without_an_address_ray_address_is_joined_and_nothing_else(ray_local, tm
     instance merely running on the machine is not (ray.init(None) would join one started with
     `ray start` and then refuse num_cpus: the bench failed so beside a leftover instance)."""
     import os
+    import shutil
     import subprocess
     import sys
+    import tempfile
 
     probe = ("import ray; from metaray.cluster.runtime import RayRuntime; r = RayRuntime(None, num_cpus=1); "
              "print(int(ray.cluster_resources()['CPU']), r.started_here)")
@@ -152,3 +154,16 @@ def test_without_an_address_ray_address_is_joined_and_nothing_else(ray_local, tm
                             timeout=120)
     assert joined.returncode == 0, joined.stderr[-2000:]
     assert joined.stdout.split()[-2:] == ["4", "False"]  # the module's 4-CPU instance, not a new 1-CPU one
+
+    # a stale `ray start` record (what a killed `ray start` leaves in Ray's temp dir) is not followed
+    ray_tmp = Path(tempfile.mkdtemp(prefix="mr", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    try:
+        (ray_tmp / "ray").mkdir()
+        (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(ray_tmp)}
+        own = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=120)
+        assert own.returncode == 0, own.stderr[-2000:]
+        assert own.stdout.split()[-2:] == ["1", "True"]
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
