@@ -91,11 +91,17 @@ def select_trials(suite: Suite, only: list[str] | None = None, seeds: list[int] 
             "seeds": [k for k in suite.seeds if not seeds or k in seeds]}
 
 
+def _started_state(bench_dir: Path) -> dict[str, Any] | None:
+    """What Tune's experiment of this bench was started with ({"max_concurrent", "runs", "seeds"}),
+    or None for a bench started before metaray recorded it."""
+    path = bench_dir / CONCURRENCY_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def started_selection(bench_dir: Path, suite: Suite) -> dict[str, list]:
     """The runs and seeds Tune's experiment of this bench was started over (the whole suite for a
     bench started before metaray recorded them)."""
-    path = bench_dir / CONCURRENCY_FILE
-    state = json.loads(path.read_text()) if path.is_file() else {}
+    state = _started_state(bench_dir) or {}
     return {"runs": state.get("runs", [run.name for run in suite.runs]), "seeds": state.get("seeds", suite.seeds)}
 
 
@@ -103,13 +109,13 @@ def concurrency_on_resume(bench_dir: Path, asked: int | None) -> int | None:
     """The trials a resumed bench runs at once. A lower limit than the start's holds (the local
     Ray instance is sized to it); a higher one does not: Ray Tune restores the experiment's trial
     generator with the limit it started with, so asking for more is said in one line."""
-    path = bench_dir / CONCURRENCY_FILE
-    if not path.is_file():  # a bench started before metaray recorded it
+    state = _started_state(bench_dir)
+    if state is None:
         if asked is not None:
             print(f"metaray bench: --max-concurrent {asked}: on --resume only a limit no higher than the one "
                   "this bench started with applies (Ray Tune keeps that one)", file=sys.stderr)
         return asked
-    started = json.loads(path.read_text())["max_concurrent"]
+    started = state["max_concurrent"]
     if asked is None or started is None or asked <= started:
         return started if asked is None else asked
     print(f"metaray bench: --max-concurrent {asked} does not apply on --resume: this bench started with "
