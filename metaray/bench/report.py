@@ -89,6 +89,8 @@ def aggregate(results: list[dict[str, Any]], compare: list[tuple[str, str]] | No
         runs[name] = {
             "algo": rows[0]["algo"], "family": rows[0]["family"], "metric": rows[0]["metric"],
             "benchmark": rows[0].get("benchmark", rows[0]["family"]),
+            "reward_versions": sorted({str((r.get("task_params") or {})["reward_version"]) for r in rows
+                                       if "reward_version" in (r.get("task_params") or {})}),
             "seeds": [r["seed"] for r in rows], "seed_scores": [r["score"] for r in rows],
             "mean": float(point[name][0]), "iqm": float(point[name][1]),
             "mean_ci": [float(ci[name][0, 0]), float(ci[name][1, 0])] if len(rows) > 1 else None,
@@ -148,7 +150,8 @@ def markdown(summary: dict[str, Any], results: list[dict[str, Any]], title: str)
     for name, r in summary["runs"].items():
         per_seed = ", ".join(_fmt(s) for s in r["seed_scores"])
         wall = f"{r['wall_time_s'] / 60:.1f} min" if r["wall_time_s"] is not None else "—"
-        lines.append(f"| {name} | {r['algo']} / {r['benchmark']} | {len(r['seeds'])} | {_fmt(r['mean'], r['mean_ci'])} | "
+        rewards = f" (reward {', '.join(r['reward_versions'])})" if r.get("reward_versions") else ""
+        lines.append(f"| {name} | {r['algo']} / {r['benchmark']}{rewards} | {len(r['seeds'])} | {_fmt(r['mean'], r['mean_ci'])} | "
                      f"{_fmt(r['iqm'], r['iqm_ci'])} | {per_seed} | {_steps(r['env_steps'])} | {wall} | "
                      f"{', '.join(r['commits'])} | {', '.join(r['dates'])} |")
     if summary.get("target") is not None:

@@ -60,6 +60,25 @@ def benchmark_of(config: dict[str, Any]) -> str:
     return f"{task.get('family')}({kwargs})" + (f" x{episodes} episodes" if episodes else "")
 
 
+def task_params(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Every parameter of the config's task family, its defaults included (a Meta-World
+    result records its reward version, which moves its numbers, even when the config left it
+    out); None where the family cannot be built here or is not a dataclass."""
+    import dataclasses
+
+    from metaray.tasks import make_family
+
+    task = config.get("task", {})
+    try:
+        family = make_family(task.get("family"), task.get("kwargs") or {})
+    except Exception:  # a family whose optional package is missing here: the kwargs are in `config`
+        return None
+    if not dataclasses.is_dataclass(family):
+        return None
+    return {f.name: getattr(family, f.name) for f in dataclasses.fields(family)
+            if f.init and isinstance(getattr(family, f.name), (bool, int, float, str, type(None)))}
+
+
 def _headline(row: dict[str, Any]) -> float | None:
     for key in ("return_post", "trial_return", "mean_return"):
         if isinstance(row.get(key), (int, float)):
@@ -188,6 +207,7 @@ def run_trial(suite: Suite, run_name: str, seed: int, bench_dir: Path, results_d
         "algo": resolved.get("algo"),
         "family": resolved.get("task", {}).get("family"),
         "benchmark": benchmark_of(resolved),
+        "task_params": task_params(resolved),
         "commit": commits[0]["commit"],
         "dirty": any(c["dirty"] for c in commits),
         "commits": commits,
@@ -232,7 +252,7 @@ def _baseline_trial(suite: Suite, run: Any, seed: int, overrides: list[str], pat
         "config_file": _shown(run.config), "overrides": overrides, "baseline": run.baseline,
         "config_hash": config_hash({k: v for k, v in resolved.items() if k != "seed"}), "config": resolved,
         "algo": f"baseline:{run.baseline}", "family": evaluation["family"], "benchmark": benchmark_of(resolved),
-        "commit": commits[0]["commit"], "dirty": any(c["dirty"] for c in commits), "commits": commits,
+        "task_params": task_params(resolved), "commit": commits[0]["commit"], "dirty": any(c["dirty"] for c in commits), "commits": commits,
         "machine": machine(), "packages": packages(), "date": time.strftime("%Y-%m-%d"),
         "iterations": 0, "env_steps": 0, "wall_time_s": round(time.time() - start, 1),
         "metric": metric, "score": float(evaluation[metric]),

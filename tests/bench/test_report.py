@@ -117,3 +117,21 @@ def test_time_to_a_target_is_where_the_smoothed_training_return_first_reaches_it
         (tmp_path / f"a-seed{r['seed']}.json").write_text(json.dumps(r))
     text = write_report([tmp_path], target=10.0)["markdown"].read_text()
     assert "Time to a training return of 10" in text and "| a | 1,500 / 2.5 min, 1,500 / 2.5 min |" in text
+
+
+def test_a_result_records_its_family_defaults_and_the_report_shows_meta_worlds_reward_version(tmp_path):
+    """The Meta-World reward version moves published numbers (Meta-World+): it is recorded with
+    every result even where the config leaves it to the default, and the report names it."""
+    from metaray.bench.trial import task_params
+
+    mw = task_params({"task": {"family": "metaworld-ml1", "kwargs": {"env_name": "reach-v3"}}})
+    assert mw is not None and mw["reward_version"] == "v2" and mw["env_name"] == "reach-v3"
+    assert task_params({"task": {"family": "metaworld-ml1", "kwargs": {"reward_version": "v1"}}})["reward_version"] == "v1"
+    assert task_params({"task": {"family": "tabular-mdp", "kwargs": {}}}) == {
+        "num_states": 10, "num_actions": 5, "episode_length": 10}
+    assert task_params({"task": {"family": "no-such-family"}}) is None
+    for r in _results("mw", [0, 1], 0.5):
+        r.update(family="metaworld-ml1", benchmark="metaworld-ml1(env_name=reach-v3)", task_params=mw)
+        (tmp_path / f"mw-seed{r['seed']}.json").write_text(json.dumps(r))
+    text = write_report([tmp_path])["markdown"].read_text()
+    assert "| mw | rl2 / metaworld-ml1(env_name=reach-v3) (reward v2) | 2 |" in text
