@@ -66,12 +66,12 @@ def task_params(config: dict[str, Any]) -> dict[str, Any] | None:
     out); None where the family cannot be built here or is not a dataclass."""
     import dataclasses
 
-    from metaray.tasks import make_family
+    from metaray.tasks import TaskFamilyError, make_family
 
     task = config.get("task", {})
     try:
         family = make_family(task.get("family"), task.get("kwargs") or {})
-    except Exception:  # a family whose optional package is missing here: the kwargs are in `config`
+    except (TaskFamilyError, ImportError):  # e.g. its optional package missing here: the kwargs are in `config`
         return None
     if not dataclasses.is_dataclass(family):
         return None
