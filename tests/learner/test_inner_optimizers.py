@@ -2,6 +2,7 @@
 worker's adaptation against the learner's recomputation, the meta-training step, checkpoints,
 and the settings that are refused."""
 
+import copy
 import math
 
 import numpy as np
@@ -162,6 +163,107 @@ def test_lstm_trpo_meta_gradient_goes_through_the_rule():
             p["mu.bias"][j] += sign * eps
             shifted.append(maml.surrogate_and_kl(policy, p, inner, post, mean, log_std, config, policy.inner_optimizer)[0].item())
         assert grad[j].item() == pytest.approx((shifted[0] - shifted[1]) / (2 * eps), rel=1e-4, abs=1e-8)
+
+
+def frozen_rule_kl(policy, inner, post, old_mean, old_log_std, coefficients, params):
+    """Mean KL(old ‖ adapted) with the rule's (s_j, d_j) held at the given values: θ_{j+1} =
+    (1 − d_j) θ_j − s_j ∇ℓ_j(θ_j), by autograd through the inner gradients."""
+    theta = params
+    for j, (stage, (step, decay)) in enumerate(zip(inner, coefficients, strict=True)):
+        in_dims = (0 if j else None, 0, 0, 0, 0)
+        grads = torch.vmap(torch.func.grad(lambda p, *a: maml.inner_loss(policy, p, *a)), in_dims=in_dims)(
+            theta, stage.obs, stage.actions, stage.advantages, stage.mask)
+        theta = {k: (1 - decay[k]) * p - step[k] * grads[k] for k, p in theta.items()}
+    mean, log_std = maml.per_task_forward(policy, theta, post.obs)
+    return maml.episode_mean(maml.gaussian_kl(old_mean, old_log_std, mean, log_std), post.mask).mean()
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_lstm_trpo_curvature_in_closed_form_holds_the_rules_coefficients_fixed(steps):
+    """The KL Hessian-vector products of the closed form with a learned rule equal autograd's
+    through the same inner steps with the rule's (s, d) held at their values (the rule's own
+    dependence on θ is what the curvature leaves out); its old policies are the exact ones; and
+    for the untrained LSTM (s = α, d = 0 whatever the input) it is autograd's through the rule."""
+    config, family, sampler, policy = point_nav_setup("lstm", steps)
+    for trained in (False, True):  # untrained first: perturbing is for good
+        if trained:
+            perturb(policy.inner_optimizer, 0.3)
+        learner, results = collect(config, family, sampler, policy)
+        policy.double()
+        learner = maml.MAMLLearner(policy, config, torch.device("cpu"), seed=0)
+        inner, post = learner.stages(results)
+        rule = policy.inner_optimizer
+        assert learner.outer.curvature_only() and not learner.outer.closed_form()
+        theta = {k: p.detach() for k, p in policy.theta().items()}
+        with torch.no_grad():
+            curvature = maml.KLCurvature(policy, theta, inner, post, config, inner_lr=rule)
+            exact_mean, exact_log_std, _ = learner.outer.old_post_policy(theta, inner, post)
+        torch.testing.assert_close(curvature.old_mean, exact_mean, rtol=1e-9, atol=1e-9)
+        # the rule's coefficients along the adaptation, taken as the workers take them
+        coefficients, memory, adapted = [], {}, theta
+        with torch.no_grad():
+            for j, stage in enumerate(inner):
+                grads, losses = maml.inner_gradients(policy, adapted, stage, per_task=j > 0)
+                step, decay = rule.linear_coefficients(adapted, grads, losses, memory)
+                coefficients.append((step, decay))
+                adapted = {k: (1 - decay[k]) * p - step[k] * grads[k] for k, p in adapted.items()}
+        params = {k: p.clone().requires_grad_() for k, p in theta.items()}
+        args = (policy, inner, post, curvature.old_mean, curvature.old_log_std)
+        frozen = frozen_rule_kl(*args, coefficients, params)
+        through_rule = maml.surrogate_and_kl(policy, params, inner, post, *args[3:], config, rule)[1]
+        g = torch.Generator().manual_seed(5)
+        for kl in (frozen, through_rule):
+            grad = maml.flat(torch.autograd.grad(kl, list(params.values()), create_graph=True))
+            v = torch.randn(grad.shape, generator=g, dtype=grad.dtype)
+            hvp = maml.flat(torch.autograd.grad(grad @ v, list(params.values())))
+            closed = curvature(v, like=params)
+            if kl is frozen or not trained:
+                torch.testing.assert_close(closed, hvp, rtol=1e-6, atol=1e-9)
+            else:  # through the trained rule the curvature has more terms than the closed form
+                assert not torch.allclose(closed, hvp, rtol=1e-3, atol=1e-6)
+        policy.float()
+
+
+def test_lstm_trpo_update_in_closed_form_equals_autograd_for_the_untrained_rule():
+    """The whole TRPO step with a learned rule: the curvature in closed form (`closed_form:
+    true`) and by autograd through the rule take the same step where the two curvatures agree
+    (the untrained LSTM), the meta-gradient by autograd in both."""
+    config, family, sampler, policy = point_nav_setup("lstm", 2)
+    learner, results = collect(config, family, sampler, policy)
+    policy.double()
+    steps = {}
+    for closed_form in (True, False):
+        cfg = config.model_copy(update={"closed_form": closed_form})
+        copy_ = copy.deepcopy(policy)
+        learner = maml.MAMLLearner(copy_, cfg, torch.device("cpu"), seed=0)
+        assert learner.outer.curvature_only() == closed_form
+        stats = learner.update(results)
+        assert stats["step_accepted"] == 1.0
+        steps[closed_form] = {k: p.detach() for k, p in copy_.theta().items()}
+    for k in steps[True]:
+        torch.testing.assert_close(steps[True][k], steps[False][k], rtol=1e-6, atol=1e-9)
+
+
+def test_a_users_rule_without_a_linear_form_is_differentiated_by_autograd():
+    """A rule that only implements `update` (the contract's minimum) gets the TRPO curvature
+    through itself by autograd, not the closed form."""
+
+    class Momentumless(maml.InnerOptimizer):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(0.1))
+
+        def update(self, params, grads, losses, memory):
+            return {k: p - self.scale * torch.tanh(grads[k]) for k, p in params.items()}
+
+    config, family, sampler, policy = point_nav_setup("meta-sgd", 1)
+    policy.inner_optimizer, sampler.policy.inner_optimizer = Momentumless(), Momentumless()
+    learner, results = collect(config, family, sampler, policy)
+    assert not learner.outer.curvature_only() and not learner.outer.closed_form()
+    before = {k: p.detach().clone() for k, p in policy.theta().items()}
+    stats = learner.update(results)
+    assert stats["inner_lr_grad_norm"] > 0
+    assert any(not torch.equal(p, before[k]) for k, p in policy.theta().items())
 
 
 @pytest.mark.parametrize("kind", ["meta-sgd", "lstm"])

@@ -35,6 +35,7 @@ from metaray.learner.maml.adaptation import (
     InnerLR,
     adapt,
     adapted_params,
+    inner_gradients,
     inner_loss,
     inner_step,
     stage_names,
@@ -128,7 +129,7 @@ __all__ = [
     "MAMLLearner", "MAMLSampler", "MLPTape", "OuterStep", "Params", "Rollout", "Stage", "TaskResult", "adapt",
     "adapted_params", "baseline_features", "compute_advantages", "conjugate_gradient", "discount_cumsum",
     "episode_mean", "evaluate", "fit_linear_baseline", "flat", "gaussian_kl", "gaussian_log_prob", "get_weights",
-    "inner_loss", "inner_step", "load_weights", "make_policy", "normalize_advantages", "per_task_forward",
+    "inner_gradients", "inner_loss", "inner_step", "load_weights", "make_policy", "normalize_advantages", "per_task_forward",
     "policy_forward", "row_weights", "stage_names", "step_size", "surrogate_and_kl", "trpo_step", "unflat",
     "valid_episodes", "with_post_std",
 ]

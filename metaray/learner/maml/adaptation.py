@@ -13,7 +13,7 @@ from torch import nn
 
 from metaray.learner.maml.inner_optimizers import InnerOptimizer
 from metaray.learner.maml.returns import Stage, episode_mean
-from metaray.networks import Params, gaussian_log_prob, policy_forward
+from metaray.networks import Params, gaussian_log_prob, per_task_forward, policy_forward
 
 # how an inner step moves θ: one step size α, one per parameter entry shaped as θ (Meta-SGD's,
 # fixed), or a learned inner optimizer (`inner_optimizers`)
@@ -44,18 +44,37 @@ def inner_step(policy: nn.Module, params: Params, stage: Stage, inner_lr: InnerL
     The gradient comes from `vmap(grad(...))`: under an outer autograd graph it is differentiable
     (second-order MAML); `first_order` detaches it, so dθ'/dθ = I.
     """
-    in_dims = (0 if per_task else None, 0, 0, 0, 0)
     if isinstance(inner_lr, InnerOptimizer):
-        grad_fn = torch.func.grad_and_value(partial(inner_loss, policy))
-        grads, losses = torch.vmap(grad_fn, in_dims=in_dims)(params, stage.obs, stage.actions, stage.advantages, stage.mask)
-        if first_order:
-            grads, losses = {k: g.detach() for k, g in grads.items()}, losses.detach()
+        grads, losses = inner_gradients(policy, params, stage, per_task, first_order)
         return inner_lr.update(params, grads, losses, {} if memory is None else memory)
+    in_dims = (0 if per_task else None, 0, 0, 0, 0)
     grad_fn = torch.func.grad(partial(inner_loss, policy))
     grads = torch.vmap(grad_fn, in_dims=in_dims)(params, stage.obs, stage.actions, stage.advantages, stage.mask)
     if first_order:
         grads = {k: g.detach() for k, g in grads.items()}
     return {k: p - step_size(inner_lr, k) * grads[k] for k, p in params.items()}
+
+
+def inner_gradients(policy: nn.Module, params: Params, stage: Stage, per_task: bool,
+                    first_order: bool = False) -> tuple[Params, torch.Tensor]:
+    """(∇ L_inner(θ_i) stacked [N, ...], L_inner(θ_i) [N]) for all tasks by one batched forward
+    and plain autograd on Σ_i L_i (task i's loss depends only on its own θ_i, so the gradient
+    with respect to the stacked θ_i is every task's own). The same values as
+    vmap(grad_and_value(inner_loss)), and a graph autograd differentiates again faster (the
+    TRPO step's Hessian-vector products through a learned inner optimizer). With a graph
+    (θ requires grad, grad mode on, not `first_order`) the result is differentiable in θ."""
+    n = stage.obs.shape[0]
+    graph = torch.is_grad_enabled() and not first_order and any(p.requires_grad for p in params.values())
+    with torch.enable_grad():
+        stacked = {k: p if per_task else p.expand(n, *p.shape) for k, p in params.items()}
+        if not graph:
+            stacked = {k: p.detach().requires_grad_() for k, p in stacked.items()}
+        mean, log_std = per_task_forward(policy, stacked, stage.obs)
+        losses = -episode_mean(gaussian_log_prob(mean, log_std, stage.actions) * stage.advantages, stage.mask)
+        grads = torch.autograd.grad(losses.sum(), list(stacked.values()), create_graph=graph, materialize_grads=True)
+    if not graph:
+        return {k: g.detach() for k, g in zip(stacked, grads, strict=True)}, losses.detach()
+    return dict(zip(stacked, grads, strict=True)), losses
 
 
 POST_LOG_STD = "post_log_std"  # the policy's parameter with post_std: learned

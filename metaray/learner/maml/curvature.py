@@ -12,12 +12,14 @@ over tasks: tensors [N, R, ...], R = E·T rows. Tests check both against autogra
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
 
 from metaray.learner.maml.adaptation import POST_LOG_STD, StepSizes, step_size
 from metaray.learner.maml.config import MAMLConfig
+from metaray.learner.maml.inner_optimizers import InnerOptimizer
 from metaray.learner.maml.returns import Stage, episode_mean, valid_episodes
 from metaray.networks import MIN_LOG_STD, GaussianMLPPolicy, Params, flat, unflat
 
@@ -101,6 +103,8 @@ class InnerCurvature:
         grad_mean = self.c * self.u * self.inv_std  # ∂ℓ/∂mean
         grad_log_std = (self.c * (self.u.square() - 1)).sum(-2)  # ∂ℓ/∂log_std
         self.grad, self.grad_zs = tape.vjp(grad_mean, grad_log_std)
+        log_prob = -0.5 * self.u.square() - tape.log_std - 0.5 * math.log(2 * math.pi)
+        self.loss = (self.c * log_prob).sum((-2, -1))  # ℓ per task: what a learned rule reads
         # act''(z_l) ⊙ ∂ℓ/∂h_l: how the backward pass changes with the forward one
         self.curv = [
             None if second is None or not second_order else second * (self.grad_zs[i + 1] @ tape.weights[i + 1])
@@ -134,22 +138,38 @@ def row_weights(mask: torch.Tensor) -> torch.Tensor:
 
 
 class _TaskGroupCurvature:
-    """The closed forms for a group of tasks; `n_total` tasks in all (the means are over them)."""
+    """The closed forms for a group of tasks; `n_total` tasks in all (the means are over them).
+
+    Inner step j: θ_{j+1} = (1 − d_j) ⊙ θ_j − s_j ⊙ g_j, with s_j the step size(s) (d_j = 0),
+    or both from a learned rule's `linear_coefficients` (per task and entry), held fixed in J."""
 
     def __init__(self, policy: GaussianMLPPolicy, params: Params, inner: list[Stage], post: Stage,
-                 config: MAMLConfig, n_total: int, inner_lr: StepSizes):
+                 config: MAMLConfig, n_total: int, inner_lr: StepSizes | InnerOptimizer):
         n = post.obs.shape[0]
-        self.config, self.n, self.n_total, self.inner_lr = config, n, n_total, inner_lr
+        self.config, self.n, self.n_total = config, n, n_total
         self.inner: list[InnerCurvature] = []
+        self.coefficients: list[tuple[StepSizes, Params | None]] = []  # (s_j, d_j) of each step in J
+        memory: dict[str, torch.Tensor] = {}
         theta = {k: p.detach().expand(n, *p.shape) for k, p in params.items()}
         # post_std learned: post_log_std is no input of the inner losses (H_j and the inner steps
         # leave it alone) and becomes the adapted policies' log σ: θ'(θ) = P(θ_k), P copying it
         carried = {POST_LOG_STD: theta.pop(POST_LOG_STD)} if POST_LOG_STD in theta and inner else {}
         for stage in inner:
             curvature = InnerCurvature(policy, theta, stage)
+            if isinstance(inner_lr, InnerOptimizer):
+                # the rule also moves post_log_std (zero gradient; coordinate-wise, its rows
+                # change no other entry's coefficients): handed over here, its own left unused
+                ruled, grads = {**theta, **carried}, {**curvature.grad, **{k: torch.zeros_like(v) for k, v in carried.items()}}
+                coefficients = inner_lr.linear_coefficients(ruled, grads, curvature.loss, memory)
+                assert coefficients is not None, "a rule without linear_coefficients has no closed form"
+                step, decay = coefficients
+            else:
+                step, decay = inner_lr, None
             if not config.first_order:
                 self.inner.append(curvature)
-            theta = {k: p - step_size(inner_lr, k) * curvature.grad[k] for k, p in theta.items()}
+                self.coefficients.append((step, decay))
+            theta = {k: (p if decay is None else (1 - decay[k]) * p) - step_size(step, k) * curvature.grad[k]
+                     for k, p in theta.items()}
         self.post_std = bool(carried)
         self.adapted = {**theta, **carried, "log_std": carried[POST_LOG_STD]} if carried else theta
         # at θ_old every ratio is 1: the surrogate is −mean(A) and its gradient w.r.t. θ'_i is the
@@ -167,9 +187,8 @@ class _TaskGroupCurvature:
         return tape.vjp(grad_mean, grad_log_std)[0]
 
     def jacobian(self, x: Params, transpose: bool) -> Params:
-        """J x (θ tangent -> θ' tangents) or Jᵀ x; J = Π_j (I − diag(α) H_j), each H_j symmetric,
-        so each factor's transpose is I − H_j diag(α)."""
-        lr = partial(step_size, self.inner_lr)
+        """J x (θ tangent -> θ' tangents) or Jᵀ x; J = Π_j (diag(1 − d_j) − diag(s_j) H_j), each
+        H_j symmetric, so each factor's transpose is diag(1 − d_j) − H_j diag(s_j)."""
         carried: Params = {}
         if self.post_std:  # J = P Π_j (…): Pᵀ moves the log σ tangent to post_log_std
             if transpose:
@@ -177,13 +196,16 @@ class _TaskGroupCurvature:
             else:
                 x = dict(x)
                 carried = {POST_LOG_STD: x.pop(POST_LOG_STD)}
-        for h in reversed(self.inner) if transpose else self.inner:
+        steps = list(zip(self.inner, self.coefficients, strict=True))
+        for h, (step, decay) in reversed(steps) if transpose else steps:
+            lr = partial(step_size, step)
+            kept = x if decay is None else {k: (1 - decay[k]) * t for k, t in x.items()}
             if transpose:
                 hx = h.hvp({k: lr(k) * t for k, t in x.items()})
-                x = {k: x[k] - hx[k] for k in x}
+                x = {k: kept[k] - hx[k] for k in x}
             else:
                 hx = h.hvp(x)
-                x = {k: x[k] - lr(k) * hx[k] for k in x}
+                x = {k: kept[k] - lr(k) * hx[k] for k in x}
         if self.post_std and not transpose:
             return {**x, "log_std": carried[POST_LOG_STD]}
         return {**x, **carried}
@@ -213,7 +235,7 @@ class KLCurvature:
     """
 
     def __init__(self, policy: GaussianMLPPolicy, params: Params, inner: list[Stage], post: Stage,
-                 config: MAMLConfig, tasks_per_group: int | None = None, inner_lr: StepSizes | None = None,
+                 config: MAMLConfig, tasks_per_group: int | None = None, inner_lr: StepSizes | InnerOptimizer | None = None,
                  subsample: float = 1.0, generator: torch.Generator | None = None):
         n, rows = post.obs.shape[0], post.mask[0].numel()
         if tasks_per_group is None:

@@ -19,6 +19,10 @@ The contract (`InnerOptimizer`), which a user's own optimizer follows too:
   in across the inner steps of one adaptation (empty at the first step);
 - it is deterministic and differentiable: the workers run it without a graph, the learner
   recomputes it with one, and the two must give the same θ'_i;
+- optionally, `linear_coefficients` says how it moves each entry as θ' = (1 − d) ⊙ θ − s ⊙ g
+  (both per task and entry, whatever they depend on): the TRPO step then takes its KL curvature
+  in closed form with (s, d) held fixed (`curvature`), about 4x cheaper than autograd's
+  double backward through the rule; without it the curvature goes through the rule by autograd;
 - the learner trains its parameters with Adam (`inner_optimizer_lr`) on the post-update
   objective at θ_old, through the inner steps (first-order in θ's inner gradients when
   `first_order`), while θ takes the configured outer step with the optimizer held fixed.
@@ -49,6 +53,13 @@ class InnerOptimizer(nn.Module):
     def update(self, params: Params, grads: Params, losses: torch.Tensor, memory: dict[str, torch.Tensor]) -> Params:
         raise NotImplementedError
 
+    def linear_coefficients(self, params: Params, grads: Params, losses: torch.Tensor,
+                            memory: dict[str, torch.Tensor]) -> tuple[Params, Params | None] | None:
+        """(s, d) per task and entry, stacked [N, ...] or broadcastable, with which `update`
+        makes θ' = (1 − d) ⊙ θ − s ⊙ g (d None: no decay), advancing `memory` as `update`
+        does; None (the default) when the rule is not of that form."""
+        return None
+
     def step_sizes(self) -> Params | None:
         """α per parameter entry when the update is θ − α ⊙ g with α independent of the
         gradient (Meta-SGD): the closed-form TRPO path can then use it. None otherwise."""
@@ -69,6 +80,10 @@ class MetaSGD(InnerOptimizer):
 
     def step_sizes(self) -> Params:
         return {n: self.log_lr[lr_key(n)].exp() for n in self.names}
+
+    def linear_coefficients(self, params: Params, grads: Params, losses: torch.Tensor,
+                            memory: dict[str, torch.Tensor]) -> tuple[Params, None]:
+        return self.step_sizes(), None
 
     def update(self, params: Params, grads: Params, losses: torch.Tensor, memory: dict[str, torch.Tensor]) -> Params:
         alpha = self.step_sizes()
@@ -135,20 +150,32 @@ class LSTMInnerOptimizer(InnerOptimizer):
         step = self.alpha * torch.exp(LOG_SCALE_RANGE * torch.tanh(log_mult / LOG_SCALE_RANGE))
         return step, DECAY_RANGE * torch.tanh(out[..., 1])
 
-    def update(self, params: Params, grads: Params, losses: torch.Tensor, memory: dict[str, torch.Tensor]) -> Params:
+    def unflat(self, rows: torch.Tensor) -> Params:
+        """[N, P] rows back to per-task tensors [N, *shape] by parameter name."""
+        n = rows.shape[0]
+        return {k: part.view(n, *self.shapes[k]) for k, part in zip(self.names, rows.split(self.sizes, 1), strict=True)}
+
+    def linear_coefficients(self, params: Params, grads: Params, losses: torch.Tensor,
+                            memory: dict[str, torch.Tensor]) -> tuple[Params, Params]:
         n = losses.shape[0]
         g = self.flat(grads, n)
         step, decay = self.coefficients(grads, losses, memory, g)
-        theta = self.flat(params, n)
-        delta = -step * g - decay * theta
-        memory["previous"] = delta
-        new = theta + delta
-        return {k: part.view_as(grads[k]) for k, part in zip(self.names, new.split(self.sizes, 1), strict=True)}
+        memory["previous"] = -step * g - decay * self.flat(params, n)
+        return self.unflat(step), self.unflat(decay)
+
+    def update(self, params: Params, grads: Params, losses: torch.Tensor, memory: dict[str, torch.Tensor]) -> Params:
+        step, decay = self.linear_coefficients(params, grads, losses, memory)
+        return {k: (1 - decay[k]) * p - step[k] * grads[k] for k, p in params.items()}
 
     def summary(self) -> dict[str, float]:
         with torch.no_grad():
             scale = torch.exp(LOG_SCALE_RANGE * torch.tanh(self.log_scale / LOG_SCALE_RANGE))
         return {"inner_lr_scale_min": scale.min().item(), "inner_lr_scale_max": scale.max().item()}
+
+
+def has_linear_form(rule: InnerOptimizer) -> bool:
+    """Whether `rule` says its update as θ' = (1 − d) ⊙ θ − s ⊙ g (overrides `linear_coefficients`)."""
+    return type(rule).linear_coefficients is not InnerOptimizer.linear_coefficients
 
 
 def make_inner_optimizer(kind: str, shapes: dict[str, torch.Size], inner_lr: float,

@@ -25,7 +25,7 @@ from metaray.learner.maml.adaptation import (
 )
 from metaray.learner.maml.config import MAMLConfig
 from metaray.learner.maml.curvature import KLCurvature, adapted_closed_form
-from metaray.learner.maml.inner_optimizers import InnerOptimizer
+from metaray.learner.maml.inner_optimizers import InnerOptimizer, has_linear_form
 from metaray.learner.maml.returns import Stage, episode_mean
 from metaray.learner.maml.trpo import post_surrogate_and_kl, surrogate_and_kl, trpo_step
 from metaray.learner.optim_state import load_optimizer_tensors, optimizer_tensors
@@ -122,14 +122,21 @@ class OuterStep:
             return mean, log_std, gaussian_log_prob(mean, log_std, post.actions)
 
     def closed_form(self) -> bool:
-        """The closed forms apply to fixed step sizes (sgd, meta-sgd), not to an update rule
-        that depends on the gradient (lstm: autograd, through the rule)."""
+        """The closed forms apply whole to fixed step sizes (sgd, meta-sgd), not to an update
+        rule that depends on the gradient (lstm: autograd through the rule; see `curvature_only`)."""
         return self.config.closed_form and not isinstance(self.inner_lr, InnerOptimizer)
+
+    def curvature_only(self) -> bool:
+        """A learned rule that says its update as (1 − d) ⊙ θ − s ⊙ g (the LSTM): TRPO's KL
+        curvature in closed form with (s, d) held fixed, the meta-gradient and the line search
+        through the rule by autograd (`closed_form: false`: all by autograd)."""
+        rule = self.inner_lr
+        return self.config.closed_form and isinstance(rule, InnerOptimizer) and has_linear_form(rule)
 
     def trpo(self, params: Params, inner: list[Stage], post: Stage) -> dict[str, float]:
         inner_lr = self.inner_lr
         curvature = None
-        if isinstance(inner_lr, InnerOptimizer):
+        if isinstance(inner_lr, InnerOptimizer) and not self.curvature_only():
             old_mean, old_log_std, old_logp = self.old_post_policy(params, inner, post)
         else:
             with torch.no_grad():
@@ -141,8 +148,9 @@ class OuterStep:
         behaviour_err = ((old_logp - post.logp).abs() * post.mask).max().item()
         post = post._replace(logp=old_logp)  # ratio 1 at the current θ, as pytorch-maml-rl
         objective = partial(self._objective, inner=inner, post=post, old_mean=old_mean, old_log_std=old_log_std)
-        closed_form = curvature if self.closed_form() else None
-        new_params, stats = trpo_step(objective, params, self.config, closed_form)
+        closed_form = curvature if self.closed_form() or self.curvature_only() else None
+        new_params, stats = trpo_step(objective, params, self.config, closed_form,
+                                      closed_form_gradient=not self.curvature_only())
         with torch.no_grad():
             for name, p in self.policy.theta().items():
                 p.copy_(new_params[name])
