@@ -147,8 +147,9 @@ class _TaskGroupCurvature:
                  config: MAMLConfig, n_total: int, inner_lr: StepSizes | InnerOptimizer):
         n = post.obs.shape[0]
         self.config, self.n, self.n_total = config, n, n_total
-        self.inner: list[InnerCurvature] = []
-        self.coefficients: list[tuple[StepSizes, Params | None]] = []  # (s_j, d_j) of each step in J
+        # the factors of J, one per inner step: (H_j's products, s_j, d_j); first-order: no H_j,
+        # and only a step with a decay (d_j ≠ 0) is more than the identity
+        self.steps: list[tuple[InnerCurvature | None, StepSizes, Params | None]] = []
         memory: dict[str, torch.Tensor] = {}
         theta = {k: p.detach().expand(n, *p.shape) for k, p in params.items()}
         # post_std learned: post_log_std is no input of the inner losses (H_j and the inner steps
@@ -166,8 +167,9 @@ class _TaskGroupCurvature:
             else:
                 step, decay = inner_lr, None
             if not config.first_order:
-                self.inner.append(curvature)
-                self.coefficients.append((step, decay))
+                self.steps.append((curvature, step, decay))
+            elif decay is not None:
+                self.steps.append((None, step, decay))
             theta = {k: (p if decay is None else (1 - decay[k]) * p) - step_size(step, k) * curvature.grad[k]
                      for k, p in theta.items()}
         self.post_std = bool(carried)
@@ -188,7 +190,8 @@ class _TaskGroupCurvature:
 
     def jacobian(self, x: Params, transpose: bool) -> Params:
         """J x (θ tangent -> θ' tangents) or Jᵀ x; J = Π_j (diag(1 − d_j) − diag(s_j) H_j), each
-        H_j symmetric, so each factor's transpose is diag(1 − d_j) − H_j diag(s_j)."""
+        H_j symmetric, so each factor's transpose is diag(1 − d_j) − H_j diag(s_j); first-order
+        (H_j taken as 0) J = Π_j diag(1 − d_j)."""
         carried: Params = {}
         if self.post_std:  # J = P Π_j (…): Pᵀ moves the log σ tangent to post_log_std
             if transpose:
@@ -196,11 +199,12 @@ class _TaskGroupCurvature:
             else:
                 x = dict(x)
                 carried = {POST_LOG_STD: x.pop(POST_LOG_STD)}
-        steps = list(zip(self.inner, self.coefficients, strict=True))
-        for h, (step, decay) in reversed(steps) if transpose else steps:
+        for h, step, decay in reversed(self.steps) if transpose else self.steps:
             lr = partial(step_size, step)
             kept = x if decay is None else {k: (1 - decay[k]) * t for k, t in x.items()}
-            if transpose:
+            if h is None:  # first-order: the inner gradient is a constant, d_j alone scales
+                x = kept
+            elif transpose:
                 hx = h.hvp({k: lr(k) * t for k, t in x.items()})
                 x = {k: kept[k] - hx[k] for k in x}
             else:
