@@ -41,8 +41,9 @@ def inner_step(policy: nn.Module, params: Params, stage: Stage, inner_lr: InnerL
     across the steps of one adaptation in `memory`.
 
     `per_task=False`: `params` is one θ shared by all tasks (the first step); else stacked [N, ...].
-    The gradient comes from `vmap(grad(...))`: under an outer autograd graph it is differentiable
-    (second-order MAML); `first_order` detaches it, so dθ'/dθ = I.
+    The gradient comes from `vmap(grad(...))` (a learned rule's, with the losses, from
+    `inner_gradients`): under an outer autograd graph it is differentiable (second-order MAML);
+    `first_order` detaches it, so dθ'/dθ = I (for a rule, what remains of θ in its update).
     """
     if isinstance(inner_lr, InnerOptimizer):
         grads, losses = inner_gradients(policy, params, stage, per_task, first_order)
