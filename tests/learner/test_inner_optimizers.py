@@ -165,6 +165,34 @@ def test_lstm_trpo_meta_gradient_goes_through_the_rule():
         assert grad[j].item() == pytest.approx((shifted[0] - shifted[1]) / (2 * eps), rel=1e-4, abs=1e-8)
 
 
+@pytest.mark.parametrize("per_task", [False, True])
+def test_batched_inner_gradients_equal_vmapped_ones(per_task):
+    """`inner_gradients` (one batched forward, autograd on the sum of the task losses) gives every
+    task's own gradient and loss, as vmap(grad_and_value(inner_loss)) does, from one θ or from
+    per-task θ_i; with a graph its gradients are differentiable in θ."""
+    config, family, sampler, policy = point_nav_setup("lstm", 1)
+    learner, results = collect(config, family, sampler, policy)
+    inner, _ = learner.stages(results)
+    stage = inner[0]
+    g = torch.Generator().manual_seed(2)
+    theta = {k: (p.detach().expand(N_TASKS, *p.shape) + 0.1 * torch.randn(N_TASKS, *p.shape, generator=g)
+                 if per_task else p.detach().clone()).requires_grad_() for k, p in policy.theta().items()}
+    grads, losses = maml.inner_gradients(policy, theta, stage, per_task)
+    fn = torch.vmap(torch.func.grad_and_value(lambda p, *a: maml.inner_loss(policy, p, *a)),
+                    in_dims=(0 if per_task else None, 0, 0, 0, 0))
+    expected, expected_losses = fn(theta, stage.obs, stage.actions, stage.advantages, stage.mask)
+    torch.testing.assert_close(losses, expected_losses, rtol=1e-5, atol=1e-7)
+    for k in expected:
+        torch.testing.assert_close(grads[k], expected[k], rtol=1e-5, atol=1e-6)
+    second = torch.autograd.grad(sum(v.square().sum() for v in grads.values()), list(theta.values()))
+    assert any(t.abs().sum() > 0 for t in second)
+    with torch.no_grad():  # a worker: no graph, the same values
+        plain, _ = maml.inner_gradients(policy, theta, stage, per_task)
+    assert all(not v.requires_grad for v in plain.values())
+    for k in plain:
+        torch.testing.assert_close(plain[k], grads[k].detach())
+
+
 def frozen_rule_kl(policy, inner, post, old_mean, old_log_std, coefficients, params, first_order=False):
     """Mean KL(old ‖ adapted) with the rule's (s_j, d_j) held at the given values: θ_{j+1} =
     (1 − d_j) θ_j − s_j ∇ℓ_j(θ_j), by autograd through the inner gradients (not `first_order`)."""
