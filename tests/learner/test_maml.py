@@ -455,11 +455,14 @@ def test_trpo_step_keeps_theta_when_no_step_improves_the_loss():
     assert stats["step_accepted"] == 1.0 and 0.5 * (d * d).sum() < 0.5 and stats["meta_loss"] < 0
 
 
-def test_trpo_closed_form_and_autograd_take_the_same_step():
+@pytest.mark.parametrize("cg_subsample", [1.0, 0.5])
+def test_trpo_closed_form_and_autograd_take_the_same_step(cg_subsample):
+    """Also with `cg_subsample`: autograd's KL Hessian is taken on the same tasks the closed form
+    draws (it used every task, silently, before)."""
     # few CG iterations: on this tiny batch later iterations amplify rounding differences (the two
     # Hessians agree to 1e-13) into 1e-4 differences of the step, whichever Hessian is used
-    cfg = maml.MAMLConfig(hidden_sizes=[8], inner_lr=0.5, cg_iters=4)
-    inner, post = tiny_batch(cfg, n=3, seed=9)
+    cfg = maml.MAMLConfig(hidden_sizes=[8], inner_lr=0.5, cg_iters=4, cg_subsample=cg_subsample)
+    inner, post = tiny_batch(cfg, n=4, seed=9)
     steps = []
     for fast in (True, False):
         policy = tiny_policy(hidden=(8,))
@@ -469,6 +472,12 @@ def test_trpo_closed_form_and_autograd_take_the_same_step():
         steps.append((maml.flat(p.detach() for p in learner.policy.parameters()), stats["ls_steps"]))
     assert steps[0][1] == steps[1][1]
     torch.testing.assert_close(steps[0][0], steps[1][0], atol=1e-8, rtol=1e-6)
+    if cg_subsample < 1:  # and the subsample did change the step
+        policy = tiny_policy(hidden=(8,))
+        learner = maml.MAMLLearner(policy, cfg.model_copy(update={"cg_subsample": 1.0, "closed_form": False}),
+                                   torch.device("cpu"), 0)
+        learner.update(results_from(inner, post, cfg))
+        assert not torch.allclose(maml.flat(p.detach() for p in learner.policy.parameters()), steps[1][0], atol=1e-6)
 
 
 def test_first_order_ppo_clip_first_adam_step_is_lr_times_sign_of_the_post_update_gradient():

@@ -32,7 +32,7 @@ class MAMLConfig(BaseModel):
     max_kl: float = Field(0.01, gt=0, description="TRPO: largest mean KL between old and new adapted policies on the post-update episodes.")
     cg_iters: int = Field(10, ge=1, description="TRPO: conjugate-gradient iterations.")
     cg_damping: float = Field(1e-5, ge=0, description="TRPO: damping added to the KL Hessian-vector product.")
-    cg_subsample: float = Field(1.0, gt=0, le=1, description="TRPO: fraction of the meta-batch's tasks the KL Hessian-vector products of conjugate gradient are computed on (drawn anew each update, scaled to the whole batch; rllab's subsample_factor, over tasks); the meta-gradient and the line search use every task. 1: all.")
+    cg_subsample: float = Field(1.0, gt=0, le=1, description="TRPO: fraction of the meta-batch's tasks the KL Hessian-vector products of conjugate gradient are computed on (drawn anew each update, scaled to the whole batch; rllab's subsample_factor, over tasks), in the closed form and by autograd alike; the meta-gradient and the line search use every task. 1: all.")
     ls_max_steps: int = Field(15, ge=1, description="TRPO: line-search tries before the step is rejected (θ unchanged).")
     ls_backtrack_ratio: float = Field(0.8, gt=0, lt=1, description="TRPO: step shrink factor per line-search try.")
     closed_form: bool = Field(True, description="TRPO: meta-gradient Jᵀ∇L and KL Hessian-vector products Jᵀ F J written out for the MLP (same values, about 3× faster on CPU); false: autograd through the vmapped inner step, twice for the KL Hessian, as pytorch-maml-rl. With a learned rule that has a linear form (lstm) only the KL Hessian is in closed form, the rule's coefficients held fixed in it; false: through the rule by autograd.")

@@ -224,6 +224,14 @@ class _TaskGroupCurvature:
         return flat(x[k].sum(0) for k in v)
 
 
+def task_order(n: int, subsample: float, generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
+    """(an order of the n tasks, m): the first m of it are the `subsample` of tasks the KL
+    Hessian is estimated on (all n, in order, when `subsample` ≥ 1). The closed form and the
+    autograd path draw the same tasks from generators seeded alike."""
+    m = n if subsample >= 1 else max(1, min(n, round(subsample * n)))
+    return (torch.arange(n) if m == n else torch.randperm(n, generator=generator)), m
+
+
 class KLCurvature:
     """The closed forms TRPO needs at θ_old: the meta-gradient Jᵀ ∇θ' L_post and the KL
     Hessian-vector product v ↦ Jᵀ F J v. Built once per update from the inner stages and the
@@ -245,8 +253,7 @@ class KLCurvature:
         if tasks_per_group is None:
             on_gpu = post.obs.device.type != "cpu"
             tasks_per_group = n if on_gpu else max(1, 2**18 // (rows * max(config.hidden_sizes)))
-        m = n if subsample >= 1 else max(1, min(n, round(subsample * n)))
-        order = torch.arange(n) if m == n else torch.randperm(n, generator=generator)
+        order, m = task_order(n, subsample, generator)
         self.groups, self.hessian_groups = [], []
         for chosen, part_order in ((True, order[:m]), (False, order[m:])):
             for a in range(0, len(part_order), tasks_per_group):

@@ -24,7 +24,7 @@ from metaray.learner.maml.adaptation import (
     stage_names,
 )
 from metaray.learner.maml.config import MAMLConfig
-from metaray.learner.maml.curvature import KLCurvature, adapted_closed_form
+from metaray.learner.maml.curvature import KLCurvature, adapted_closed_form, task_order
 from metaray.learner.maml.inner_optimizers import InnerOptimizer, has_linear_form
 from metaray.learner.maml.returns import Stage, episode_mean
 from metaray.learner.maml.trpo import post_surrogate_and_kl, surrogate_and_kl, trpo_step
@@ -126,6 +126,11 @@ class OuterStep:
         rule that depends on the gradient (lstm: autograd through the rule; see `curvature_only`)."""
         return self.config.closed_form and not isinstance(self.inner_lr, InnerOptimizer)
 
+    def draws(self) -> torch.Generator:
+        """The generator of this outer step's `cg_subsample` draws: a function of the seed and the
+        step count, so a resumed run repeats them."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.steps)
+
     def curvature_only(self) -> bool:
         """A learned rule that says its update as (1 − d) ⊙ θ − s ⊙ g (the LSTM): TRPO's KL
         curvature in closed form with (s, d) held fixed, the meta-gradient and the line search
@@ -140,17 +145,22 @@ class OuterStep:
             old_mean, old_log_std, old_logp = self.old_post_policy(params, inner, post)
         else:
             with torch.no_grad():
-                draws = torch.Generator().manual_seed(self.seed * 1_000_003 + self.steps)
                 curvature = KLCurvature(self.policy, params, inner, post, self.config, inner_lr=inner_lr,
-                                        subsample=self.config.cg_subsample, generator=draws)
+                                        subsample=self.config.cg_subsample, generator=self.draws())
                 old_mean, old_log_std = curvature.old_mean, curvature.old_log_std
                 old_logp = gaussian_log_prob(old_mean, old_log_std, post.actions)
         behaviour_err = ((old_logp - post.logp).abs() * post.mask).max().item()
         post = post._replace(logp=old_logp)  # ratio 1 at the current θ, as pytorch-maml-rl
         objective = partial(self._objective, inner=inner, post=post, old_mean=old_mean, old_log_std=old_log_std)
         closed_form = curvature if self.closed_form() or self.curvature_only() else None
+        kl_objective = None  # autograd's KL Hessian on the `cg_subsample` of tasks the closed form would take
+        order, m = task_order(post.obs.shape[0], self.config.cg_subsample, self.draws())
+        if closed_form is None and m < len(order):
+            part = order[:m].to(post.obs.device)
+            kl_objective = partial(self._objective, inner=[Stage(*(x[part] for x in s)) for s in inner],
+                                   post=Stage(*(x[part] for x in post)), old_mean=old_mean[part], old_log_std=old_log_std[part])
         new_params, stats = trpo_step(objective, params, self.config, closed_form,
-                                      closed_form_gradient=not self.curvature_only())
+                                      closed_form_gradient=not self.curvature_only(), kl_objective=kl_objective)
         with torch.no_grad():
             for name, p in self.policy.theta().items():
                 p.copy_(new_params[name])

@@ -59,7 +59,8 @@ def post_surrogate_and_kl(policy: nn.Module, adapted: Params, post: Stage, old_m
 
 def trpo_step(objective: Callable[[Params], tuple[torch.Tensor, torch.Tensor]], params: Params,
               config: MAMLConfig, closed_form: KLCurvature | None = None,
-              closed_form_gradient: bool = True) -> tuple[Params, dict[str, float]]:
+              closed_form_gradient: bool = True,
+              kl_objective: Callable[[Params], tuple[torch.Tensor, torch.Tensor]] | None = None) -> tuple[Params, dict[str, float]]:
     """One TRPO step on θ (Schulman et al. 2015, as pytorch-maml-rl's MAMLTRPO).
 
     Natural-gradient direction by conjugate gradient on Hessian-vector products of the mean KL
@@ -71,7 +72,9 @@ def trpo_step(objective: Callable[[Params], tuple[torch.Tensor, torch.Tensor]], 
     it: once for the meta-gradient, twice for the KL Hessian (as pytorch-maml-rl); with it (a
     `KLCurvature` built at `params`) both come from its closed forms, or only the KL Hessian
     with `closed_form_gradient=False` (a learned inner rule: the meta-gradient goes through it
-    by autograd, exactly; the curvature holds its coefficients fixed).
+    by autograd, exactly; the curvature holds its coefficients fixed). `kl_objective`: the
+    objective whose KL autograd's Hessian is taken of (a subsample of the tasks,
+    `cg_subsample`); default `objective`.
     """
     names, values = list(params), list(params.values())
     if closed_form is not None and not closed_form_gradient:
@@ -80,6 +83,8 @@ def trpo_step(objective: Callable[[Params], tuple[torch.Tensor, torch.Tensor]], 
         kl_hessian = partial(closed_form, like=params)
     elif closed_form is None:
         loss, kl = objective(params)
+        if kl_objective is not None:
+            kl = kl_objective(params)[1]
         # materialize_grads: a parameter the objective does not reach gets a zero gradient (the
         # exploring log σ with post_std learned and first-order)
         g = flat(torch.autograd.grad(loss, values, retain_graph=True, materialize_grads=True))
