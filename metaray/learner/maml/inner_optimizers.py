@@ -21,8 +21,8 @@ The contract (`InnerOptimizer`), which a user's own optimizer follows too:
   recomputes it with one, and the two must give the same θ'_i;
 - optionally, `linear_coefficients` says how it moves each entry as θ' = (1 − d) ⊙ θ − s ⊙ g
   (both per task and entry, whatever they depend on): the TRPO step then takes its KL curvature
-  in closed form with (s, d) held fixed (`curvature`): the LSTM's learner step 2.1x (point-nav)
-  to 3.5x (halfcheetah-vel) cheaper than autograd's double backward through the rule, the same
+  in closed form with (s, d) held fixed (`curvature`): the LSTM's learner step 2.0x (point-nav)
+  and 1.4x (halfcheetah-vel) cheaper than autograd's double backward through the rule, the same
   return (benchmarks/README.md); without it the curvature goes through the rule by autograd;
 - the learner trains its parameters with Adam (`inner_optimizer_lr`) on the post-update
   objective at θ_old, through the inner steps (first-order in θ's inner gradients when
