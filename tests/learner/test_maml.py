@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from metaray.core import Episodes, TaskResult, finite_mean, get_algorithm
 from metaray.learner import maml
-from metaray.learner.maml.curvature import adapted_closed_form
+from metaray.learner.maml.curvature import adapted_closed_form, line_search_objective
 from metaray.tasks import make_family
 
 torch.set_num_threads(1)
@@ -337,6 +337,44 @@ def test_closed_form_adaptation_equals_the_vmapped_autograd_one(steps, activatio
     assert got.keys() == want.keys()
     for k in want:
         torch.testing.assert_close(got[k], want[k].expand_as(got[k]), atol=1e-13, rtol=1e-11)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_task_groups_side_by_side_on_threads_equal_one_group(threads):
+    """With 2 torch threads the closed forms run their task groups side by side (one intra-op
+    thread each): the same products, meta-gradient and line-search objective as one group, and
+    the thread count is restored after each."""
+    cfg = maml.MAMLConfig(num_inner_steps=2, inner_lr=0.4)
+    policy = tiny_policy(hidden=(5, 3))
+    inner, post = tiny_batch(cfg, n=5)
+    params = leaf_params(policy)
+    v = torch.randn(maml.flat(params.values()).shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    before = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            whole = maml.KLCurvature(policy, params, inner, post, cfg)
+            torch.set_num_threads(threads)
+            split = maml.KLCurvature(policy, params, inner, post, cfg, tasks_per_group=1, subsample=0.6,
+                                     generator=torch.Generator().manual_seed(1))
+            assert len(split.groups) == 5 and len(split.hessian_groups) == 3
+            sub = maml.KLCurvature(policy, params, inner, post, cfg, subsample=0.6, generator=torch.Generator().manual_seed(1))
+            torch.testing.assert_close(split(v, params), sub(v, params), atol=1e-12, rtol=1e-9)
+            torch.testing.assert_close(split.meta_gradient(params), whole.meta_gradient(params), atol=1e-12, rtol=1e-9)
+            torch.testing.assert_close(split.old_mean, whole.old_mean)  # the groups back in the batch's order
+            for k in params:
+                torch.testing.assert_close(split.adapted[k], whole.adapted[k])
+            assert torch.get_num_threads() == threads
+            old_mean, old_log_std, post = old_post_policy(policy, params, inner, post, cfg)
+            for k in params:  # a step away from θ_old, where the ratios and the KL are not trivial
+                params[k] = params[k] + 0.05 * torch.randn(params[k].shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+            want = maml.surrogate_and_kl(policy, params, inner, post, old_mean, old_log_std, cfg)
+            got = line_search_objective(policy, params, inner, post, old_mean, old_log_std, cfg.inner_lr, cfg, tasks_per_group=2)
+            assert want[1] > 1e-6
+            for a, b in zip(got, want, strict=True):
+                torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-9)
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_subsampled_kl_hessian_is_the_chosen_tasks_mean_and_the_gradient_uses_every_task():

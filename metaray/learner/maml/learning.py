@@ -24,10 +24,10 @@ from metaray.learner.maml.adaptation import (
     stage_names,
 )
 from metaray.learner.maml.config import MAMLConfig
-from metaray.learner.maml.curvature import KLCurvature, adapted_closed_form, task_order
+from metaray.learner.maml.curvature import KLCurvature, line_search_objective, task_order
 from metaray.learner.maml.inner_optimizers import InnerOptimizer, has_linear_form
 from metaray.learner.maml.returns import Stage, episode_mean
-from metaray.learner.maml.trpo import post_surrogate_and_kl, surrogate_and_kl, trpo_step
+from metaray.learner.maml.trpo import surrogate_and_kl, trpo_step
 from metaray.learner.optim_state import load_optimizer_tensors, optimizer_tensors
 from metaray.networks import (
     INNER_OPTIMIZER,
@@ -171,8 +171,7 @@ class OuterStep:
                    old_log_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.closed_form() and not self.config.first_order and not torch.is_grad_enabled():
             # the line search: the inner steps' gradients by the hand-written backward pass
-            adapted = adapted_closed_form(self.policy, params, inner, post.obs.shape[0], self.inner_lr)
-            return post_surrogate_and_kl(self.policy, adapted, post, old_mean, old_log_std)
+            return line_search_objective(self.policy, params, inner, post, old_mean, old_log_std, self.inner_lr, self.config)
         return surrogate_and_kl(self.policy, params, inner, post, old_mean, old_log_std, self.config, self.inner_lr)
 
     def ppo_clip(self, params: Params, inner: list[Stage], post: Stage) -> dict[str, float]:
