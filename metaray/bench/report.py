@@ -100,7 +100,11 @@ def aggregate(results: list[dict[str, Any]], compare: list[tuple[str, str]] | No
             "wall_time_s": _mean([r["wall_time_s"] for r in rows]),
             "commits": sorted({f"{r['commit']}{'+dirty' if r['dirty'] else ''}" for r in rows}),
             "dates": sorted({r["date"] for r in rows}),
-            **({"time_to_target": [time_to(r["curve"], target) for r in rows]} if target is not None else {}),
+            # on the held-out curve where the runs have one (eval.every: each point is a mean over
+            # the held-out tasks already), else over 10 points of the training curve
+            **({"time_to_target": [time_to(r["heldout_curve"], target, window=1) if r.get("heldout_curve")
+                                   else time_to(r["curve"], target) for r in rows]} if target is not None else {}),
+            "time_to_on": "held-out" if any(r.get("heldout_curve") for r in rows) else "training",
             "trained": any(r["curve"] for r in rows),
         }
     improvements = []
@@ -155,13 +159,14 @@ def markdown(summary: dict[str, Any], results: list[dict[str, Any]], title: str)
                      f"{_fmt(r['iqm'], r['iqm_ci'])} | {per_seed} | {_steps(r['env_steps'])} | {wall} | "
                      f"{', '.join(r['commits'])} | {', '.join(r['dates'])} |")
     if summary.get("target") is not None:
-        lines += ["", f"Time to a training return of {summary['target']:g} (mean over 10 curve points; per seed, "
-                  "env steps / wall minutes):", "", "| run | per seed |", "|---|---|"]
+        lines += ["", f"Time to {summary['target']:g} (per seed, env steps / wall minutes; on the held-out curve "
+                  "where a run evaluated while training, `eval.every`, else the mean training return over 10 curve "
+                  "points):", "", "| run | on | per seed |", "|---|---|---|"]
         for name, r in summary["runs"].items():
             if not r["trained"]:
                 continue  # a classical baseline: nothing to reach
             cells = ["never" if t is None else f"{_steps(t[0])} / {t[1] / 60:.1f} min" for t in r["time_to_target"]]
-            lines.append(f"| {name} | {', '.join(cells)} |")
+            lines.append(f"| {name} | {r.get('time_to_on', 'training')} | {', '.join(cells)} |")
     if summary["improvements"]:
         lines += ["", "Probability of improvement (a run's seed score above another's; 0.5 = no difference; no interval "
                   "where a run has one seed):", "",
@@ -192,17 +197,24 @@ def plot(summary: dict[str, Any], results: list[dict[str, Any]], out: Path, titl
     ax.set_xlabel(f"held-out {results[0]['metric']} (mean, 95 % CI; | = seeds)")
     ax.invert_yaxis()
 
+    # with eval.every the curves are the held-out metric (training return faint behind it)
+    held_out = any(r.get("heldout_curve") for r in results)
     for ax, column, label in ((axes[1], 0, "env steps"), (axes[2], 1, "wall minutes")):
         for name in names:
             for r in (x for x in results if x["run"] == name):
+                first = r["seed"] == summary["runs"][name]["seeds"][0]
                 curve = np.array([row for row in r["curve"] if row[2] is not None], dtype=np.float64)
                 if len(curve):
-                    ax.plot(curve[:, column] / (60 if column == 1 else 1), curve[:, 2], color=colors[name], alpha=0.7,
-                            lw=1, label=name if r["seed"] == summary["runs"][name]["seeds"][0] else None)
+                    ax.plot(curve[:, column] / (60 if column == 1 else 1), curve[:, 2], color=colors[name],
+                            alpha=0.25 if held_out else 0.7, lw=1, label=None if held_out or not first else name)
+                points = np.array(r.get("heldout_curve") or [], dtype=np.float64)
+                if len(points):
+                    ax.plot(points[:, column] / (60 if column == 1 else 1), points[:, 2], color=colors[name], lw=1.5,
+                            marker=".", label=name if first else None)
         if summary.get("target") is not None:
             ax.axhline(summary["target"], color="grey", ls=":", lw=1)
         ax.set_xlabel(label)
-        ax.set_ylabel("training return")
+        ax.set_ylabel(f"held-out {results[0]['metric']} (faint: training return)" if held_out else "training return")
         ax.legend(fontsize=8)
 
     ax = axes[3]

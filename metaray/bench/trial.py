@@ -222,6 +222,9 @@ def run_trial(suite: Suite, run_name: str, seed: int, bench_dir: Path, results_d
         "eval": {k: v for k, v in evaluation.items() if k != "tasks"},
         "per_task": per_task,
         "curve": _thin(rows),
+        # eval.every: the same metric on the held-out tasks while training, [env steps, wall s, value]
+        "heldout_curve": [[r.get("env_steps_total", 0), round(r.get("wall_time_s", 0.0), 1), r[f"heldout_{metric}"]]
+                          for r in rows if f"heldout_{metric}" in r],
     }
     _write_atomic(paths["result"], json.dumps(result, indent=1))
     report({"score": result["score"], "env_steps": result["env_steps"], "done_before": False})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,35 @@ def evaluate_baseline(config_path: Path, name: str, overrides: list[str] | None 
             **summarise(per_task)}
 
 
+def evaluate_weights(config: RunConfig, tensors: dict[str, Any], split: str = "test", num_tasks: int | None = None,
+                     seed: int | None = None, where: str = "the checkpoint") -> dict[str, Any]:
+    """The policy with these weights (a state's `policy/…` tensors) on the held-out tasks
+    `metaray eval` draws (family, eval.num_tasks, eval.seed): the result fields without the
+    run's own (checkpoint, iteration). One torch thread while it runs, the caller's after."""
+    algorithm = config.algorithm()
+    algo_config = config.algo_config()
+    family = make_family(config.task.family, config.task.kwargs)
+    num_tasks = num_tasks or config.eval.num_tasks
+    seed = config.eval.seed if seed is None else seed
+    tasks = family.sample(num_tasks, np.random.default_rng(seed), split)
+    probe = make_vector_env(family, tasks[:1], seed=seed)
+    policy = algorithm.make_policy(probe.single_observation_space, probe.single_action_space, algo_config)
+    probe.close()
+    weights = {k.split("/", 1)[1]: torch.from_numpy(np.array(v)) for k, v in tensors.items() if k.startswith("policy/")}
+    try:
+        policy.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"{where}: weights do not fit the run's policy ({str(err).splitlines()[0]})") from None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        per_task = algorithm.evaluate(policy, family, tasks, algo_config, seed)
+    finally:
+        torch.set_num_threads(threads)
+    return {"algo": config.algo, "family": config.task.family, "split": split, "num_tasks": num_tasks, "seed": seed,
+            "task_kwargs": config.task.kwargs, **summarise(per_task)}
+
+
 def evaluate_run(run_dir: Path, split: str = "test", num_tasks: int | None = None, seed: int | None = None,
                  overrides: list[str] | None = None, output: Path | None = None) -> dict[str, Any]:
     """Evaluate the newest checkpoint; writes RUN_DIR/eval.json (or `output`). `overrides` may
@@ -108,32 +138,48 @@ def evaluate_run(run_dir: Path, split: str = "test", num_tasks: int | None = Non
     if found.path is None:
         raise CheckpointError(f"{run_dir}: no checkpoint loads ({found.skipped[0]})")
     ckpt, tensors, state = found.path, found.tensors, found.state
-    algorithm = config.algorithm()
-    algo_config = config.algo_config()
-    family = make_family(config.task.family, config.task.kwargs)
-    num_tasks = num_tasks or config.eval.num_tasks
-    seed = config.eval.seed if seed is None else seed
-    tasks = family.sample(num_tasks, np.random.default_rng(seed), split)
-    probe = make_vector_env(family, tasks[:1], seed=seed)
-    policy = algorithm.make_policy(probe.single_observation_space, probe.single_action_space, algo_config)
-    weights = {k.split("/", 1)[1]: torch.from_numpy(np.array(v)) for k, v in tensors.items() if k.startswith("policy/")}
-    try:
-        policy.load_state_dict(weights)
-    except RuntimeError as err:
-        raise CheckpointError(f"{ckpt}: weights do not fit the run's policy ({str(err).splitlines()[0]})") from None
-    torch.set_num_threads(1)
-    per_task = algorithm.evaluate(policy, family, tasks, algo_config, seed)
+    evaluated = evaluate_weights(config, tensors, split, num_tasks, seed, where=str(ckpt))
+    tasks = evaluated.pop("tasks")
     result = {
-        "algo": config.algo,
-        "family": config.task.family,
-        "split": split,
-        "num_tasks": num_tasks,
-        "seed": seed,
+        **evaluated,
         "checkpoint": ckpt.name,
         "iteration": state["iteration"],
-        "task_kwargs": config.task.kwargs,
-        **summarise(per_task),
         **({"skipped_checkpoints": found.skipped} if found.skipped else {}),
+        "tasks": tasks,
     }
     write_text_atomic(Path(output) if output is not None else Path(run_dir) / "eval.json", json.dumps(result, indent=1))
     return result
+
+
+HELD_OUT_FIELDS = ("mean_return", "return_pre", "success_rate", "normalised_score")  # into progress as heldout_<name>
+
+
+class PeriodicEvaluation:
+    """Observer: every `eval.every` iterations (and at the last) the learner's current weights
+    on the held-out tasks, as `metaray eval` would score that iteration's checkpoint. Writes
+    RUN_DIR/evals/iter-NNNNNN.json and adds `heldout_<field>` and `heldout_eval_s` to the
+    iteration's record, before the progress file, metrics and TensorBoard see it (so it runs
+    first). The evaluation draws from its own seeds; the training's random state is put back
+    as it was, so a run with it takes the same steps as one without."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, get_weights: Any, every: int, last: int):
+        self.config, self.dir = config, Path(run_dir) / "evals"
+        self.get_weights, self.every, self.last = get_weights, every, last
+
+    def observe(self, record: dict[str, Any]) -> None:
+        iteration = record["iteration"]
+        if not (iteration % self.every == 0 or iteration >= self.last):
+            return
+        start = time.perf_counter()
+        state = np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            result = evaluate_weights(self.config, self.get_weights(), where=f"iteration {iteration}")
+        np.random.set_state(state)
+        result = {**result, "iteration": iteration, "env_steps_total": record.get("env_steps_total"),
+                  "wall_time_s": record.get("wall_time_s")}
+        write_text_atomic(self.dir / f"iter-{iteration:06d}.json", json.dumps(result, indent=1))
+        record.update({f"heldout_{k}": result[k] for k in HELD_OUT_FIELDS if k in result})
+        record["heldout_eval_s"] = round(time.perf_counter() - start, 3)
+
+    def close(self) -> None:
+        pass

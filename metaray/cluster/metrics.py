@@ -49,7 +49,8 @@ GAUGES = {
     "approx_kl": ("metaray_kl", None),
     "grad_norm": ("metaray_grad_norm", "Norm of the (meta-)gradient of the last update."),
 }
-RETURNS = {"return_pre": "pre", "return_post": "post", "trial_return": "trial"}
+RETURNS = {"return_pre": "pre", "return_post": "post", "trial_return": "trial",
+           "heldout_mean_return": "heldout"}  # eval.every: the held-out headline return
 HISTOGRAMS = {
     "learner_step_s": ("metaray_learner_step_seconds", "Seconds per learner update."),
     "sampling_s": ("metaray_sampling_seconds", "Seconds to sample one iteration's data."),
@@ -85,7 +86,8 @@ class RunMetrics:
             self._histograms[key] = Histogram(name, doc, LABELS, buckets=SECONDS_BUCKETS,
                                               registry=self.registry).labels(**labels)
         returns = Gauge(RETURN_NAME, "Mean true return of the last iteration: stage pre/post adaptation (meta-batch "
-                        "algorithms) or trial (stream algorithms, total reward per trial).", (*LABELS, "stage"), registry=self.registry)
+                        "algorithms) or trial (stream algorithms, total reward per trial); stage heldout: the last "
+                        "held-out evaluation (eval.every).", (*LABELS, "stage"), registry=self.registry)
         # children made on first value: a stream run has no pre/post series, a meta-batch run no trial series
         self._returns = {key: (lambda stage=stage: returns.labels(**labels, stage=stage)) for key, stage in RETURNS.items()}
         self.grpc_requests = Counter(GRPC_NAME, "gRPC requests served, by method and status code.",
@@ -138,6 +140,8 @@ class TensorBoardScalars:
     GROUPS = {
         "returns": ("trial_return", "return_pre", "return_post"),
         "throughput": ("env_steps_per_s", "sampling_s", "sample_s_mean", "learner_step_s"),
+        "heldout": ("heldout_mean_return", "heldout_return_pre", "heldout_success_rate", "heldout_normalised_score",
+                    "heldout_eval_s"),
         "runtime": ("iteration", "policy_version", "policy_lag_mean", "policy_lag_max", "workers_alive",
                     "worker_restarts_total", "tasks_requeued_total", "dropped_batches_total", "env_failures_total",
                     "episodes_total", "wall_time_s"),

@@ -116,7 +116,14 @@ def test_time_to_a_target_is_where_the_smoothed_training_return_first_reaches_it
         r["curve"] = curve
         (tmp_path / f"a-seed{r['seed']}.json").write_text(json.dumps(r))
     text = write_report([tmp_path], target=10.0)["markdown"].read_text()
-    assert "Time to a training return of 10" in text and "| a | 1,500 / 2.5 min, 1,500 / 2.5 min |" in text
+    assert "Time to 10" in text and "| a | training | 1,500 / 2.5 min, 1,500 / 2.5 min |" in text
+    # with a held-out curve (eval.every) the time is read off it, point by point, and it is plotted
+    for r in _results("a", [0, 1], 1.0):
+        r["curve"] = curve
+        r["heldout_curve"] = [[300 * i, 30.0 * i, 4.0 * i] for i in range(1, 6)]  # 12 at the 3rd point
+        (tmp_path / f"a-seed{r['seed']}.json").write_text(json.dumps(r))
+    report = write_report([tmp_path], target=10.0)
+    assert "| a | held-out | 900 / 1.5 min, 900 / 1.5 min |" in report["markdown"].read_text()
 
 
 def test_a_result_records_its_family_defaults_and_the_report_shows_meta_worlds_reward_version(tmp_path):

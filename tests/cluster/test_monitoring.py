@@ -70,7 +70,7 @@ def test_run_metrics_turn_progress_rows_into_counters_gauges_and_histograms():
                 "sampling_s": 0.4, "kl": 0.008, "meta_loss": -0.01, "grad_norm": 0.2, "env_steps_per_s": 500.0}
         metrics.observe(base)
         metrics.observe({**base, "iteration": 2, "env_steps_total": 2500, "episodes_total": 25, "policy_version": 2,
-                         "return_post": -15.0, "learner_step_s": 0.3})
+                         "return_post": -15.0, "learner_step_s": 0.3, "heldout_mean_return": -17.5})
         samples = scrape(url)
     finally:
         metrics.close()
@@ -85,6 +85,7 @@ def test_run_metrics_turn_progress_rows_into_counters_gauges_and_histograms():
     assert value("metaray_episodes_total") == 25
     assert value("metaray_iteration") == 2 and value("metaray_policy_version") == 2
     assert value("metaray_return", stage="pre") == -40.0 and value("metaray_return", stage="post") == -15.0
+    assert value("metaray_return", stage="heldout") == -17.5  # eval.every's held-out return
     assert value("metaray_learner_step_seconds_count") == 2
     assert value("metaray_learner_step_seconds_sum") == pytest.approx(1.8)
     assert value("metaray_learner_step_seconds_bucket", le="0.5") == 1  # 0.3 s in, 1.5 s out

@@ -32,6 +32,7 @@ from metaray.cluster.checkpoint import (
 from metaray.cluster.config import ConfigError, RunConfig
 from metaray.cluster.control import NAMESPACE as CONTROL_NAMESPACE
 from metaray.cluster.control import RunControl, control_name
+from metaray.cluster.evaluation import PeriodicEvaluation
 from metaray.cluster.metrics import RunMetrics, TensorBoardScalars
 from metaray.cluster.observers import Checkpointer, Observer, ProgressLog
 from metaray.cluster.progress import ProgressDisplay, append_log
@@ -155,6 +156,9 @@ class Runner:
     def _observers(self) -> list[Observer]:
         """In the order they see each iteration's record (see metaray.cluster.observers)."""
         observers: list[Observer] = [ProgressLog(self.run_dir), self._control_poller]
+        if self.config.eval.every:  # first: its heldout_* fields go into the record the others see
+            observers.insert(0, PeriodicEvaluation(self.config, self.run_dir, self._current_weights,
+                                                   self.config.eval.every, self.config.iterations))
         if self.remote is not None:
             observers.append(self.remote)
         if self.metrics is not None:
@@ -162,6 +166,11 @@ class Runner:
         if self.config.metrics.tensorboard:
             observers.append(TensorBoardScalars(self.run_dir / "tensorboard"))
         return [*observers, self.display, Checkpointer(self, self.config.checkpoint.every, self.config.iterations)]
+
+    def _current_weights(self) -> dict[str, np.ndarray]:
+        """The learner's weights now, as a checkpoint holds them (`policy/…`)."""
+        tensors, _ = self.runtime.get(self.learner.get_state.remote())
+        return {k: v for k, v in tensors.items() if k.startswith("policy/")}
 
     @property
     def grpc(self) -> Any:
