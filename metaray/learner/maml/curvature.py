@@ -46,10 +46,12 @@ def map_tasks(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
     """`[fn(x) for x in items]`, the items spread over the learner's torch threads, each running
     with one intra-op thread; results in order (sums over them stay deterministic).
 
-    The closed forms work task by task on [R, 100]-sized matrices: there torch's intra-op
-    threads split each small product and wait on each other (2 threads: 2.2x *slower* than 1 on
-    halfcheetah-vel's KL Hessian), while whole tasks side by side scale (2 threads: 2.0x faster).
-    torch's thread count is process-wide, so it is 1 while the map runs, restored after."""
+    The closed forms work task by task on [R, 100]-sized matrices, which torch's intra-op threads
+    split with a barrier per product: on a quiet machine that is as fast as whole tasks side by
+    side, but with one other busy process on the cores every barrier waits for it (halfcheetah-vel
+    update with 2 threads: 7.3 s intra-op vs 3.3 s side by side, 3.3 s with one thread;
+    benchmarks/maml_task_threads.py). torch's thread count is process-wide, so it is 1 while the
+    map runs, restored after."""
     items = list(items)
     threads = torch.get_num_threads()
     if threads <= 1 or len(items) <= 1:
