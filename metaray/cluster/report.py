@@ -14,7 +14,7 @@ from typing import Any
 from metaray.cluster.checkpoint import CheckpointError, latest_checkpoint, read_progress
 
 RETURN_LABELS = {"trial_return": "trial return", "return_pre": "pre-adaptation",
-                 "return_post": "post-adaptation"}
+                 "return_post": "post-adaptation", "heldout_mean_return": "held-out, while training (eval.every)"}
 
 
 def _rows(run_dir: Path) -> list[dict[str, Any]]:
@@ -73,7 +73,9 @@ def _plot_returns(ax: Any, rows: list[dict[str, Any]], evaluation: dict[str, Any
     for key, label in RETURN_LABELS.items():
         if any(key in r for r in rows):
             xs = [s for s, r in zip(steps, rows, strict=True) if key in r]
-            ax.plot(xs, [r[key] for r in rows if key in r], label=label, lw=1.4)
+            held_out = key.startswith("heldout_")  # a point every eval.every iterations
+            ax.plot(xs, [r[key] for r in rows if key in r], label=label, lw=1.4 if not held_out else 1.8,
+                    marker="o" if held_out else None, ms=3, color="black" if held_out else None)
     for key, label in {"return_pre": "held-out pre", "mean_return": "held-out"}.items():
         if evaluation is not None and key in evaluation:
             ax.scatter([steps[-1]], [evaluation[key]], marker="*", s=120, zorder=3,

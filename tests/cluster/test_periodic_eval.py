@@ -53,6 +53,8 @@ def test_held_out_evaluation_while_training_scores_like_metaray_eval_and_changes
     assert first["iteration"] == 3 and first["env_steps_total"] == evaluated[2]["env_steps_total"]
     if base is MAML:  # continuous returns: the policy moved between the two
         assert first["mean_return"] != last["mean_return"]
+    # `metaray plot` draws the held-out points with the training curves
+    assert main(["plot", str(tmp_path / "evaluated")]) == 0 and (tmp_path / "evaluated" / "curves.png").stat().st_size > 0
 
 
 def test_eval_every_must_not_be_negative(tmp_path, capsys):
