@@ -28,6 +28,21 @@ class RuntimeStartError(RuntimeError):
 _counter = itertools.count()
 
 
+@contextlib.contextmanager
+def _interrupts_as_such() -> Any:
+    """A Ctrl-C (or the CLI's SIGTERM handler) that lands inside Ray's Cython `get`/`wait` can
+    surface as `SystemError: ... returned a result with an exception set`, the KeyboardInterrupt
+    only its cause: re-raise the interrupt, so the run checkpoints and stops as it does for one
+    that lands anywhere else."""
+    try:
+        yield
+    except SystemError as err:
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, KeyboardInterrupt):
+            raise cause from None
+        raise
+
+
 @dataclass(eq=False)
 class SerialFuture:
     fn: Any
@@ -179,10 +194,12 @@ class RayRuntime:
         return handle, RayVariables(handle)
 
     def get(self, futures: Any) -> Any:
-        return self.ray.get(futures)
+        with _interrupts_as_such():
+            return self.ray.get(futures)
 
     def wait(self, futures: list[Any], num_returns: int = 1, timeout: float | None = None) -> tuple[list, list]:
-        return self.ray.wait(futures, num_returns=num_returns, timeout=timeout)
+        with _interrupts_as_such():
+            return self.ray.wait(futures, num_returns=num_returns, timeout=timeout)
 
     def kill(self, handle: Any) -> None:
         """Stop an actor for good (no Ray-side restart); a dead one is fine."""
