@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int)
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                    help="change task.kwargs.* or eval.* for this evaluation (e.g. an out-of-distribution goal range)")
+                    help="change task.kwargs.*, eval.* or an algorithm's eval_* for this evaluation (e.g. an "
+                    "out-of-distribution goal range, rl2.eval_temperature=0)")
     ev.add_argument("--output", type=Path, help="write the result here instead of RUN_DIR/eval.json")
 
     base = sub.add_parser("baseline", help="a classical algorithm on a config's held-out tasks (bandit, tabular-mdp)")

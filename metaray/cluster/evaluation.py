@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from metaray.cluster.checkpoint import (
 from metaray.cluster.config import ConfigError, RunConfig, load_config
 from metaray.tasks import make_family, make_vector_env
 
-EVAL_OVERRIDABLE = ("task.kwargs.", "eval.")  # what `metaray eval --set` may change: which tasks, not the model
+EVAL_OVERRIDABLE = re.compile(r"(task\.kwargs\.|eval\.|[a-z0-9_]+\.eval_)")  # which tasks and how they are acted on, not the model
 
 
 def load_run(run_dir: Path, overrides: list[str] | None = None) -> tuple[RunConfig, Path]:
@@ -27,8 +28,9 @@ def load_run(run_dir: Path, overrides: list[str] | None = None) -> tuple[RunConf
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir} is not a metaray run directory (no config.yaml)")
     for text in overrides or []:
-        if not text.startswith(EVAL_OVERRIDABLE):
-            raise ConfigError(f"eval --set {text!r}: only task.kwargs.* and eval.* can change at evaluation")
+        if not EVAL_OVERRIDABLE.match(text):
+            raise ConfigError(f"eval --set {text!r}: only task.kwargs.*, eval.* and an algorithm's eval_* "
+                              "(e.g. rl2.eval_temperature) can change at evaluation")
     try:
         config = load_config(run_dir / "config.yaml")
     except ConfigError as err:
@@ -125,8 +127,9 @@ def evaluate_weights(config: RunConfig, tensors: dict[str, Any], split: str = "t
         per_task = algorithm.evaluate(policy, family, tasks, algo_config, seed)
     finally:
         torch.set_num_threads(threads)
+    settings = {k: v for k, v in algo_config.model_dump().items() if k.startswith("eval_")}  # how it acted
     return {"algo": config.algo, "family": config.task.family, "split": split, "num_tasks": num_tasks, "seed": seed,
-            "task_kwargs": config.task.kwargs, **summarise(per_task)}
+            "task_kwargs": config.task.kwargs, **({"eval_settings": settings} if settings else {}), **summarise(per_task)}
 
 
 def evaluate_run(run_dir: Path, split: str = "test", num_tasks: int | None = None, seed: int | None = None,

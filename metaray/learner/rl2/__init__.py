@@ -46,8 +46,10 @@ def make_policy(obs_space: gym.Space, act_space: gym.Space, config: RL2Config) -
 
 
 def evaluate(policy: RL2Policy, family: TaskFamily, tasks: list[Task], config: RL2Config, seed: int) -> list[dict[str, Any]]:
-    """One trial per task with fixed weights (the adaptation happens in the hidden state)."""
-    sampler = RL2Sampler(family, config, len(tasks), seed, split="test", tasks=tasks)
+    """One trial per task with fixed weights (the adaptation happens in the hidden state), actions
+    at `config.eval_temperature`."""
+    sampler = RL2Sampler(family, config, len(tasks), seed, split="test", tasks=tasks,
+                         temperature=config.eval_temperature)
     sampler.set_weights(0, get_weights(policy))
     with torch.no_grad():
         batch, _ = sampler.sample(min_trials=len(tasks))

@@ -26,12 +26,14 @@ class RL2Sampler(SamplerBase):
 
     def __init__(
         self, family: TaskFamily, config: RL2Config, slots: int, seed: int,
-        split: Literal["train", "test"] = "train", tasks: list[Task] | None = None,
+        split: Literal["train", "test"] = "train", tasks: list[Task] | None = None, temperature: float = 1.0,
     ):
         """With `tasks` given, each slot runs exactly one trial of its task (evaluation);
-        otherwise finished slots keep drawing new tasks from `split`."""
+        otherwise finished slots keep drawing new tasks from `split`. `temperature` (evaluation
+        only) sharpens or flattens the action distribution; 0 takes the most likely action."""
         super().__init__(seed)
         self.family, self.config, self.split = family, config, split
+        self.temperature = temperature
         self.refill = tasks is None
         if tasks is None:
             tasks = family.sample(slots, self.rng, split)
@@ -43,6 +45,17 @@ class RL2Sampler(SamplerBase):
         self.max_len = config.episodes_per_trial * family.max_episode_steps
         self._no_failure = np.zeros(self.slots, bool)
         self._reset_all()
+
+    def _draw(self, dist: torch.distributions.Distribution) -> torch.Tensor:
+        """Actions from the policy's distribution at the sampler's temperature."""
+        temperature = self.temperature
+        if self.spec.discrete:
+            if temperature == 0:
+                return dist.logits.argmax(dim=1)
+            probs = dist.probs if temperature == 1 else torch.softmax(dist.logits / temperature, dim=1)
+            return torch.multinomial(probs, 1, generator=self.torch_gen)[:, 0]
+        noise = torch.randn(dist.mean.shape, generator=self.torch_gen)
+        return dist.mean + dist.stddev * temperature * noise
 
     @property
     def dropped_trials(self) -> int:
@@ -93,11 +106,7 @@ class RL2Sampler(SamplerBase):
             x = build_inputs(spec, self.obs, self.prev_a, self.prev_r, self.prev_d, self.episodes, prev_obs)
             head, self.memory_state = self.policy.step(torch.from_numpy(x), self.memory_state)
             dist = self.policy.distribution(head)
-            if spec.discrete:
-                action_t = torch.multinomial(dist.probs, 1, generator=self.torch_gen)[:, 0]
-            else:
-                noise = torch.randn(dist.mean.shape, generator=self.torch_gen)
-                action_t = dist.mean + dist.stddev * noise
+            action_t = self._draw(dist)
             logp = self.policy.log_prob(dist, action_t).numpy()
             action = action_t.numpy()
             env_action = action if spec.discrete else np.clip(action, spec.act_low, spec.act_high)
