@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from safetensors.numpy import load_file
 
 from metaray.cli import main
@@ -193,7 +194,7 @@ def test_eval_on_an_out_of_distribution_ring_writes_its_own_file(tmp_path, capsy
     capsys.readouterr()
     assert main(["eval", str(run), "--set", "maml.inner_lr=1.0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "only task.kwargs.* and eval.*" in err and len(err.splitlines()) == 1
+    assert "only task.kwargs.*, eval.* and an algorithm's eval_*" in err and len(err.splitlines()) == 1
 
 
 @pytest.mark.parametrize("memory", ["gru", "lstm", "snail", "transformer", "mann"])
@@ -204,6 +205,12 @@ def test_every_rl2_memory_trains_and_evaluates_in_serial(tiny_config, tmp_path, 
     assert [r["iteration"] for r in read_progress(run)] == [1, 2]
     assert main(["eval", str(run), "--num-tasks", "8"]) == 0
     assert "mean return" in capsys.readouterr().out
+    if memory == "gru":  # how the policy acts may change for one evaluation, and is recorded
+        assert main(["eval", str(run), "--num-tasks", "8", "--set", "rl2.eval_temperature=0",
+                     "--output", str(tmp_path / "argmax.json")]) == 0
+        assert json.loads((tmp_path / "argmax.json").read_text())["eval_settings"] == {"eval_temperature": 0.0}
+        assert "eval_settings" in json.loads((run / "eval.json").read_text())
+        assert yaml.safe_load((run / "config.yaml").read_text())["rl2"].get("eval_temperature", 1.0) == 1.0
 
 
 def test_a_stopped_runs_clean_up_leaves_a_new_run_in_the_same_path_alone(tmp_path):

@@ -170,6 +170,84 @@ def test_evaluate_runs_one_trial_per_task():
     assert all(sum(r["episode_returns"]) == pytest.approx(r["trial_return"]) for r in results)
 
 
+def _sharpened(sampler: rl2.RL2Sampler, scale: float = 20.0) -> None:
+    """Scale the head so the untrained policy prefers some actions clearly."""
+    with torch.no_grad():
+        for name, p in sampler.policy.named_parameters():
+            if "head" in name:
+                p.mul_(scale)
+
+
+def _logits_and_mean(policy, batch):
+    spec = policy.spec
+    x = torch.from_numpy(rl2.trial_inputs(spec, batch.obs, batch.actions, batch.rewards, batch.dones))
+    with torch.no_grad():
+        head, _ = policy(x)
+    return head.numpy()
+
+
+@pytest.mark.parametrize(("family", "kwargs"), [("tabular-mdp", {}), ("point-nav", {})])
+def test_temperature_zero_takes_the_most_likely_action_and_one_is_training_sampling(family, kwargs):
+    """At temperature 0 every action is the policy's argmax (or mean) given the trial so far;
+    at 1 the sampler draws exactly what a sampler without the setting draws."""
+    default, config = make_sampler(family, kwargs, slots=6, seed=3, episodes_per_trial=2)
+    weights = rl2.get_weights(default.policy)
+    tasks = default.family.sample(6, np.random.default_rng(0), "test")
+    runs = {}
+    for temperature in (None, 1.0, 0.0):
+        extra = {} if temperature is None else {"temperature": temperature}
+        sampler = rl2.RL2Sampler(default.family, config, 6, 3, split="test", tasks=tasks, **extra)
+        sampler.set_weights(0, weights)
+        _sharpened(sampler)
+        runs[temperature] = (sampler, sampler.sample(min_trials=6)[0])
+    np.testing.assert_array_equal(runs[None][1].actions, runs[1.0][1].actions)
+    sampler, batch = runs[0.0]
+    head, mask = _logits_and_mean(sampler.policy, batch), batch.mask.astype(bool)
+    if sampler.spec.discrete:
+        np.testing.assert_array_equal(batch.actions[mask], head.argmax(-1)[mask])
+        assert not np.array_equal(runs[1.0][1].actions[mask], head.argmax(-1)[mask])  # 1 does sample
+    else:
+        np.testing.assert_allclose(batch.actions[mask], head[mask], atol=1e-5)
+
+
+def test_a_lower_temperature_takes_the_likely_action_more_often():
+    """Tempered sampling sits between argmax and the policy's own distribution."""
+    share = {}
+    for temperature in (1.0, 0.3):
+        family = make_family("tabular-mdp", {})
+        config = rl2.RL2Config(hidden_size=16, episodes_per_trial=2)
+        tasks = family.sample(64, np.random.default_rng(0), "test")
+        sampler = rl2.RL2Sampler(family, config, 64, 5, split="test", tasks=tasks, temperature=temperature)
+        torch.manual_seed(0)
+        sampler.set_weights(0, rl2.get_weights(rl2.RL2Policy(sampler.spec, config)))
+        _sharpened(sampler, 100.0)
+        batch = sampler.sample(min_trials=64)[0]
+        head, mask = _logits_and_mean(sampler.policy, batch), batch.mask.astype(bool)
+        share[temperature] = float((batch.actions[mask] == head.argmax(-1)[mask]).mean())
+    assert share[0.3] > share[1.0] + 0.1, share
+
+
+def test_evaluate_acts_at_the_configured_temperature():
+    """`rl2.evaluate` uses `eval_temperature`: at 0 it scores what an argmax sampler collects."""
+    family = make_family("tabular-mdp", {})
+    tasks = family.sample(8, np.random.default_rng(2), "test")
+    config = rl2.RL2Config(hidden_size=8, episodes_per_trial=2)
+    greedy = config.model_copy(update={"eval_temperature": 0.0})
+    direct = rl2.RL2Sampler(family, greedy, 8, 0, split="test", tasks=tasks, temperature=0.0)
+    _sharpened(direct)
+    weights = rl2.get_weights(direct.policy)
+    batch = direct.sample(min_trials=8)[0]
+    expected = dict(zip(batch.task_ids.tolist(), batch.rewards.sum(1).tolist(), strict=True))
+    policy = rl2.RL2Policy(direct.spec, config)
+    policy.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+    scored = {r["task_id"]: r["trial_return"] for r in rl2.evaluate(policy, family, tasks, greedy, seed=0)}
+    assert scored == pytest.approx(expected, abs=1e-4)
+    sampled = {r["task_id"]: r["trial_return"] for r in rl2.evaluate(policy, family, tasks, config, seed=0)}
+    assert sampled != pytest.approx(expected, abs=1e-4)
+    with pytest.raises(ValueError, match="eval_temperature"):
+        rl2.RL2Config(eval_temperature=-0.1)
+
+
 def test_episode_returns_split_a_trial_at_its_episode_ends():
     sampler, config = make_sampler("tabular-mdp", {"episode_length": 4}, slots=4, episodes_per_trial=3)
     batch = sampler.sample(4)[0]
