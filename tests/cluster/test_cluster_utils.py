@@ -91,8 +91,8 @@ def train_in_thread(trainer) -> tuple[threading.Thread, list[BaseException]]:
 
 
 def trainer_on(cluster, tmp_path, head_cpus_held: int, overrides=(), config=CONFIG):
-    """A second 2-CPU node, `head_cpus_held` of the head's 3 CPUs held, and a trainer whose
-    learner takes one more head CPU. Returns (trainer, run dir, node, cleanup)."""
+    """A second 2-CPU node (the only one beside the head), `head_cpus_held` of the head's 3 CPUs
+    held, and a trainer whose learner takes one more head CPU. Returns (trainer, run dir, node, cleanup)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -100,6 +100,8 @@ def trainer_on(cluster, tmp_path, head_cpus_held: int, overrides=(), config=CONF
         def ping(self) -> bool:
             return True
 
+    for left in list(cluster.worker_nodes):  # the fixture's node, where the first test did not remove it
+        cluster.remove_node(left)              # (a test run alone): this node is then the only one
     node = cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     hold = ray.remote(Placeholder).options(
@@ -280,9 +282,7 @@ def test_a_worker_never_placed_does_not_hold_a_synchronous_update(two_nodes, tmp
     learner): the third is never placed. A synchronous update waits for every worker's call,
     so a call handed to that worker would hold the first update for ever; after
     workers.start_grace_s the run trains on the two that answered, the third counted pending."""
-    cluster, first_node = two_nodes
-    if first_node in cluster.worker_nodes:  # run alone (the first test removes it)
-        cluster.remove_node(first_node)
+    cluster, _ = two_nodes
     trainer, run, node, cleanup = trainer_on(cluster, tmp_path, head_cpus_held=2, config=RL2_SYNC)
     thread, errors = train_in_thread(trainer)
     thread.join(timeout=120)
