@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from metaray.cluster.checkpoint import CheckpointError
+from metaray.cluster.config import ConfigError
 from metaray.cluster.evaluation import evaluate_run
 
 
@@ -37,12 +39,21 @@ def main() -> None:
     parser.add_argument("--num-tasks", type=int, default=5000)
     parser.add_argument("--output", type=Path, required=True, help="prefix of the .json and .md written")
     args = parser.parse_args()
+    try:
+        rows = evaluate_all(args.runs, args.temperatures, args.num_tasks)
+    except (CheckpointError, ConfigError) as err:
+        raise SystemExit(f"rl2_eval_temperature: {err}") from None
+    write(args.runs, args.temperatures, args.num_tasks, rows, args.output)
+
+
+def evaluate_all(runs: list[Path], temperatures: list[float], num_tasks: int) -> dict[str, dict[str, dict]]:
+    """{run name: {temperature: held-out mean, its standard error, per-episode means}}."""
     rows: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for run in args.runs:
+        for run in runs:
             rows[run.name] = {}
-            for temperature in args.temperatures:
-                result = evaluate_run(run, num_tasks=args.num_tasks, output=Path(tmp) / "eval.json",
+            for temperature in temperatures:
+                result = evaluate_run(run, num_tasks=num_tasks, output=Path(tmp) / "eval.json",
                                       overrides=[f"rl2.eval_temperature={temperature}"])
                 rows[run.name][str(temperature)] = {
                     "mean_return": result["mean_return"],
@@ -51,23 +62,27 @@ def main() -> None:
                     "episode_return_means": result.get("episode_return_means"),
                 }
                 print(f"{run.name}  T={temperature:g}  {result['mean_return']:.2f}", flush=True)
+    return rows
+
+
+def write(runs: list[Path], temperatures: list[float], num_tasks: int, rows: dict, output: Path) -> None:
     summary = {}
-    for temperature in args.temperatures:
-        values = [rows[run.name][str(temperature)]["mean_return"] for run in args.runs]
+    for temperature in temperatures:
+        values = [rows[run.name][str(temperature)]["mean_return"] for run in runs]
         summary[str(temperature)] = {"mean": float(np.mean(values)), "ci95_t": t_interval(values)}
-    out = {"runs": {run.name: str(run) for run in args.runs}, "num_tasks": args.num_tasks, "per_run": rows,
+    out = {"runs": {run.name: str(run) for run in runs}, "num_tasks": num_tasks, "per_run": rows,
            "over_runs": summary}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.with_suffix(".json").write_text(json.dumps(out, indent=1))
-    head = "| temperature | " + " | ".join(run.name for run in args.runs) + " | mean [95 % t-interval] |"
-    lines = [head, "|" + "---|" * (len(args.runs) + 2)]
-    for temperature in args.temperatures:
-        cells = [f"{rows[run.name][str(temperature)]['mean_return']:.2f}" for run in args.runs]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(json.dumps(out, indent=1))
+    head = "| temperature | " + " | ".join(run.name for run in runs) + " | mean [95 % t-interval] |"
+    lines = [head, "|" + "---|" * (len(runs) + 2)]
+    for temperature in temperatures:
+        cells = [f"{rows[run.name][str(temperature)]['mean_return']:.2f}" for run in runs]
         lo, hi = summary[str(temperature)]["ci95_t"]
         lines.append(f"| {temperature:g} | " + " | ".join(cells)
                      + f" | {summary[str(temperature)]['mean']:.2f} [{lo:.2f}, {hi:.2f}] |")
     table = "\n".join(lines) + "\n"
-    args.output.with_suffix(".md").write_text(table)
+    output.with_suffix(".md").write_text(table)
     print(table)
 
 
