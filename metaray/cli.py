@@ -580,6 +580,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"metaray {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (`metaray eval RUN | head -1`): quietly,
+        with contextlib.suppress(OSError):  # as a shell tool; files were written before the printing
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as err:
         if not type(err).__module__.startswith("ray") or os.environ.get("METARAY_DEBUG"):
             raise

@@ -213,6 +213,19 @@ def test_every_rl2_memory_trains_and_evaluates_in_serial(tiny_config, tmp_path, 
         assert yaml.safe_load((run / "config.yaml").read_text())["rl2"].get("eval_temperature", 1.0) == 1.0
 
 
+def test_eval_into_a_closed_pipe_writes_its_file_and_exits_quietly(tiny_config, tmp_path):
+    """`metaray eval RUN | head -1`: the reader goes away before the last lines; the result file
+    is written and there is no traceback."""
+    run = tmp_path / "run"
+    assert train(tiny_config, run, "--iterations", "1") == 0
+    proc = subprocess.Popen([sys.executable, "-m", "metaray.cli", "eval", str(run), "--num-tasks", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # as `head` does once it has its line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err
+    assert json.loads((run / "eval.json").read_text())["num_tasks"] == 4
+
+
 def test_a_stopped_runs_clean_up_leaves_a_new_run_in_the_same_path_alone(tmp_path):
     """A run that failed before its first iteration removes its folder, but not a folder of the
     same path made since by another run (its folder was removed and the path reused)."""
