@@ -12,10 +12,12 @@ import argparse
 import json
 import math
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
+from metaray.bench.provenance import git_commit, machine, packages
 from metaray.cluster.checkpoint import CheckpointError
 from metaray.cluster.config import ConfigError
 from metaray.cluster.evaluation import evaluate_run
@@ -70,7 +72,8 @@ def write(runs: list[Path], temperatures: list[float], num_tasks: int, rows: dic
     for temperature in temperatures:
         values = [rows[run.name][str(temperature)]["mean_return"] for run in runs]
         summary[str(temperature)] = {"mean": float(np.mean(values)), "ci95_t": t_interval(values)}
-    out = {"runs": {run.name: str(run) for run in runs}, "num_tasks": num_tasks, "per_run": rows,
+    out = {**git_commit(), "machine": machine(), "packages": packages(), "date": time.strftime("%Y-%m-%d"),
+           "runs": {run.name: str(run) for run in runs}, "num_tasks": num_tasks, "per_run": rows,
            "over_runs": summary}
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps(out, indent=1))
