@@ -105,22 +105,22 @@ def started_selection(bench_dir: Path, suite: Suite) -> dict[str, list]:
     return {"runs": state.get("runs", [run.name for run in suite.runs]), "seeds": state.get("seeds", suite.seeds)}
 
 
-def concurrency_on_resume(bench_dir: Path, asked: int | None) -> int | None:
-    """The trials a resumed bench runs at once. A lower limit than the start's holds (the local
-    Ray instance is sized to it); a higher one does not: Ray Tune restores the experiment's trial
-    generator with the limit it started with, so asking for more is said in one line."""
+def concurrency_on_resume(bench_dir: Path, asked: int | None) -> tuple[int | None, bool]:
+    """(limit, restart): the trials a resumed bench runs at once, and whether Tune's experiment must
+    start afresh for it. A limit no higher than the start's holds on a restore (the local Ray
+    instance is sized to it); a higher one (cores or nodes were added) does not, since Ray Tune
+    restores the trial generator with the limit it started with: then a new experiment over the
+    same trials, as for another selection (finished trials stand, interrupted ones continue)."""
     state = _started_state(bench_dir)
-    if state is None:
-        if asked is not None:
-            print(f"metaray bench: --max-concurrent {asked}: on --resume only a limit no higher than the one "
-                  "this bench started with applies (Ray Tune keeps that one)", file=sys.stderr)
-        return asked
-    started = state["max_concurrent"]
-    if asked is None or started is None or asked <= started:
-        return started if asked is None else asked
-    print(f"metaray bench: --max-concurrent {asked} does not apply on --resume: this bench started with "
-          f"{started} and Ray Tune keeps that limit; running {started} at a time", file=sys.stderr)
-    return started
+    if asked is None:
+        return (None if state is None else state["max_concurrent"]), False
+    started = "an unrecorded limit" if state is None else state["max_concurrent"]
+    if started is None or (isinstance(started, int) and asked <= started):
+        return asked, False
+    print(f"metaray bench: --max-concurrent {asked} on --resume, more than this bench started with "
+          f"({started}): Tune's bookkeeping of it starts afresh so that {asked} run at a time; finished trials "
+          "stand, interrupted ones continue their run directories", file=sys.stderr)
+    return asked, True
 
 
 def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = False,
@@ -151,7 +151,10 @@ def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = 
         shutil.rmtree(tune_dir)
         restorable = False
     elif restorable:
-        max_concurrent = concurrency_on_resume(bench_dir, max_concurrent)
+        max_concurrent, restart = concurrency_on_resume(bench_dir, max_concurrent)
+        if restart:
+            shutil.rmtree(tune_dir)
+            restorable = False
     elif resume:
         done = sum(trial_paths(bench_dir, results_dir, t["run"], t["seed"])["result"].is_file() for t in suite.trials())
         print(f"metaray bench: resuming {ident} from its result files ({done} of {len(suite.trials())} trials "

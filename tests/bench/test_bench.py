@@ -216,20 +216,27 @@ def test_every_shipped_suite_validates_with_its_configs(suite):
     assert loaded.name == suite.stem and loaded.runs and loaded.seeds
 
 
-def test_a_resume_can_lower_the_concurrency_and_says_when_it_cannot_raise_it(tmp_path, capsys):
+def test_a_resume_can_lower_the_concurrency_and_raising_it_starts_tunes_bookkeeping_afresh(tmp_path, capsys):
     """Ray Tune restores an experiment's trial generator with the limit it started with: a lower
-    --max-concurrent on --resume holds (the interrupted-bench test checks it end to end), a higher
-    one is said in one line, never silently dropped."""
+    --max-concurrent on --resume holds on a restore (the interrupted-bench test checks it end to
+    end); a higher one (cores added) needs a new experiment over the same trials, said in one line,
+    never silently dropped (that path is the one the --only test takes end to end)."""
     from metaray.bench.runner import CONCURRENCY_FILE, concurrency_on_resume
 
     (tmp_path / CONCURRENCY_FILE).write_text(json.dumps({"max_concurrent": 2}))
-    assert concurrency_on_resume(tmp_path, None) == 2 and capsys.readouterr().err == ""
-    assert concurrency_on_resume(tmp_path, 1) == 1 and capsys.readouterr().err == ""
-    assert concurrency_on_resume(tmp_path, 3) == 2
-    assert capsys.readouterr().err.strip() == ("metaray bench: --max-concurrent 3 does not apply on --resume: this bench "
-                                               "started with 2 and Ray Tune keeps that limit; running 2 at a time")
+    assert concurrency_on_resume(tmp_path, None) == (2, False) and capsys.readouterr().err == ""
+    assert concurrency_on_resume(tmp_path, 1) == (1, False) and capsys.readouterr().err == ""
+    assert concurrency_on_resume(tmp_path, 2) == (2, False) and capsys.readouterr().err == ""
+    assert concurrency_on_resume(tmp_path, 3) == (3, True)
+    assert capsys.readouterr().err.strip() == (
+        "metaray bench: --max-concurrent 3 on --resume, more than this bench started with (2): Tune's bookkeeping "
+        "of it starts afresh so that 3 run at a time; finished trials stand, interrupted ones continue their run "
+        "directories")
     (tmp_path / CONCURRENCY_FILE).write_text(json.dumps({"max_concurrent": None}))  # started unlimited
-    assert concurrency_on_resume(tmp_path, 1) == 1 and capsys.readouterr().err == ""
+    assert concurrency_on_resume(tmp_path, 1) == (1, False) and capsys.readouterr().err == ""
+    (tmp_path / CONCURRENCY_FILE).unlink()  # a bench from before the limit was recorded
+    assert concurrency_on_resume(tmp_path, None) == (None, False)
+    assert concurrency_on_resume(tmp_path, 1) == (1, True) and "(an unrecorded limit)" in capsys.readouterr().err
 
 
 def test_a_bench_whose_runs_dir_was_lost_resumes_from_its_result_files(tmp_path):
@@ -289,11 +296,25 @@ def test_only_some_runs_and_seeds_train_now_and_a_plain_resume_trains_the_rest(t
     assert sorted(p.name for p in out.glob("*-seed*.json")) == ["greedy-seed0.json"]
     kept = (out / "greedy-seed0.json").read_bytes()
 
-    rest = subprocess.run(_bench(str(suite), "--resume", tmp=tmp_path), cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    rest = subprocess.run(_bench(str(suite), "--resume", "--max-concurrent", "1", tmp=tmp_path), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
     assert rest.returncode == 0, rest.stdout[-3000:] + rest.stderr[-3000:]
     assert f"resuming {out.name} over 4 trials" in rest.stderr
     assert "4/4 trials finished;" in rest.stdout
     assert sorted(p.name for p in out.glob("*-seed*.json")) == [
         "greedy-seed0.json", "greedy-seed1.json", "thompson-seed0.json", "thompson-seed1.json"]
     assert (out / "greedy-seed0.json").read_bytes() == kept
+
+    # cores were added: a resume asking more trials at once than the bench started with gets them
+    # (Tune's restore would keep 1); a trial whose result is missing trains, the others stand
+    lost = json.loads((out / "thompson-seed1.json").read_text())
+    (out / "thompson-seed1.json").unlink()
+    runs = _only("*", tmp_path / "runs" / "baselines")
+    wider = subprocess.run(_bench(str(suite), "--resume", "--max-concurrent", "2", tmp=tmp_path), cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+    assert wider.returncode == 0, wider.stdout[-3000:] + wider.stderr[-3000:]
+    assert "--max-concurrent 2 on --resume, more than this bench started with (1)" in wider.stderr
+    assert "4/4 trials finished;" in wider.stdout
+    assert json.loads((out / "thompson-seed1.json").read_text())["score"] == lost["score"]
+    assert (out / "greedy-seed0.json").read_bytes() == kept
+    assert json.loads((runs / "concurrency.json").read_text())["max_concurrent"] == 2
