@@ -27,8 +27,8 @@ R_random), mean over tasks, then mean ± std over seeds:
 - MAML-RL (upper bound: the true reward): configs/maml-trpo-point-nav.yaml for the same
   iterations, its return_post on the same test tasks (independent of K).
 
-Writes benchmarks/results/adversarial_point_nav.json and .png (--quick: under
-benchmarks/results/tmp/), prints a table.
+Writes adversarial_<family>.json and .png under benchmarks/results/adversarial_point_nav/<date>-<commit>/
+(--quick: under benchmarks/results/tmp/), prints a table.
 
     python benchmarks/adversarial_point_nav.py                      # 3 seeds, K 1 4 8, 200 iterations, 40 tasks
     python benchmarks/adversarial_point_nav.py --iterations 300 --seeds 0 1 2 3 --skip maml-rl
@@ -60,6 +60,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from rl2_duan import machine, metaray  # noqa: E402
 
+from metaray.bench.provenance import script_output  # noqa: E402
 from metaray.cluster.checkpoint import latest_checkpoint, load_checkpoint, read_progress  # noqa: E402
 from metaray.cluster.config import load_config  # noqa: E402
 from metaray.learner import adversarial as adv  # noqa: E402
@@ -410,7 +411,7 @@ def main() -> None:
     parser.add_argument("--serial", action="store_true", help="train without Ray (metaray train --serial)")
     parser.add_argument("--reuse", action="store_true", help="keep finished training runs of the same length")
     parser.add_argument("--quick", action="store_true", help="validation: 2 iterations, seed 0, K 1 4, 5 tasks, outputs in results/tmp")
-    parser.add_argument("--output", type=Path, help="JSON path (default results/adversarial_<family>.json; --quick: results/tmp/...)")
+    parser.add_argument("--output", type=Path, help="JSON path (default results/adversarial_point_nav/<date>-<commit>/adversarial_<family>.json; --quick: results/tmp/...)")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
                         help="train and evaluate nothing: combine these outputs of the same family, iterations and test "
                              "tasks (e.g. one per seed, run side by side) into one table, JSON and plot")
@@ -424,8 +425,9 @@ def main() -> None:
         if getattr(args, key) is None:
             setattr(args, key, value)
     run_root = RESULTS / ("tmp" if args.quick else "runs")
-    output = args.output or (RESULTS / "tmp" / f"{STEM}_quick.json" if args.quick else RESULTS / f"{STEM}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    output = args.output or (RESULTS / "tmp" / f"{STEM}_quick.json" if args.quick else None)  # None: the dated folder
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
     todo = [m for m in METHODS if m not in args.skip] if merged is None else [m for m in METHODS if m in merged["raw"]]
     base = BASE.algo_config()
     maml_run = load_config(ROOT / MAML_CONFIG, MAML_SETS)
@@ -589,6 +591,7 @@ def main() -> None:
         "checks": checks, "target": target, "methods": methods, "runs": runs,
         "wall_s": round(time.perf_counter() - wall_start, 1),
     }
+    output = output or script_output(__file__, f"{STEM}.json")
     output.write_text(json.dumps(result, indent=1) + "\n")
     title = (f"{FAMILY.name}, {args.eval_tasks} test tasks, {len(args.seeds)} seed(s), {args.iterations} iterations"
              f"{' (quick)' if args.quick else ''}")

@@ -7,7 +7,7 @@ value (post_std: learned with post_log_std fixed there) instead of the run's own
     python benchmarks/adversarial_sigma_probe.py --family halfcheetah-vel --eval-tasks 20 RUN_DIR
 
 Prints one line per run and log σ ("own": the run as trained) and writes
-benchmarks/results/adversarial_sigma_probe.json (or --output).
+benchmarks/results/adversarial_sigma_probe/<date>-<commit>/adversarial_sigma_probe.json (or --output).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import adversarial_point_nav as apn  # noqa: E402
 from rl2_duan import machine  # noqa: E402
 
+from metaray.bench.provenance import script_output  # noqa: E402
 from metaray.learner import adversarial as adv  # noqa: E402
 
 
@@ -51,7 +52,8 @@ def main() -> None:
     parser.add_argument("--family", choices=sorted(apn.SETUPS), default="point-nav")
     parser.add_argument("--log-stds", type=float, nargs="+", default=[-2.0, -3.0, -4.0, -20.0])
     parser.add_argument("--eval-tasks", type=int, default=40)
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "adversarial_sigma_probe.json")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="JSON path (default benchmarks/results/adversarial_sigma_probe/<date>-<commit>/adversarial_sigma_probe.json)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     apn.select(args.family)
@@ -68,6 +70,7 @@ def main() -> None:
             rows[str(value)] = score(*with_post_log_std(agent, config, value), args.eval_tasks)
             print(f"{run.name}: log σ {value}: score {rows[str(value)]['normalised_score']:.3f}", flush=True)
         out["runs"][run.name] = rows
+    args.output = args.output or script_output(__file__, "adversarial_sigma_probe.json")
     args.output.write_text(json.dumps(out, indent=1))
     print(f"wrote {args.output}")
 

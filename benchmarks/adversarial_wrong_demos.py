@@ -7,7 +7,7 @@ uses the demos, the score must fall. `adversarial_point_nav.py` runs this contro
 
     python benchmarks/adversarial_wrong_demos.py --family halfcheetah-vel --eval-tasks 20 RUN_DIR [RUN_DIR ...]
 
-Prints one line per run and writes benchmarks/results/adversarial_wrong_demos.json (or --output).
+Prints one line per run and writes benchmarks/results/adversarial_wrong_demos/<date>-<commit>/adversarial_wrong_demos.json (or --output).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metaray.bench.provenance import script_output
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import adversarial_point_nav as apn  # noqa: E402
@@ -31,7 +33,8 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--family", choices=sorted(apn.SETUPS), default="point-nav")
     parser.add_argument("--eval-tasks", type=int, default=40)
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "adversarial_wrong_demos.json")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="JSON path (default benchmarks/results/adversarial_wrong_demos/<date>-<commit>/adversarial_wrong_demos.json)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     apn.select(args.family)
@@ -51,6 +54,7 @@ def main() -> None:
         out["runs"][str(run_dir)] = row
         print(f"{run_dir.name}: own demos {row['own']['normalised_score']:.3f} ({row['own']['mean_return']:.1f}), "
               f"wrong demos {row['wrong']['normalised_score']:.3f} ({row['wrong']['mean_return']:.1f})", flush=True)
+    args.output = args.output or script_output(__file__, "adversarial_wrong_demos.json")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(out, indent=1))
     print(f"wrote {args.output}")

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import yaml
 
+from metaray.bench.provenance import script_output
+
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "benchmark-token-0123456789"
 
@@ -99,7 +101,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--procs", type=int, default=4)
     parser.add_argument("--push-size", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "grpc_push.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON path (default benchmarks/results/grpc_push/<date>-<commit>/grpc_push.json)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="metaray-grpc-bench-"))
@@ -174,6 +177,7 @@ def main() -> None:
     rc = result["run_counts"]
     result["counts_match"] = (accepted == rc["grpc_rollouts_accepted_total"]
                               == rc["grpc_rollouts_learned_total"] + rc["grpc_rollouts_stale_total"])
+    args.out = args.out or script_output(__file__, "grpc_push.json")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))

@@ -8,7 +8,7 @@ the true reward with the target velocity observed. The newest checkpoint's polic
 metaray/tasks/experts/halfcheetah-vel.safetensors with the training config and measured returns
 in its metadata. The evaluation runs the exported file the way adversarial imitation does
 (`HalfCheetahVelFamily.expert`, on envs that hide the target) on held-out test tasks, beside a
-zero-action and a uniform-random policy. Results: benchmarks/results/halfcheetah_vel_expert.json
+zero-action and a uniform-random policy. Results: benchmarks/results/halfcheetah_vel_expert/<date>-<commit>/halfcheetah_vel_expert.json
 and .png (learning curve and velocity tracking).
 """
 
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metaray.bench.provenance import script_output
 from metaray.cluster.checkpoint import load_checkpoint
 from metaray.cluster.evaluation import load_run
 from metaray.tasks import make_family
@@ -32,7 +33,6 @@ from metaray.tasks.experts import expert_path, load_expert, save_expert
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "expert-halfcheetah-vel.yaml"
 RUN = ROOT / "benchmarks" / "results" / "runs" / "expert-halfcheetah-vel"
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 def train(iterations: int | None) -> None:
@@ -127,7 +127,7 @@ def plot(result: dict) -> None:
     b.legend()
     b.set_title(f"held-out targets (mean return {result['summary']['expert']:.1f})")
     fig.tight_layout()
-    fig.savefig(RESULTS / "halfcheetah_vel_expert.png", dpi=100)
+    fig.savefig(script_output(__file__, "halfcheetah_vel_expert.png"), dpi=100)
 
 
 def main() -> None:
@@ -143,7 +143,7 @@ def main() -> None:
     result = evaluate(args.tasks)
     metadata = {k: v for k, v in metadata.items() if k != "config"}
     out = {"machine_date": time.strftime("%Y-%m-%d"), "expert": metadata, **result}
-    (RESULTS / "halfcheetah_vel_expert.json").write_text(json.dumps(out, indent=1) + "\n")
+    script_output(__file__, "halfcheetah_vel_expert.json").write_text(json.dumps(out, indent=1) + "\n")
     plot(out)
     print(json.dumps(out["summary"], indent=1))
 

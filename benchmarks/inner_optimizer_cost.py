@@ -9,7 +9,7 @@ line search, and the learned optimizer's own Adam step) for
 - lstm by autograd throughout (`closed_form: false`: the KL Hessian through the rule).
 Each variant starts from the same weights (the LSTM perturbed off its SGD-equal start, as after
 meta-training) and is timed as the median of `--repeats` updates. Writes
-benchmarks/results/inner_optimizer_cost.json.
+benchmarks/results/inner_optimizer_cost/<date>-<commit>/inner_optimizer_cost.json.
 
     python benchmarks/inner_optimizer_cost.py [--configs configs/maml-trpo-point-nav.yaml ...] [--repeats 3]
 """
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from rl2_duan import machine  # noqa: E402
 
-from metaray.bench.provenance import git_commit  # noqa: E402
+from metaray.bench.provenance import git_commit, script_output  # noqa: E402
 from metaray.cluster.config import load_config  # noqa: E402
 from metaray.learner import maml  # noqa: E402
 from metaray.networks import get_weights  # noqa: E402
@@ -92,11 +92,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["configs/maml-trpo-point-nav.yaml", "configs/maml-trpo-halfcheetah-vel.yaml"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "inner_optimizer_cost.json")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="JSON path (default benchmarks/results/inner_optimizer_cost/<date>-<commit>/inner_optimizer_cost.json)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "git": git_commit(ROOT), "torch_threads": 1,
            "configs": [measure(c, args.repeats) for c in args.configs]}
+    args.output = args.output or script_output(__file__, "inner_optimizer_cost.json")
     args.output.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps({c["config"]: (c["lstm_closed_form_speedup"], c["lstm_closed_form_over_sgd"]) for c in out["configs"]}))
 

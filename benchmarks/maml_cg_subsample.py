@@ -7,7 +7,7 @@ not all at initialisation) and each subsample fraction: the learner step's wall 
 `--repeats`), and what the step does: the cosine between its θ change and the full-batch step's,
 the surrogate improvement and KL it reaches, the line-search steps. The line search runs on every
 task for all fractions, so a poor direction shows as a smaller improvement, never as a KL breach.
-Writes benchmarks/results/maml_cg_subsample.json.
+Writes benchmarks/results/maml_cg_subsample/<date>-<commit>/maml_cg_subsample.json.
 
     python benchmarks/maml_cg_subsample.py --batches 3 --threads 2
 """
@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+
+from metaray.bench.provenance import script_output
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -99,7 +101,7 @@ def main() -> None:
         }
     out = {"date": time.strftime("%Y-%m-%d"), "commit": commit(), "machine": machine(), "threads": args.threads,
            "config": args.config, "batches": args.batches, "rows": rows, "summary": summary}
-    path = ROOT / "benchmarks" / "results" / "maml_cg_subsample.json"
+    path = script_output(__file__, "maml_cg_subsample.json")
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
     print(f"wrote {path}")

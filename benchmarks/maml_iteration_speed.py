@@ -6,7 +6,7 @@ the machine hit both; the older commit runs from a git worktree (`git worktree a
 venv, its own sources first on PYTHONPATH. Per side: the median wall time of an iteration
 (the first of each run left out: Ray start-up, first weights), of its sampling phase and of
 its learner step, from the runs' progress.jsonl. Writes
-benchmarks/results/maml_iteration_speed.json.
+benchmarks/results/maml_iteration_speed/<date>-<commit>/maml_iteration_speed_vs_<old>.json.
 
     python benchmarks/maml_iteration_speed.py --old d6b6647 --iterations 4 --rounds 2
 """
@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from metaray.bench.provenance import script_output
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -78,7 +80,7 @@ def main() -> None:
               "old_commit": args.old, "new_commit": commit(), "iterations_per_run": args.iterations, "rounds": args.rounds,
               "old": summary(sides["old"]), "new": summary(sides["new"])}
     result["speedup"] = round(result["old"]["iteration_s_median"] / result["new"]["iteration_s_median"], 2)
-    path = ROOT / "benchmarks" / "results" / "maml_iteration_speed.json"
+    path = script_output(__file__, f"maml_iteration_speed_vs_{args.old}.json")
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
     print(f"wrote {path}")

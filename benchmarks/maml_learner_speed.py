@@ -7,7 +7,7 @@ Compares, on real data (20 tasks x 20 episodes x horizon 100, 64x64 tanh, second
   surrogate, KL and every Hessian-vector product loop over tasks), same CG and line search;
 - the meta-gradient alone: vmapped over tasks vs a per-task Python loop (pytorch-maml-rl's
   structure), and the largest difference between the two gradients.
-Writes benchmarks/results/maml_learner_speed.json.
+Writes benchmarks/results/maml_learner_speed/<date>-<commit>/maml_learner_speed_threads<N>.json.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from metaray.bench.provenance import script_output
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -132,8 +134,7 @@ def main() -> None:
         "tasks": config.meta_batch_size, "episodes_per_task": config.episodes_per_task, "horizon": 100,
         "torch_threads": args.threads, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
     }
-    name = "maml_learner_speed" + ("" if args.threads == 1 else f"_threads{args.threads}")
-    (ROOT / "benchmarks" / "results" / f"{name}.json").write_text(json.dumps(row, indent=1) + "\n")
+    script_output(__file__, f"maml_learner_speed_threads{args.threads}.json").write_text(json.dumps(row, indent=1) + "\n")
     print(json.dumps(row))
 
 

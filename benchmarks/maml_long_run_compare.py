@@ -2,10 +2,10 @@
 pytorch-maml-rl's, same config and seed, run on the same machine (not in one command: the peer
 alone takes about 50 minutes for 500 iterations).
 
-Inputs: metaray's curve from benchmarks/results/maml_runs.json (`python benchmarks/maml_run.py
+Inputs: metaray's curve from the newest benchmarks/results/maml_run/*/maml_runs.json holding it (`python benchmarks/maml_run.py
 --iterations 500`), the peer's per-iteration JSON lines from benchmarks/peer/run_pytorch_maml_rl.py
 (`--iterations 500 --seed 0 --num-workers 2`, OMP_NUM_THREADS=1). Writes
-benchmarks/results/maml_vs_pytorch_maml_rl_it500_seed0.json and .png with window means.
+benchmarks/results/maml_long_run_compare/<date>-<commit>/maml_vs_pytorch_maml_rl_it500_seed0.json and .png with window means.
 
     python benchmarks/maml_long_run_compare.py --peer benchmarks/results/tmp/pytorch-maml-rl-it500-seed0.jsonl
 """
@@ -17,6 +17,8 @@ import json
 import statistics
 import time
 from pathlib import Path
+
+from metaray.bench.provenance import script_output
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -36,9 +38,13 @@ def main() -> None:
     parser.add_argument("--peer", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    runs = json.loads((RESULTS / "maml_runs.json").read_text())
-    ours = next(r for r in runs if r["config"] == "configs/maml-trpo-point-nav.yaml" and r["iterations"] == 500
-                and r["seed"] == args.seed)
+    stores = sorted(RESULTS.glob("maml_run/*/maml_runs.json"), key=lambda p: p.parent.name[:10], reverse=True)
+    ours = next((r for store in stores for r in json.loads(store.read_text())
+                 if r["config"] == "configs/maml-trpo-point-nav.yaml" and r["iterations"] == 500 and r["seed"] == args.seed),
+                None)
+    if ours is None:
+        raise SystemExit(f"no 500-iteration point-nav run of seed {args.seed} in {RESULTS}/maml_run/*/maml_runs.json: "
+                         f"run python benchmarks/maml_run.py --iterations 500 --seed {args.seed} first")
     curve = {"metaray": ([c["return_pre"] for c in ours["curve"]], [c["return_post"] for c in ours["curve"]])}
     rows = [json.loads(line) for line in args.peer.read_text().splitlines()]
     rows = [r for r in rows if "iteration" in r and "return_after" in r]
@@ -52,7 +58,8 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
     }
     name = f"maml_vs_pytorch_maml_rl_it500_seed{args.seed}"
-    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    output = script_output(__file__, f"{name}.json")
+    output.write_text(json.dumps(report, indent=1) + "\n")
 
     import matplotlib
 
@@ -67,7 +74,7 @@ def main() -> None:
            title=f"MAML-TRPO 2D navigation, seed {args.seed}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(RESULTS / f"{name}.png", dpi=100)
+    fig.savefig(output.with_suffix(".png"), dpi=100)
     print(json.dumps({k: v for k, v in report.items() if k != "curves"}, indent=1))
 
 

@@ -1,7 +1,8 @@
 """A MAML-RL training run: time per meta-iteration and pre/post-adaptation returns.
 
 Runs `metaray train` (local Ray, 2 rollout workers + learner) on a config for N meta-iterations,
-then `metaray eval` on held-out tasks, and writes benchmarks/results/maml_runs.json.
+then `metaray eval` on held-out tasks, and adds a row to benchmarks/results/maml_run/<date>-<commit>/maml_runs.json
+(the runs of one commit together).
 
     python benchmarks/maml_run.py --config configs/maml-trpo-point-nav.yaml --iterations 20
 """
@@ -15,6 +16,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from metaray.bench.provenance import script_output
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -54,7 +57,7 @@ def main() -> None:
         "test_return_post": round(result["return_post"], 2),
         "date": time.strftime("%Y-%m-%d"), "machine": machine(),
     }
-    store = RESULTS / "maml_runs.json"
+    store = script_output(__file__, "maml_runs.json")
     data = json.loads(store.read_text()) if store.exists() else []
     data = [d for d in data if (d["config"], d["seed"], d["iterations"], d["mode"]) !=
             (row["config"], row["seed"], row["iterations"], row["mode"])] + [row]

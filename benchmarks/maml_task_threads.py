@@ -7,7 +7,7 @@ Variants: 1 thread; 2 intra-op threads with the line search over all tasks stack
 before the change); 2 intra-op threads, every group in turn; 2 threads as task groups side by
 side (now). Times (medians): the KL Hessian-vector product over the `cg_subsample` of tasks (what
 conjugate gradient calls ten times per update), the line search's objective, the whole update.
-Checks that every variant gives the same product. Writes benchmarks/results/maml_task_threads.json.
+Checks that every variant gives the same product. Writes benchmarks/results/maml_task_threads/<date>-<commit>/maml_task_threads.json.
 
     python benchmarks/maml_task_threads.py --repeats 5
 """
@@ -29,6 +29,8 @@ from unittest import mock
 import numpy as np
 import torch
 import yaml
+
+from metaray.bench.provenance import script_output
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -132,7 +134,7 @@ def main() -> None:
     out = {"date": time.strftime("%Y-%m-%d"), "commit": commit(), "machine": machine(), "config": args.config,
            "tasks": config.meta_batch_size, "hessian_tasks": len(kl.hessian_groups), "repeats": args.repeats,
            "conditions": out_rows}
-    path = ROOT / "benchmarks" / "results" / "maml_task_threads.json"
+    path = script_output(__file__, "maml_task_threads.json")
     path.write_text(json.dumps(out, indent=1) + "\n")
     for condition, by_name in out_rows.items():
         for name, r in by_name.items():

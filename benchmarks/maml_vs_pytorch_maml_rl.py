@@ -12,7 +12,8 @@ one after the other so neither competes with the other for the 2 cores:
 
 Reports seconds per meta-iteration (median), the ratio, and the mean pre/post-adaptation return
 over the meta-batch's tasks (both measure it on the training tasks of each iteration) at the end;
-writes benchmarks/results/maml_vs_pytorch_maml_rl.json and .png.
+writes benchmarks/results/maml_vs_pytorch_maml_rl/<date>-<commit>/maml_vs_pytorch_maml_rl_it<N>_seed<S>[_threads<A>-peer<B>].json
+and .png (A, B: the learner threads of metaray and of pytorch-maml-rl, when not 1 and 1).
 
     python benchmarks/maml_vs_pytorch_maml_rl.py --iterations 100 --peer-dir benchmarks/peer/build
 """
@@ -27,6 +28,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from metaray.bench.provenance import script_output
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -150,9 +153,10 @@ def main() -> None:
     }
     name = f"maml_vs_pytorch_maml_rl_it{args.iterations}_seed{args.seed}"
     if (args.learner_threads, peer_threads) != (1, 1):
-        name += f"_lt{args.learner_threads}-{peer_threads}"
-    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
-    plot(results, RESULTS / f"{name}.png")
+        name += f"_threads{args.learner_threads}-peer{peer_threads}"
+    output = script_output(__file__, f"{name}.json")
+    output.write_text(json.dumps(report, indent=1) + "\n")
+    plot(results, output.with_suffix(".png"))
     print(json.dumps({k: v for k, v in report.items() if k != "per_iteration"}, indent=1))
 
 

@@ -3,7 +3,7 @@
 For each algorithm: `metaray train` its ML1 config (local Ray, 2 workers) with the overrides
 below, then `metaray eval` on the test split (held-out goals), and once more on the first
 checkpoint, so the table shows success before and after meta-training on the same test tasks.
-Writes benchmarks/results/metaworld_ml1_<env>.json and .png (training success per iteration).
+Writes benchmarks/results/metaworld_quality/<date>-<commit>/metaworld_ml1_<env>.json and .png (training success per iteration).
 
     python benchmarks/metaworld_quality.py --env reach-v3 --maml-iterations 30 --rl2-iterations 60
 
@@ -25,6 +25,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from metaray.bench.provenance import script_output
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -113,7 +115,7 @@ def main() -> None:
             results.append(run(algo, args.env, iterations, seed, args.eval_tasks))
             print(json.dumps({k: results[-1][k] for k in ("algo", "seed", "train_wall_s", "eval_first_checkpoint",
                                                           "eval_final")}), flush=True)
-    stem = RESULTS / f"metaworld_ml1_{args.env}"
+    stem = script_output(__file__, f"metaworld_ml1_{args.env}.json")
     stem.with_suffix(".json").write_text(json.dumps(
         {"env": args.env, "date": time.strftime("%Y-%m-%d"), "machine": machine(), "runs": results}, indent=1) + "\n")
     plot(results, args.env, stem.with_suffix(".png"))

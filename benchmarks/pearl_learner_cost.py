@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from metaray.bench.provenance import script_output
 from metaray.cluster.config import load_config
 from metaray.learner import pearl
 from metaray.tasks import make_family
@@ -26,7 +27,8 @@ def main() -> None:
     parser.add_argument("config")
     parser.add_argument("--steps", type=int, default=50, help="gradient steps per timed block")
     parser.add_argument("--repeats", type=int, default=3, help="blocks per precision, alternating")
-    parser.add_argument("--output", type=Path, default=None, help="write the result as JSON here")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="JSON path (default benchmarks/results/pearl_learner_cost/<date>-<commit>/pearl_learner_cost_<config>.json)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = load_config(args.config)
@@ -59,8 +61,8 @@ def main() -> None:
     }
     print(f"{args.config}: fp32 {best['fp32'] * 1e3:.1f} ms / step, bf16 {best['bf16'] * 1e3:.1f} ms / step "
           f"({result['bf16_speedup']:.2f}x)")
-    if args.output:
-        args.output.write_text(json.dumps(result, indent=1))
+    output = args.output or script_output(__file__, f"pearl_learner_cost_{Path(args.config).stem}.json")
+    output.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

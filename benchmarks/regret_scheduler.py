@@ -5,7 +5,7 @@ seed, once with `scheduler.strategy: uniform` and once with `regret` (the script
 antagonist), then evaluates both with `metaray eval` on the same held-out tasks: the test split
 (goals in [-0.5, 0.5]^2) and an out-of-distribution ring (max(|x|, |y|) in [0.5, 0.7]). Reports
 the mean post-adaptation return and the mean over the worst 10% of tasks (CVaR 10%).
-Writes benchmarks/results/regret_scheduler.json and .png.
+Writes benchmarks/results/regret_scheduler/<date>-<commit>/regret_scheduler.json and .png.
 
     python benchmarks/regret_scheduler.py --iterations 60 --seeds 0 1
 """
@@ -23,6 +23,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from metaray.bench.provenance import script_output
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -90,7 +92,7 @@ def main() -> None:
         for strategy in ("uniform", "regret"):
             results.append(run(strategy, seed, args.iterations, args.eval_tasks))
             print(json.dumps(results[-1]), flush=True)
-    out = RESULTS / "regret_scheduler.json"
+    out = script_output(__file__, "regret_scheduler.json")
     out.write_text(json.dumps({"config": CONFIG, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
                                "ring": RING, "runs": results}, indent=1) + "\n")
     plot(results, out.with_suffix(".png"))

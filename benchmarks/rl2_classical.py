@@ -14,7 +14,7 @@ Gittins' index is its infinite-horizon discounted counterpart). Tabular MDPs (re
 N(N(1, 1), 1), transitions Dirichlet(1), episodes of fixed length from state 0): random,
 posterior-mean greedy planning, and PSRL (posterior sampling, one MDP drawn per episode and
 solved by finite-horizon value iteration). Both Bayesian agents use the family's true prior.
-Results go to benchmarks/results/rl2_classical.json (one entry per config). The algorithms live
+Results go to benchmarks/results/rl2_classical/<date>-<commit>/rl2_classical.json (one entry per config). The algorithms live
 in the library (metaray/tasks/classical.py; one at a time: `metaray baseline CONFIG NAME`, or a
 suite run with `baseline: NAME`); this runs them all on a config in one go.
 """
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from metaray.bench.provenance import script_output
 from metaray.cluster.config import load_config
 from metaray.tasks import make_family, make_vector_env
 from metaray.tasks.classical import (
@@ -101,7 +102,7 @@ def main() -> None:
     parser.add_argument("configs", nargs="+", type=Path, help="RL² bandit / tabular-mdp configs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the baselines' own randomness")
     args = parser.parse_args()
-    store = RESULTS / "rl2_classical.json"
+    store = script_output(__file__, "rl2_classical.json")
     rows = json.loads(store.read_text()) if store.exists() else []
     for path in args.configs:
         row = evaluate_config(path, args.seed)

@@ -2,7 +2,8 @@
 
 Each (benchmark, seed) is a real `metaray train` run in local Ray mode (2 rollout workers and a
 learner on this machine), then `metaray eval` on held-out test tasks. Results are appended to
-benchmarks/results/rl2_duan.json as they finish; the Markdown table is rebuilt from it.
+benchmarks/results/rl2_duan/<date>-<commit>/rl2_duan.json as they finish; the Markdown table (rl2_duan.md beside it)
+is rebuilt from every commit's rows, the newest row of a (bench, seed) winning.
 
     python benchmarks/rl2_duan.py --bench bandit-n10-k5 --seeds 0 1 2
     python benchmarks/rl2_duan.py --table   # rebuild the table only
@@ -20,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from metaray.bench import provenance
+from metaray.bench.provenance import merged_rows, script_output
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -107,9 +109,7 @@ def evaluate(bench: str, seed: int, run_dir: Path, serial: bool, command_s: floa
 
 def classical_results() -> dict[str, dict]:
     """config path -> measured classical baselines (benchmarks/rl2_classical.py), if run."""
-    store = RESULTS / "rl2_classical.json"
-    rows = json.loads(store.read_text()) if store.exists() else []
-    return {r["config"]: r["results"] for r in rows}
+    return {r["config"]: r["results"] for r in merged_rows("rl2_classical", "rl2_classical.json", lambda r: r["config"])}
 
 
 def write_table(rows: list[dict]) -> str:
@@ -140,7 +140,7 @@ def write_table(rows: list[dict]) -> str:
     lines.append("")
     lines.append(f"Machine: {'; '.join(machines)}. Dates: {', '.join(sorted({r['date'] for r in rows}))}.")
     text = "\n".join(lines) + "\n"
-    (RESULTS / "rl2_duan.md").write_text(text)
+    script_output(__file__, "rl2_duan.md").write_text(text)
     return text
 
 
@@ -156,23 +156,26 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every run (as `metaray train --set`)")
     args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    store = RESULTS / "rl2_duan.json"
-    rows = json.loads(store.read_text()) if store.exists() else []
+    def bench_seed(r: dict) -> tuple:
+        return r["bench"], r["seed"]
+
+    store = None  # this commit's rows: benchmarks/results/rl2_duan/<date>-<commit>/rl2_duan.json
     if not args.table:
         for bench in args.bench or list(BENCHES):
             for seed in args.seeds:
                 row = run_one(bench, seed, args.iterations, args.serial, args.eval_only,
                               args.runs_dir.expanduser(), tuple(args.overrides))
+                store = store or script_output(__file__, "rl2_duan.json")
                 rows = json.loads(store.read_text()) if store.exists() else []  # other runs may have written
                 if args.eval_only:
-                    old = next((r for r in rows if (r["bench"], r["seed"]) == (bench, seed)), {})
+                    earlier = {bench_seed(r): r for r in merged_rows(__file__, "rl2_duan.json", bench_seed)}
+                    old = earlier.get((bench, seed), {})
                     # the run's own facts (how and on what it trained) stay; the evaluation is new
                     row = {**old, **{k: v for k, v in row.items() if v is not None and not (old and k == "mode")}}
                 print(json.dumps(row), flush=True)
                 rows = [r for r in rows if (r["bench"], r["seed"]) != (bench, seed)] + [row]
                 store.write_text(json.dumps(rows, indent=1) + "\n")
-    print(write_table(rows))
+    print(write_table(merged_rows(__file__, "rl2_duan.json", bench_seed)))
 
 
 if __name__ == "__main__":

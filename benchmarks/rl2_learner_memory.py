@@ -14,7 +14,7 @@ its private memory (/proc/self/smaps_rollup Private_Clean + Private_Dirty) after
 - mmap_threshold: before + MALLOC_MMAP_THRESHOLD_=131072 (fixed threshold: large temporaries
   are mmapped and given back on free instead of staying in the heap).
 
-Writes benchmarks/results/rl2_learner_memory.json (start / end / min / max / slope per variant).
+Writes benchmarks/results/rl2_learner_memory/<date>-<commit>/rl2_learner_memory.json (start / end / min / max / slope per variant).
 
     python benchmarks/rl2_learner_memory.py --updates 300
 """
@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from metaray.bench.provenance import script_output
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -112,7 +114,7 @@ def main() -> None:
         report["variants"][variant] = {"env": VARIANTS[variant], **summarize(series), "series": series}
         print(variant, {k: v for k, v in report["variants"][variant].items() if k != "series"}, flush=True)
     report["date"] = time.strftime("%Y-%m-%d")
-    (RESULTS / "rl2_learner_memory.json").write_text(json.dumps(report, indent=1) + "\n")
+    script_output(__file__, "rl2_learner_memory.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ policy-lag distribution.
 Runs `metaray train` (local Ray) on the same config with `--workers 1` and `--workers 2`, one
 after the other, and reads their progress rows: env steps/s (median over the iterations after
 the first), the scaling ratio, and for RL² the per-batch policy lag. Writes
-benchmarks/results/runtime_scaling.json.
+benchmarks/results/runtime_scaling/<date>-<commit>/runtime_scaling.json.
 
     python benchmarks/runtime_scaling.py --config configs/quickstart.yaml --iterations 60
     python benchmarks/runtime_scaling.py --config configs/maml-trpo-point-nav.yaml --iterations 15
@@ -20,6 +20,8 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+
+from metaray.bench.provenance import script_output
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -62,7 +64,7 @@ def main() -> None:
     row = {"config": args.config, "one_worker": one, "two_workers": two,
            "scaling_ratio": round(two["env_steps_per_s"] / one["env_steps_per_s"], 2),
            "date": time.strftime("%Y-%m-%d"), "machine": machine()}
-    store = RESULTS / "runtime_scaling.json"
+    store = script_output(__file__, "runtime_scaling.json")
     data = json.loads(store.read_text()) if store.exists() else []
     data = [d for d in data if d["config"] != args.config] + [row]
     store.write_text(json.dumps(data, indent=1) + "\n")

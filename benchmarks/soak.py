@@ -7,7 +7,7 @@ SIGTERM (checkpoint, exit). Reports each role's RSS and private (unshared) memor
 and end, the slope of a least-squares line over the second half of the samples (MiB per
 hour; after warm-up) and the lowest value in each 5-minute window after 3 minutes of warm-up (a
 leak raises this floor; memory the allocator frees and reuses only swings above it); only the run's own processes are sampled (descendants of its driver); and
-writes benchmarks/results/soak.json and soak.png.
+writes benchmarks/results/soak/<date>-<commit>/soak[_NAME].json and .png.
 
     python benchmarks/soak.py --config configs/quickstart.yaml --minutes 30
     python benchmarks/soak.py --attach DRIVER_PID --run-dir RUN_DIR --minutes 30 --name hcv   # a run already going
@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from metaray.bench.provenance import script_output
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -167,7 +169,8 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"), "machine": machine(),
     }
     stem = f"soak_{args.name}" if args.name else "soak"
-    (RESULTS / f"{stem}.json").write_text(json.dumps({**report, "series": samples}, indent=1) + "\n")
+    output = script_output(__file__, f"{stem}.json")
+    output.write_text(json.dumps({**report, "series": samples}, indent=1) + "\n")
 
     import matplotlib
 
@@ -180,7 +183,7 @@ def main() -> None:
     ax.set(xlabel="minutes", ylabel="RSS (MiB)", title=f"soak: {config}, {report['iterations']} iterations")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(RESULTS / f"{stem}.png", dpi=100)
+    fig.savefig(output.with_suffix(".png"), dpi=100)
     print(json.dumps(report, indent=1))
 
 

@@ -24,7 +24,7 @@ runs, so every one of them pays the same resets.
    with the project's configs: RL2Sampler.sample on bandit and tabular-mdp, MAMLSampler.collect on
    point-nav (one worker's share of the meta-batch); plus the bare vector env with pre-drawn actions.
 
-Writes benchmarks/results/speed_suite.json and speed_suite.png, prints a table.
+Writes speed_suite.json and .png under benchmarks/results/speed_suite/<date>-<commit>/, prints a table.
 
     python benchmarks/speed_suite.py                       # 20 s per measurement, about 8 minutes
     python benchmarks/speed_suite.py --seconds 5 --skip-rllib
@@ -48,6 +48,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from metaray.bench.provenance import latest_output, script_output
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -664,8 +666,7 @@ def run_maml(args: argparse.Namespace) -> dict[str, Any]:
     for threads in (1, 2):
         cmd = [sys.executable, "benchmarks/maml_learner_speed.py", "--threads", str(threads)]
         subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
-        name = "maml_learner_speed" + ("" if threads == 1 else f"_threads{threads}")
-        row = json.loads((RESULTS / f"{name}.json").read_text())
+        row = json.loads(latest_output("maml_learner_speed", f"maml_learner_speed_threads{threads}.json").read_text())
         out[f"learner_threads{threads}"] = {k: row[k] for k in (
             "update_closed_form_s", "update_loop_s", "update_vmapped_autograd_s", "update_loop_over_closed_form",
             "update_speedup", "meta_gradient_vmapped_s", "meta_gradient_loop_s")} | {"command": " ".join(cmd[1:])}
@@ -673,7 +674,8 @@ def run_maml(args: argparse.Namespace) -> dict[str, Any]:
         cmd = [sys.executable, "benchmarks/maml_vs_pytorch_maml_rl.py", "--iterations", str(args.maml_iterations),
                "--peer-dir", str(args.peer_dir), "--learner-threads", "2", "--peer-learner-threads", "1"]
         subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
-        row = json.loads((RESULTS / f"maml_vs_pytorch_maml_rl_it{args.maml_iterations}_seed0_lt2-1.json").read_text())
+        row = json.loads(latest_output("maml_vs_pytorch_maml_rl",
+                                       f"maml_vs_pytorch_maml_rl_it{args.maml_iterations}_seed0_threads2-peer1.json").read_text())
         out["vs_pytorch_maml_rl"] = {"command": " ".join(cmd[1:]), "speedup_iteration": row["speedup_iteration"],
                                      "speedup_sampling": row["speedup_sampling"], "speedup_learner": row["speedup_learner"],
                                      "iteration_s_median": {k: v["iteration_s_median"] for k, v in row["summary"].items()}}
@@ -773,11 +775,11 @@ def main() -> None:
         "measurements": measurements, "ratios": ratio_row,
         **({"maml": maml_rows} if maml_rows is not None else {}),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "speed_suite.json").write_text(json.dumps(row, indent=1) + "\n")
-    plot(measurements, ratio_row, RESULTS / "speed_suite.png", f"metaray sampling speed, {row['date']}, {row['machine']}")
+    output = script_output(__file__, "speed_suite.json")
+    output.write_text(json.dumps(row, indent=1) + "\n")
+    plot(measurements, ratio_row, output.with_suffix(".png"), f"metaray sampling speed, {row['date']}, {row['machine']}")
     print(table(measurements, ratio_row))
-    print(f"wrote {RESULTS / 'speed_suite.json'} and speed_suite.png")
+    print(f"wrote {output} and speed_suite.png")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 Before background restarts (issue 25, item 7) a restart's backoff blocked the driver and the
 healthy workers idled: iterations took 28-72 s instead of ~2 s. Reports the iteration times of
 the run (median, 90th percentile, max), the restarts and re-queued tasks, and writes them to
-`--output` (default benchmarks/results/worker_kills/latest.json).
+`--output` (default benchmarks/results/worker_kills/<date>-<commit>/worker_kills.json).
 
     python benchmarks/worker_kills.py --config configs/maml-trpo-point-nav.yaml --iterations 40 --every 8
 """
@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from metaray.bench.provenance import script_output
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -62,7 +64,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/maml-trpo-point-nav.yaml")
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--every", type=float, default=8.0, help="seconds between kills")
-    parser.add_argument("--output", type=Path, default=RESULTS / "worker_kills" / "latest.json")
+    parser.add_argument("--output", type=Path, default=None, help="JSON path (default: the dated folder)")
     args = parser.parse_args()
     run = Path(tempfile.mkdtemp(prefix="worker-kills-")) / "run"
     cmd = [sys.executable, "-m", "metaray.cli", "train", args.config, "--run-dir", str(run), "--iterations",
@@ -94,6 +96,7 @@ def main() -> None:
         "iteration_s_max": float(per_iteration.max()), "wall_time_s": walls[-1],
         "raylet_lines_on_display": out.count("(raylet)"), "machine": machine(),
     }
+    args.output = args.output or script_output(__file__, "worker_kills.json")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))

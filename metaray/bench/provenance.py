@@ -6,9 +6,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
+import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +77,57 @@ def config_hash(resolved: dict[str, Any]) -> str:
     """sha256 of the resolved config (keys sorted): equal hashes, equal settings."""
     text = yaml.safe_dump(resolved, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+RESULTS_ROOT = SOURCE / "benchmarks" / "results"
+PROVENANCE_FILE = "provenance.json"
+
+
+def results_tag(code: dict[str, Any] | None = None) -> str:
+    """`<date>-<commit>[-dirty]`: the folder a day's results of one commit go to (bench and scripts)."""
+    code = code if code is not None else git_commit()
+    return f"{time.strftime('%Y-%m-%d')}-{code['commit'] or 'nogit'}{'-dirty' if code['dirty'] else ''}"
+
+
+def script_output(script: str | Path, name: str, root: Path | None = None) -> Path:
+    """The path a benchmark script writes its output `name` to:
+    `benchmarks/results/<script>/<date>-<commit>[-dirty]/<name>`, the layout `metaray bench` uses, so
+    every number names the code that produced it. The folder's provenance.json gains this
+    invocation (command, commit, machine, packages, time), written before the output is."""
+    stem = Path(script).stem
+    code = git_commit()
+    folder = (root or RESULTS_ROOT) / stem / results_tag(code)
+    folder.mkdir(parents=True, exist_ok=True)
+    record_path = folder / PROVENANCE_FILE
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {
+        "script": f"benchmarks/{stem}.py", **code, "outputs": []}
+    record["outputs"].append({
+        "file": name, "command": shlex.join(["python", f"benchmarks/{stem}.py", *sys.argv[1:]]),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "packages": packages()})
+    tmp = record_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(record_path)
+    return folder / name
+
+
+def latest_output(script: str | Path, name: str, root: Path | None = None) -> Path:
+    """The newest `<script>/<date>-<commit>/<name>` under the results (what a script that reads
+    another's output takes); FileNotFoundError naming the command that writes it."""
+    stem = Path(script).stem
+    found = sorted((root or RESULTS_ROOT).glob(f"{stem}/*/{name}"), key=lambda p: (p.parent.name[:10], p.stat().st_mtime))
+    if not found:
+        raise FileNotFoundError(f"no {name} of benchmarks/{stem}.py under {root or RESULTS_ROOT}: run it first")
+    return found[-1]
+
+
+def merged_rows(script: str | Path, name: str, key: Callable[[dict], Any], root: Path | None = None) -> list[dict]:
+    """The rows of every `<script>/<date>-<commit>/<name>` (a JSON list a script adds rows to),
+    oldest folder first, a later row replacing an earlier one with the same key: the current
+    table across commits, each row still in the folder of the code that produced it."""
+    stem = Path(script).stem
+    rows: dict[Any, dict] = {}
+    for store in sorted((root or RESULTS_ROOT).glob(f"{stem}/*/{name}"), key=lambda p: (p.parent.name[:10], p.stat().st_mtime)):
+        for row in json.loads(store.read_text()):
+            rows.pop(key(row), None)
+            rows[key(row)] = row
+    return list(rows.values())

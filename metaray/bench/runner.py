@@ -15,11 +15,10 @@ import math
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from metaray.bench.provenance import git_commit
+from metaray.bench.provenance import results_tag
 from metaray.bench.report import write_report
 from metaray.bench.suite import Suite, SuiteError, require_bench_extra
 from metaray.bench.trial import trial_paths, tune_trainable
@@ -27,9 +26,7 @@ from metaray.cluster.runtime import RayRuntime
 
 
 def bench_id() -> str:
-    code = git_commit()
-    tag = (code["commit"] or "nogit") + ("-dirty" if code["dirty"] else "")
-    return f"{time.strftime('%Y-%m-%d')}-{tag}"
+    return results_tag()
 
 
 def _comparable(suite: Suite) -> dict[str, Any]:
