@@ -7,7 +7,8 @@ Separates what evaluation changes (the context it accumulates, mean actions) fro
 
 from __future__ import annotations
 
-import sys
+import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,4 +43,6 @@ def main(run: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="a PEARL run directory with a checkpoint")
+    main(str(parser.parse_args().run_dir))
