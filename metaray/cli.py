@@ -423,6 +423,10 @@ def _new_run_dir(args: argparse.Namespace, config: RunConfig) -> Path:
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops the run like Ctrl-C, at a clean point with a checkpoint. Further SIGTERMs
+    are ignored from then on (SIGKILL still forces): they come in pairs (a bench trial's parent
+    stopping it, then dying) and a second one used to cut the checkpoint off half-written."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
 
 

@@ -162,6 +162,10 @@ def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = 
         num_cpus = None
         if address is None:  # Ray starts its workers at niceness 15: a trial would yield to any other
             os.environ.setdefault("RAY_worker_niceness", "0")  # process; a bench measures wall times
+            # a stopped trial's `metaray train` must outlive its actor long enough to write its
+            # checkpoint (it gets SIGTERM when the actor dies): Ray's default SIGKILLs a worker's
+            # children on exit, which lost the iterations since the last periodic checkpoint
+            os.environ.setdefault("RAY_kill_child_processes_on_worker_exit", "0")
             if max_concurrent:  # a local instance only as large as the trials allowed at once: the
                 # limit then holds after Tuner.restore too, which forgets max_concurrent_trials
                 num_cpus = math.ceil(max_concurrent * max(run.cpus for run in suite.runs))

@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from metaray.cluster.checkpoint import latest_checkpoint, read_progress
 
 SCHEMA_VERSION = 1
 _POLL_S = 5.0
+_STOP_WAIT_S = 300.0  # a checkpoint of a large replay buffer takes a while
 
 
 class TrialFailed(RuntimeError):
@@ -90,12 +93,45 @@ def _metaray(*args: str) -> list[str]:
     return [sys.executable, "-m", "metaray.cli", *args]
 
 
+def _wait_reporting(proc: subprocess.Popen, run_dir: Path, report: Callable[[dict[str, Any]], None]) -> int:
+    """Wait for the training to end, reporting each new progress row; its exit code."""
+    seen = 0
+    while True:
+        try:
+            return proc.wait(timeout=_POLL_S)
+        except subprocess.TimeoutExpired:
+            pass
+        rows = read_progress(run_dir)
+        if len(rows) > seen:
+            seen = len(rows)
+            last = rows[-1]
+            report({"iteration": last.get("iteration"), "env_steps": last.get("env_steps_total"),
+                    "train_return": _headline(last)})
+
+
+def _stop_child(proc: subprocess.Popen) -> None:
+    """A still-running training gets SIGTERM (`metaray train` stops at a clean point and writes a
+    checkpoint) and is waited for while this process is alive: once the trial's actor is gone,
+    Ray kills its orphaned children outright, which used to cut the checkpoint off and lose
+    the iterations since the last periodic one."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=_STOP_WAIT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _die_with_parent() -> None:
     """In the child: SIGTERM when the trial's process dies (Tune kills a stopped trial's actor
-    outright; `metaray train` takes SIGTERM as Ctrl-C and stops at a clean point)."""
+    outright; `metaray train` takes SIGTERM as Ctrl-C and stops at a clean point, writing a
+    checkpoint). The child runs in its own session, out of the reach of Ray's clean-up of a dead
+    worker's process group; the bench's local Ray instance does not kill a worker's children on
+    exit either (runner.py), so the stopped training has the time to write its checkpoint."""
     try:
         import ctypes
-        import signal
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the child outlives a killed trial
@@ -160,21 +196,12 @@ def run_trial(suite: Suite, run_name: str, seed: int, bench_dir: Path, results_d
     with paths["log"].open("a") as log:
         log.write(f"$ metaray {' '.join(args)}\n")
         log.flush()
-        proc = subprocess.Popen(_metaray(*args), stdout=log, stderr=subprocess.STDOUT, env=env,
+        proc = subprocess.Popen(_metaray(*args), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-        seen = 0
-        while True:
-            try:
-                code_ = proc.wait(timeout=_POLL_S)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            rows = read_progress(run_dir)
-            if len(rows) > seen:
-                seen = len(rows)
-                last = rows[-1]
-                report({"iteration": last.get("iteration"), "env_steps": last.get("env_steps_total"),
-                        "train_return": _headline(last)})
+        try:
+            code_ = _wait_reporting(proc, run_dir, report)
+        finally:  # the trial stopped (Ctrl-C of the bench, Tune's stop): let the run checkpoint first
+            _stop_child(proc)
     if code_ != 0:
         raise TrialFailed(f"{run_name} seed {seed}: train failed: {_last_line(paths['log'].read_text()[-4000:])}")
 

@@ -318,3 +318,34 @@ def test_only_some_runs_and_seeds_train_now_and_a_plain_resume_trains_the_rest(t
     assert json.loads((out / "thompson-seed1.json").read_text())["score"] == lost["score"]
     assert (out / "greedy-seed0.json").read_bytes() == kept
     assert json.loads((runs / "concurrency.json").read_text())["max_concurrent"] == 2
+
+
+def test_a_ctrl_c_of_the_bench_keeps_every_iteration_a_trial_had_completed(tmp_path):
+    """A trial's `metaray train` runs under a Ray actor that Tune stops on Ctrl-C; Ray kills a
+    worker's children as the worker exits. The training must still checkpoint its last completed
+    iteration (it used to lose everything since the last periodic checkpoint)."""
+    suite = tmp_path / "long.yaml"
+    suite.write_text(yaml.safe_dump({
+        "name": "long", "seeds": [0], "eval": {"num_tasks": 5},
+        "runs": [{"name": "maml", "config": str(ROOT / "configs/maml-trpo-point-nav.yaml"), "iterations": 500,
+                  "set": {"learner.torch_threads": 1, "checkpoint.every": 1000, "metrics.tensorboard": False}}]}))
+    proc = subprocess.Popen(_bench(str(suite), tmp=tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def progress() -> list[Path]:
+        return list((tmp_path / "runs" / "long").glob("*/maml-seed0/progress.jsonl"))
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not (
+            progress() and len(progress()[0].read_text().splitlines()) >= 3):
+        time.sleep(0.2)  # polling for the condition
+    assert proc.poll() is None, proc.communicate()[0][-3000:]
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C
+    out = proc.communicate(timeout=180)[0]
+    run_dir = progress()[0].parent
+    deadline = time.monotonic() + 120  # the training stops on its own once its actor is gone
+    while time.monotonic() < deadline and json.loads((run_dir / "driver.json").read_text())["state"] == "running":
+        time.sleep(0.2)
+    last = json.loads(progress()[0].read_text().splitlines()[-1])["iteration"]
+    assert json.loads((run_dir / "driver.json").read_text())["state"] == "interrupted", out[-3000:]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == f"iter-{last:06d}"
