@@ -94,8 +94,9 @@ def _metaray(*args: str) -> list[str]:
 
 
 def _wait_reporting(proc: subprocess.Popen, run_dir: Path, report: Callable[[dict[str, Any]], None]) -> int:
-    """Wait for the training to end, reporting each new progress row; its exit code."""
-    seen = 0
+    """Wait for the training to end, reporting each new progress row (and the latest held-out
+    return of a run with `eval.every`, which the progress view keeps showing); its exit code."""
+    seen, heldout = 0, None
     while True:
         try:
             return proc.wait(timeout=_POLL_S)
@@ -103,10 +104,12 @@ def _wait_reporting(proc: subprocess.Popen, run_dir: Path, report: Callable[[dic
             pass
         rows = read_progress(run_dir)
         if len(rows) > seen:
+            heldout = next((r["heldout_mean_return"] for r in reversed(rows[seen:]) if "heldout_mean_return" in r),
+                           heldout)
             seen = len(rows)
             last = rows[-1]
             report({"iteration": last.get("iteration"), "env_steps": last.get("env_steps_total"),
-                    "train_return": _headline(last)})
+                    "train_return": _headline(last), **({"heldout_return": heldout} if heldout is not None else {})})
 
 
 def _stop_child(proc: subprocess.Popen) -> None:

@@ -142,3 +142,32 @@ def test_a_result_records_its_family_defaults_and_the_report_shows_meta_worlds_r
         (tmp_path / f"mw-seed{r['seed']}.json").write_text(json.dumps(r))
     text = write_report([tmp_path])["markdown"].read_text()
     assert "| mw | rl2 / metaworld-ml1(env_name=reach-v3) (reward v2) | 2 |" in text
+
+
+def test_the_progress_view_keeps_the_latest_held_out_return_between_evaluations(tmp_path, monkeypatch):
+    """A long run with `eval.every` is judged by its held-out return: the bench reports the
+    newest one with every later progress row, not only on the rows that have it."""
+    import subprocess
+
+    from metaray.bench import trial
+
+    rows = [{"iteration": 1, "env_steps_total": 10, "return_post": -5.0},
+            {"iteration": 2, "env_steps_total": 20, "return_post": -4.0, "heldout_mean_return": -6.0},
+            {"iteration": 3, "env_steps_total": 30, "return_post": -3.0},
+            {"iteration": 4, "env_steps_total": 40, "return_post": -2.0, "heldout_mean_return": -2.5},
+            {"iteration": 5, "env_steps_total": 50, "return_post": -1.0}]
+    batches = [rows[:1], rows[1:3], rows[3:4], rows[4:]]  # what each poll finds written since the last
+
+    class Training:  # the child process: still running at each poll until the rows are all written
+        def wait(self, timeout: float) -> int:
+            if not batches:
+                return 0
+            with (tmp_path / "progress.jsonl").open("a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in batches.pop(0))
+            raise subprocess.TimeoutExpired("metaray train", timeout)
+
+    monkeypatch.setattr(trial, "_POLL_S", 0.0)
+    reports: list[dict] = []
+    assert trial._wait_reporting(Training(), tmp_path, reports.append) == 0
+    assert [(r["iteration"], r["train_return"], r.get("heldout_return")) for r in reports] == [
+        (1, -5.0, None), (3, -3.0, -6.0), (4, -2.0, -2.5), (5, -1.0, -2.5)]
