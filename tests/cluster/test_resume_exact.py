@@ -35,6 +35,10 @@ MAML = {
 }
 # a learned inner optimizer (issue 30): its weights travel with the policy, its Adam state with the learner's
 MAML_LSTM = {**MAML, "maml": {**MAML["maml"], "inner_optimizer": "lstm", "num_inner_steps": 2}}
+# meta adversarial imitation: MAML's loop plus demos drawn by the worker and the discriminator's Adam
+ADV = {**MAML, "algo": "adversarial", "maml": None,
+       "adversarial": {"meta_batch_size": 4, "episodes_per_task": 3, "hidden_sizes": [16], "disc_hidden_sizes": [8],
+                       "disc_inner_steps": 3, "num_demos": 2, "num_query_demos": 2}}
 RL2 = {**TINY_RL2, "iterations": 4, "checkpoint": {"every": 2, "keep": 3}, "metrics": {"tensorboard": False}}
 # Goals next to where one full-speed diagonal step lands: many episodes end early, so RL² slots
 # are at different steps of their trials whenever a sampling call returns.
@@ -50,10 +54,10 @@ def train(config: Path, run: Path, *args: str) -> None:
     assert main(["train", str(config), "--serial", "--run-dir", str(run), *args]) == 0
 
 
-@pytest.mark.parametrize("base", [RL2, MAML, MAML_LSTM], ids=["rl2", "maml", "maml-lstm-inner-optimizer"])
+@pytest.mark.parametrize("base", [RL2, MAML, MAML_LSTM, ADV], ids=["rl2", "maml", "maml-lstm-inner-optimizer", "adversarial"])
 def test_resumed_serial_run_equals_the_uninterrupted_one_bit_for_bit(base, tmp_path):
     config = tmp_path / "cfg.yaml"
-    config.write_text(yaml.safe_dump(base))
+    config.write_text(yaml.safe_dump({k: v for k, v in base.items() if v is not None}))
     train(config, tmp_path / "straight")
     train(config, tmp_path / "resumed", "--iterations", "2")
     train(config, tmp_path / "resumed", "--iterations", "4", "--resume")

@@ -4,6 +4,7 @@ by the adapting discriminator's, and the expert's demonstrations it adapts from.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,6 +95,19 @@ class AdversarialSampler(MAMLSampler):
         load_weights(self.policy, gen)  # with the generator's learned inner optimizer, if any
         load_weights(self.disc, disc)
         self.version = version
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """MAML's state and the seed the demos are drawn with: a resumed run's worker is built with
+        another seed (the runner seeds workers by the iteration they start at), and without this its
+        demos, hence every adaptation, differed from the uninterrupted run's."""
+        meta, arrays = super().get_state()
+        return {**meta, "demo_seed": self.demo_seed}, arrays
+
+    def set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        super().set_state(meta, arrays)
+        if "demo_seed" in meta and int(meta["demo_seed"]) != self.demo_seed:  # older checkpoints lack it
+            self.demo_seed = int(meta["demo_seed"])
+            self.demo_cache.clear()
 
     def demos(self, tasks: list[Task]) -> tuple[Demos, Demos, np.ndarray]:
         """Support and query demos of each task, [N, K, T, ...] (cached per task), and each
