@@ -110,13 +110,18 @@ def script_output(script: str | Path, name: str, root: Path | None = None) -> Pa
     return folder / name
 
 
+def _outputs(script: str | Path, name: str, root: Path | None) -> list[Path]:
+    """Every `<script>/<date>-<commit>/<name>`, oldest first (by folder date, then file time)."""
+    found = (root or RESULTS_ROOT).glob(f"{Path(script).stem}/*/{name}")
+    return sorted(found, key=lambda p: (p.parent.name[:10], p.stat().st_mtime))
+
+
 def latest_output(script: str | Path, name: str, root: Path | None = None) -> Path:
     """The newest `<script>/<date>-<commit>/<name>` under the results (what a script that reads
     another's output takes); FileNotFoundError naming the command that writes it."""
-    stem = Path(script).stem
-    found = sorted((root or RESULTS_ROOT).glob(f"{stem}/*/{name}"), key=lambda p: (p.parent.name[:10], p.stat().st_mtime))
+    found = _outputs(script, name, root)
     if not found:
-        raise FileNotFoundError(f"no {name} of benchmarks/{stem}.py under {root or RESULTS_ROOT}: run it first")
+        raise FileNotFoundError(f"no {name} of benchmarks/{Path(script).stem}.py under {root or RESULTS_ROOT}: run it first")
     return found[-1]
 
 
@@ -124,9 +129,8 @@ def merged_rows(script: str | Path, name: str, key: Callable[[dict], Any], root:
     """The rows of every `<script>/<date>-<commit>/<name>` (a JSON list a script adds rows to),
     oldest folder first, a later row replacing an earlier one with the same key: the current
     table across commits, each row still in the folder of the code that produced it."""
-    stem = Path(script).stem
     rows: dict[Any, dict] = {}
-    for store in sorted((root or RESULTS_ROOT).glob(f"{stem}/*/{name}"), key=lambda p: (p.parent.name[:10], p.stat().st_mtime)):
+    for store in _outputs(script, name, root):
         for row in json.loads(store.read_text()):
             rows.pop(key(row), None)
             rows[key(row)] = row

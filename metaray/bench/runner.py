@@ -25,10 +25,6 @@ from metaray.bench.trial import trial_paths, tune_trainable
 from metaray.cluster.runtime import RayRuntime
 
 
-def bench_id() -> str:
-    return results_tag()
-
-
 def _comparable(suite: Suite) -> dict[str, Any]:
     """What must match for a bench's results to be finished by another start: the suite, with each
     config named by its file (a checkout elsewhere holds the same configs under another path)."""
@@ -109,14 +105,15 @@ def concurrency_on_resume(bench_dir: Path, asked: int | None) -> tuple[int | Non
     restores the trial generator with the limit it started with: then a new experiment over the
     same trials, as for another selection (finished trials stand, interrupted ones continue)."""
     state = _started_state(bench_dir)
+    started = None if state is None else state["max_concurrent"]
     if asked is None:
-        return (None if state is None else state["max_concurrent"]), False
-    started = "an unrecorded limit" if state is None else state["max_concurrent"]
-    if started is None or (isinstance(started, int) and asked <= started):
+        return started, False
+    if state is not None and (started is None or asked <= started):  # None: started without a limit
         return asked, False
     print(f"metaray bench: --max-concurrent {asked} on --resume, more than this bench started with "
-          f"({started}): Tune's bookkeeping of it starts afresh so that {asked} run at a time; finished trials "
-          "stand, interrupted ones continue their run directories", file=sys.stderr)
+          f"({'an unrecorded limit' if state is None else started}): Tune's bookkeeping of it starts afresh so "
+          f"that {asked} run at a time; finished trials stand, interrupted ones continue their run directories",
+          file=sys.stderr)
     return asked, True
 
 
@@ -132,7 +129,7 @@ def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = 
 
     selection = select_trials(suite, only, only_seeds)
     chosen = [t for t in suite.trials() if t["run"] in selection["runs"] and t["seed"] in selection["seeds"]]
-    ident, restorable = _resume_id(runs_root, results_root, suite) if resume else (bench_id(), False)
+    ident, restorable = _resume_id(runs_root, results_root, suite) if resume else (results_tag(), False)
     bench_dir = (runs_root / suite.name / ident).resolve()
     results_dir = (results_root / suite.name / ident).resolve()
     tune_dir = bench_dir / "tune"
