@@ -10,11 +10,16 @@ return the likelier, rank-based as in prioritized level replay; the rest are fre
 draws). The test split is never drawn here. `assign` balances the tasks over the
 workers by expected cost (the env steps a task took last time, from `observe`). RNG, position
 and per-task statistics are part of the checkpoint, so a resumed run draws what it would have.
+
+Per-task statistics are bounded: the tasks that can be scheduled again (the regret pool, the fixed
+set) keep theirs; of the others only the `STATS_KEPT` most recently observed do. A continuous
+family draws a new task every time, so an unbounded table grew by one entry per task for the whole
+run (40 a meta-iteration on halfcheetah-vel: ~4.6 MB more checkpoint, and memory, per 1000).
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 import numpy as np
@@ -22,6 +27,7 @@ import numpy as np
 from metaray.tasks import Task, TaskFamily
 
 STRATEGIES = ("uniform", "fixed-set", "regret")
+STATS_KEPT = 4096  # per-task statistics kept beyond the pool and fixed set (most recently observed)
 
 
 def expert_return(family: TaskFamily, task: Task, seed: int = 0) -> float:
@@ -52,7 +58,7 @@ class TaskScheduler:
         self.pool: dict[int, Task] = {}  # regret: train tasks seen, by id (the replay candidates)
         self.rng = np.random.default_rng([seed, 0x5C4ED])
         self.requeued: deque[Task] = deque()
-        self.stats: dict[int, dict[str, float]] = {}
+        self.stats: OrderedDict[int, dict[str, float]] = OrderedDict()  # least recently observed first
         self.fixed: list[Task] = []
         self.position = 0
         if strategy == "fixed-set":
@@ -102,6 +108,7 @@ class TaskScheduler:
         """Per-task running statistics (visits and the latest values reported). With `regret`,
         a task's regret is smoothed: r ← (1 − s)·r + s·(expert return − return_post)."""
         entry = self.stats.setdefault(task_id, {"visits": 0})
+        self.stats.move_to_end(task_id)
         entry["visits"] += 1
         entry.update(values)
         # a NaN return (every episode of the task dropped after env failures) says nothing about regret
@@ -111,22 +118,40 @@ class TaskScheduler:
             regret = entry["expert_return"] - float(values["return_post"])
             s = self.regret_smoothing
             entry["regret"] = regret if "regret" not in entry else (1 - s) * entry["regret"] + s * regret
+        self._trim_stats()
+
+    def _trim_stats(self) -> None:
+        """Forget the least recently observed tasks beyond `STATS_KEPT`, never a task of the pool
+        or the fixed set (those are scheduled again and need theirs)."""
+        excess = len(self.stats) - STATS_KEPT
+        if excess <= 0:
+            return
+        keep = self.pool.keys() | {t.task_id for t in self.fixed}
+        drop = []
+        for task_id in self.stats:  # oldest first
+            if len(drop) == excess:
+                break
+            if task_id not in keep:
+                drop.append(task_id)
+        for task_id in drop:
+            del self.stats[task_id]
 
     def regret_stats(self) -> dict[str, float]:
         """Mean and largest running regret over the replay pool (for progress rows)."""
         regrets = [self.stats[i]["regret"] for i in self.pool if "regret" in self.stats.get(i, {})]
         return {"regret_mean": float(np.mean(regrets)), "regret_max": float(np.max(regrets))} if regrets else {}
 
-    def expected_cost(self, task: Task) -> float:
-        """Env steps the task took last time; unseen tasks cost the mean of the seen ones (or 1)."""
+    def expected_costs(self, tasks: list[Task]) -> list[float]:
+        """Env steps each task took last time; unseen tasks cost the mean of the tasks whose
+        statistics are kept (or 1)."""
         seen = [e["env_steps"] for e in self.stats.values() if "env_steps" in e]
         default = float(np.mean(seen)) if seen else 1.0
-        return float(self.stats.get(task.task_id, {}).get("env_steps", default))
+        return [float(self.stats.get(t.task_id, {}).get("env_steps", default)) for t in tasks]
 
     def balance(self, tasks: list[Task], num_workers: int) -> list[list[Task]]:
         """Split tasks over workers so their expected costs are even (greedy longest-first);
         with equal costs this is round robin."""
-        return self.assign(tasks, num_workers, [self.expected_cost(t) for t in tasks])
+        return self.assign(tasks, num_workers, self.expected_costs(tasks))
 
     @staticmethod
     def assign(tasks: list[Task], num_workers: int, costs: list[float] | None = None) -> list[list[Task]]:
@@ -150,7 +175,7 @@ class TaskScheduler:
     def set_state(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.position = int(state.get("position", 0))
-        self.stats = {int(k): dict(v) for k, v in state.get("stats", {}).items()}
+        self.stats = OrderedDict((int(k), dict(v)) for k, v in state.get("stats", {}).items())
         self.pool = {int(i): Task(self.family.name, "train", int(i), tuple(float(p) for p in params))
                      for i, params in state.get("pool", [])}
         if "fixed" in state and [t.task_id for t in self.fixed] != state["fixed"]:

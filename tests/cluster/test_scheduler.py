@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from metaray.cluster import scheduler as scheduler_module
 from metaray.cluster.scheduler import TaskScheduler
 from metaray.tasks import make_family
 
@@ -183,3 +184,30 @@ def test_a_task_without_a_return_leaves_its_regret_alone():
     s.observe(task, return_pre=float("nan"), return_post=float("nan"))
     assert s.stats[task]["regret"] == before and s.stats[task]["visits"] == 2
     assert all(np.isfinite(v) for v in s.regret_stats().values())
+
+
+def test_per_task_statistics_stay_bounded_and_keep_the_tasks_that_come_back(monkeypatch):
+    # a continuous family draws a new task every time: the table must not grow with the run
+    monkeypatch.setattr(scheduler_module, "STATS_KEPT", 8)
+    uniform = TaskScheduler(make_family("point-nav"), seed=0)
+    for _ in range(10):
+        for task in uniform.next_batch(5):
+            uniform.observe(task.task_id, env_steps=100)
+    last = uniform.next_batch(5)
+    for task in last:
+        uniform.observe(task.task_id, env_steps=50)
+    assert len(uniform.stats) == 8
+    assert list(uniform.stats)[-5:] == [t.task_id for t in last]  # the most recently observed stay
+    # the regret pool's tasks are replayed: they keep their scores however many fresh ones come
+    s, first, hard = scored_scheduler()
+    for _ in range(6):
+        for task in s.next_batch(10):
+            s.observe(task.task_id, return_post=-5.0)
+    assert set(s.pool) <= set(s.stats) and len(s.stats) == len(s.pool) > 8
+    assert all("regret" in s.stats[i] for i in hard)
+    state = s.get_state()  # the bounded table round-trips in its order (an exact resume)
+    again = TaskScheduler(make_family("point-nav"), seed=1, strategy="regret", regret_share=0.5,
+                          regret_temperature=0.3)
+    again.set_state(state)
+    assert list(again.stats.items()) == list(s.stats.items())
+    assert [t.task_id for t in again.next_batch(10)] == [t.task_id for t in s.next_batch(10)]
