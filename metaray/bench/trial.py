@@ -9,6 +9,7 @@ exists) reports its result again; an interrupted one continues its run with `--r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -127,18 +128,42 @@ def _stop_child(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the trial's process dies (Tune kills a stopped trial's actor
-    outright; `metaray train` takes SIGTERM as Ctrl-C and stops at a clean point, writing a
-    checkpoint). The child runs in its own session, out of the reach of Ray's clean-up of a dead
-    worker's process group; the bench's local Ray instance does not kill a worker's children on
-    exit either (runner.py), so the stopped training has the time to write its checkpoint."""
-    try:
-        import ctypes
+_AUTOGROUP = Path("/proc/self/autogroup")
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the child outlives a killed trial
-        pass
+
+def autogroup_nice() -> int | None:
+    """This process's scheduling-group niceness (Linux with autogroup scheduling: the kernel shares
+    the cores between sessions first, so `nice` inside a session does not make it yield to other
+    sessions, the group's own niceness does); None where there is none."""
+    try:
+        return int(_AUTOGROUP.read_text().split("nice")[-1])
+    except (OSError, ValueError):
+        return None
+
+
+def start_detached(cmd: list[str], **popen: Any) -> subprocess.Popen:
+    """Start `cmd` in its own session (out of the reach of Ray's clean-up of a dead worker's
+    process group; the bench's local Ray instance does not kill a worker's children on exit
+    either, runner.py), with SIGTERM when this process dies (Tune kills a stopped trial's actor
+    outright; `metaray train` takes SIGTERM as Ctrl-C and stops at a clean point, writing a
+    checkpoint), and at this session's scheduling niceness: a new session is a new scheduling group
+    at niceness 0, so without it `nice metaray bench` (or `echo 19 > /proc/self/autogroup`) let
+    every training take the machine's cores from everything else."""
+    nice = autogroup_nice()
+
+    def in_child() -> None:
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # not Linux: the child outlives a killed trial
+            pass
+        if nice:  # (raising a group's priority needs privileges: then it stays at 0)
+            with contextlib.suppress(OSError):
+                _AUTOGROUP.write_text(str(nice))
+
+    return subprocess.Popen(cmd, start_new_session=True, preexec_fn=in_child if sys.platform == "linux" else None,
+                            **popen)
 
 
 def _shown(path: str) -> str:
@@ -199,8 +224,7 @@ def run_trial(suite: Suite, run_name: str, seed: int, bench_dir: Path, results_d
     with paths["log"].open("a") as log:
         log.write(f"$ metaray {' '.join(args)}\n")
         log.flush()
-        proc = subprocess.Popen(_metaray(*args), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        proc = start_detached(_metaray(*args), stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             code_ = _wait_reporting(proc, run_dir, report)
         finally:  # the trial stopped (Ctrl-C of the bench, Tune's stop): let the run checkpoint first

@@ -349,3 +349,27 @@ def test_a_ctrl_c_of_the_bench_keeps_every_iteration_a_trial_had_completed(tmp_p
     last = json.loads(progress()[0].read_text().splitlines()[-1])["iteration"]
     assert json.loads((run_dir / "driver.json").read_text())["state"] == "interrupted", out[-3000:]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == f"iter-{last:06d}"
+
+
+def test_a_training_runs_at_the_bench_sessions_scheduling_niceness():
+    # a training starts in its own session, which with autogroup scheduling is its own scheduling
+    # group; it must keep the bench's group niceness, or `nice`d benches take the cores from the
+    # machine's other work (found when every trial of a niced bench ran in a group at niceness 0)
+    from metaray.bench.trial import autogroup_nice
+
+    if autogroup_nice() is None:
+        pytest.skip("this kernel has no autogroup scheduling")
+    script = (
+        "import subprocess, sys\n"
+        "from pathlib import Path\n"
+        "from metaray.bench.trial import start_detached\n"
+        "Path('/proc/self/autogroup').write_text('7')\n"
+        "child = start_detached([sys.executable, '-c', 'print(open(\"/proc/self/autogroup\").read())'],\n"
+        "                       stdout=subprocess.PIPE, text=True)\n"
+        "print(Path('/proc/self/autogroup').read_text().strip(), '|', child.communicate()[0].strip())\n")
+    done = subprocess.run([sys.executable, "-c", script], start_new_session=True, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    parent, child = (part.strip() for part in done.stdout.split("|"))
+    assert parent.endswith("nice 7") and child.endswith("nice 7")
+    assert parent.split()[0] != child.split()[0]  # its own group (its own session), at the bench's niceness

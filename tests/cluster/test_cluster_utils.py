@@ -257,12 +257,16 @@ def test_a_signal_stops_a_stalled_run_at_once_with_a_checkpoint(two_nodes, tmp_p
             done.wait(5.0)
 
     trainer.observers.insert(0, At(script))
+    # a suite started as a background job (`pytest &` in a script) inherits SIGINT ignored, and
+    # Python keeps it so: the run would then wait out the 600 s and fail (seen 2026-12-06)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=interrupt_when_stalled, daemon=True).start()
     try:
         with pytest.raises(KeyboardInterrupt):
             trainer.run()
     finally:
         done.set()
+        signal.signal(signal.SIGINT, before)
         cleanup()
     print(f"SIGINTs sent before the run stopped: {len(sent)}")
     assert latest_checkpoint(run).name == "iter-000002"
