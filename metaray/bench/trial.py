@@ -9,7 +9,7 @@ exists) reports its result again; an interrupted one continues its run with `--r
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import json
 import os
 import shutil
@@ -158,9 +158,14 @@ def start_detached(cmd: list[str], **popen: Any) -> subprocess.Popen:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):  # not Linux: the child outlives a killed trial
             pass
-        if nice:  # (raising a group's priority needs privileges: then it stays at 0)
-            with contextlib.suppress(OSError):
+        for _ in range(10 if nice else 0):  # (raising a group's priority needs privileges: then it stays at 0)
+            try:
                 _AUTOGROUP.write_text(str(nice))
+                break
+            except OSError as err:  # unprivileged writes are rate-limited to one per 100 ms, machine-wide
+                if err.errno != errno.EAGAIN:
+                    break
+                time.sleep(0.05)
 
     return subprocess.Popen(cmd, start_new_session=True, preexec_fn=in_child if sys.platform == "linux" else None,
                             **popen)
