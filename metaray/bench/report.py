@@ -215,7 +215,11 @@ def plot(summary: dict[str, Any], results: list[dict[str, Any]], out: Path, titl
             ax.axhline(summary["target"], color="grey", ls=":", lw=1)
         ax.set_xlabel(label)
         ax.set_ylabel(f"held-out {results[0]['metric']} (faint: training return)" if held_out else "training return")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        else:  # only baselines: nothing trained, so no curve
+            ax.text(0.5, 0.5, "no training curves\n(baselines only)", ha="center", va="center", transform=ax.transAxes,
+                    color="grey")
 
     ax = axes[3]
     # a performance profile compares runs on the same benchmark: those of the most common one

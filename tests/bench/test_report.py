@@ -171,3 +171,15 @@ def test_the_progress_view_keeps_the_latest_held_out_return_between_evaluations(
     assert trial._wait_reporting(Training(), tmp_path, reports.append) == 0
     assert [(r["iteration"], r["train_return"], r.get("heldout_return")) for r in reports] == [
         (1, -5.0, None), (3, -3.0, -6.0), (4, -2.0, -2.5), (5, -1.0, -2.5)]
+
+
+def test_a_report_of_baselines_only_plots_without_warnings(tmp_path):
+    """Baselines train nothing: their curves are empty, and the plot says so instead of warning
+    about an empty legend."""
+    for r in _results("greedy", [0, 1], 6.0) + _results("thompson", [0, 1], 5.0):
+        r["curve"] = []
+        (tmp_path / f"{r['run']}-seed{r['seed']}.json").write_text(json.dumps(r))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = write_report([tmp_path])
+    assert report["plot"].exists() and report["plot"].stat().st_size > 0
