@@ -176,6 +176,20 @@ def markdown(summary: dict[str, Any], results: list[dict[str, Any]], title: str)
     return "\n".join(lines) + "\n"
 
 
+def log_axes(results: list[dict[str, Any]], spread: float = 20.0) -> tuple[bool, bool]:
+    """Whether the env-steps and the wall-time axes are logarithmic: when the runs' lengths differ by
+    more than `spread` times (PEARL's 500k env steps beside MAML's 100M+), a linear axis squeezes the
+    short runs into its first pixels."""
+    def extent(column: int) -> bool:
+        ends = []
+        for r in results:
+            rows = [row for row in (r.get("heldout_curve") or []) + (r.get("curve") or []) if row[column]]
+            if rows:
+                ends.append(max(float(row[column]) for row in rows))
+        return len(ends) > 1 and min(ends) > 0 and max(ends) / min(ends) > spread
+    return extent(0), extent(1)
+
+
 def plot(summary: dict[str, Any], results: list[dict[str, Any]], out: Path, title: str) -> Path:
     import matplotlib
 
@@ -199,7 +213,11 @@ def plot(summary: dict[str, Any], results: list[dict[str, Any]], out: Path, titl
 
     # with eval.every the curves are the held-out metric (training return faint behind it)
     held_out = any(r.get("heldout_curve") for r in results)
-    for ax, column, label in ((axes[1], 0, "env steps"), (axes[2], 1, "wall minutes")):
+    for ax, column, label, log in zip((axes[1], axes[2]), (0, 1), ("env steps", "wall minutes"), log_axes(results),
+                                      strict=True):
+        if log:
+            ax.set_xscale("log")
+            label += " (log)"
         for name in names:
             for r in (x for x in results if x["run"] == name):
                 first = r["seed"] == summary["runs"][name]["seeds"][0]

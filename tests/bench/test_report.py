@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metaray.bench.report import ReportError, aggregate, load_results, write_report
+from metaray.bench.report import ReportError, aggregate, load_results, log_axes, write_report
 from metaray.bench.suite import SuiteError, bench_overrides, load_suite, sweep_suite
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,3 +183,12 @@ def test_a_report_of_baselines_only_plots_without_warnings(tmp_path):
         warnings.simplefilter("error")
         report = write_report([tmp_path])
     assert report["plot"].exists() and report["plot"].stat().st_size > 0
+
+
+def test_runs_of_very_different_lengths_are_plotted_on_log_axes():
+    short, long = _results("pearl", [0], 1.0), _results("maml", [0], 1.0)
+    long[0]["curve"] = [[500 * 100, 5.0, 1.0], [1000 * 100, 12.0, 2.0]]  # 100x the env steps, about the same time
+    long[0]["heldout_curve"] = [[1000 * 100, 12.0, 2.0]]
+    assert log_axes(short + long) == (True, False)
+    assert log_axes(short + _results("other", [0], 1.0)) == (False, False)
+    assert log_axes(short) == (False, False)  # one run: nothing to squeeze
