@@ -294,3 +294,19 @@ def test_bf16_learner_keeps_outputs_and_losses_in_float32():
     batch, _ = sampler.sample(min_trials=3)
     stats = learner.update([batch])
     assert stats["grad_steps"] > 0 and all(np.isfinite(stats[k]) for k in ("critic_loss", "actor_loss", "kl"))
+
+
+def test_training_success_counts_the_posterior_episodes_like_the_return():
+    family, config = point_nav(horizon=5), small_config()  # 1 prior episode, then 2 with the posterior
+    sampler = pearl.PEARLSampler(family, config, slots=3, seed=0)
+    sampler.set_weights(1, pearl.get_weights(sampler.agent))
+    env_step = sampler.env.step
+
+    def step(action):  # an env that reports success in the prior episode only
+        obs, reward, terminated, truncated, info = env_step(action)
+        return obs, reward, terminated, truncated, {**info, "success": (sampler.episode == 0).astype(np.float64)}
+
+    sampler.env.step = step
+    batch, info = sampler.sample(min_trials=3)
+    assert [s.tolist() for s in sampler.last_successes] == [[True, False, False]] * len(batch.task_ids)
+    assert info.success_rate == 0.0  # as the return: the posterior's episodes, not the prior's 1 in 3

@@ -190,9 +190,12 @@ class PEARLSampler(SamplerBase):
             done.extend(self.step())
         batch = make_rounds(done, self.spec.obs_dim, self.spec.act_dim, self.episodes_per_round)
         self.last_successes = [row[-1] for row in done] if self.reports_success else []
-        post = batch.episode_returns if self.evaluation else batch.episode_returns[:, self.config.prior_episodes:]
+        # training reports the episodes that act with the posterior, for the return and the success alike
+        first = 0 if self.evaluation else self.config.prior_episodes
+        post = batch.episode_returns[:, first:]
         mean_return = float(post.mean()) if post.size else float("nan")
-        success = float(np.mean([s.mean() for s in self.last_successes])) if self.last_successes else None
+        post_successes = [s[first:] for s in self.last_successes if s[first:].size]
+        success = float(np.mean([s.mean() for s in post_successes])) if post_successes else None
         return batch, SampleInfo(batch.policy_version, len(done), self._env_steps, self._episodes, mean_return, success)
 
     def step(self) -> list[tuple[Any, ...]]:
