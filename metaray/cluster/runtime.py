@@ -167,13 +167,14 @@ class RayRuntime:
                 include_dashboard=False, logging_level="ERROR", log_to_driver=True,
                 runtime_env={"env_vars": env_vars}, ignore_reinit_error=True,
             )
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            where = address or "local"
+        except Exception as err:  # Ray raises bare Exception too ("timed out during startup" on a busy machine)
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if address is None:
+                raise RuntimeStartError(f"cannot start a local Ray instance: {first}") from None
             hint = ""
-            if address is not None and os.environ.get("RAY_AUTH_MODE") != "token":
+            if os.environ.get("RAY_AUTH_MODE") != "token":
                 hint = " (a cluster with token auth, Ray's default, needs RAY_AUTH_MODE=token here too)"
-            raise RuntimeStartError(f"cannot connect to Ray at {where}: {first}{hint}") from None
+            raise RuntimeStartError(f"cannot connect to Ray at {address}: {first}{hint}") from None
         self.address = ray.get_runtime_context().gcs_address
 
     def spawn(self, cls: type, *args: Any, num_cpus: float = 1, num_gpus: float = 0, name: str | None = None,

@@ -120,6 +120,19 @@ def test_bad_input_gives_one_line_and_writes_nothing(tiny_config, tmp_path, args
     assert list(work.iterdir()) == []  # no run directory, nothing half-written
 
 
+def test_a_local_ray_that_cannot_start_gives_one_line(tiny_config, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "RAY_TMPDIR": "/proc/no-such-dir"}  # Ray cannot make its session folder there
+    proc = subprocess.run([sys.executable, "-m", "metaray.cli", "train", str(tiny_config)], capture_output=True,
+                          text=True, cwd=work, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "metaray train: error: cannot start a local Ray instance: [Errno 2] No such file or directory: "
+        "'/proc/no-such-dir'"]
+    assert list(work.iterdir()) == []
+
+
 def test_existing_run_is_not_overwritten(tiny_config, tmp_path, capsys):
     run = tmp_path / "run"
     assert train(tiny_config, run, "--iterations", "1") == 0
