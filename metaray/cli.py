@@ -580,6 +580,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TaskFamilyError, RuntimeStartError, CheckpointError, TrainingError, ScaleError,
             SuiteError, ReportError) as err:
         print(f"metaray {args.command}: error: {err}", file=sys.stderr)
+        if getattr(err, "half_started", False):  # Ray's gRPC threads would hang the exit (RuntimeStartError)
+            sys.stderr.flush()
+            sys.stdout.flush()
+            os._exit(2)
         return 2
     except KeyboardInterrupt:
         print(f"metaray {args.command}: interrupted", file=sys.stderr)

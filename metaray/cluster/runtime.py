@@ -22,7 +22,48 @@ from metaray.learner.variables import LocalVariables, RayVariables
 
 
 class RuntimeStartError(RuntimeError):
-    """Ray could not be started or reached; the message is one line for the user."""
+    """Ray could not be started or reached; the message is one line for the user.
+
+    `half_started` says a local node got as far as starting processes (a GCS, a raylet) before
+    it failed: those were stopped, but Ray's gRPC threads in this process can still hang the
+    interpreter's exit, so the CLI leaves with `os._exit` after the message."""
+
+    def __init__(self, message: str, half_started: bool = False):
+        super().__init__(message)
+        self.half_started = half_started
+
+
+def _stop_half_started_node() -> bool:
+    """Stop the Ray processes this process started (a GCS, a raylet...) after a failed
+    `ray.init`: Ray keeps no handle to a node whose start failed, so they would outlive the run,
+    holding ports and memory. Linux's /proc names them; elsewhere nothing is done. Says whether
+    there were any."""
+    import signal
+
+    children: dict[int, list[int]] = {}
+    commands: dict[int, str] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                commands[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    stack, mine = [os.getpid()], []
+    while stack:
+        for pid in children.get(stack.pop(), []):
+            mine.append(pid)
+            stack.append(pid)
+    # a Ray binary (gcs_server, raylet) or a Python process running one of Ray's own files
+    stopped = [pid for pid in mine if "/ray/" in " ".join(commands.get(pid, "").split()[:3])]
+    for pid in stopped:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return bool(stopped)
 
 
 _counter = itertools.count()
@@ -170,7 +211,8 @@ class RayRuntime:
         except Exception as err:  # Ray raises bare Exception too ("timed out during startup" on a busy machine)
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             if address is None:
-                raise RuntimeStartError(f"cannot start a local Ray instance: {first}") from None
+                raise RuntimeStartError(f"cannot start a local Ray instance: {first}",
+                                        half_started=_stop_half_started_node()) from None
             hint = ""
             if os.environ.get("RAY_AUTH_MODE") != "token":
                 hint = " (a cluster with token auth, Ray's default, needs RAY_AUTH_MODE=token here too)"

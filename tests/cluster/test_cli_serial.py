@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +133,26 @@ def test_a_local_ray_that_cannot_start_gives_one_line(tiny_config, tmp_path):
         "metaray train: error: cannot start a local Ray instance: [Errno 2] No such file or directory: "
         "'/proc/no-such-dir'"]
     assert list(work.iterdir()) == []
+
+
+def test_a_failed_local_start_stops_the_ray_processes_it_left(tmp_path):
+    """Ray keeps no handle to a node whose start timed out; its GCS and raylet (children of this
+    process) are stopped, nothing else is."""
+    from metaray.cluster.runtime import _stop_half_started_node
+
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "gcs_server").symlink_to(shutil.which("sleep"))
+    ray_child = subprocess.Popen([str(tmp_path / "ray" / "gcs_server"), "60"])
+    other_child = subprocess.Popen(["sleep", "60"])
+    try:
+        assert _stop_half_started_node() is True
+        assert ray_child.wait(timeout=10) == -signal.SIGKILL
+        assert other_child.poll() is None
+        assert _stop_half_started_node() is False
+    finally:
+        ray_child.kill()
+        other_child.kill()
+        other_child.wait()
 
 
 def test_existing_run_is_not_overwritten(tiny_config, tmp_path, capsys):
