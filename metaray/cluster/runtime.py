@@ -211,6 +211,9 @@ class RayRuntime:
         except Exception as err:  # Ray raises bare Exception too ("timed out during startup" on a busy machine)
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             if address is None:
+                if "timed out during startup" in first:  # Ray gives its raylet 30 s, fixed
+                    first += f" (Ray waits 30 s for its node; load average now {os.getloadavg()[0]:.1f} on " \
+                             f"{os.cpu_count()} CPUs: start it when the machine is less busy, or at a higher priority)"
                 raise RuntimeStartError(f"cannot start a local Ray instance: {first}",
                                         half_started=_stop_half_started_node()) from None
             hint = ""
