@@ -123,9 +123,11 @@ def live_run(tmp_path_factory):
     (tmp / "live.yaml").write_text(yaml.safe_dump(config))
     port = free_port()
     run_dir = tmp / "run"
+    log = (tmp / "live.log").open("w")  # a file, not a pipe: nobody reads it while the run goes on, and a
+    # full pipe would block the run's printing (and with it its Ctrl-C handling) until the kill
     proc = subprocess.Popen([str(BIN / "metaray"), "train", str(tmp / "live.yaml"), "--serial", "--run-dir",
                              str(run_dir), "--metrics-port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp)
+                            stdout=log, stderr=subprocess.STDOUT, text=True, cwd=tmp)
     url = f"http://127.0.0.1:{port}/metrics"
     try:
         poll(lambda: proc.poll() is None and b"metaray_iteration" in http_get(url) and read_progress(run_dir),
@@ -137,6 +139,7 @@ def live_run(tmp_path_factory):
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
 
 
 def test_live_run_exposes_every_documented_metric_with_run_labels(live_run):
