@@ -117,6 +117,17 @@ def concurrency_on_resume(bench_dir: Path, asked: int | None) -> tuple[int | Non
     return asked, True
 
 
+def oversubscription_note(max_concurrent: int, num_cpus: int, cores: int) -> str | None:
+    """One line when the trials allowed at once ask for more CPUs than the machine has: they then
+    share cores and each runs slower, and together slower too (three one-core MAML-TRPO trials on
+    2 cores: 36 s a meta-iteration each, against 21 s for two at once; 2026-12-07)."""
+    if num_cpus <= cores:
+        return None
+    return (f"metaray bench: --max-concurrent {max_concurrent} asks for {num_cpus} CPUs on a machine with {cores}: "
+            f"the trials share the cores (slower, and wall times not comparable with trials that had theirs); "
+            f"--max-concurrent {max(1, int(cores // (num_cpus / max_concurrent)))} fits them")
+
+
 def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = False,
               address: str | None = None, max_concurrent: int | None = None, verbose: int = 1,
               only: list[str] | None = None, only_seeds: list[int] | None = None) -> dict[str, Any]:
@@ -166,6 +177,9 @@ def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = 
             if max_concurrent:  # a local instance only as large as the trials allowed at once: the
                 # limit then holds after Tuner.restore too, which forgets max_concurrent_trials
                 num_cpus = math.ceil(max_concurrent * max(run.cpus for run in suite.runs))
+                line = oversubscription_note(max_concurrent, num_cpus, os.cpu_count() or 1)
+                if line:
+                    print(line, file=sys.stderr)
         RayRuntime(address, num_cpus=num_cpus)  # one line on an unreachable cluster (RuntimeStartError)
     check_resources(suite, ray.cluster_resources())
     bench_dir.mkdir(parents=True, exist_ok=True)

@@ -239,6 +239,17 @@ def test_a_resume_can_lower_the_concurrency_and_raising_it_starts_tunes_bookkeep
     assert concurrency_on_resume(tmp_path, 1) == (1, True) and "(an unrecorded limit)" in capsys.readouterr().err
 
 
+def test_more_trials_at_once_than_the_cores_hold_is_said_in_one_line():
+    from metaray.bench.runner import oversubscription_note
+
+    assert oversubscription_note(2, 2, 2) is None and oversubscription_note(1, 2, 8) is None
+    line = oversubscription_note(4, 4, 2)
+    assert line.startswith("metaray bench: --max-concurrent 4 asks for 4 CPUs on a machine with 2:")
+    assert line.endswith("--max-concurrent 2 fits them") and "\n" not in line
+    assert oversubscription_note(3, 6, 4).endswith("--max-concurrent 2 fits them")  # trials of 2 CPUs
+    assert oversubscription_note(2, 8, 2).endswith("--max-concurrent 1 fits them")  # one is already too big
+
+
 def test_a_bench_whose_runs_dir_was_lost_resumes_from_its_result_files(tmp_path):
     """A machine replaced between sittings keeps the committed results but not the runs dir:
     --resume finishes the bench its result files belong to (the finished trials stand, untouched;
