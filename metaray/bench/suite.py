@@ -154,6 +154,9 @@ def load_suite_data(data: Any, suite_file: Path | None = None) -> Suite:
     where = f"{suite_file}: " if suite_file else ""
     if not isinstance(data, dict):
         raise SuiteError(f"{where}expected a mapping of keys at the top level")
+    if "algo" in data and "runs" not in data:  # the easy mix-up: a training config given as a suite
+        raise SuiteError(f"{where}a training config (algo: {data['algo']}), not a suite: `metaray train` runs it, "
+                         "`metaray sweep` runs it over seeds; a suite lists runs (benchmarks/suites/*.yaml)")
     try:
         suite = Suite.model_validate(data)
     except ValidationError as err:

@@ -227,6 +227,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def validate(data: Any) -> RunConfig:
     if not isinstance(data, dict):
         raise ConfigError("config: expected a mapping of keys at the top level")
+    if "runs" in data and "algo" not in data:  # the easy mix-up: a bench suite given as a config
+        raise ConfigError("config error: a bench suite (it lists runs), not a training config: `metaray bench` runs it")
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:

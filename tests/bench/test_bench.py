@@ -134,6 +134,8 @@ def _write_suite(tmp_path: Path, **changes) -> Path:
     ({"runs": [{"name": "a b", "config": "configs/quickstart.yaml"}], "compare": None}, "runs.0.name"),
     ({"runs": [{"name": "big", "config": str(ROOT / "configs/quickstart.yaml"), "cpus": 512}], "compare": None},
      "run 'big' asks for 512 CPUs per trial; the Ray cluster has"),
+    ({"algo": "rl2", "runs": None, "name": None, "seeds": None, "eval": None, "compare": None},
+     "a training config (algo: rl2), not a suite: `metaray train` runs it"),
 ])
 def test_a_bad_suite_is_one_line_and_writes_nothing(tmp_path, change, message):
     suite = _write_suite(tmp_path, **change)

@@ -50,6 +50,8 @@ def test_overrides_are_typed_like_yaml():
         ({**BASE, "workers": {"num_workers": 0}}, "workers.num_workers: input should be greater than or equal to 1"),
         ({**BASE, "algo": "dqn"}, "algo: unknown algo 'dqn' (known: rl2, maml, adversarial"),
         ({"algo": "rl2"}, "task: required key is missing"),
+        ({"name": "smoke", "seeds": [0], "runs": [{"name": "a", "config": "configs/quickstart.yaml"}]},
+         "a bench suite (it lists runs), not a training config: `metaray bench` runs it"),
         ({**BASE, "learner": {"device": "tpu"}}, "learner.device: input should be 'auto', 'cpu' or 'cuda'"),
     ],
 )
