@@ -202,7 +202,7 @@ def _run_bench(suite: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from metaray.bench.report import ReportError, write_report
+    from metaray.bench.report import ReportError, load_results, write_report
 
     pairs = []
     for text in args.compare:
@@ -210,6 +210,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         if len(parts) != 2 or not all(parts):
             raise ReportError(f"--compare {text!r}: expected A,B (two run names)")
         pairs.append((parts[0], parts[1]))
+    if pairs:  # a misspelt run would only drop its comparison from the report: say so before writing
+        runs = sorted({r["run"] for r in load_results(args.results)})
+        for name in (n for pair in pairs for n in pair if n not in runs):
+            raise ReportError(f"--compare: {name!r} is not a run in these results (runs: {', '.join(runs)})")
     paths = write_report(args.results, args.output, compare=pairs, target=args.target)
     print(paths["markdown"].read_text())
     print(f"metaray report: wrote {paths['markdown']}, {paths['plot']}")
@@ -419,6 +423,11 @@ def _new_run_dir(args: argparse.Namespace, config: RunConfig) -> Path:
     run_dir = args.run_dir or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if (run_dir / "config.yaml").exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())  # what mkdir would build on
+    if not existing.is_dir():
+        raise ConfigError(f"--run-dir {run_dir}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--run-dir {run_dir}: {existing} is not writable by this user")
     return run_dir
 
 

@@ -52,7 +52,7 @@ def test_one_seed_has_no_interval_and_different_task_sets_fall_back_to_seed_scor
     assert aggregate(mixed, reps=100)["runs"]["m"]["tasks"] == 1
 
 
-def test_report_files_and_bad_result_files(tmp_path):
+def test_report_files_and_bad_result_files(tmp_path, capsys):
     for r in _results("a", [0, 1], 1.0) + _results("b", [0, 1], 2.0):
         (tmp_path / f"{r['run']}-seed{r['seed']}.json").write_text(json.dumps(r))
     (tmp_path / "notes.json").write_text("{}")  # not a result: skipped
@@ -61,6 +61,12 @@ def test_report_files_and_bad_result_files(tmp_path):
     assert "| a | rl2 / bandit | 2 |" in text  # results without a benchmark field: the family and "| b | a |" in text
     assert paths["plot"].stat().st_size > 10_000
     assert len(load_results([tmp_path])) == 4  # the report's own summary is not read back as a result
+
+    from metaray.cli import main  # a misspelt run in --compare: one line, the report not rewritten
+    before = paths["markdown"].read_bytes()
+    assert main(["report", str(tmp_path), "--compare", "b,c"]) == 2
+    assert capsys.readouterr().err.strip() == "metaray report: error: --compare: 'c' is not a run in these results (runs: a, b)"
+    assert paths["markdown"].read_bytes() == before
 
     (tmp_path / "future.json").write_text(json.dumps({**_results("c", [0], 1.0)[0], "schema_version": 99}))
     with pytest.raises(ReportError, match="result schema 99"):

@@ -105,6 +105,9 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         # a task outside the family's physical range (issue 27): refused before anything runs
         (["train", "{hcv}", "--serial", "--set", "task.kwargs.high=40"],
          "task.kwargs: HalfCheetahVelFamily: target velocities must lie in [-15, 15] m/s"),
+        # a run directory that cannot be made (was: a traceback from mkdir)
+        (["train", "{cfg}", "--serial", "--run-dir", "{cfg}"], "tiny.yaml is a file, not a directory"),
+        (["train", "{cfg}", "--serial", "--run-dir", "{cfg}/runs/a"], "tiny.yaml is a file, not a directory"),
     ],
 )
 def test_bad_input_gives_one_line_and_writes_nothing(tiny_config, tmp_path, args, fragment):
