@@ -232,6 +232,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from metaray.cluster.checkpoint import write_text_atomic
     from metaray.cluster.config import to_yaml
     from metaray.cluster.progress import ProgressDisplay
+    from metaray.cluster.run_lock import check_not_locked, lock
     from metaray.cluster.runners import make_runner
     from metaray.cluster.runtime import make_runtime
     from metaray.cluster.storage import StorageSync, is_uri
@@ -240,6 +241,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     created = storage is not None and not args.resume
     try:
         config = _train_config(args)
+        if storage is None and args.run_dir is not None and Path(args.run_dir).is_dir():
+            check_not_locked(Path(args.run_dir))  # trained by a live process now: said before all else
         run_dir = _resume_run_dir(args, config) if args.resume else _new_run_dir(args, config)
     except BaseException as err:
         if created:
@@ -254,12 +257,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     display = ProgressDisplay(config.iterations, 0)
     sync = [StorageSync(storage, display.message)] if storage is not None else []
     made = None  # the folder this run made (inode): the only one its clean-up may remove
+    held = None  # this run directory's lock, for as long as this process trains it
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         made = run_dir.stat().st_ino
+        held = lock(run_dir)
         trainer = make_runner(config, run_dir, runtime, resume=args.resume, display=display, observers=sync)
         if trainer.counters["iteration"] >= config.iterations:
             trainer.close()
+            if held is not None:
+                held.close()
             print(f"{shown}: already at iteration {trainer.counters['iteration']} of {config.iterations}")
             return 0
         # the run starts now: a resume that failed before this point left the run directory as it was
@@ -276,15 +283,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         last = trainer.run()
     except BaseException as err:
         runtime.shutdown()
-        if created and not (run_dir / "progress.jsonl").exists():
+        if created and held is not None and not (run_dir / "progress.jsonl").exists():
             remove_if_same(run_dir, made)  # failed before any iteration: leave nothing
-        elif storage is not None:
+        elif storage is not None and held is not None:
             _final_push(storage, failing=True)  # what the run did until it stopped
+        if held is not None:
+            held.close()
         _raise_in_storage_terms(err, storage)
         raise
     runtime.shutdown()
     if storage is not None:
         _final_push(storage)
+    if held is not None:
+        held.close()
     ret = {k: v for k, v in last.items() if k in ("trial_return", "return_pre", "return_post")}
     print(f"done: {last.get('iteration')} iterations, {last.get('env_steps_total')} env steps, "
           f"{json.dumps(ret)}; run dir {shown}")
@@ -578,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     from metaray.cluster.checkpoint import CheckpointError
     from metaray.cluster.config import ConfigError
     from metaray.cluster.control import ScaleError
+    from metaray.cluster.run_lock import RunBusyError
     from metaray.cluster.runtime import RuntimeStartError
     from metaray.cluster.worker_pool import TrainingError
     from metaray.tasks import TaskFamilyError
@@ -587,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except (ConfigError, TaskFamilyError, RuntimeStartError, CheckpointError, TrainingError, ScaleError,
-            SuiteError, ReportError) as err:
+            SuiteError, ReportError, RunBusyError) as err:
         print(f"metaray {args.command}: error: {err}", file=sys.stderr)
         if getattr(err, "half_started", False):  # Ray's gRPC threads would hang the exit (RuntimeStartError)
             sys.stderr.flush()

@@ -22,6 +22,7 @@ from metaray.bench.provenance import results_tag
 from metaray.bench.report import write_report
 from metaray.bench.suite import Suite, SuiteError, require_bench_extra
 from metaray.bench.trial import trial_paths, tune_trainable
+from metaray.cluster.run_lock import check_not_locked, lock
 from metaray.cluster.runtime import RayRuntime
 
 
@@ -144,6 +145,8 @@ def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = 
     bench_dir = (runs_root / suite.name / ident).resolve()
     results_dir = (results_root / suite.name / ident).resolve()
     tune_dir = bench_dir / "tune"
+    if bench_dir.is_dir():  # another `metaray bench` runs this bench now: said before anything starts
+        check_not_locked(bench_dir, "bench")
     if not resume and tune_dir.exists():
         raise SuiteError(f"{bench_dir} already holds this bench (same suite, day and commit): pass --resume to finish it")
     restorable = restorable and tune.Tuner.can_restore(str(tune_dir))
@@ -183,6 +186,20 @@ def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = 
         RayRuntime(address, num_cpus=num_cpus)  # one line on an unreachable cluster (RuntimeStartError)
     check_resources(suite, ray.cluster_resources())
     bench_dir.mkdir(parents=True, exist_ok=True)
+    held = lock(bench_dir, "bench")  # until this bench ends: one `metaray bench` per bench at a time
+    try:
+        return _fit(suite, bench_dir, results_dir, tune_dir, ident, selection, chosen, restorable, max_concurrent,
+                    verbose)
+    finally:
+        if held is not None:
+            held.close()
+
+
+def _fit(suite: Suite, bench_dir: Path, results_dir: Path, tune_dir: Path, ident: str, selection: dict[str, Any],
+         chosen: list[dict[str, Any]], restorable: bool, max_concurrent: int | None, verbose: int) -> dict[str, Any]:
+    """Tune's experiment over the chosen trials (started or restored), then the report."""
+    from ray import tune
+
     results_dir.mkdir(parents=True, exist_ok=True)
     if not restorable:  # written when Tune's experiment starts, read when it is restored
         (bench_dir / CONCURRENCY_FILE).write_text(json.dumps({"max_concurrent": max_concurrent, **selection}))

@@ -26,6 +26,7 @@ import yaml
 from metaray.bench.provenance import SOURCE, config_hash, git_commit, machine, packages
 from metaray.bench.suite import Suite, bench_overrides
 from metaray.cluster.checkpoint import latest_checkpoint, read_progress
+from metaray.cluster.run_lock import busy_message, wait_unlocked
 
 SCHEMA_VERSION = 1
 _POLL_S = 5.0
@@ -205,6 +206,10 @@ def run_trial(suite: Suite, run_name: str, seed: int, bench_dir: Path, results_d
     run = suite.run(run_name)
     overrides = bench_overrides(suite, run, seed)
     run_dir = paths["run_dir"]
+    # a training stopped a moment ago (the bench's Ctrl-C, then --resume at once) may still be
+    # writing its checkpoint: wait for it rather than fail this trial as a second trainer
+    if run_dir.is_dir() and not wait_unlocked(run_dir, _STOP_WAIT_S):
+        raise TrialFailed(f"{run_name} seed {seed}: {busy_message(run_dir)}")
     resuming = (run_dir / "config.yaml").is_file()
     if resuming and latest_checkpoint(run_dir) is None:
         # interrupted before its first checkpoint: nothing to continue from, start it again
