@@ -50,14 +50,28 @@ def _holder(directory: Path) -> str:
         return ""
 
 
-def _try_lock(directory: Path) -> IO[str] | None:
+class _Unlocked:
+    """Stands for a lock where the filesystem has no flock (some network mounts answer ENOLCK):
+    training goes on unlocked there, as before locks existed."""
+
+    def close(self) -> None:
+        pass
+
+
+def _try_lock(directory: Path) -> IO[str] | _Unlocked | None:
     """The lock file, opened and locked; None when another process holds it."""
-    handle = open(directory / LOCK_FILE, "a")  # noqa: SIM115 - held open for the process's life
+    try:
+        handle = open(directory / LOCK_FILE, "a")  # noqa: SIM115 - held open for the process's life
+    except OSError:  # e.g. a read-only run directory: whatever writes next says what is wrong
+        return _Unlocked()
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
         return None
+    except OSError:
+        handle.close()
+        return _Unlocked()
     return handle
 
 
@@ -86,7 +100,7 @@ def check_not_locked(directory: Path, what: str = "run") -> None:
         raise RunBusyError(busy_message(directory, what))
 
 
-def lock(directory: Path, what: str = "run") -> IO[str] | None:
+def lock(directory: Path, what: str = "run") -> IO[str] | _Unlocked | None:
     """Hold `directory`'s lock until the returned handle is closed or this process ends; raise
     RunBusyError when another process holds it. None where the platform has no flock."""
     if fcntl is None:

@@ -116,3 +116,17 @@ def test_a_second_bench_of_a_running_bench_is_refused_before_anything_starts(tmp
         f"metaray bench: error: {bench} is being run by another `metaray bench` (pid {holder.pid}): stop it first "
         "(Ctrl-C; its trials checkpoint) or let it finish"]
     assert not (tmp_path / "results").exists() and [p.name for p in bench.iterdir()] == [".lock"]
+
+
+def test_a_filesystem_without_flock_trains_unlocked_rather_than_failing(tmp_path, monkeypatch):
+    import errno
+
+    from metaray.cluster import run_lock
+
+    def no_locks(*_: object) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")  # what some network mounts answer
+
+    monkeypatch.setattr(run_lock.fcntl, "flock", no_locks)
+    held = lock(tmp_path)
+    assert held is not None and not is_locked(tmp_path)
+    held.close()
