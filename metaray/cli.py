@@ -265,8 +265,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer = make_runner(config, run_dir, runtime, resume=args.resume, display=display, observers=sync)
         if trainer.counters["iteration"] >= config.iterations:
             trainer.close()
-            if held is not None:
-                held.close()
+            held.close()
             print(f"{shown}: already at iteration {trainer.counters['iteration']} of {config.iterations}")
             return 0
         # the run starts now: a resume that failed before this point left the run directory as it was
@@ -294,8 +293,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     runtime.shutdown()
     if storage is not None:
         _final_push(storage)
-    if held is not None:
-        held.close()
+    held.close()
     ret = {k: v for k, v in last.items() if k in ("trial_return", "return_pre", "return_post")}
     print(f"done: {last.get('iteration')} iterations, {last.get('env_steps_total')} env steps, "
           f"{json.dumps(ret)}; run dir {shown}")

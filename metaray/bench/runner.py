@@ -191,8 +191,7 @@ def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = 
         return _fit(suite, bench_dir, results_dir, tune_dir, ident, selection, chosen, restorable, max_concurrent,
                     verbose)
     finally:
-        if held is not None:
-            held.close()
+        held.close()
 
 
 def _fit(suite: Suite, bench_dir: Path, results_dir: Path, tune_dir: Path, ident: str, selection: dict[str, Any],

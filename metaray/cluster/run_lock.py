@@ -100,11 +100,11 @@ def check_not_locked(directory: Path, what: str = "run") -> None:
         raise RunBusyError(busy_message(directory, what))
 
 
-def lock(directory: Path, what: str = "run") -> IO[str] | _Unlocked | None:
+def lock(directory: Path, what: str = "run") -> IO[str] | _Unlocked:
     """Hold `directory`'s lock until the returned handle is closed or this process ends; raise
-    RunBusyError when another process holds it. None where the platform has no flock."""
+    RunBusyError when another process holds it. Where there is no flock, a handle that holds nothing."""
     if fcntl is None:
-        return None
+        return _Unlocked()
     handle = _try_lock(directory)
     if handle is None:
         raise RunBusyError(busy_message(directory, what))
