@@ -124,9 +124,13 @@ def oversubscription_note(max_concurrent: int, num_cpus: int, cores: int) -> str
     2 cores: 36 s a meta-iteration each, against 21 s for two at once; 2026-12-07)."""
     if num_cpus <= cores:
         return None
+    per_trial = num_cpus / max_concurrent
+    if per_trial > cores:  # no limit helps: one trial alone over-asks
+        return (f"metaray bench: a trial asks for {per_trial:g} CPUs on a machine with {cores}: its processes "
+                f"share the cores (slower, and wall times not comparable with a machine that has them)")
     return (f"metaray bench: --max-concurrent {max_concurrent} asks for {num_cpus} CPUs on a machine with {cores}: "
             f"the trials share the cores (slower, and wall times not comparable with trials that had theirs); "
-            f"--max-concurrent {max(1, int(cores // (num_cpus / max_concurrent)))} fits them")
+            f"--max-concurrent {int(cores // per_trial)} fits them")
 
 
 def run_suite(suite: Suite, results_root: Path, runs_root: Path, resume: bool = False,
