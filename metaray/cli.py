@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from metaray.cluster.config import RunConfig
+    from metaray.tasks import TaskFamily
 
 # Rollout workers and the learner run torch with one thread unless told otherwise; set before
 # torch is imported anywhere in this process (and inherited by Ray's local workers).
@@ -387,11 +388,30 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
         check_family(family)
     try:
         config.algorithm().check_family(family, config.algo_config())
+        _build_policy_once(config, family)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if config.scheduler.strategy == "regret" and not callable(getattr(family, "expert", None)):
         raise ConfigError(f"scheduler.strategy regret measures regret against an expert: task family {config.task.family!r} has no expert(task)")
     return config
+
+
+def _build_policy_once(config: RunConfig, family: TaskFamily) -> None:
+    """The algorithm builds its policy for the family's spaces before Ray starts, so that a
+    policy that cannot be (MAML's Gaussian policy on discrete actions, a user's inner optimizer
+    refusing its settings) is one line now, not a traceback from the learner. The global torch
+    RNG is left as it was."""
+    import numpy as np
+    import torch
+
+    from metaray.tasks import make_vector_env
+
+    probe = make_vector_env(family, family.sample(1, np.random.default_rng(0)), seed=0)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            config.algorithm().make_policy(probe.single_observation_space, probe.single_action_space, config.algo_config())
+    finally:
+        probe.close()
 
 
 def _resume_run_dir(args: argparse.Namespace, config: RunConfig) -> Path:

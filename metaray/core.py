@@ -24,19 +24,20 @@ The two modes are the two training loops (`metaray.cluster.runners`):
   holds; the learner updates whenever enough trials have arrived, dropping batches older than
   the algorithm's policy lag (RL²).
 
-This module is a leaf: numpy only (torch and gymnasium in type hints), so the runtime, the
+This module is a leaf: numpy and `metaray.plugins` only (torch and gymnasium in type hints), so the runtime, the
 algorithms, the gRPC service and users' code all import it.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol
 
 import numpy as np
+
+from metaray.plugins import PluginError, first_line, import_class
 
 if TYPE_CHECKING:
     import gymnasium as gym
@@ -338,26 +339,11 @@ def builtin_algorithms() -> tuple[str, ...]:
     return tuple(_BUILTIN)
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
 def _import_class(spec: str) -> type:
-    module_name, _, attr_path = spec.partition(":")
-    if not module_name or not attr_path:
-        raise AlgorithmError(f"algo {spec!r} must be a built-in name ({', '.join(_BUILTIN)}) or 'package.module:ClassName'")
     try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as error:  # a user's module may fail in any way while importing
-        raise AlgorithmError(f"cannot import algorithm module {module_name!r}: {type(error).__name__}: {_first_line(error)}") from None
-    for attr in attr_path.split("."):
-        if not hasattr(obj, attr):
-            raise AlgorithmError(f"module {module_name!r} has no attribute {attr_path!r}")
-        obj = getattr(obj, attr)
-    if not inspect.isclass(obj):
-        raise AlgorithmError(f"algo {spec!r} is not a class (it is a {type(obj).__name__})")
-    return obj
+        return import_class(spec, "algorithm", f"algo {spec!r} must be a built-in name ({', '.join(_BUILTIN)}) or 'package.module:ClassName'")
+    except PluginError as error:
+        raise AlgorithmError(str(error)) from None
 
 
 _cache: dict[str, Algorithm] = {}
@@ -379,7 +365,7 @@ def get_algorithm(spec: str) -> Algorithm:
     try:
         algorithm = cls()
     except Exception as error:
-        raise AlgorithmError(f"algorithm {spec!r} cannot be built without arguments: {type(error).__name__}: {_first_line(error)}") from None
+        raise AlgorithmError(f"algorithm {spec!r} cannot be built without arguments: {type(error).__name__}: {first_line(error)}") from None
     for name, default in OPTIONAL.items():
         if not hasattr(algorithm, name):
             setattr(algorithm, name, default.__get__(algorithm) if callable(default) else default)

@@ -189,9 +189,12 @@ def format_validation_error(err: ValidationError) -> str:
         return f"{loc}: unknown key"
     if e["type"] == "missing":
         return f"{loc}: required key is missing"
-    # a rule over a whole config or section (or a user algorithm's settings): its message names the keys
-    if e["type"] == "value_error" and (len(e["loc"]) <= 1 or loc.startswith("algo_settings")):
-        return str(e["ctx"]["error"]) if "error" in e.get("ctx", {}) else e["msg"]
+    # a rule over a whole config or section, a user algorithm's settings, or a rule whose message
+    # starts with its key: the message names the keys
+    if e["type"] == "value_error":
+        message = str(e["ctx"]["error"]) if "error" in e.get("ctx", {}) else e["msg"]
+        if len(e["loc"]) <= 1 or loc.startswith("algo_settings") or message.startswith(f"{loc}: "):
+            return message
     return f"{loc}: {e['msg'][0].lower()}{e['msg'][1:]} (got {e.get('input')!r})"
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from metaray.plugins import PluginError, check_settings, first_line, import_class
 from metaray.tasks.bandit import BanditFamily
 from metaray.tasks.base import Task, TaskFamily, TaskVectorEnv
 from metaray.tasks.faulty import FaultyFamily
@@ -52,11 +53,6 @@ class TaskFamilyError(ValueError):
         super().__init__(" ".join(str(message).split()))
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
 def _resolve(name: str) -> type:
     if name in FAMILIES:
         return FAMILIES[name]
@@ -65,48 +61,10 @@ def _resolve(name: str) -> type:
         raise TaskFamilyError(
             f"unknown task family {name!r} (known: {known}, or 'package.module:ClassName')"
         )
-    module_name, _, attr_path = name.partition(":")
-    if not module_name or not attr_path:
-        raise TaskFamilyError(f"task family {name!r} must look like 'package.module:ClassName'")
     try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as error:  # a user's module may fail in any way while importing
-        raise TaskFamilyError(
-            f"cannot import task family module {module_name!r}: "
-            f"{type(error).__name__}: {_first_line(error)}"
-        ) from None
-    for attr in attr_path.split("."):
-        if not hasattr(obj, attr):
-            raise TaskFamilyError(f"module {module_name!r} has no attribute {attr_path!r}")
-        obj = getattr(obj, attr)
-    if not inspect.isclass(obj):
-        raise TaskFamilyError(f"task family {name!r} is not a class (it is a {type(obj).__name__})")
-    return obj
-
-
-def _check_kwargs(cls: type, kwargs: Mapping[str, Any]) -> None:
-    try:
-        signature = inspect.signature(cls)
-    except (TypeError, ValueError):
-        return  # no signature to check against; the constructor call will tell
-    parameters = signature.parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    allowed = [
-        p.name
-        for p in parameters.values()
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    ]
-    for key in kwargs:
-        if key not in allowed:
-            raise TaskFamilyError(
-                f"task.kwargs: {cls.__name__} got an unexpected keyword {key!r} "
-                f"(allowed: {', '.join(allowed) or 'none'})"
-            )
-    try:
-        signature.bind(**kwargs)
-    except TypeError as error:
-        raise TaskFamilyError(f"task.kwargs: {cls.__name__}: {_first_line(error)}") from None
+        return import_class(name, "task family", f"task family {name!r} must look like 'package.module:ClassName'")
+    except PluginError as error:
+        raise TaskFamilyError(str(error)) from None
 
 
 def make_family(name: str, kwargs: Mapping[str, Any] | None = None) -> TaskFamily:
@@ -117,11 +75,14 @@ def make_family(name: str, kwargs: Mapping[str, Any] | None = None) -> TaskFamil
     if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
         raise TaskFamilyError(f"task.kwargs must be a mapping of names to values, got {kwargs!r}")
     cls = _resolve(name)
-    _check_kwargs(cls, kwargs)
+    try:
+        check_settings(cls, kwargs, "task.kwargs")
+    except PluginError as error:
+        raise TaskFamilyError(str(error)) from None
     try:
         family = cls(**kwargs)
     except (TypeError, ValueError) as error:
-        raise TaskFamilyError(f"task.kwargs: {_first_line(error)}") from None
+        raise TaskFamilyError(f"task.kwargs: {first_line(error)}") from None
     missing = [attr for attr in _REQUIRED if not hasattr(family, attr)]
     if missing:
         raise TaskFamilyError(f"{cls.__name__} is not a task family: it lacks {', '.join(missing)}")
@@ -169,7 +130,7 @@ def check_family(family: TaskFamily) -> None:
         raise
     except Exception as error:  # a user's env may fail in any way
         raise TaskFamilyError(f"{cls}: building, resetting and stepping an env of task {tasks[0].task_id} failed: "
-                              f"{type(error).__name__}: {_first_line(error)}") from None
+                              f"{type(error).__name__}: {first_line(error)}") from None
 
 
 def _one_task(family: TaskFamily, split: str) -> Task:
@@ -177,7 +138,7 @@ def _one_task(family: TaskFamily, split: str) -> Task:
     try:
         tasks = list(family.sample(1, np.random.default_rng(0), split))
     except Exception as error:
-        raise TaskFamilyError(f"{cls}.sample(1, rng, {split!r}) failed: {type(error).__name__}: {_first_line(error)}") from None
+        raise TaskFamilyError(f"{cls}.sample(1, rng, {split!r}) failed: {type(error).__name__}: {first_line(error)}") from None
     if len(tasks) != 1:
         raise TaskFamilyError(f"{cls}.sample(1, rng, {split!r}) returned {len(tasks)} tasks, not 1")
     task = tasks[0]

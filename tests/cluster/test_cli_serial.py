@@ -101,7 +101,14 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["train", "{hcv}", "--serial", "--set", "maml.inner_optimizer=lstm", "--set", "maml.outer=reptile"],
          "maml.inner_optimizer: lstm needs outer trpo or ppo-clip"),
         (["train", "{hcv}", "--serial", "--set", "maml.inner_optimizer=adam"],
-         "maml.inner_optimizer: input should be 'sgd', 'meta-sgd' or 'lstm' (got 'adam')"),
+         "maml.inner_optimizer: unknown 'adam' (sgd, meta-sgd, lstm, or your own as 'package.module:ClassName')"),
+        (["train", "{hcv}", "--serial", "--set", "maml.inner_optimizer=no_such_module_for_metaray:Rule"],
+         "maml.inner_optimizer: cannot import inner optimizer module 'no_such_module_for_metaray'"),
+        # a policy the algorithm cannot build for the family, said before anything starts (was: a
+        # traceback from the learner)
+        (["train", "{hcv}", "--serial", "--set", "maml.inner_optimizer=examples.per_tensor_sgd:PerTensorSGD",
+          "--set", "maml.inner_optimizer_kwargs.max_scale=0.5"], "max_scale must be above 1, got 0.5"),
+        (["train", "{maml_bandit}", "--serial"], "MAML's Gaussian policy needs a flat Box action space, got Discrete(5)"),
         # a task outside the family's physical range (issue 27): refused before anything runs
         (["train", "{hcv}", "--serial", "--set", "task.kwargs.high=40"],
          "task.kwargs: HalfCheetahVelFamily: target velocities must lie in [-15, 15] m/s"),
@@ -116,7 +123,9 @@ def test_bad_input_gives_one_line_and_writes_nothing(tiny_config, tmp_path, args
     work = tmp_path / "work"
     work.mkdir()
     hcv = Path(__file__).resolve().parents[2] / "configs" / "maml-trpo-halfcheetah-vel.yaml"
-    args = [a.format(cfg=tiny_config, bad=bad, tmp=work, hcv=hcv) for a in args]
+    maml_bandit = tmp_path / "maml-bandit.yaml"
+    maml_bandit.write_text("algo: maml\ntask: {family: bandit}\n")
+    args = [a.format(cfg=tiny_config, bad=bad, tmp=work, hcv=hcv, maml_bandit=maml_bandit) for a in args]
     proc = run_cli(*args, cwd=work)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from metaray.actors import RolloutWorker
 from metaray.cluster.checkpoint import read_progress
@@ -98,7 +99,8 @@ def test_cuda_learner_without_a_gpu_is_a_clear_error(tiny_config, tmp_path):
         Trainer(config, tmp_path, RayRuntime(address=None))
 
 
-@pytest.mark.parametrize("inner_optimizer", ["sgd", "lstm"])
+# a learned rule (lstm) and a user's own, imported by name on the Ray workers (issue 30)
+@pytest.mark.parametrize("inner_optimizer", ["sgd", "lstm", "examples.per_tensor_sgd:PerTensorSGD"])
 def test_maml_meta_iterations_on_two_ray_workers(tmp_path, inner_optimizer):
     config = load_config(ROOT / "configs" / "maml-trpo-point-nav.yaml",
                          ["iterations=2", "maml.meta_batch_size=4", "maml.episodes_per_task=4", "checkpoint.every=1",
@@ -114,8 +116,10 @@ def test_maml_meta_iterations_on_two_ray_workers(tmp_path, inner_optimizer):
     assert 0 < last["env_steps_total"] <= 2 * 4 * 4 * 2 * 100
     state = json.loads((tmp_path / "checkpoints" / "iter-000002" / "state.json").read_text())
     assert "scheduler" in state and state["policy_version"] == 2
-    if inner_optimizer == "lstm":  # the learned rule was trained and travelled to the workers
+    if inner_optimizer != "sgd":  # the learned rule was trained and travelled to the workers
         assert all(row["inner_lr_grad_norm"] > 0 for row in rows)
+        weights = load_file(str(tmp_path / "checkpoints" / "iter-000002" / "learner.safetensors"))
+        assert any(k.startswith("policy/inner_optimizer.") for k in weights)
 
 
 @pytest.mark.parametrize("sync", [True, False])

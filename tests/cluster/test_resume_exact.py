@@ -35,6 +35,9 @@ MAML = {
 }
 # a learned inner optimizer (issue 30): its weights travel with the policy, its Adam state with the learner's
 MAML_LSTM = {**MAML, "maml": {**MAML["maml"], "inner_optimizer": "lstm", "num_inner_steps": 2}}
+# a user's own inner optimizer (examples/per_tensor_sgd.py), named in the config
+MAML_USERS = {**MAML, "maml": {**MAML["maml"], "inner_optimizer": "examples.per_tensor_sgd:PerTensorSGD",
+                               "inner_optimizer_kwargs": {"max_scale": 4.0}}}
 # meta adversarial imitation: MAML's loop plus demos drawn by the worker and the discriminator's Adam
 ADV = {**MAML, "algo": "adversarial", "maml": None,
        "adversarial": {"meta_batch_size": 4, "episodes_per_task": 3, "hidden_sizes": [16], "disc_hidden_sizes": [8],
@@ -54,7 +57,8 @@ def train(config: Path, run: Path, *args: str) -> None:
     assert main(["train", str(config), "--serial", "--run-dir", str(run), *args]) == 0
 
 
-@pytest.mark.parametrize("base", [RL2, MAML, MAML_LSTM, ADV], ids=["rl2", "maml", "maml-lstm-inner-optimizer", "adversarial"])
+@pytest.mark.parametrize("base", [RL2, MAML, MAML_LSTM, MAML_USERS, ADV],
+                         ids=["rl2", "maml", "maml-lstm-inner-optimizer", "maml-users-inner-optimizer", "adversarial"])
 def test_resumed_serial_run_equals_the_uninterrupted_one_bit_for_bit(base, tmp_path):
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump({k: v for k, v in base.items() if v is not None}))
@@ -68,7 +72,7 @@ def test_resumed_serial_run_equals_the_uninterrupted_one_bit_for_bit(base, tmp_p
     a = load_file(str(latest_checkpoint(tmp_path / "straight") / "learner.safetensors"))
     b = load_file(str(latest_checkpoint(tmp_path / "resumed") / "learner.safetensors"))
     assert a.keys() == b.keys() and any(k.startswith("optimizer/") for k in a) == (base is not MAML)
-    assert any("inner_optimizer" in k for k in a) == (base is MAML_LSTM)
+    assert any("inner_optimizer" in k for k in a) == (base in (MAML_LSTM, MAML_USERS))
     for key in a:
         assert np.array_equal(a[key], b[key]), key
     sa = json.loads((latest_checkpoint(tmp_path / "straight") / "state.json").read_text())

@@ -1,6 +1,7 @@
-"""Learned inner optimizers (`maml.inner_optimizer: meta-sgd | lstm`): the update rules, the
-worker's adaptation against the learner's recomputation, the meta-training step, checkpoints,
-and the settings that are refused."""
+"""Learned inner optimizers (`maml.inner_optimizer: meta-sgd | lstm`, or a user's own named as
+'package.module:Class', here examples/per_tensor_sgd.py): the update rules, the worker's
+adaptation against the learner's recomputation, the meta-training step, checkpoints, and the
+settings that are refused."""
 
 import copy
 import math
@@ -19,6 +20,7 @@ from metaray.tasks import make_family
 torch.set_num_threads(1)
 
 N_TASKS, EPISODES = 3, 4
+USERS = "examples.per_tensor_sgd:PerTensorSGD"  # a user's rule, outside metaray
 
 
 def point_nav_setup(kind, steps=1, outer="trpo", seed=0, **extra):
@@ -70,7 +72,7 @@ def test_an_untrained_lstm_adapts_exactly_as_sgd(steps):
         torch.testing.assert_close(lstm[k], sgd[k], rtol=0, atol=1e-7)
 
 
-@pytest.mark.parametrize(("kind", "steps"), [("meta-sgd", 1), ("lstm", 1), ("lstm", 2), ("meta-sgd", 2)])
+@pytest.mark.parametrize(("kind", "steps"), [("meta-sgd", 1), ("lstm", 1), ("lstm", 2), ("meta-sgd", 2), (USERS, 2)])
 def test_the_workers_adapted_parameters_equal_the_learners_recomputation(kind, steps):
     """The optimizer travels with the weights; the worker adapts without a graph, the learner
     recomputes the same θ'_i from the episodes (the LSTM's state carried across the steps)."""
@@ -258,11 +260,15 @@ def test_lstm_trpo_curvature_in_closed_form_holds_the_rules_coefficients_fixed(s
         policy.float()
 
 
-def test_lstm_trpo_update_in_closed_form_equals_autograd_for_the_untrained_rule():
+@pytest.mark.parametrize("kind", ["lstm", USERS])
+def test_trpo_update_in_closed_form_equals_autograd_where_the_curvatures_agree(kind):
     """The whole TRPO step with a learned rule: the curvature in closed form (`closed_form:
     true`) and by autograd through the rule take the same step where the two curvatures agree
-    (the untrained LSTM), the meta-gradient by autograd in both."""
-    config, family, sampler, policy = point_nav_setup("lstm", 2)
+    (the untrained LSTM; a user's rule whose coefficients do not depend on the gradient, moved
+    off its start), the meta-gradient by autograd in both."""
+    config, family, sampler, policy = point_nav_setup(kind, 2)
+    if kind == USERS:
+        perturb(policy.inner_optimizer)
     learner, results = collect(config, family, sampler, policy)
     policy.double()
     steps = {}
@@ -300,7 +306,7 @@ def test_a_users_rule_without_a_linear_form_is_differentiated_by_autograd():
     assert any(not torch.equal(p, before[k]) for k, p in policy.theta().items())
 
 
-@pytest.mark.parametrize("kind", ["meta-sgd", "lstm"])
+@pytest.mark.parametrize("kind", ["meta-sgd", "lstm", USERS])
 def test_the_optimizer_and_its_adam_state_are_checkpointed(kind):
     config, family, sampler, policy = point_nav_setup(kind, 1, "ppo-clip")
     learner, results = collect(config, family, sampler, policy)
@@ -349,10 +355,54 @@ def test_an_adversarial_checkpoint_from_before_inner_optimizer_loads():
 @pytest.mark.parametrize(("settings", "fragment"), [
     ({"outer": "reptile"}, "maml.inner_optimizer: lstm needs outer trpo or ppo-clip"),
     ({"num_inner_steps": 0}, "num_inner_steps >= 1"),
-    ({"inner_optimizer": "adam"}, "Input should be 'sgd', 'meta-sgd' or 'lstm'"),
+    ({"inner_optimizer": "adam"}, r"maml.inner_optimizer: unknown 'adam' \(sgd, meta-sgd, lstm, or your own"),
 ])
 def test_settings_a_learned_optimizer_cannot_train_with_are_refused(settings, fragment):
     with pytest.raises(ValidationError, match=fragment):
         maml.MAMLConfig(**{"inner_optimizer": "lstm", **settings})
     with pytest.raises(ValidationError, match="adapt_generator"):
         adv.AdversarialConfig(inner_optimizer="lstm", adapt_generator=False)
+
+
+@pytest.mark.parametrize(("settings", "fragment"), [
+    ({"inner_optimizer": "no_such_module_for_metaray:Rule"},
+     "maml.inner_optimizer: cannot import inner optimizer module 'no_such_module_for_metaray': ModuleNotFoundError"),
+    ({"inner_optimizer": "examples.per_tensor_sgd:Nope"}, "module 'examples.per_tensor_sgd' has no attribute 'Nope'"),
+    ({"inner_optimizer": "examples.reinforce:Reinforce"}, "is not a subclass of metaray.learner.maml.InnerOptimizer"),
+    ({"inner_optimizer": "metaray.learner.maml:InnerOptimizer"}, "does not implement update"),
+    ({"inner_optimizer": USERS, "inner_optimizer_kwargs": {"maxscale": 3}},
+     r"maml.inner_optimizer_kwargs: PerTensorSGD got an unexpected keyword 'maxscale' \(allowed: max_scale\)"),
+    ({"inner_optimizer": "lstm", "inner_optimizer_kwargs": {"max_scale": 3}}, "settings for a user's inner optimizer"),
+    ({"inner_optimizer": USERS, "outer": "reptile"}, "per_tensor_sgd:PerTensorSGD needs outer trpo or ppo-clip"),
+])
+def test_a_users_inner_optimizer_that_cannot_be_used_is_refused_in_one_line(settings, fragment):
+    with pytest.raises(ValidationError, match=fragment) as err:
+        maml.MAMLConfig(**settings)
+    assert "\n" not in str(err.value.errors()[0]["msg"])
+
+
+def test_a_users_inner_optimizer_that_cannot_be_built_is_one_line():
+    """Its constructor's own refusal, and a rule with nothing to learn, when the policy is built."""
+    config = maml.MAMLConfig(inner_optimizer=USERS, inner_optimizer_kwargs={"max_scale": 0.5})
+    shapes = {"w": torch.Size([2, 3])}
+    with pytest.raises(ValueError, match=r"^inner optimizer '.*PerTensorSGD' cannot be built with inner_optimizer_kwargs "
+                                         r"\{'max_scale': 0.5\}: ValueError: max_scale must be above 1, got 0.5$"):
+        maml.make_inner_optimizer(config.inner_optimizer, shapes, 0.1, settings=config.inner_optimizer_kwargs)
+
+    class Fixed(maml.InnerOptimizer):
+        def __init__(self, shapes, inner_lr):
+            super().__init__()
+
+        def update(self, params, grads, losses, memory):
+            return {k: p - torch.sign(grads[k]) for k, p in params.items()}
+
+    import sys
+    import types
+    module = types.ModuleType("metaray_test_fixed_rule")
+    module.Fixed = Fixed
+    sys.modules[module.__name__] = module
+    try:
+        with pytest.raises(ValueError, match="has no parameters: nothing for the outer step to learn"):
+            maml.make_inner_optimizer("metaray_test_fixed_rule:Fixed", shapes, 0.1)
+    finally:
+        del sys.modules[module.__name__]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+BUILTIN_INNER_OPTIMIZERS = ("sgd", "meta-sgd", "lstm")
 
 
 class MAMLConfig(BaseModel):
@@ -16,7 +18,8 @@ class MAMLConfig(BaseModel):
     outer: Literal["trpo", "ppo-clip", "reptile"] = Field("trpo", description="Outer step: 'trpo' (MAML-TRPO), 'ppo-clip' (ProMP: clipped surrogate + inner KL penalty, Adam), 'reptile' (θ moves towards the adapted parameters).")
     first_order: bool = Field(False, description="Drop second-order terms (trpo, ppo-clip): the meta-gradient is the post-update policy gradient at θ'_i applied to θ.")
     inner_lr: float = Field(0.1, gt=0, description="Inner (adaptation) step size α (with meta-sgd / lstm: where the learned step sizes start).")
-    inner_optimizer: Literal["sgd", "meta-sgd", "lstm"] = Field("sgd", description="How θ'_i is made from the inner gradient: 'sgd' θ − α g (MAML); 'meta-sgd' θ − α ⊙ g with one meta-learned α per parameter entry (Li et al. 2017); 'lstm' a coordinate-wise LSTM reading each entry's gradient, the inner loss and the previous update, θ' = f ⊙ θ − i ⊙ g (Ravi & Larochelle 2017), exactly SGD before meta-training. Learned ones travel with the policy's weights and are trained by Adam (inner_optimizer_lr) on the post-update objective; see learner/maml/inner_optimizers.py for the contract.")
+    inner_optimizer: str = Field("sgd", description="How θ'_i is made from the inner gradient: 'sgd' θ − α g (MAML); 'meta-sgd' θ − α ⊙ g with one meta-learned α per parameter entry (Li et al. 2017); 'lstm' a coordinate-wise LSTM reading each entry's gradient, the inner loss and the previous update, θ' = f ⊙ θ − i ⊙ g (Ravi & Larochelle 2017), exactly SGD before meta-training; or your own, 'package.module:ClassName', a subclass of metaray.learner.maml.InnerOptimizer built as Class(shapes, inner_lr, **inner_optimizer_kwargs). Learned ones travel with the policy's weights and are trained by Adam (inner_optimizer_lr) on the post-update objective; see learner/maml/inner_optimizers.py for the contract.")
+    inner_optimizer_kwargs: dict[str, Any] = Field(default_factory=dict, description="A user's inner_optimizer ('package.module:ClassName'): the settings its constructor takes after (shapes, inner_lr).")
     inner_optimizer_lr: float = Field(0.01, gt=0, description="meta-sgd / lstm: Adam learning rate of the inner optimizer's meta-parameters.")
     inner_lstm_hidden_size: PositiveInt = Field(16, description="lstm: hidden units of the coordinate-wise LSTM (its state is per task and per parameter entry).")
     num_inner_steps: int = Field(1, ge=0, description="Inner policy-gradient steps per task; each uses fresh episodes sampled with the current adapted parameters. 0: no adaptation, the outer step is plain multi-task TRPO / PPO-clip on θ (Finn et al.'s 'pretrained' baseline; with a task-observing family, a task-conditioned policy).")
@@ -44,6 +47,17 @@ class MAMLConfig(BaseModel):
     post_std: Literal["shared", "learned"] = Field("shared", description="σ of the adapted policy: 'shared' (MAML: the exploring pre-update log σ, moved only by the inner steps) or 'learned' (its own meta-parameter post_log_std, initialised to init_post_log_std and learned by the outer step on the post-update objective, so exploitation noise is learned apart from exploration noise; first-order, the pre-update σ then stays at init_log_std). trpo / ppo-clip with at least one inner step.")
     init_post_log_std: float | None = Field(None, ge=-5, le=2, description="post_std learned: initial log σ of the adapted policies (default: init_log_std).")
 
+    @field_validator("inner_optimizer")
+    @classmethod
+    def _a_known_or_importable_inner_optimizer(cls, value: str) -> str:
+        if value in BUILTIN_INNER_OPTIMIZERS:
+            return value
+        # torch is imported only for a user's rule
+        from metaray.learner.maml.inner_optimizers import resolve_inner_optimizer
+
+        resolve_inner_optimizer(value, f"{cls.section}.inner_optimizer")
+        return value
+
     @model_validator(mode="after")
     def _post_std_needs_an_adapted_policy(self) -> MAMLConfig:
         if self.post_std == "learned" and (self.outer == "reptile" or self.num_inner_steps == 0):
@@ -51,5 +65,13 @@ class MAMLConfig(BaseModel):
         if self.inner_optimizer != "sgd" and (self.outer == "reptile" or self.num_inner_steps == 0):
             raise ValueError(f"{self.section}.inner_optimizer: {self.inner_optimizer} needs outer trpo or ppo-clip and num_inner_steps >= 1 "
                              "(reptile has no objective through the inner step to train it); allowed here: sgd")
+        if self.inner_optimizer in BUILTIN_INNER_OPTIMIZERS:
+            if self.inner_optimizer_kwargs:
+                raise ValueError(f"{self.section}.inner_optimizer_kwargs: settings for a user's inner optimizer "
+                                 f"('package.module:ClassName'), not {self.inner_optimizer}")
+        else:
+            from metaray.learner.maml.inner_optimizers import check_inner_optimizer_settings
+
+            check_inner_optimizer_settings(self.inner_optimizer, self.inner_optimizer_kwargs, f"{self.section}.inner_optimizer_kwargs")
         return self
 

@@ -9,8 +9,11 @@ inner gradient (`maml.inner_optimizer`).
   value to keep: θ' = f ⊙ θ − i ⊙ g. Its state is per task and per entry and runs across the
   inner steps of one adaptation.
 
-The contract (`InnerOptimizer`), which a user's own optimizer follows too:
-- it is an `nn.Module` whose parameters are meta-parameters: the policy holds it as
+The contract (`InnerOptimizer`), which a user's own optimizer follows too (named in a config as
+`inner_optimizer: "package.module:ClassName"`; examples/per_tensor_sgd.py is one):
+- it is built as `Class(shapes, inner_lr, **inner_optimizer_kwargs)`, `shapes` the shapes of θ's
+  parameters by name (those `update` gets in `params` and `grads`);
+- it is an `nn.Module` with at least one parameter, all meta-parameters: the policy holds it as
   `policy.inner_optimizer`, so it is published to the workers with the policy's weights and
   checkpointed with them (keys `inner_optimizer.*`);
 - `update(params, grads, losses, memory)` takes one inner step for all tasks at once: `params`
@@ -32,11 +35,13 @@ The contract (`InnerOptimizer`), which a user's own optimizer follows too:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
 from metaray.networks import Params
+from metaray.plugins import PluginError, check_settings, first_line, import_class
 
 PREPROCESS_P = 10.0  # Andrychowicz et al.'s p: magnitudes below e^-p are passed linearly
 LOG_SCALE_RANGE = 3.0  # the LSTM's step size stays within α·e^±3
@@ -179,13 +184,48 @@ def has_linear_form(rule: InnerOptimizer) -> bool:
     return type(rule).linear_coefficients is not InnerOptimizer.linear_coefficients
 
 
+def resolve_inner_optimizer(spec: str, key: str = "maml.inner_optimizer") -> type[InnerOptimizer]:
+    """A user's inner optimizer class ('package.module:ClassName'), checked to follow the
+    contract; ValueError with one line (starting with `key`) when it cannot be used."""
+    builtin = "sgd, meta-sgd, lstm"
+    if ":" not in spec:
+        raise ValueError(f"{key}: unknown {spec!r} ({builtin}, or your own as 'package.module:ClassName')")
+    try:
+        cls = import_class(spec, "inner optimizer", f"{spec!r} must be one of {builtin} or 'package.module:ClassName'")
+    except PluginError as error:
+        raise ValueError(f"{key}: {error}") from None
+    if not issubclass(cls, InnerOptimizer):
+        raise ValueError(f"{key}: {spec!r} is not a subclass of metaray.learner.maml.InnerOptimizer")
+    if cls.update is InnerOptimizer.update:
+        raise ValueError(f"{key}: {spec!r} does not implement update(params, grads, losses, memory)")
+    return cls
+
+
+def check_inner_optimizer_settings(spec: str, settings: dict[str, Any], key: str) -> None:
+    """Whether the user's class takes these settings after (shapes, inner_lr); one line if not."""
+    try:
+        check_settings(resolve_inner_optimizer(spec), settings, key, fixed=2)
+    except PluginError as error:
+        raise ValueError(str(error)) from None
+
+
 def make_inner_optimizer(kind: str, shapes: dict[str, torch.Size], inner_lr: float,
-                         lstm_hidden_size: int = 16) -> InnerOptimizer | None:
-    """The `maml.inner_optimizer` named by `kind` for parameters of these shapes (None for sgd)."""
+                         lstm_hidden_size: int = 16, settings: dict[str, Any] | None = None) -> InnerOptimizer | None:
+    """The `maml.inner_optimizer` named by `kind` for parameters of these shapes (None for sgd):
+    a built-in one, or a user's class built as Class(shapes, inner_lr, **settings)."""
     if kind == "sgd":
         return None
     if kind == "meta-sgd":
         return MetaSGD(shapes, inner_lr)
     if kind == "lstm":
         return LSTMInnerOptimizer(shapes, inner_lr, lstm_hidden_size)
-    raise ValueError(f"maml.inner_optimizer: unknown {kind!r} (sgd, meta-sgd or lstm)")
+    cls = resolve_inner_optimizer(kind)
+    try:
+        rule = cls(dict(shapes), inner_lr, **(settings or {}))
+    except Exception as error:  # a user's constructor may fail in any way
+        raise ValueError(f"inner optimizer {kind!r} cannot be built with inner_optimizer_kwargs {settings or {}}: "
+                         f"{type(error).__name__}: {first_line(error)}") from None
+    if not any(True for _ in rule.parameters()):
+        raise ValueError(f"inner optimizer {kind!r} has no parameters: nothing for the outer step to learn "
+                         "(a fixed rule is maml.inner_optimizer: sgd, or give it a learned scale)")
+    return rule

@@ -38,7 +38,7 @@ def make_gaussian_policy(obs_space: gym.Space, act_space: gym.Space, config: MAM
     policy = GaussianMLPPolicy(obs_space.shape[0], act_space.shape[0], list(config.hidden_sizes), config.activation,
                                config.init_log_std, config.init_output_scale, post)
     learned = make_inner_optimizer(config.inner_optimizer, {k: p.shape for k, p in policy.theta().items()},
-                                   config.inner_lr, config.inner_lstm_hidden_size)
+                                   config.inner_lr, config.inner_lstm_hidden_size, config.inner_optimizer_kwargs)
     if learned is not None:  # a submodule: published and checkpointed with the policy
         policy.inner_optimizer = learned
     return policy
