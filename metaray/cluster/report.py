@@ -143,6 +143,10 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "last_update_age_s": time.time() - (run_dir / "progress.jsonl").stat().st_mtime,
     }
     status.update({k: last[k] for k in RETURN_LABELS if k in last})
+    # held out every eval.every iterations: the newest such point, and its iteration
+    scored = next((r for r in reversed(rows) if "heldout_mean_return" in r), None)
+    if scored is not None:
+        status["heldout_mean_return"], status["heldout_iteration"] = scored["heldout_mean_return"], scored["iteration"]
     return status
 
 
@@ -181,7 +185,8 @@ def print_status(status: dict[str, Any]) -> None:
     ]
     if status.get("stalled"):
         rows.insert(1, ("waiting", f"no rollout worker alive: {status['stalled']}"))
-    rows += [(RETURN_LABELS[k], f"{status[k]:.3f}") for k in RETURN_LABELS if k in status]
+    rows += [(RETURN_LABELS[k], f"{status[k]:.3f}" + (f" (iteration {status['heldout_iteration']})" if k.startswith("heldout_") else ""))
+             for k in RETURN_LABELS if k in status]
     rows += [("checkpoint", status["checkpoint"] or "-"), ("metrics", status["metrics_url"] or "off")]
     if status.get("grpc_address"):
         rows.append(("gRPC", f"{status['grpc_address']}: {status['grpc_rollouts_accepted_total'] or 0:,} rollouts "

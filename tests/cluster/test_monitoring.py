@@ -313,3 +313,21 @@ def test_status_of_a_finished_run_and_of_one_whose_driver_died(finished_run, tmp
     assert gone["state"] == "stopped (driver gone)" and gone["metrics_url"] is None  # no endpoint without its driver
     assert main(["status", str(copy)]) == 0  # the table
     assert "stopped (driver gone)" in capsys.readouterr().out
+
+
+def test_status_shows_the_newest_held_out_point_and_its_iteration(finished_run, tmp_path, capsys):
+    """With eval.every the held-out return is in every N-th progress row only: status shows the
+    newest one and says which iteration it scored, not nothing between two points."""
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run, copy)
+    rows = read_progress(copy)
+    assert not any("heldout_mean_return" in r for r in rows)
+    assert main(["status", str(copy), "--json"]) == 0
+    assert "heldout_mean_return" not in json.loads(capsys.readouterr().out)
+    rows[1]["heldout_mean_return"] = -12.5  # scored at iteration 2 (eval.every: 2), not yet again at 4
+    (copy / "progress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["status", str(copy), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["heldout_mean_return"] == -12.5 and status["heldout_iteration"] == 2 and status["iteration"] == 4
+    assert main(["status", str(copy)]) == 0
+    assert "-12.500 (iteration 2)" in capsys.readouterr().out
