@@ -135,6 +135,27 @@ def load_weights(module: nn.Module, weights: dict[str, np.ndarray]) -> None:
         module.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
 
 
+def weights_mismatch(module: nn.Module, weights: dict[str, Any]) -> str | None:
+    """Why these weights (numpy arrays or tensors, by state-dict key) do not load into `module`,
+    in one line (missing and unexpected keys, shape differences), or None when they do. The
+    module is left with whatever loaded: call it on a module built to be checked."""
+    tensors = {k: torch.as_tensor(np.asarray(v)) for k, v in weights.items()}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            result = module.load_state_dict(tensors, strict=False)  # the module's key-renaming hooks run
+    except RuntimeError as err:  # shapes differ: torch names each one on a line of its own
+        lines = [line.strip().rstrip(".") for line in str(err).splitlines()[1:] if line.strip()]
+        return "; ".join(lines[:3]) + (f"; {len(lines) - 3} more" if len(lines) > 3 else "") if lines else str(err)
+
+    def names(keys: list[str]) -> str:
+        return ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+
+    parts = ([f"missing {names(result.missing_keys)}"] if result.missing_keys else []) + (
+        [f"unexpected {names(result.unexpected_keys)}"] if result.unexpected_keys else [])
+    return "; ".join(parts) or None
+
+
 def flat(tensors: Any) -> torch.Tensor:
     """Tensors as one flat vector (parameter order)."""
     return torch.cat([t.reshape(-1) for t in tensors])

@@ -18,6 +18,7 @@ from metaray.cluster.checkpoint import (
     write_text_atomic,
 )
 from metaray.cluster.config import ConfigError, RunConfig, load_config
+from metaray.networks import weights_mismatch
 from metaray.tasks import make_family, make_vector_env
 
 EVAL_OVERRIDABLE = re.compile(r"(task\.kwargs\.|eval\.|[a-z0-9_]+\.eval_)")  # which tasks and how they are acted on, not the model
@@ -116,11 +117,10 @@ def evaluate_weights(config: RunConfig, tensors: dict[str, Any], split: str = "t
     probe = make_vector_env(family, tasks[:1], seed=seed)
     policy = algorithm.make_policy(probe.single_observation_space, probe.single_action_space, algo_config)
     probe.close()
-    weights = {k.split("/", 1)[1]: torch.from_numpy(np.array(v)) for k, v in tensors.items() if k.startswith("policy/")}
-    try:
-        policy.load_state_dict(weights)
-    except RuntimeError as err:
-        raise CheckpointError(f"{where}: weights do not fit the run's policy ({str(err).splitlines()[0]})") from None
+    weights = {k.split("/", 1)[1]: np.array(v) for k, v in tensors.items() if k.startswith("policy/")}
+    mismatch = weights_mismatch(policy, weights)
+    if mismatch is not None:
+        raise CheckpointError(f"{where}: weights do not fit the run's policy ({mismatch})")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

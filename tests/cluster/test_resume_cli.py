@@ -3,8 +3,10 @@ with its own config, a damaged newest checkpoint is skipped (kept aside) by resu
 
 from __future__ import annotations
 
+import importlib
 import json
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -174,3 +176,48 @@ def test_an_interrupt_mid_iteration_checkpoints_the_last_completed_one(tmp_path,
         assert state[key] == pytest.approx(rows[-1][key], abs=1e-3), key
     policy = [k for k in tensors if k.startswith(("policy/", "optimizer/"))]
     assert policy and all((tensors[k] == regular[k]).all() for k in policy)
+
+
+RULE = '''
+import torch
+from metaray.learner.maml import InnerOptimizer
+
+
+class Rule(InnerOptimizer):
+    def __init__(self, shapes, inner_lr):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(float(inner_lr)))
+        EXTRA
+
+    def update(self, params, grads, losses, memory):
+        return {k: p - self.scale * grads[k] for k, p in params.items()}
+'''
+
+
+def test_a_checkpoint_that_no_longer_fits_the_users_code_is_one_line_and_changes_nothing(tmp_path, monkeypatch, capsys):
+    """A user's inner optimizer gained a parameter after the run was written: resume and eval
+    say which weights are missing, in one line, and leave the run as it was (was: a traceback
+    from the learner's load_state_dict, or a RayTaskError)."""
+    module = tmp_path / "metaray_test_users_rule.py"
+    module.write_text(RULE.replace("EXTRA", "pass"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = {"algo": "maml", "seed": 0, "iterations": 1, "task": {"family": "point-nav", "kwargs": {"horizon": 5}},
+           "checkpoint": {"every": 1}, "eval": {"num_tasks": 2},
+           "maml": {"inner_optimizer": "metaray_test_users_rule:Rule", "meta_batch_size": 2, "episodes_per_task": 2,
+                    "hidden_sizes": [4]}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    assert main(["train", str(path), "--serial", "--run-dir", str(run)]) == 0
+    before = snapshot(run)
+    module.write_text(RULE.replace("EXTRA", "self.momentum = torch.nn.Parameter(torch.zeros(()))"))
+    monkeypatch.delitem(sys.modules, "metaray_test_users_rule")
+    importlib.invalidate_caches()
+    capsys.readouterr()
+    assert main(["train", "--serial", "--resume", "--run-dir", str(run), "--iterations", "2"]) == 2
+    assert main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("missing inner_optimizer.momentum" in line for line in err), err
+    assert "its weights do not fit the policy this config builds" in err[0]
+    after = snapshot(run)
+    assert after.keys() == before.keys() and all(after[k] == before[k] for k in before if k != "driver.json")

@@ -24,3 +24,22 @@ def test_local_variables_round_trip():
     version, got = vars_.latest(-1)
     assert version == 0 and got is w
     assert vars_.latest(0) is None
+
+
+def test_weights_mismatch_names_missing_unexpected_and_reshaped_entries():
+    """What `metaray train --resume` and `metaray eval` say when a checkpoint's weights do not
+    fit the policy: the keys and shapes, in one line; None when they fit."""
+    from torch import nn
+
+    from metaray.networks import get_weights, weights_mismatch
+
+    small, wide = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 2))
+    assert weights_mismatch(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), get_weights(small)) is None
+    reshaped = weights_mismatch(wide, get_weights(small))
+    assert reshaped.startswith("size mismatch for 0.weight: copying a param with shape torch.Size([4, 3])")
+    assert reshaped.count("size mismatch") == 3 and "\n" not in reshaped  # 0.weight, 0.bias, 1.weight
+    wider = weights_mismatch(nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 5)), get_weights(small))
+    assert wider.count("size mismatch") == 3 and wider.endswith("; 1 more")  # four differ: three named
+    missing = weights_mismatch(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2), nn.Linear(2, 1)),
+                               get_weights(small) | {"extra": small[0].bias.detach().numpy()})
+    assert missing == "missing 2.weight, 2.bias; unexpected extra"

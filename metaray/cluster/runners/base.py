@@ -41,6 +41,7 @@ from metaray.cluster.runtime import RayRuntime, SerialRuntime
 from metaray.cluster.scheduler import TaskScheduler
 from metaray.cluster.worker_pool import TrainingError, WorkerPool, is_worker_failure
 from metaray.learner.learner import Learner
+from metaray.networks import weights_mismatch
 from metaray.tasks import make_family, make_vector_env
 
 COUNTERS = ("iteration", "wall_time_s", "env_steps_total", "episodes_total", "dropped_batches_total",
@@ -132,7 +133,20 @@ class Runner:
             raise CheckpointError(f"{self.run_dir} has no checkpoint that loads" +
                                   (" (damaged ones were moved to checkpoints/damaged/)" if found.skipped else ""))
         self.resumed_from = found.path
+        self._check_weights_fit(found.tensors)
         return found.tensors, found.state
+
+    def _check_weights_fit(self, tensors: dict[str, np.ndarray]) -> None:
+        """A checkpoint whose weights no longer fit the policy the config builds (a user's own
+        network or inner optimizer changed since it was written): one line before the learner
+        starts, not an error from inside it. The global torch RNG is left as it was."""
+        with torch.random.fork_rng(devices=[]):
+            policy = self.algorithm.make_policy(*self._spaces, self.algo_config)
+        weights = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("policy/")}
+        mismatch = weights_mismatch(policy, weights)
+        if mismatch is not None:
+            raise CheckpointError(f"{self.resumed_from}: its weights do not fit the policy this config builds ({mismatch}); "
+                                  "the policy's code or the run's config.yaml changed since it was written: restore them, or start a new run")
 
     def _restore_learner(self, tensors: dict[str, np.ndarray], state: dict[str, Any]) -> None:
         self.runtime.get(self.learner.set_state.remote(tensors, state["learner"]))
