@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -598,6 +599,30 @@ def _readable_run(args: argparse.Namespace, checkpoints: bool) -> Iterator[tuple
         storage.discard()
 
 
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+
+
+def users_frame(err: BaseException) -> tuple[str, int, str] | None:
+    """(file, line, function) of the innermost frame of the user's own code in the error's
+    traceback (a Ray task's, from its text): code outside metaray, Python and installed packages,
+    such as a task family, algorithm or inner optimizer named "package.module:Class". None when
+    the error did not pass through such code."""
+    import traceback
+
+    import metaray
+
+    # a Ray task's error: the remote traceback is in its text (its cause has none)
+    text = str(err) if type(err).__module__.startswith("ray") else None
+    if text is not None:
+        frames = [(file, int(line), name) for file, line, name in _FRAME.findall(text)]
+    else:
+        frames = [(f.filename, f.lineno or 0, f.name) for f in traceback.extract_tb(err.__traceback__)]
+    ours = {os.path.dirname(os.path.abspath(metaray.__file__)), sys.prefix, sys.base_prefix, sys.exec_prefix}
+    users = [f for f in frames if not f[0].startswith("<") and "site-packages" not in f[0] and "dist-packages" not in f[0]
+             and not any(os.path.abspath(f[0]).startswith(root + os.sep) for root in ours)]
+    return users[-1] if users else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if os.getcwd() not in sys.path:  # a user's "package.module:Class" (family, algorithm) from the working
@@ -632,7 +657,16 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except Exception as err:
-        if not type(err).__module__.startswith("ray") or os.environ.get("METARAY_DEBUG"):
+        if os.environ.get("METARAY_DEBUG"):
+            raise
+        where = users_frame(err)
+        if where is not None:  # raised in the user's own family, algorithm or inner optimizer
+            cause = getattr(err, "cause", None) or err  # a Ray task's error carries the original
+            first = (str(cause).strip().splitlines() or [""])[0]
+            print(f"metaray {args.command}: error in your code at {where[0]}:{where[1]} ({where[2]}): "
+                  f"{type(cause).__name__}: {first} (METARAY_DEBUG=1 shows the traceback)", file=sys.stderr)
+            return 1
+        if not type(err).__module__.startswith("ray"):
             raise
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         print(f"metaray {args.command}: Ray error: {type(err).__name__}: {first} "
