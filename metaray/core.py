@@ -131,6 +131,12 @@ def stack_stage(results: Sequence[TaskResult], stage: str) -> Episodes:
     return stack_episodes([r.stages[stage] for r in results])
 
 
+# A stream sampler's call returns early, with the trials that finished (maybe none), once this many
+# trials per slot were dropped in it for env failures: an env failing at every step would otherwise
+# keep the call, and the run, going forever without a trial.
+DROPPED_TRIALS_PER_SLOT_BEFORE_RETURN = 4
+
+
 @dataclass
 class SampleInfo:
     """What a stream sampler reports with each batch of whole trials."""

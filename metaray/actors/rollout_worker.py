@@ -49,7 +49,9 @@ class RolloutWorker:
     def _failure_counts(self) -> dict[str, int]:
         """Env failures and dropped episodes/trials since the last call."""
         failures, dropped = sum(generic.ENV_FAILURES.values()), self.sampler.dropped_episodes
-        out = {"env_failures": failures - self._failures_seen, "dropped_episodes": dropped - self._dropped_seen}
+        out: dict[str, Any] = {"env_failures": failures - self._failures_seen, "dropped_episodes": dropped - self._dropped_seen}
+        if out["env_failures"]:
+            out["env_failure_last"] = generic.LAST_ENV_FAILURE[0]
         self._failures_seen, self._dropped_seen = failures, dropped
         return out
 

@@ -45,6 +45,7 @@ class WorkersConfig(BaseModel):
     env_step_timeout_s: float | None = Field(30.0, gt=0, description="A vector-env step (all slots) or a reset running longer is a hang: the slot running when it expires is rebuilt and its episode dropped (null: no limit).")
     env_max_recreate: int = Field(3, ge=1, description="Rebuilds in a row of a slot env whose reset keeps failing before the worker gives up (and is restarted).")
     restart_failed_workers: bool = Field(True, description="Restart a rollout worker that died (RLlib: restart_failed_env_runners); false: stop the run with a checkpoint.")
+    max_dropped_iterations: int = Field(3, ge=1, description="Stop, with a checkpoint, when every episode of this many iterations in a row was dropped for env failures (an env that fails at every step or reset): training on nothing would otherwise go on silently.")
     max_worker_restarts: int = Field(3, ge=0, description="Restarts allowed per worker slot over the run (RLlib: max_num_env_runner_restarts).")
     restart_delay_s: float = Field(1.0, ge=0, description="Wait before restarting a worker; doubles with each restart of the same slot, at most 30 s.")
     probe_timeout_s: float = Field(10.0, gt=0, description="Health probe: a worker that does not answer a ping within this is treated as dead.")

@@ -52,6 +52,7 @@ class EnvGuardConfig:
 
 GUARD = EnvGuardConfig()
 ENV_FAILURES: Counter[str] = Counter()  # reason -> count, in this process (workers report deltas)
+LAST_ENV_FAILURE: list[str] = [""]  # the newest failure's full reason ("exception: ValueError"), in this process
 
 
 def _on_alarm(signum: int, frame: Any) -> None:
@@ -192,6 +193,7 @@ class _TaskSlot(gym.Wrapper):
 
     def _recreate(self, reason: str) -> tuple[Any, dict[str, Any]]:
         ENV_FAILURES[reason.split(":")[0]] += 1
+        LAST_ENV_FAILURE[0] = reason
         for _ in range(GUARD.max_recreate):
             with suppress(Exception):
                 self.env.close()
@@ -201,6 +203,7 @@ class _TaskSlot(gym.Wrapper):
             if not isinstance(out, str):
                 return out
             ENV_FAILURES[out.split(":")[0]] += 1
+            LAST_ENV_FAILURE[0] = out
         raise EnvFailure(f"env of task {self._task.task_id} ({self._task.family}) failed {GUARD.max_recreate + 1} "
                          f"times in a row, last: {out}")
 

@@ -29,7 +29,7 @@ import numpy as np
 from gymnasium.utils import seeding
 
 from metaray.tasks.base import Task
-from metaray.tasks.generic import ENV_FAILURES
+from metaray.tasks.generic import ENV_FAILURES, LAST_ENV_FAILURE
 from metaray.tasks.mujoco import MUJOCO_DERIVED as DERIVED  # what a checkpoint keeps as it is
 from metaray.tasks.native import BatchedTaskEnv
 
@@ -149,6 +149,7 @@ class MujocoVectorEnv(BatchedTaskEnv):
             terminated = terminated & ~self._failed
             self._elapsed[self._failed] = self.max_episode_steps - 1
             ENV_FAILURES["non-finite"] += int(self._failed.sum())
+            LAST_ENV_FAILURE[0] = "non-finite"
         return rewards, terminated
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:

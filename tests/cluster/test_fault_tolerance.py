@@ -129,6 +129,39 @@ def test_tasks_whose_episodes_all_fail_leave_the_iteration_return_finite(tmp_pat
     assert all(np.isfinite(r["return_pre"]) and np.isfinite(r["return_post"]) for r in rows)
 
 
+TINY_STREAM = {  # RL² and PEARL sample whole trials until enough finish: a trial never finishes here
+    "rl2": {"algo": "rl2", "rl2": {"episodes_per_trial": 2, "hidden_size": 8, "slots_per_worker": 8, "trials_per_update": 16}},
+    "pearl": {"algo": "pearl"},
+}
+
+
+@pytest.mark.parametrize("algo", ["maml", "rl2", "pearl"])
+def test_an_env_failing_at_every_step_stops_the_run_in_one_line_not_silently(algo, tmp_path, capsys):
+    """Every episode dropped: the meta-batch run stops after workers.max_dropped_iterations
+    iterations with a checkpoint; a stream run (whose sampler returns once too many trials of a
+    call were dropped, instead of stepping forever) after as many rounds of calls. Was: a MAML run
+    "training" on nothing with NaN returns to the end, exit 0; an RL² or PEARL run hanging."""
+    cfg = yaml.safe_load(yaml.safe_dump(TINY_MAML))
+    cfg["task"]["kwargs"].update(raise_rate=1.0)
+    cfg["iterations"] = 6
+    if algo != "maml":
+        del cfg["maml"]
+        cfg.update(TINY_STREAM[algo])
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    assert main(["train", str(path), "--serial", "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    what = "iterations" if algo == "maml" else "rounds of sampling calls"
+    assert len(err) == 1 and err[0].startswith(f"metaray train: error: every episode of the last 3 {what} was dropped "
+                                               "for env failures (last: exception: InjectedFault;"), err
+    assert "(workers.max_dropped_iterations=3)" in err[0]
+    if algo == "maml":
+        assert [r["iteration"] for r in read_progress(run)] == [1, 2, 3] and latest_checkpoint(run).name == "iter-000003"
+    else:
+        assert "no iteration had completed" in err[0] and not run.exists()
+
+
 # ----------------------------------------------------------------------------- process level
 @pytest.fixture(scope="module")
 def runtime(ray_local):

@@ -324,6 +324,8 @@ class Runner:
         self.counters["episodes_total"] += info["episodes"]
         self.counters["env_failures_total"] += info.get("env_failures", 0)
         self.counters["dropped_episodes_total"] += info.get("dropped_episodes", 0)
+        if info.get("env_failure_last"):
+            self._last_env_failure = info["env_failure_last"]
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
@@ -337,6 +339,8 @@ class Runner:
         self._start = time.perf_counter() - self.counters["wall_time_s"]
         self._last_t, self._last_steps = time.perf_counter(), self.counters["env_steps_total"]
         self._last_record: dict[str, Any] = {}
+        self._seen_episodes, self._seen_dropped = self.counters["episodes_total"], self.counters["dropped_episodes_total"]
+        self._dropped_streak, self._last_env_failure = 0, ""
         self._write_driver_info("running")
         state = "failed"
         try:
@@ -414,10 +418,22 @@ class Runner:
         }
         self._last_t, self._last_steps = now, self.counters["env_steps_total"]
         self._last_record = record
+        episodes, dropped = self.counters["episodes_total"], self.counters["dropped_episodes_total"]
+        all_dropped = episodes > self._seen_episodes and dropped - self._seen_dropped >= episodes - self._seen_episodes
+        self._dropped_streak = self._dropped_streak + 1 if all_dropped else 0
+        self._seen_episodes, self._seen_dropped = episodes, dropped
         self._stalled = None
         self._commit(remote_counts)
         for observer in self.observers:
             observer.observe(record)
+        if self._dropped_streak >= self.config.workers.max_dropped_iterations:
+            raise TrainingError(self._all_dropped("iterations"))
+
+    def _all_dropped(self, what: str) -> str:
+        limit = self.config.workers.max_dropped_iterations
+        return (f"every episode of the last {limit} {what} was dropped for env failures (last: "
+                f"{self._last_env_failure or 'unknown'}; {self.counters['env_failures_total']} in all): the env fails at "
+                f"every step or reset (workers.max_dropped_iterations={limit})")
 
     # ------------------------------------------------------------ checkpoints
     def _commit(self, remote_counts: dict[str, int]) -> None:

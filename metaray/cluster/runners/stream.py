@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from metaray.cluster.runners.base import Runner
+from metaray.cluster.worker_pool import TrainingError
 from metaray.core import Batch
 
 
@@ -28,6 +29,7 @@ class StreamRunner(Runner):
         self._batches: list[Batch] = []
         self._infos: list[dict[str, Any]] = []
         self._trials = 0
+        self._empty_calls = 0  # sampling calls in a row that returned no trial, all dropped
         # with a gRPC service, also look at its queue at least every 50 ms; else every second
         # (replacements join, and a signal is acted on, while the workers sample)
         timeout = 0.05 if self.remote is not None else 1.0
@@ -78,6 +80,14 @@ class StreamRunner(Runner):
         else:
             self._launch(slot, trials)
         self._count_worker_info(info)
+        # every trial of a round of calls dropped (an env failing at every step): stop, as the
+        # meta-batch runner does after max_dropped_iterations iterations of nothing
+        dropped_all = info["num_trials"] == 0 and info.get("dropped_episodes", 0) > 0
+        self._empty_calls = self._empty_calls + 1 if dropped_all else 0
+        if self._empty_calls >= self.config.workers.max_dropped_iterations * max(1, len(self.pool)):
+            raise TrainingError(self._all_dropped("rounds of sampling calls"))
+        if info["num_trials"] == 0:  # nothing finished in this call: nothing to learn from
+            return
         if self.version - info["policy_version"] > max_policy_lag:
             self.counters["dropped_batches_total"] += 1
             return

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from metaray.core import SampleInfo
+from metaray.core import DROPPED_TRIALS_PER_SLOT_BEFORE_RETURN, SampleInfo
 from metaray.learner.pearl.config import PEARLConfig
 from metaray.learner.pearl.networks import PEARLAgent, context_rows, pearl_spec
 from metaray.learner.sampling import SamplerBase
@@ -186,7 +186,8 @@ class PEARLSampler(SamplerBase):
         done: list[tuple[Any, ...]] = []
         self._env_steps = self._episodes = 0
         self.round_version[self.t == 0] = self.version
-        while len(done) < min_trials and self.active.any():
+        give_up = self.dropped_episodes + DROPPED_TRIALS_PER_SLOT_BEFORE_RETURN * self.slots
+        while len(done) < min_trials and self.active.any() and self.dropped_episodes < give_up:
             done.extend(self.step())
         batch = make_rounds(done, self.spec.obs_dim, self.spec.act_dim, self.episodes_per_round)
         self.last_successes = [row[-1] for row in done] if self.reports_success else []

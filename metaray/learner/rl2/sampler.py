@@ -8,7 +8,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
-from metaray.core import SampleInfo
+from metaray.core import DROPPED_TRIALS_PER_SLOT_BEFORE_RETURN, SampleInfo
 from metaray.learner.rl2.config import RL2Config
 from metaray.learner.rl2.memory import Memory
 from metaray.learner.rl2.networks import RL2Policy, SpaceSpec, build_inputs, space_spec
@@ -99,7 +99,8 @@ class RL2Sampler(SamplerBase):
         env_steps = episodes = 0
         spec = self.spec
         self.trial_version[self.t == 0] = self.version
-        while len(done_rows) < min_trials and self.active.any():
+        give_up = self.dropped_episodes + DROPPED_TRIALS_PER_SLOT_BEFORE_RETURN * self.slots  # an env failing at every step
+        while len(done_rows) < min_trials and self.active.any() and self.dropped_episodes < give_up:
             prev_obs = None
             if spec.previous_obs:  # the observation of the step before, in the trial's buffer
                 prev_obs = np.where((self.t > 0)[:, None], self.obs_buf[rows, np.maximum(self.t - 1, 0)], 0.0)
@@ -156,8 +157,8 @@ class RL2Sampler(SamplerBase):
                 self._start_new_trials(dropped, same_task=not self.refill)
         batch = pad_trials(done_rows, spec)
         success = float(np.mean([rate for _, rate, _ in self.trial_success])) if self.trial_success else None
-        return batch, SampleInfo(batch.policy_version, len(done_rows), env_steps, episodes,
-                                 float(batch.rewards.sum(1).mean()), success)
+        mean_return = float(batch.rewards.sum(1).mean()) if done_rows else float("nan")
+        return batch, SampleInfo(batch.policy_version, len(done_rows), env_steps, episodes, mean_return, success)
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """With the random state, the trials in flight (buffers, step and episode counters, GRU
@@ -247,14 +248,14 @@ class Trials(NamedTuple):
     @property
     def policy_version(self) -> int:
         """The oldest version any trial of the batch was sampled with."""
-        return int(self.trial_versions.min())
+        return int(self.trial_versions.min()) if len(self.trial_versions) else -1  # -1: no trial
 
 
 def pad_trials(rows: list[tuple], spec: SpaceSpec) -> Trials:
     """Whole trials (obs, actions, rewards, dones, logp, policy version, task id) as one batch
     padded to the longest, with a `mask` of real steps."""
     n = len(rows)
-    length = max(len(r[0]) for r in rows)
+    length = max((len(r[0]) for r in rows), default=1)  # none: every trial of the call was dropped
     obs = np.zeros((n, length, spec.obs_dim), np.float32)
     actions = np.zeros((n, length), np.int64) if spec.discrete else np.zeros((n, length, spec.act_dim), np.float32)
     rewards, logp = np.zeros((n, length), np.float32), np.zeros((n, length), np.float32)
