@@ -131,9 +131,10 @@ def stack_stage(results: Sequence[TaskResult], stage: str) -> Episodes:
     return stack_episodes([r.stages[stage] for r in results])
 
 
-# A stream sampler's call returns early, with the trials that finished (maybe none), once this many
-# trials per slot were dropped in it for env failures: an env failing at every step would otherwise
-# keep the call, and the run, going forever without a trial.
+# A stream sampler's training call returns early, with the trials that finished (maybe none), once
+# this many trials per slot were dropped in it for env failures: an env failing at every step would
+# otherwise keep the call, and the run, going forever without a trial. (Evaluation, which needs a
+# trial of every held-out task, does not.)
 DROPPED_TRIALS_PER_SLOT_BEFORE_RETURN = 4
 
 

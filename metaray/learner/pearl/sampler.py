@@ -186,7 +186,8 @@ class PEARLSampler(SamplerBase):
         done: list[tuple[Any, ...]] = []
         self._env_steps = self._episodes = 0
         self.round_version[self.t == 0] = self.version
-        give_up = self.dropped_episodes + DROPPED_TRIALS_PER_SLOT_BEFORE_RETURN * self.slots
+        # training returns early from an env failing at every step; evaluation needs every task's round
+        give_up = self.dropped_episodes + DROPPED_TRIALS_PER_SLOT_BEFORE_RETURN * self.slots if self.refill else float("inf")
         while len(done) < min_trials and self.active.any() and self.dropped_episodes < give_up:
             done.extend(self.step())
         batch = make_rounds(done, self.spec.obs_dim, self.spec.act_dim, self.episodes_per_round)

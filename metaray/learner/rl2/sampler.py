@@ -99,7 +99,8 @@ class RL2Sampler(SamplerBase):
         env_steps = episodes = 0
         spec = self.spec
         self.trial_version[self.t == 0] = self.version
-        give_up = self.dropped_episodes + DROPPED_TRIALS_PER_SLOT_BEFORE_RETURN * self.slots  # an env failing at every step
+        # training returns early from an env failing at every step; evaluation needs every task's trial
+        give_up = self.dropped_episodes + DROPPED_TRIALS_PER_SLOT_BEFORE_RETURN * self.slots if self.refill else float("inf")
         while len(done_rows) < min_trials and self.active.any() and self.dropped_episodes < give_up:
             prev_obs = None
             if spec.previous_obs:  # the observation of the step before, in the trial's buffer
