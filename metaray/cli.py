@@ -635,6 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     from metaray.cluster.run_lock import RunBusyError
     from metaray.cluster.runtime import RuntimeStartError
     from metaray.cluster.worker_pool import TrainingError
+    from metaray.core import AlgorithmError
     from metaray.tasks import TaskFamilyError
 
     handlers = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "scale": cmd_scale, "status": cmd_status,
@@ -642,8 +643,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except (ConfigError, TaskFamilyError, RuntimeStartError, CheckpointError, TrainingError, ScaleError,
-            SuiteError, ReportError, RunBusyError) as err:
-        print(f"metaray {args.command}: error: {err}", file=sys.stderr)
+            SuiteError, ReportError, RunBusyError, AlgorithmError) as err:
+        cause = getattr(err, "cause", None) if type(err).__module__.startswith("ray") else None
+        print(f"metaray {args.command}: error: {cause or err}", file=sys.stderr)  # a Ray task's: its own message
         if getattr(err, "half_started", False):  # Ray's gRPC threads would hang the exit (RuntimeStartError)
             sys.stderr.flush()
             sys.stdout.flush()

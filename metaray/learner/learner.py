@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metaray.core import Batch, get_algorithm
+from metaray.core import AlgorithmError, Batch, get_algorithm
 from metaray.learner.variables import VariablePublisher
 
 
@@ -48,6 +48,28 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
+
+
+def numeric_stats(stats: Any, algorithm: str) -> dict[str, float | int]:
+    """An algorithm's update statistics as plain numbers (one-element tensors and numpy scalars
+    taken as such), as progress rows, TensorBoard and the metrics need them; AlgorithmError
+    naming the first that is not one."""
+    if not isinstance(stats, dict):
+        raise AlgorithmError(f"algorithm {algorithm!r}: update() returned a {type(stats).__name__}, not a dict of numbers")
+    out: dict[str, float | int] = {}
+    for key, value in stats.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        elif isinstance(value, np.generic | np.ndarray) and np.size(value) == 1:
+            value = np.asarray(value).item()
+        if isinstance(value, bool):
+            value = float(value)
+        if not isinstance(key, str) or not isinstance(value, int | float):
+            shown = repr(value) if len(repr(value)) <= 40 else f"a {type(value).__name__}"
+            raise AlgorithmError(f"algorithm {algorithm!r}: update() returned {key!r}: {shown}, not a number "
+                                 "(its statistics go to progress.jsonl, TensorBoard and the metrics)")
+        out[key] = value
+    return out
 
 
 class Learner:
@@ -87,6 +109,7 @@ class Learner:
             stats = self.impl.update([r for b in batches for r in b.payload])
         else:
             stats = self.impl.update([b.payload for b in batches])
+        stats = numeric_stats(stats, self.algorithm.name)  # before the version moves: a refusal leaves the last one
         self.version += 1
         self._updating = False
         self.publish()

@@ -138,3 +138,36 @@ def test_a_run_written_before_the_algorithm_contract_resumes_exactly(tmp_path, c
     # steps by the hand-written backward pass instead of autograd (same θ, float32 rounding)
     for key in ("meta_loss", "kl"):
         assert resumed[2][key] == pytest.approx(uninterrupted[2][key], rel=1e-5), key
+
+
+@pytest.mark.parametrize(("returned", "written"), [
+    ('{"loss": loss, "grad_norm": grad_norm, "steps": np.int64(3), "ok": True}',  # tensors and numpy scalars: numbers
+     {"loss": float, "grad_norm": float, "steps": int, "ok": float}),
+    ('{"loss": loss.item(), "note": "diverged"}', None),
+    ('[loss.item()]', None),
+])
+def test_an_algorithms_statistics_become_numbers_or_are_refused_in_one_line(tmp_path, monkeypatch, capsys, returned, written):
+    """update() should return numbers; one-element tensors and numpy scalars are taken as such,
+    anything else stops the run in one line naming the key (was: a traceback from the JSON of the
+    progress row, and a run directory left half-written)."""
+    source = (ROOT / "examples" / "reinforce.py").read_text()
+    original = 'return {"loss": loss.item(), "grad_norm": float(grad_norm), "num_tasks": float(len(results))}'
+    assert original in source
+    module = f"my_reinforce_{tmp_path.name}"  # one per case: modules and algorithms are cached by name
+    (tmp_path / f"{module}.py").write_text(source.replace(original, f"return {returned}"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = yaml.safe_load(user_config(tmp_path, 2).read_text())
+    config["algo"] = f"{module}:Reinforce"
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    code = main(["train", str(path), "--serial", "--run-dir", str(run)])
+    if written is not None:
+        assert code == 0
+        row = read_progress(run)[-1]
+        assert {k: type(row[k]) for k in written} == written
+        return
+    assert code == 2 and not run.exists()
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("metaray train: error: algorithm 'reinforce': update() returned ")
+    assert ("'note': 'diverged', not a number" in err) if "note" in returned else ("a list, not a dict of numbers" in err)
