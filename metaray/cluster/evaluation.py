@@ -18,6 +18,7 @@ from metaray.cluster.checkpoint import (
     write_text_atomic,
 )
 from metaray.cluster.config import ConfigError, RunConfig, load_config
+from metaray.core import AlgorithmError
 from metaray.networks import weights_mismatch
 from metaray.tasks import make_family, make_vector_env
 
@@ -48,6 +49,34 @@ def cvar(values: list[float], share: float = 0.1) -> float:
     """Mean of the worst `share` of the values (at least one): CVaR at that level."""
     worst = np.sort(np.asarray(values, dtype=np.float64))
     return float(worst[: max(1, int(np.ceil(share * len(worst))))].mean())
+
+
+NUMERIC_ROW_KEYS = ("return_post", "trial_return", "return_pre", "success_rate", "success_rate_pre", "success_last",
+                    "normalised_score", "expert_return", "random_return")
+
+
+def check_rows(rows: Any, tasks: list[Any], who: str) -> list[dict[str, Any]]:
+    """An algorithm's (or baseline's) per-task evaluation rows, checked against the contract: one
+    dict per task with its `task_id`, every row with the same headline return (`return_post` or
+    `trial_return`), the summarised fields numbers. AlgorithmError (one line) naming the gap."""
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise AlgorithmError(f"{who} returned a {type(rows).__name__}, not a list with one dict per task")
+    if len(rows) != len(tasks):
+        raise AlgorithmError(f"{who} returned {len(rows)} rows for {len(tasks)} tasks (one per task)")
+    if {r.get("task_id") for r in rows} != {t.task_id for t in tasks}:
+        without = sum("task_id" not in r for r in rows)
+        raise AlgorithmError(f"{who} returned rows whose task_id are not the tasks' ({without} of {len(rows)} have none): "
+                             "each row carries its task's task_id")
+    key = "return_post" if "return_post" in rows[0] else "trial_return"
+    for row in rows:
+        if key not in row:
+            raise AlgorithmError(f"{who}: the row of task {row['task_id']} has no {key} (every row needs the same "
+                                 "headline return: return_post, or trial_return)")
+        for name in NUMERIC_ROW_KEYS:
+            value = row.get(name, 0.0)
+            if not isinstance(value, int | float | np.number | np.bool_):  # bools: success flags
+                raise AlgorithmError(f"{who}: the row of task {row['task_id']} has {name} {value!r:.40}, not a number")
+    return rows
 
 
 def summarise(per_task: list[dict[str, Any]]) -> dict[str, Any]:
@@ -97,7 +126,8 @@ def evaluate_baseline(config_path: Path, name: str, overrides: list[str] | None 
     seed = config.eval.seed if seed is None else seed
     tasks = family.sample(num_tasks, np.random.default_rng(seed), split)
     torch.set_num_threads(1)
-    per_task = available[name](family, tasks, algo_config, seed, baseline_seed)
+    per_task = check_rows(available[name](family, tasks, algo_config, seed, baseline_seed), tasks,
+                          f"baseline {name!r} of algo {config.algo}")
     return {"algo": f"baseline:{name}", "family": config.task.family, "split": split, "num_tasks": num_tasks,
             "seed": seed, "baseline_seed": baseline_seed, "iteration": 0, "task_kwargs": config.task.kwargs,
             **summarise(per_task)}
@@ -124,7 +154,8 @@ def evaluate_weights(config: RunConfig, tensors: dict[str, Any], split: str = "t
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        per_task = algorithm.evaluate(policy, family, tasks, algo_config, seed)
+        per_task = check_rows(algorithm.evaluate(policy, family, tasks, algo_config, seed), tasks,
+                              f"algorithm {config.algo!r}: evaluate()")
     finally:
         torch.set_num_threads(threads)
     settings = {k: v for k, v in algo_config.model_dump().items() if k.startswith("eval_")}  # how it acted

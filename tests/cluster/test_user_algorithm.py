@@ -171,3 +171,30 @@ def test_an_algorithms_statistics_become_numbers_or_are_refused_in_one_line(tmp_
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("metaray train: error: algorithm 'reinforce': update() returned ")
     assert ("'note': 'diverged', not a number" in err) if "note" in returned else ("a list, not a dict of numbers" in err)
+
+
+@pytest.mark.parametrize(("returned", "message"), [
+    ('[{"score": 1.0} for r in sampler.collect(tasks, 0)]', "returned rows whose task_id are not the tasks' (8 of 8 have none)"),
+    ('[{"task_id": r.task_id, "return_post": "high"} for r in sampler.collect(tasks, 0)]', "has return_post 'high', not a number"),
+    ('[{"task_id": r.task_id, **r.metrics} for r in sampler.collect(tasks, 0)][:2]', "returned 2 rows for 8 tasks (one per task)"),
+])
+def test_evaluation_rows_that_break_the_contract_are_one_line(tmp_path, monkeypatch, capsys, returned, message):
+    """evaluate() returns one row per held-out task with its task_id and a numeric headline
+    return; otherwise `metaray eval` says so in one line (was: a KeyError or numpy TypeError
+    traceback, or, with too few rows, a mean over them reported as over all the tasks)."""
+    source = (ROOT / "examples" / "reinforce.py").read_text()
+    original = 'return [{"task_id": r.task_id, **r.metrics} for r in sampler.collect(tasks, 0)]'
+    assert original in source
+    module = f"my_eval_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(source.replace(original, f"return {returned}"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = yaml.safe_load(user_config(tmp_path, 1).read_text())
+    config["algo"] = f"{module}:Reinforce"
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path), "--serial", "--run-dir", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"metaray eval: error: algorithm '{module}:Reinforce': evaluate()"), err
+    assert message in err[0] and not (tmp_path / "run" / "eval.json").exists()
