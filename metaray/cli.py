@@ -368,6 +368,7 @@ RESUME_MAY_CHANGE = ("iterations", "metrics", "grpc", "workers.max_worker_restar
 def _train_config(args: argparse.Namespace) -> RunConfig:
     """The config with the command line's overrides, checked against its task family."""
     from metaray.cluster.config import ConfigError, load_config
+    from metaray.core import checked_loop_spec
     from metaray.tasks import check_family, make_family
 
     if args.config is None:
@@ -389,6 +390,7 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
         check_family(family)
     try:
         config.algorithm().check_family(family, config.algo_config())
+        checked_loop_spec(config.algorithm(), config.algo_config())
         _build_policy_once(config, family)
     except ValueError as err:
         raise ConfigError(str(err)) from None

@@ -172,6 +172,23 @@ class LoopSpec:
     max_policy_lag: int = 0  # stream: batches sampled with weights older than this many versions are dropped
     sync: bool = False  # stream: workers wait for each update before sampling on (on-policy batches)
 
+    def __post_init__(self) -> None:
+        for name, least in (("tasks_per_iteration", 1), ("trials_per_call", 1), ("trials_per_update", 1), ("max_policy_lag", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise AlgorithmError(f"LoopSpec.{name} must be an int >= {least}, got {value!r}")
+
+
+def checked_loop_spec(algorithm: Algorithm, config: Any) -> LoopSpec:
+    """`algorithm.loop_spec(config)`, checked to be a LoopSpec (AlgorithmError, one line, if not)."""
+    try:
+        spec = algorithm.loop_spec(config)
+    except AlgorithmError as err:  # a LoopSpec built with values a runner cannot use
+        raise AlgorithmError(f"algorithm {algorithm.name!r}: loop_spec(): {err}") from None
+    if not isinstance(spec, LoopSpec):
+        raise AlgorithmError(f"algorithm {algorithm.name!r}: loop_spec() returned a {type(spec).__name__}, not a metaray.core.LoopSpec")
+    return spec
+
 
 @dataclass(frozen=True)
 class WireSpec:

@@ -198,3 +198,24 @@ def test_evaluation_rows_that_break_the_contract_are_one_line(tmp_path, monkeypa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"metaray eval: error: algorithm '{module}:Reinforce': evaluate()"), err
     assert message in err[0] and not (tmp_path / "run" / "eval.json").exists()
+
+
+@pytest.mark.parametrize(("returned", "message"), [
+    ("LoopSpec(tasks_per_iteration=0)", "algorithm 'reinforce': loop_spec(): LoopSpec.tasks_per_iteration must be an int >= 1, got 0"),
+    ('{"tasks_per_iteration": 4}', "algorithm 'reinforce': loop_spec() returned a dict, not a metaray.core.LoopSpec"),
+])
+def test_a_loop_spec_a_runner_cannot_use_is_one_line_before_anything_starts(tmp_path, monkeypatch, capsys, returned, message):
+    """Was: an IndexError in the user's update (0 tasks) or an AttributeError in the runner."""
+    source = (ROOT / "examples" / "reinforce.py").read_text()
+    original = "return LoopSpec(tasks_per_iteration=config.tasks_per_iteration)"
+    assert original in source
+    module = f"my_loop_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(source.replace(original, f"return {returned}"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = yaml.safe_load(user_config(tmp_path, 1).read_text())
+    config["algo"] = f"{module}:Reinforce"
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path), "--run-dir", str(tmp_path / "run")]) == 2  # local Ray asked: refused before it starts
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"metaray train: error: {message}"] and not (tmp_path / "run").exists()

@@ -16,7 +16,7 @@ import numpy as np
 
 from metaray.cluster.runners.base import Runner
 from metaray.cluster.worker_pool import TrainingError
-from metaray.core import Batch, finite_mean
+from metaray.core import Batch, checked_loop_spec, finite_mean
 
 MAX_BATCH_LOSSES = 3  # iterations re-collected after sample batches were lost with a node
 
@@ -26,7 +26,7 @@ class MetaBatchRunner(Runner):
 
     def _loop(self) -> None:
         self._job_seconds: list[float] = []  # how long each finished job took (task_timeout_s: auto)
-        tasks_per_iteration = self.algorithm.loop_spec(self.algo_config).tasks_per_iteration
+        tasks_per_iteration = checked_loop_spec(self.algorithm, self.algo_config).tasks_per_iteration
         while self.counters["iteration"] < self.config.iterations:
             self._tend_pool()
             with self._scheduler_lock:

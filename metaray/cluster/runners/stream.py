@@ -12,7 +12,7 @@ import numpy as np
 
 from metaray.cluster.runners.base import Runner
 from metaray.cluster.worker_pool import TrainingError
-from metaray.core import Batch
+from metaray.core import Batch, checked_loop_spec
 
 
 class StreamRunner(Runner):
@@ -22,7 +22,7 @@ class StreamRunner(Runner):
         super().__init__(*args, **kwargs)
 
     def _loop(self) -> None:
-        spec = self.algorithm.loop_spec(self.algo_config)
+        spec = checked_loop_spec(self.algorithm, self.algo_config)
         self._sync, self._per_update = spec.sync, spec.trials_per_update
         for slot in self._launch_order + [s for s in self.pool.slots if s not in self._launch_order]:
             self._launch(slot, spec.trials_per_call)
