@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metaray.core import Batch, get_algorithm
+from metaray.core import AlgorithmError, Batch, SampleInfo, TaskResult, get_algorithm
 from metaray.learner.variables import VariableClient
 from metaray.tasks import Task, generic, make_family
 
@@ -30,7 +30,7 @@ class RolloutWorker:
         for key, value in (env_guard or {}).items():
             setattr(generic.GUARD, key, value)
         self.index = index
-        algorithm = get_algorithm(algo)
+        self.algorithm = algorithm = get_algorithm(algo)
         self.config = algorithm.Config.model_validate(algo_config)
         self.family = make_family(family, family_kwargs)
         # The sampler's initial weights are overwritten by the parameter server's; building it
@@ -67,7 +67,11 @@ class RolloutWorker:
         """Stream algorithms: one batch of whole trials with the newest weights, and a small info dict."""
         self.sync_weights()
         start = time.perf_counter()
-        payload, sampled = self.sampler.sample(min_trials)
+        out = self.sampler.sample(min_trials)
+        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], SampleInfo)):
+            raise AlgorithmError(f"algorithm {self.algorithm.name!r}: its sampler's sample() returned "
+                                 f"{type(out).__name__}, not (payload, metaray.core.SampleInfo)")
+        payload, sampled = out
         info = {**vars(sampled), "worker": self.index, "sample_s": time.perf_counter() - start, "pid": os.getpid(),
                 **self._failure_counts()}
         return Batch(sampled.policy_version, payload), info
@@ -80,6 +84,7 @@ class RolloutWorker:
             raise RuntimeError(f"worker {self.index}: parameter server has no version {version} yet")
         start = time.perf_counter()
         results = self.sampler.collect(tasks, self.sampler.version)
+        self._check_results(results, tasks)
         per_task = [{"task_id": r.task_id, "env_steps": r.env_steps, **r.metrics} for r in results]
         info = {
             "worker": self.index, "policy_version": self.sampler.version, "num_tasks": len(results),
@@ -87,6 +92,18 @@ class RolloutWorker:
             "per_task": per_task, "sample_s": time.perf_counter() - start, **self._failure_counts(),
         }
         return Batch(self.sampler.version, [r.for_learner() for r in results]), info
+
+    def _check_results(self, results: Any, tasks: list[Task]) -> None:
+        """A meta-batch sampler returns one TaskResult per task it was given, in any order;
+        otherwise AlgorithmError (one line): the learner would silently train on part of the
+        meta-batch."""
+        who = f"algorithm {self.algorithm.name!r}: its sampler's collect()"
+        if not isinstance(results, list) or not all(isinstance(r, TaskResult) for r in results):
+            shown = type(results).__name__ if not isinstance(results, list) else "a list holding other things"
+            raise AlgorithmError(f"{who} returned {shown}, not a list of metaray.core.TaskResult")
+        if sorted(r.task_id for r in results) != sorted(t.task_id for t in tasks):
+            raise AlgorithmError(f"{who} returned {len(results)} results for {len(tasks)} tasks: one TaskResult per task "
+                                 "it was given, with that task's task_id")
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The sampler's state for exact resume: random state (task draws, action noise, envs)

@@ -6,6 +6,7 @@ still resumes, exactly."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -219,3 +220,28 @@ def test_a_loop_spec_a_runner_cannot_use_is_one_line_before_anything_starts(tmp_
     assert main(["train", str(path), "--run-dir", str(tmp_path / "run")]) == 2  # local Ray asked: refused before it starts
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"metaray train: error: {message}"] and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("returned", "message"), [
+    ("results[:1]", r"its sampler's collect\(\) returned 1 results for 2 tasks: one TaskResult per task it was given, "
+                    r"with that task's task_id"),  # each of the 2 workers is given 2 of the 4 tasks
+    ("None", r"its sampler's collect\(\) returned NoneType, not a list of metaray\.core\.TaskResult"),
+])
+def test_a_sampler_returning_part_of_the_meta_batch_is_one_line(tmp_path, monkeypatch, capsys, returned, message):
+    """Was: training silently on one task of four, or a TypeError traceback."""
+    source = (ROOT / "examples" / "reinforce.py").read_text()
+    original = '''{"return_pre": ret, "return_post": ret}))
+        return results
+'''
+    assert original in source
+    module = f"my_collect_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(source.replace(original, original.replace("return results", f"return {returned}")))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = yaml.safe_load(user_config(tmp_path, 1).read_text())
+    config["algo"] = f"{module}:Reinforce"
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path), "--serial", "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert re.fullmatch(f"metaray train: error: algorithm 'reinforce': {message}", err[-1]), err
+    assert not (tmp_path / "run").exists()
