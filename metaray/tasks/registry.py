@@ -135,13 +135,19 @@ def check_family(family: TaskFamily) -> None:
 
 def _one_task(family: TaskFamily, split: str) -> Task:
     cls = type(family).__name__
-    try:
-        tasks = list(family.sample(1, np.random.default_rng(0), split))
-    except Exception as error:
-        raise TaskFamilyError(f"{cls}.sample(1, rng, {split!r}) failed: {type(error).__name__}: {first_line(error)}") from None
-    if len(tasks) != 1:
-        raise TaskFamilyError(f"{cls}.sample(1, rng, {split!r}) returned {len(tasks)} tasks, not 1")
-    task = tasks[0]
+    for n in (1, 3):  # the runtime asks for one task and for many (a meta-batch, held-out tasks)
+        try:
+            tasks = list(family.sample(n, np.random.default_rng(0), split))
+        except Exception as error:
+            raise TaskFamilyError(f"{cls}.sample({n}, rng, {split!r}) failed: {type(error).__name__}: {first_line(error)}") from None
+        if len(tasks) != n:
+            raise TaskFamilyError(f"{cls}.sample({n}, rng, {split!r}) returned {len(tasks)} tasks, not {n}")
+    for task in tasks:
+        _check_task(cls, task, split)
+    return tasks[0]
+
+
+def _check_task(cls: str, task: Any, split: str) -> None:
     missing = [field for field in TASK_FIELDS if not hasattr(task, field)]
     if missing:
         raise TaskFamilyError(f"{cls}.sample returns {type(task).__name__} tasks without {', '.join(missing)}: return "
@@ -149,12 +155,11 @@ def _one_task(family: TaskFamily, split: str) -> Task:
     if not isinstance(task.task_id, (int, np.integer)) or isinstance(task.task_id, bool):
         raise TaskFamilyError(f"{cls}.sample: task_id must be an int, got {task.task_id!r}")
     if task.split != split:
-        raise TaskFamilyError(f"{cls}.sample(1, rng, {split!r}) returned a task of split {task.split!r}")
+        raise TaskFamilyError(f"{cls}.sample(n, rng, {split!r}) returned a task of split {task.split!r}")
     try:
         hash(task)
     except TypeError:
         raise TaskFamilyError(f"{cls}.sample returns unhashable tasks ({type(task).__name__}); tasks are small frozen values") from None
-    return task
 
 
 def list_families() -> list[tuple[str, str]]:

@@ -75,6 +75,11 @@ FAMILY = textwrap.dedent("""
         max_episode_steps = 0
 
 
+    class SampleShort(GoodTasks):  # one task fewer than asked, when asked for several
+        def sample(self, n, rng, split="train"):
+            return super().sample(n, rng, split)[: max(1, n - 1)]
+
+
     class SampleRaises(GoodTasks):
         def sample(self, n, rng, split="train"):
             raise KeyError(split)
@@ -87,6 +92,8 @@ FAMILY = textwrap.dedent("""
     ("NoSetTask", "has no set_task(task) method; a task family's make_env must return an env with one"),
     ("BadSteps", "BadSteps.max_episode_steps must be a positive int, got 0"),
     ("SampleRaises", "SampleRaises.sample(1, rng, 'train') failed: KeyError: 'train'"),
+    # was: a zip() traceback from the scheduler, at the first meta-batch
+    ("SampleShort", "SampleShort.sample(3, rng, 'train') returned 2 tasks, not 3"),
 ])
 def test_a_gap_in_a_users_family_is_one_line_before_anything_starts(tmp_path, monkeypatch, capsys, cls, expected):
     (tmp_path / "ring_tasks.py").write_text(FAMILY)
