@@ -141,6 +141,21 @@ def test_a_run_written_before_the_algorithm_contract_resumes_exactly(tmp_path, c
         assert resumed[2][key] == pytest.approx(uninterrupted[2][key], rel=1e-5), key
 
 
+def variant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, original: str, replacement: str, iterations: int) -> tuple[Path, str]:
+    """examples/reinforce.py with `original` replaced (a user's mistake), as its own module (one per
+    test case: modules and algorithms are cached by name), and a config naming it."""
+    source = (ROOT / "examples" / "reinforce.py").read_text()
+    assert original in source
+    module = f"my_reinforce_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(source.replace(original, replacement))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = yaml.safe_load(user_config(tmp_path, iterations).read_text())
+    config["algo"] = f"{module}:Reinforce"
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, module
+
+
 @pytest.mark.parametrize(("returned", "written"), [
     ('{"loss": loss, "grad_norm": grad_norm, "steps": np.int64(3), "ok": True}',  # tensors and numpy scalars: numbers
      {"loss": float, "grad_norm": float, "steps": int, "ok": float}),
@@ -151,16 +166,8 @@ def test_an_algorithms_statistics_become_numbers_or_are_refused_in_one_line(tmp_
     """update() should return numbers; one-element tensors and numpy scalars are taken as such,
     anything else stops the run in one line naming the key (was: a traceback from the JSON of the
     progress row, and a run directory left half-written)."""
-    source = (ROOT / "examples" / "reinforce.py").read_text()
     original = 'return {"loss": loss.item(), "grad_norm": float(grad_norm), "num_tasks": float(len(results))}'
-    assert original in source
-    module = f"my_reinforce_{tmp_path.name}"  # one per case: modules and algorithms are cached by name
-    (tmp_path / f"{module}.py").write_text(source.replace(original, f"return {returned}"))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    config = yaml.safe_load(user_config(tmp_path, 2).read_text())
-    config["algo"] = f"{module}:Reinforce"
-    path = tmp_path / "mine.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path, module = variant(tmp_path, monkeypatch, original, f"return {returned}", 2)
     run = tmp_path / "run"
     code = main(["train", str(path), "--serial", "--run-dir", str(run)])
     if written is not None:
@@ -183,16 +190,8 @@ def test_evaluation_rows_that_break_the_contract_are_one_line(tmp_path, monkeypa
     """evaluate() returns one row per held-out task with its task_id and a numeric headline
     return; otherwise `metaray eval` says so in one line (was: a KeyError or numpy TypeError
     traceback, or, with too few rows, a mean over them reported as over all the tasks)."""
-    source = (ROOT / "examples" / "reinforce.py").read_text()
     original = 'return [{"task_id": r.task_id, **r.metrics} for r in sampler.collect(tasks, 0)]'
-    assert original in source
-    module = f"my_eval_{tmp_path.name}"
-    (tmp_path / f"{module}.py").write_text(source.replace(original, f"return {returned}"))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    config = yaml.safe_load(user_config(tmp_path, 1).read_text())
-    config["algo"] = f"{module}:Reinforce"
-    path = tmp_path / "mine.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path, module = variant(tmp_path, monkeypatch, original, f"return {returned}", 1)
     assert main(["train", str(path), "--serial", "--run-dir", str(tmp_path / "run")]) == 0
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "run")]) == 2
@@ -207,16 +206,8 @@ def test_evaluation_rows_that_break_the_contract_are_one_line(tmp_path, monkeypa
 ])
 def test_a_loop_spec_a_runner_cannot_use_is_one_line_before_anything_starts(tmp_path, monkeypatch, capsys, returned, message):
     """Was: an IndexError in the user's update (0 tasks) or an AttributeError in the runner."""
-    source = (ROOT / "examples" / "reinforce.py").read_text()
     original = "return LoopSpec(tasks_per_iteration=config.tasks_per_iteration)"
-    assert original in source
-    module = f"my_loop_{tmp_path.name}"
-    (tmp_path / f"{module}.py").write_text(source.replace(original, f"return {returned}"))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    config = yaml.safe_load(user_config(tmp_path, 1).read_text())
-    config["algo"] = f"{module}:Reinforce"
-    path = tmp_path / "mine.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path, module = variant(tmp_path, monkeypatch, original, f"return {returned}", 1)
     assert main(["train", str(path), "--run-dir", str(tmp_path / "run")]) == 2  # local Ray asked: refused before it starts
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"metaray train: error: {message}"] and not (tmp_path / "run").exists()
@@ -229,18 +220,10 @@ def test_a_loop_spec_a_runner_cannot_use_is_one_line_before_anything_starts(tmp_
 ])
 def test_a_sampler_returning_part_of_the_meta_batch_is_one_line(tmp_path, monkeypatch, capsys, returned, message):
     """Was: training silently on one task of four, or a TypeError traceback."""
-    source = (ROOT / "examples" / "reinforce.py").read_text()
     original = '''{"return_pre": ret, "return_post": ret}))
         return results
 '''
-    assert original in source
-    module = f"my_collect_{tmp_path.name}"
-    (tmp_path / f"{module}.py").write_text(source.replace(original, original.replace("return results", f"return {returned}")))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    config = yaml.safe_load(user_config(tmp_path, 1).read_text())
-    config["algo"] = f"{module}:Reinforce"
-    path = tmp_path / "mine.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path, module = variant(tmp_path, monkeypatch, original, original.replace("return results", f"return {returned}"), 1)
     assert main(["train", str(path), "--serial", "--run-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert re.fullmatch(f"metaray train: error: algorithm 'reinforce': {message}", err[-1]), err
