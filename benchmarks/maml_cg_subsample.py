@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from safetensors.numpy import load_file
 
 from metaray.bench.provenance import script_output
 
@@ -53,13 +54,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--config", default="configs/maml-trpo-halfcheetah-vel.yaml")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="start from this checkpoint's policy (a run's checkpoints/iter-NNNNNN) instead of initialisation")
+    parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS), help="subsample fractions; 1.0 first")
     args = parser.parse_args()
+    if args.fractions[0] != 1.0:
+        parser.error("--fractions: the first must be 1.0 (the full step the others are compared with)")
     torch.set_num_threads(args.threads)
     raw = yaml.safe_load((ROOT / args.config).read_text())
     config = maml.MAMLConfig(**raw["maml"])
     family = make_family(raw["task"]["family"], raw["task"].get("kwargs", {}))
     sampler = maml.MAMLSampler(family, config, 1, seed=0)
     policy = maml.make_policy(sampler.env.single_observation_space, sampler.env.single_action_space, config)
+    if args.checkpoint is not None:
+        tensors = load_file(str(args.checkpoint / "learner.safetensors"))
+        policy.load_state_dict({k.split("/", 1)[1]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith("policy/")})
     rows = []
     for batch in range(args.batches):
         sampler.set_weights(batch, maml.get_weights(policy))
@@ -68,7 +77,7 @@ def main() -> None:
         print(f"batch {batch}: sampled {sum(r.env_steps for r in results):,} env steps in {time.perf_counter() - t0:.0f} s",
               flush=True)
         full_delta = None
-        for fraction in FRACTIONS:
+        for fraction in args.fractions:
             cfg = config.model_copy(update={"cg_subsample": fraction})
             times, out = [], None
             for _ in range(args.repeats):
@@ -90,7 +99,7 @@ def main() -> None:
         mover.update(results)
         policy = mover.policy
     summary = {}
-    for fraction in FRACTIONS:
+    for fraction in args.fractions:
         sel = [r for r in rows if r["cg_subsample"] == fraction]
         base = [r for r in rows if r["cg_subsample"] == 1.0]
         summary[str(fraction)] = {
@@ -100,8 +109,9 @@ def main() -> None:
                                                             for r, b in zip(sel, base, strict=True)), 3),
         }
     out = {"date": time.strftime("%Y-%m-%d"), "commit": commit(), "machine": machine(), "threads": args.threads,
-           "config": args.config, "batches": args.batches, "rows": rows, "summary": summary}
-    path = script_output(__file__, "maml_cg_subsample.json")
+           "config": args.config, "checkpoint": str(args.checkpoint) if args.checkpoint else None, "batches": args.batches, "rows": rows, "summary": summary}
+    name = f"maml_cg_subsample_{args.checkpoint.parent.parent.name}_{args.checkpoint.name}.json" if args.checkpoint else "maml_cg_subsample.json"
+    path = script_output(__file__, name)
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
     print(f"wrote {path}")
