@@ -1,4 +1,4 @@
-"""Three of Meta-World's per-step Python costs, replaced by code that returns the same bits.
+"""Meta-World's Python costs per step and per env build, replaced by code that returns the same bits.
 
 Meta-World's `step` spends most of its time outside the physics (measured here on one core: the
 50 v3 envs' `step` 0.17–0.66 ms against 0.06–0.09 ms of `mj_step`). Three functions are much of the
@@ -14,32 +14,42 @@ gap, most for the envs that grasp or move an object:
 - `SawyerXYZEnv._get_curr_obs_combined_no_goal` builds the observation with `np.split` and nested
   `np.hstack`; here the same numbers are copied into place (the gripper's opening still by
   `np.linalg.norm`, as there).
+And building an env is 97 % compiling its XML (~0.1 s), which an ML10/ML45 slot does whenever its
+next task is of another class: `initialize_simulation` compiles each XML once per process and
+hands later envs a copy of the model.
 
 Equal bit for bit to the originals on whole episodes of every v3 env, the scripted experts' (which
-grasp, so contacts count) and random actions': tests/tasks/test_metaworld_speedups.py. Across the
-50 envs `step` is 1.46x faster (1.0x for the envs with neither cost, ~2.1x for pick-place, push,
-sweep-into…; `benchmarks/metaworld_speed.py`).
+grasp, so contacts count) on a model copied from the cache: tests/tasks/test_metaworld_speedups.py.
+Measured side by side (`benchmarks/metaworld_speed.py`, benchmarks/README.md): `step` 1.67x over
+the 50 envs (1.05x–2.5x per env), a MAML worker on ML10 1.45x on fixed tasks.
 
-`install()` swaps the three in process-wide (every Meta-World env of the process, whoever built it),
+`install()` swaps them in process-wide (every Meta-World env of the process, whoever built it),
 `uninstall()` puts the originals back; the families call `set_speedups(family.speedups)` when a
-slot builds its env. Only metaworld's own classes are touched: a function that is not the
-one these were written against (another metaworld version) leaves all three alone.
+slot builds its env. Only metaworld's own classes are touched: a function that is not the one
+these were written against (another metaworld or gymnasium version) leaves all of them alone.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import inspect
 import math
+import os
 import pkgutil
 from typing import Any
 
+import mujoco
 import numpy as np
 
 # sha256 (first 16 hex digits) of the sources of metaworld 3.1.1's functions that the ones below
 # repeat: another version's are left alone
-_KNOWN_SOURCES = {"touching_object": "b8e2c6f38fd9bb0c", "_get_curr_obs_combined_no_goal": "8c45967bdc72e4ae"}
+_KNOWN_SOURCES = {"touching_object": "b8e2c6f38fd9bb0c", "_get_curr_obs_combined_no_goal": "8c45967bdc72e4ae",
+                  "_initialize_simulation": "60b121c39cb2d02c"}  # the last: gymnasium 1.2's MujocoEnv's
+
+# each Sawyer XML compiled once per process: (path, modification time, width, height) -> MjModel
+_COMPILED: dict[tuple[str, float, int, int], Any] = {}
 
 _state: dict[str, Any] = {}
 
@@ -123,6 +133,21 @@ def curr_obs_combined_no_goal(self: Any) -> np.ndarray:
     return obs
 
 
+def initialize_simulation(self: Any) -> tuple[Any, Any]:
+    """gymnasium's `MujocoEnv._initialize_simulation` for the Sawyer envs, compiling each XML once
+    per process: later envs of the class get a copy of the compiled model (`mj_copyModel`, ~17 ms)
+    instead of a compile (~100 ms). An ML10/ML45 slot builds its env anew whenever its next task
+    is of another class, so a meta-batch of new tasks rebuilds most slots."""
+    key = (self.fullpath, os.path.getmtime(self.fullpath), self.width, self.height)
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        model, data = _state["originals"]["_initialize_simulation"](self)
+        _COMPILED[key] = copy.copy(model)  # before the env changes anything in its own
+        return model, data
+    model = copy.copy(compiled)
+    return model, mujoco.MjData(model)
+
+
 def _env_modules() -> list[Any]:
     import metaworld.envs
 
@@ -130,14 +155,15 @@ def _env_modules() -> list[Any]:
 
 
 def install() -> bool:
-    """Swap the two in (idempotent). False when this metaworld's `touching_object` is not the one
-    these were checked against: then nothing is changed."""
+    """Swap them in (idempotent). False when one of the functions they stand for is not the one
+    they were checked against (another metaworld or gymnasium): then nothing is changed."""
     if _state.get("installed"):
         return True
     from metaworld.sawyer_xyz_env import SawyerXYZEnv
     from scipy.spatial.transform import Rotation
 
     originals = {name: getattr(SawyerXYZEnv, name) for name in _KNOWN_SOURCES}
+    inherited = [name for name in _KNOWN_SOURCES if name not in vars(SawyerXYZEnv)]
     for name, digest in _KNOWN_SOURCES.items():
         try:
             source = inspect.getsource(originals[name])
@@ -146,11 +172,12 @@ def install() -> bool:
         if hashlib.sha256(source.encode()).hexdigest()[:16] != digest:
             return False
     modules = [m for m in _env_modules() if getattr(m, "Rotation", None) is Rotation]
-    _state.update(scipy_rotation=Rotation, originals=originals, modules=modules, installed=True)
+    _state.update(scipy_rotation=Rotation, originals=originals, inherited=inherited, modules=modules, installed=True)
     for module in modules:
         module.Rotation = ExactRotation
     SawyerXYZEnv.touching_object = touching_object
     SawyerXYZEnv._get_curr_obs_combined_no_goal = curr_obs_combined_no_goal
+    SawyerXYZEnv._initialize_simulation = initialize_simulation
     return True
 
 
@@ -163,7 +190,10 @@ def uninstall() -> None:
     for module in _state["modules"]:
         module.Rotation = _state["scipy_rotation"]
     for name, original in _state["originals"].items():
-        setattr(SawyerXYZEnv, name, original)
+        if name in _state["inherited"]:
+            delattr(SawyerXYZEnv, name)  # back to the base class's
+        else:
+            setattr(SawyerXYZEnv, name, original)
     _state["installed"] = False
 
 

@@ -26,6 +26,8 @@ def _originals_after():
 def expert_episode(env_class: type, task: Any, on: bool, reward_version: str = "v2") -> tuple[np.ndarray, list, list]:
     """Meta-World's scripted expert (it grasps and pushes, so contacts count), goal shown to it."""
     speedups.set_speedups(on)
+    if on:  # the episode's env gets its model from the compile cache, not from the XML
+        env_class(reward_function_version=reward_version).close()
     env = env_class(reward_function_version=reward_version)
     env.set_task(task)
     env._partially_observable = False  # the expert reads the goal from the observation
@@ -101,14 +103,17 @@ def test_install_and_uninstall_swap_metaworlds_own_functions():
     import metaworld.envs.sawyer_pick_place_v3 as pick_place
 
     touching, observation = SawyerXYZEnv.touching_object, SawyerXYZEnv._get_curr_obs_combined_no_goal
+    assert "_initialize_simulation" not in vars(SawyerXYZEnv)  # gymnasium's MujocoEnv's, inherited
     assert speedups.install() and speedups.install()  # idempotent
     assert SawyerXYZEnv.touching_object is speedups.touching_object
     assert SawyerXYZEnv._get_curr_obs_combined_no_goal is speedups.curr_obs_combined_no_goal
+    assert SawyerXYZEnv._initialize_simulation is speedups.initialize_simulation
     assert pick_place.Rotation is speedups.ExactRotation
     speedups.uninstall()
     speedups.uninstall()
     assert SawyerXYZEnv.touching_object is touching and pick_place.Rotation is Rotation
     assert SawyerXYZEnv._get_curr_obs_combined_no_goal is observation
+    assert "_initialize_simulation" not in vars(SawyerXYZEnv)
     # the family's setting decides, when a slot builds its env
     for on in (True, False):
         env = make_family("metaworld-ml1", {"env_name": "pick-place-v3", "horizon": 5, "speedups": on}).make_env()
@@ -120,3 +125,20 @@ def test_speedups_must_be_a_boolean():
     with pytest.raises(TaskFamilyError, match="speedups must be true or false") as err:
         make_family("metaworld-ml1", {"speedups": "yes"})
     assert "\n" not in str(err.value)
+
+
+def test_an_env_from_the_compile_cache_has_its_own_model_equal_to_a_compiled_one():
+    from metaworld.envs.sawyer_push_v3 import SawyerPushEnvV3
+
+    compiled = SawyerPushEnvV3()  # speedups off: its own compile
+    assert speedups.install()
+    first, second = SawyerPushEnvV3(), SawyerPushEnvV3()  # the first compiles into the cache, the second copies
+    for env in (first, second):
+        for field in ("body_pos", "geom_size", "site_pos", "mesh_vert", "actuator_ctrlrange", "opt"):
+            a, b = getattr(env.model, field), getattr(compiled.model, field)
+            assert (np.array_equal(a, b) if isinstance(a, np.ndarray) else str(a) == str(b)), field
+    second.model.body_pos[1, 0] += 1.0  # each env's model is its own
+    assert first.model.body_pos[1, 0] != second.model.body_pos[1, 0]
+    assert SawyerPushEnvV3().model.body_pos[1, 0] == compiled.model.body_pos[1, 0]
+    for env in (compiled, first, second):
+        env.close()
