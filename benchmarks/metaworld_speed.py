@@ -2,7 +2,8 @@
 side in one process, one torch thread.
 
 1. Every v3 env (ML45's 45 train + 5 test classes): `env.step` on the same random actions from
-   the same reset, speedups off then on, `--steps` each; the time per step, the time `mj_step`
+   the same reset, speedups off then on, `--steps` each (the best of `--repeats` alternating runs);
+   the time per step, the time `mj_step`
    alone takes for the same frames (the physics floor), and whether observations, rewards and
    infos are the same bits.
 2. A MAML rollout worker's sampler on ML10 (configs/maml-trpo-ml10.yaml's policy and meta-batch:

@@ -20,8 +20,8 @@ hands later envs a copy of the model.
 
 Equal bit for bit to the originals on whole episodes of every v3 env, the scripted experts' (which
 grasp, so contacts count) on a model copied from the cache: tests/tasks/test_metaworld_speedups.py.
-Measured side by side (`benchmarks/metaworld_speed.py`, benchmarks/README.md): `step` 1.67x over
-the 50 envs (1.05x–2.5x per env), a MAML worker on ML10 1.45x on fixed tasks.
+Measured side by side (`benchmarks/metaworld_speed.py`, benchmarks/README.md): `step` 1.69x over
+the 50 envs (1.12x–2.53x per env), a MAML worker on new ML10 meta-batches 1.82x.
 
 `install()` swaps them in process-wide (every Meta-World env of the process, whoever built it),
 `uninstall()` puts the originals back; the families call `set_speedups(family.speedups)` when a
