@@ -82,7 +82,7 @@ class ExactRotation:
         diagonal = max(abs(a00 * a00 + a01 * a01 + a02 * a02 - 1), abs(a10 * a10 + a11 * a11 + a12 * a12 - 1),
                        abs(a20 * a20 + a21 * a21 + a22 * a22 - 1))
         det = a00 * (a11 * a22 - a12 * a21) - a01 * (a10 * a22 - a12 * a20) + a02 * (a10 * a21 - a11 * a20)
-        if off > 0.5e-12 or diagonal > 0.5e-5 or det <= 0.5:
+        if not (off <= 0.5e-12 and diagonal <= 0.5e-5 and det > 0.5):  # NaN too: scipy decides
             return scipy_rotation.from_matrix(matrix)
         trace = a00 + a11 + a22
         decision = (a00, a11, a22, trace)

@@ -97,6 +97,14 @@ def test_quaternions_equal_scipys_bit_for_bit():
     assert np.array_equal(speedups.ExactRotation.from_matrix(stack).as_quat(), Rotation.from_matrix(stack).as_quat())
     with pytest.raises(ValueError, match="determinant"):
         speedups.ExactRotation.from_matrix(-np.eye(3))
+    broken = np.full((3, 3), np.nan)  # a simulation gone bad: whatever scipy does with it
+    try:
+        expected = Rotation.from_matrix(broken).as_quat()
+    except Exception as err:  # noqa: BLE001 - the same error, whatever it is
+        with pytest.raises(type(err)):
+            speedups.ExactRotation.from_matrix(broken)
+    else:
+        assert np.array_equal(speedups.ExactRotation.from_matrix(broken).as_quat(), expected, equal_nan=True)
 
 
 def test_install_and_uninstall_swap_metaworlds_own_functions():
