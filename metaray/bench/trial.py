@@ -9,6 +9,7 @@ exists) reports its result again; an interrupted one continues its run with `--r
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -95,7 +96,27 @@ def _metaray(*args: str) -> list[str]:
     return [sys.executable, "-m", "metaray.cli", *args]
 
 
-def _wait_reporting(proc: subprocess.Popen, run_dir: Path, report: Callable[[dict[str, Any]], None]) -> int:
+class MachineLoad:
+    """The machine's 1-minute load average, sampled while a trial trains: what else had the cores.
+    A wall time means little without it (three trials on two cores, a test run beside them)."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self.sample()
+
+    def sample(self) -> None:
+        with contextlib.suppress(OSError):  # not available on this platform
+            self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> dict[str, Any]:
+        if not self.samples:
+            return {}
+        return {"load_1m": {"mean": round(sum(self.samples) / len(self.samples), 2), "max": round(max(self.samples), 2),
+                            "samples": len(self.samples), "cores": os.cpu_count()}}
+
+
+def _wait_reporting(proc: subprocess.Popen, run_dir: Path, report: Callable[[dict[str, Any]], None],
+                    load: MachineLoad) -> int:
     """Wait for the training to end, reporting each new progress row (and the latest held-out
     return of a run with `eval.every`, which the progress view keeps showing); its exit code."""
     seen, heldout = 0, None
@@ -103,7 +124,7 @@ def _wait_reporting(proc: subprocess.Popen, run_dir: Path, report: Callable[[dic
         try:
             return proc.wait(timeout=_POLL_S)
         except subprocess.TimeoutExpired:
-            pass
+            load.sample()
         rows = read_progress(run_dir)
         if len(rows) > seen:
             heldout = next((r["heldout_mean_return"] for r in reversed(rows[seen:]) if "heldout_mean_return" in r),
@@ -235,10 +256,14 @@ def run_trial(suite: Suite, run_name: str, seed: int, bench_dir: Path, results_d
         log.write(f"$ metaray {' '.join(args)}\n")
         log.flush()
         proc = start_detached(_metaray(*args), stdout=log, stderr=subprocess.STDOUT, env=env)
+        load = MachineLoad()
         try:
-            code_ = _wait_reporting(proc, run_dir, report)
+            code_ = _wait_reporting(proc, run_dir, report, load)
         finally:  # the trial stopped (Ctrl-C of the bench, Tune's stop): let the run checkpoint first
             _stop_child(proc)
+            load.sample()
+            commits[-1].update(load.summary())  # this start's share of the machine, kept with its commit
+            _write_atomic(paths["commits"], json.dumps(commits, indent=1))
     if code_ != 0:
         raise TrialFailed(f"{run_name} seed {seed}: train failed: {_last_line(paths['log'].read_text()[-4000:])}")
 

@@ -88,6 +88,8 @@ def test_an_interrupted_smoke_bench_resumes_without_rerunning_finished_trials_an
             continue
         assert r["env_steps"] > 0 and r["wall_time_s"] > 0 and r["iterations"] == r["config"]["iterations"]
         assert r["curve"] and r["curve"][-1][0] == r["env_steps"]
+        load = r["commits"][-1]["load_1m"]  # what else had the machine while the last start trained
+        assert load["samples"] >= 2 and 0 <= load["mean"] <= load["max"] and load["cores"] == os.cpu_count()
     # the two seeds of one run share the config hash (the seed is not part of it); the runs do not
     hashes = {name: json.loads((out_dir / f"{name}.json").read_text())["config_hash"] for name in TRIALS}
     assert hashes["rl2-bandit-seed0"] == hashes["rl2-bandit-seed1"] != hashes["maml-point-nav-seed0"]
