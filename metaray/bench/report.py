@@ -98,6 +98,7 @@ def aggregate(results: list[dict[str, Any]], compare: list[tuple[str, str]] | No
             "seed_std": float(np.std(seed_scores, ddof=1)) if len(rows) > 1 else None,
             "tasks": int(scores.shape[1]), "env_steps": _mean([r["env_steps"] for r in rows]),
             "wall_time_s": _mean([r["wall_time_s"] for r in rows]),
+            "load_1m": machine_load(rows),
             "commits": sorted({f"{r['commit']}{'+dirty' if r['dirty'] else ''}" for r in rows}),
             "dates": sorted({r["date"] for r in rows}),
             # on the held-out curve where the runs have one (eval.every: each point is a mean over
@@ -139,6 +140,14 @@ def _steps(value: float | None) -> str:
     return f"{value / 1e6:.2f}M" if value >= 1e5 else f"{value:,.0f}"
 
 
+def machine_load(rows: list[dict[str, Any]]) -> float | None:
+    """The mean 1-minute load average while the runs' starts trained (weighted by samples; the
+    starts that recorded one), or None: what else had the cores when the wall times were taken."""
+    loads = [start["load_1m"] for r in rows for start in r.get("commits", []) if start.get("load_1m")]
+    samples = sum(load["samples"] for load in loads)
+    return round(sum(load["mean"] * load["samples"] for load in loads) / samples, 2) if samples else None
+
+
 def markdown(summary: dict[str, Any], results: list[dict[str, Any]], title: str) -> str:
     first = results[0]
     m = first["machine"]
@@ -154,6 +163,8 @@ def markdown(summary: dict[str, Any], results: list[dict[str, Any]], title: str)
     for name, r in summary["runs"].items():
         per_seed = ", ".join(_fmt(s) for s in r["seed_scores"])
         wall = f"{r['wall_time_s'] / 60:.1f} min" if r["wall_time_s"] is not None else "—"
+        if r["wall_time_s"] is not None and r.get("load_1m") is not None:
+            wall += f" (load {r['load_1m']:.1f}, {m['cores']} cores)"
         rewards = f" (reward {', '.join(r['reward_versions'])})" if r.get("reward_versions") else ""
         lines.append(f"| {name} | {r['algo']} / {r['benchmark']}{rewards} | {len(r['seeds'])} | {_fmt(r['mean'], r['mean_ci'])} | "
                      f"{_fmt(r['iqm'], r['iqm_ci'])} | {per_seed} | {_steps(r['env_steps'])} | {wall} | "

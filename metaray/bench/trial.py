@@ -116,9 +116,11 @@ class MachineLoad:
 
 
 def _wait_reporting(proc: subprocess.Popen, run_dir: Path, report: Callable[[dict[str, Any]], None],
-                    load: MachineLoad) -> int:
+                    load: MachineLoad | None = None) -> int:
     """Wait for the training to end, reporting each new progress row (and the latest held-out
-    return of a run with `eval.every`, which the progress view keeps showing); its exit code."""
+    return of a run with `eval.every`, which the progress view keeps showing), sampling the
+    machine's load into `load`; its exit code."""
+    load = load if load is not None else MachineLoad()
     seen, heldout = 0, None
     while True:
         try:

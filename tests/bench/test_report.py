@@ -198,3 +198,19 @@ def test_runs_of_very_different_lengths_are_plotted_on_log_axes():
     assert log_axes(short + long) == (True, False)
     assert log_axes(short + _results("other", [0], 1.0)) == (False, False)
     assert log_axes(short) == (False, False)  # one run: nothing to squeeze
+
+
+def test_the_wall_time_says_the_machines_load_where_the_runs_recorded_it(tmp_path):
+    loaded = _results("loaded", [0, 1], 1.0)
+    loaded[0]["commits"] = [{"commit": "abc", "dirty": False, "load_1m": {"mean": 3.0, "max": 4.0, "samples": 30, "cores": 2}}]
+    loaded[1]["commits"] = [{"commit": "abc", "dirty": False, "load_1m": {"mean": 1.0, "max": 1.5, "samples": 10, "cores": 2}},
+                            {"commit": "abc", "dirty": False}]  # a start killed with its bench: no record
+    quiet = _results("unrecorded", [0, 1], 2.0)  # results from before the load was recorded
+    summary = aggregate(loaded + quiet, reps=100)
+    assert summary["runs"]["loaded"]["load_1m"] == pytest.approx(2.5)  # (3 x 30 + 1 x 10) / 40
+    assert summary["runs"]["unrecorded"]["load_1m"] is None
+    for r in loaded + quiet:
+        (tmp_path / f"{r['run']}-seed{r['seed']}.json").write_text(json.dumps(r))
+    text = write_report([tmp_path])["markdown"].read_text()
+    row = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert "(load 2.5, 2 cores)" in row["loaded"] and "load" not in row["unrecorded"]
