@@ -6,13 +6,16 @@ side in one process, one torch thread.
    the time per step, the time `mj_step`
    alone takes for the same frames (the physics floor), and whether observations, rewards and
    infos are the same bits.
-2. A MAML rollout worker's sampler on ML10 (configs/maml-trpo-ml10.yaml's policy and meta-batch:
+2. Building each v3 env (what an ML10/ML45 slot does when its next task is of another class):
+   speedups off (gymnasium compiles the XML every time), on the first time in a process (the
+   compile, kept), and on later (a copy of the kept model); the median of `--builds` each.
+3. A MAML rollout worker's sampler on ML10 (configs/maml-trpo-ml10.yaml's policy and meta-batch:
    `--tasks` 20 tasks x `--episodes` 10 episodes, before and after the inner step, 500-step
    episodes), each of `--rounds` rounds on a new meta-batch, off then on: env steps per second,
    the env builds of slots that change class, the policy and the worker's bookkeeping included.
 Writes benchmarks/results/metaworld_speed/<date>-<commit>/metaworld_speed.json.
 
-    python benchmarks/metaworld_speed.py [--steps 500] [--tasks 20] [--episodes 10] [--rounds 2]
+    python benchmarks/metaworld_speed.py [--steps 500] [--builds 5] [--tasks 20] [--episodes 10] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -93,6 +96,33 @@ def per_env(steps: int, repeats: int) -> list[dict]:
     return rows
 
 
+def build_ms(env_class: type, on: bool) -> float:
+    speedups.set_speedups(on)
+    start = time.perf_counter()
+    env = env_class()
+    elapsed = time.perf_counter() - start
+    env.close()
+    return elapsed * 1e3
+
+
+def env_builds(builds: int) -> list[dict]:
+    """Per class: the median build off, the first build on (it compiles and keeps the model) and
+    the median later build on. The kept models are dropped first, so that the first build on
+    compiles as a process's first does."""
+    bench = benchmark("ML45", None, 0)
+    rows = []
+    for name, env_class in {**bench.train_classes, **bench.test_classes}.items():
+        off = statistics.median(build_ms(env_class, on=False) for _ in range(builds))
+        speedups._COMPILED.clear()
+        first = build_ms(env_class, on=True)
+        later = statistics.median(build_ms(env_class, on=True) for _ in range(builds))
+        row = {"env": name, "build_ms_off": round(off, 2), "build_ms_on_first": round(first, 2),
+               "build_ms_on_later": round(later, 2), "speedup_later": round(off / later, 2)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def worker(tasks: int, episodes: int, rounds: int) -> dict:
     """Each round a new meta-batch of ML10 train tasks (the same ones for both settings), as in
     training: a slot whose new task is of another class builds a new env."""
@@ -127,9 +157,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500, help="env steps per env and setting")
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs per env and setting (the best counts)")
     parser.add_argument("--skip-envs", action="store_true", help="only the worker measurement")
+    parser.add_argument("--builds", type=int, default=5, help="env builds per class and setting (the median counts); 0 skips them")
     parser.add_argument("--tasks", type=int, default=20)
     parser.add_argument("--episodes", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="worker rounds, each on a new meta-batch; 0 skips the worker")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = [] if args.skip_envs else per_env(args.steps, args.repeats)
@@ -140,10 +171,16 @@ def main() -> None:
                "mean_mj_step_ms": round(statistics.mean(r["mj_step_ms"] for r in rows), 4),
                "speedup_all_envs": round(total_off / total_on, 3)} if rows else {}
     print(json.dumps(summary), flush=True)
-    sampling = worker(args.tasks, args.episodes, args.rounds)
+    builds = env_builds(args.builds) if args.builds > 0 else []
+    if builds:
+        summary["mean_build_ms_off"] = round(statistics.mean(r["build_ms_off"] for r in builds), 2)
+        summary["mean_build_ms_on_first"] = round(statistics.mean(r["build_ms_on_first"] for r in builds), 2)
+        summary["mean_build_ms_on_later"] = round(statistics.mean(r["build_ms_on_later"] for r in builds), 2)
+        print(json.dumps({k: v for k, v in summary.items() if "build" in k}), flush=True)
+    sampling = worker(args.tasks, args.episodes, args.rounds) if args.rounds > 0 else {}
     print(json.dumps(sampling), flush=True)
     out = {"date": time.strftime("%Y-%m-%d"), "commit": git_commit(), "machine": machine(), "torch_threads": 1,
-           "steps_per_env": args.steps, "summary": summary, "ml10_maml_worker": sampling, "per_env": rows}
+           "steps_per_env": args.steps, "summary": summary, "ml10_maml_worker": sampling, "per_env": rows, "env_builds": builds}
     path = script_output(__file__, "metaworld_speed.json")
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {path}")

@@ -16,7 +16,7 @@ success flag; metaray counts an episode as a success if any of its steps has it.
 Meta-World's per-step Python is most of its cost (its physics ~0.07 ms of a 0.17–0.66 ms step):
 `speedups` (default true) swaps four of its functions for ones that return the same bits
 (`metaray.tasks.metaworld_speedups`: a step 1.69x faster over the 50 v3 envs, ~2.5x for those
-that grasp; an env built in ~17 ms, not ~100 ms, once its class was built in the process).
+that grasp; an env built in ~5 ms, not ~105 ms, once its class was built in the process).
 
 Building a benchmark costs once per process (measured here: ML1 1.4 s, ML10 10 s, ML45 34 s);
 it is cached per process. Requires `pip install 'metaray[metaworld]'` (metaworld 3.x, which pins

@@ -135,8 +135,8 @@ def curr_obs_combined_no_goal(self: Any) -> np.ndarray:
 
 def initialize_simulation(self: Any) -> tuple[Any, Any]:
     """gymnasium's `MujocoEnv._initialize_simulation` for the Sawyer envs, compiling each XML once
-    per process: later envs of the class get a copy of the compiled model (`mj_copyModel`, ~17 ms)
-    instead of a compile (~100 ms). An ML10/ML45 slot builds its env anew whenever its next task
+    per process: later envs of the class get a copy of the compiled model (`mj_copyModel`, ~5 ms)
+    instead of a compile (~105 ms). An ML10/ML45 slot builds its env anew whenever its next task
     is of another class, so a meta-batch of new tasks rebuilds most slots."""
     key = (self.fullpath, os.path.getmtime(self.fullpath), self.width, self.height)
     compiled = _COMPILED.get(key)
