@@ -396,6 +396,8 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
         raise ConfigError(str(err)) from None
     if config.scheduler.strategy == "regret" and not callable(getattr(family, "expert", None)):
         raise ConfigError(f"scheduler.strategy regret measures regret against an expert: task family {config.task.family!r} has no expert(task)")
+    if config.eval.normalise and not callable(getattr(family, "expert", None)):
+        raise ConfigError(f"eval.normalise scores against the family's expert: task family {config.task.family!r} has no expert(task)")
     return config
 
 

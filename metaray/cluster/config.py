@@ -72,6 +72,7 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     num_tasks: int = Field(100, ge=1, description="Held-out tasks for `metaray eval`.")
     seed: int = Field(12345, description="Seed for drawing evaluation tasks.")
+    normalise: bool = Field(False, description="Also score each held-out task against the family's expert and uniformly random actions on that same task (10 episodes each): expert_return, random_return and normalised_score = (R − R_random) / (R_expert − R_random), the mean over tasks in the result. Families with an expert(task) only.")
     every: int = Field(0, ge=0, description="While training, evaluate the current policy on these held-out tasks every this many iterations and at the last (RUN_DIR/evals/iter-NNNNNN.json; heldout_* in progress.jsonl, TensorBoard and the metrics): the learning curve on held-out tasks. 0: only `metaray eval` after training. It runs in the driver between iterations; heldout_eval_s says what it costs.")
 
 

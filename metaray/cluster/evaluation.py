@@ -21,6 +21,7 @@ from metaray.cluster.config import ConfigError, RunConfig, load_config
 from metaray.core import AlgorithmError
 from metaray.networks import weights_mismatch
 from metaray.tasks import make_family, make_vector_env
+from metaray.tasks.reference import has_expert, normalised_score, reference_returns
 
 EVAL_OVERRIDABLE = re.compile(r"(task\.kwargs\.|eval\.|[a-z0-9_]+\.eval_)")  # which tasks and how they are acted on, not the model
 
@@ -158,9 +159,31 @@ def evaluate_weights(config: RunConfig, tensors: dict[str, Any], split: str = "t
                               f"algorithm {config.algo!r}: evaluate()")
     finally:
         torch.set_num_threads(threads)
+    if config.eval.normalise and "normalised_score" not in per_task[0]:  # imitation scores its own
+        per_task = normalised(per_task, family, tasks, seed)
     settings = {k: v for k, v in algo_config.model_dump().items() if k.startswith("eval_")}  # how it acted
     return {"algo": config.algo, "family": config.task.family, "split": split, "num_tasks": num_tasks, "seed": seed,
             "task_kwargs": config.task.kwargs, **({"eval_settings": settings} if settings else {}), **summarise(per_task)}
+
+
+REFERENCE_EPISODES = 10  # per task, for each end of the normalised score
+_references: dict[tuple[str, tuple[int, ...], int], dict[int, dict[str, float]]] = {}  # the same tasks every periodic eval
+
+
+def normalised(rows: list[dict[str, Any]], family: Any, tasks: list[Any], seed: int) -> list[dict[str, Any]]:
+    """`rows` with each task's expert and random returns and normalised score (eval.normalise),
+    the two ends measured once per process for a given family, task set and seed."""
+    key = (repr(family), tuple(t.task_id for t in tasks), seed)
+    if key not in _references:
+        if not has_expert(family):
+            raise ConfigError(f"eval.normalise needs the family's expert: task family {family.name!r} has no expert(task)")
+        _references[key] = reference_returns(family, tasks, REFERENCE_EPISODES, seed)
+    out = []
+    for row in rows:
+        ends = _references[key][row["task_id"]]
+        value = row["return_post" if "return_post" in row else "trial_return"]
+        out.append({**row, **ends, "normalised_score": normalised_score(value, ends["expert_return"], ends["random_return"])})
+    return out
 
 
 def evaluate_run(run_dir: Path, split: str = "test", num_tasks: int | None = None, seed: int | None = None,

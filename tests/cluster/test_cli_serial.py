@@ -112,6 +112,9 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         # a task outside the family's physical range (issue 27): refused before anything runs
         (["train", "{hcv}", "--serial", "--set", "task.kwargs.high=40"],
          "task.kwargs: HalfCheetahVelFamily: target velocities must lie in [-15, 15] m/s"),
+        # a normalised score needs the family's expert: said at the start, not at the first evaluation
+        (["train", "{hcv}", "--serial", "--set", "task.family=ant-dir", "--set", "eval.normalise=true"],
+         "eval.normalise scores against the family's expert: task family 'ant-dir' has no expert(task)"),
         # a run directory that cannot be made (was: a traceback from mkdir)
         (["train", "{cfg}", "--serial", "--run-dir", "{cfg}"], "tiny.yaml is a file, not a directory"),
         (["train", "{cfg}", "--serial", "--run-dir", "{cfg}/runs/a"], "tiny.yaml is a file, not a directory"),
@@ -212,6 +215,23 @@ def test_maml_serial_run_and_eval_report_pre_and_post(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["mean_return"] == result["return_post"]
     assert [set(t) >= {"task_id", "return_pre", "return_post"} for t in result["tasks"]] == [True] * 3
+
+
+def test_eval_normalise_scores_each_task_against_its_expert_and_random_actions(tmp_path, capsys):
+    run = tmp_path / "maml"
+    cfg = Path(__file__).resolve().parents[2] / "configs" / "maml-trpo-point-nav.yaml"
+    assert main(["train", str(cfg), "--serial", "--run-dir", str(run), "--iterations", "1",
+                 "--set", "maml.meta_batch_size=2", "--set", "maml.episodes_per_task=2"]) == 0
+    assert main(["eval", str(run), "--json", "--num-tasks", "4", "--set", "eval.normalise=true"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for row in result["tasks"]:
+        assert row["expert_return"] > row["random_return"]  # the goal-knowing expert beats random steps
+        gap = row["expert_return"] - row["random_return"]
+        assert row["normalised_score"] == pytest.approx((row["return_post"] - row["random_return"]) / gap)
+    assert result["normalised_score"] == pytest.approx(np.mean([r["normalised_score"] for r in result["tasks"]]))
+    assert len({r["expert_return"] for r in result["tasks"]}) == 4  # each task its own ends
+    assert main(["eval", str(run), "--json", "--num-tasks", "4"]) == 0  # off by default
+    assert "normalised_score" not in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def test_eval_on_an_out_of_distribution_ring_writes_its_own_file(tmp_path, capsys):

@@ -30,13 +30,15 @@ RL2 = {**TINY_RL2, "iterations": 4, "checkpoint": {"every": 2, "keep": 3}, "metr
 def test_held_out_evaluation_while_training_scores_like_metaray_eval_and_changes_nothing(base, tmp_path, capsys):
     for name, every in (("plain", 0), ("evaluated", 3)):
         config = tmp_path / f"{name}.yaml"
-        config.write_text(yaml.safe_dump({**base, "eval": {**base["eval"], "every": every}}))
+        # the evaluated run also scores each task against its expert and random actions (eval.normalise)
+        config.write_text(yaml.safe_dump({**base, "eval": {**base["eval"], "every": every, "normalise": every > 0}}))
         assert main(["train", str(config), "--serial", "--run-dir", str(tmp_path / name)]) == 0
     plain, evaluated = read_progress(tmp_path / "plain"), read_progress(tmp_path / "evaluated")
     # every 3 iterations and at the last (4)
     assert [r["iteration"] for r in evaluated if "heldout_mean_return" in r] == [3, 4]
     assert sorted(p.name for p in (tmp_path / "evaluated" / "evals").iterdir()) == ["iter-000003.json", "iter-000004.json"]
-    strip = TIME_KEYS | {"heldout_mean_return", "heldout_return_pre", "heldout_eval_s"}
+    assert all(np.isfinite(r["heldout_normalised_score"]) for r in evaluated if "heldout_mean_return" in r)
+    strip = TIME_KEYS | {"heldout_mean_return", "heldout_return_pre", "heldout_eval_s", "heldout_normalised_score"}
     assert [{k: v for k, v in r.items() if k not in strip} for r in evaluated] == \
         [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in plain]
     a = load_file(str(latest_checkpoint(tmp_path / "plain") / "learner.safetensors"))
@@ -48,6 +50,7 @@ def test_held_out_evaluation_while_training_scores_like_metaray_eval_and_changes
     by_eval = json.loads(capsys.readouterr().out)
     last = json.loads((tmp_path / "evaluated" / "evals" / "iter-000004.json").read_text())
     assert last["mean_return"] == by_eval["mean_return"] == evaluated[-1]["heldout_mean_return"]
+    assert last["normalised_score"] == by_eval["normalised_score"] == evaluated[-1]["heldout_normalised_score"]
     assert [t for t in last["tasks"]] == by_eval["tasks"] and last["env_steps_total"] == evaluated[-1]["env_steps_total"]
     first = json.loads((tmp_path / "evaluated" / "evals" / "iter-000003.json").read_text())
     assert first["iteration"] == 3 and first["env_steps_total"] == evaluated[2]["env_steps_total"]

@@ -59,11 +59,7 @@ import torch
 from metaray.core import AlgorithmBase, Baseline, LoopSpec
 from metaray.learner.adversarial.baselines import bc_from_scratch, meta_bc
 from metaray.learner.adversarial.config import AdversarialConfig
-from metaray.learner.adversarial.evaluation import (
-    evaluate,
-    evaluation_chunks,
-    random_policy_returns,
-)
+from metaray.learner.adversarial.evaluation import evaluate, evaluation_chunks
 from metaray.learner.adversarial.game import (
     Transitions,
     disc_adapt,
@@ -85,6 +81,7 @@ from metaray.learner.adversarial.networks import (
 )
 from metaray.learner.adversarial.sampler import AdversarialSampler, Demos, expert_demos
 from metaray.tasks import Task, TaskFamily
+from metaray.tasks.reference import random_policy_returns
 
 
 class Adversarial(AlgorithmBase):

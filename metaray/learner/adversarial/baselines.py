@@ -17,7 +17,6 @@ import torch
 
 from metaray.core import mean_episode_return
 from metaray.learner.adversarial.config import AdversarialConfig
-from metaray.learner.adversarial.evaluation import random_policy_returns
 from metaray.learner.adversarial.game import masked_mean
 from metaray.learner.adversarial.sampler import expert_demos
 from metaray.learner.maml.sampler import MAMLSampler, make_gaussian_policy
@@ -29,6 +28,7 @@ from metaray.networks import (
     policy_forward,
 )
 from metaray.tasks import Task, TaskFamily, make_vector_env
+from metaray.tasks.reference import normalised_score, random_policy_returns
 
 BC_STEPS, BC_LR = 2000, 3e-3
 META_BC_ITERATIONS, META_BC_LR, META_BC_INNER_LR, META_BC_INNER_STEPS = 2000, 3e-3, 1e-3, 1
@@ -99,9 +99,8 @@ def _scored(family: TaskFamily, tasks: list[Task], config: AdversarialConfig, re
     out = []
     for task, ret, exp in zip(tasks, returns, expert, strict=True):
         rand = random_returns[task.task_id]
-        gap = float(exp) - rand
         out.append({"task_id": task.task_id, "return_post": float(ret), "expert_return": float(exp), "random_return": rand,
-                    "normalised_score": (float(ret) - rand) / gap if abs(gap) > 1e-8 else float("nan")})
+                    "normalised_score": normalised_score(float(ret), float(exp), rand)})
     return out
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from metaray.learner.adversarial.config import AdversarialConfig
 from metaray.learner.adversarial.networks import AdversarialAgent
 from metaray.learner.adversarial.sampler import AdversarialSampler
-from metaray.tasks import SAMPLER_INFO_KEYS, Task, TaskFamily, make_vector_env
+from metaray.tasks import Task, TaskFamily
+from metaray.tasks.reference import normalised_score, random_policy_returns
 
 
 def evaluate(policy: AdversarialAgent, family: TaskFamily, tasks: list[Task], config: AdversarialConfig,
@@ -26,10 +25,9 @@ def evaluate(policy: AdversarialAgent, family: TaskFamily, tasks: list[Task], co
         for r in sampler.collect([tasks[i] for i in chunk], 0):
             task_id, m = r.task_id, r.metrics
             post, expert, rand = m["return_post"], m["expert_return"], random_returns[task_id]
-            gap = expert - rand
             out.append({"task_id": task_id, "return_pre": m["return_pre"], "return_post": post,
                         "expert_return": expert, "random_return": rand,
-                        "normalised_score": (post - rand) / gap if abs(gap) > 1e-8 else float("nan")})
+                        "normalised_score": normalised_score(post, expert, rand)})
     return out
 
 
@@ -41,22 +39,3 @@ def evaluation_chunks(n: int, size: int) -> list[range]:
     if len(chunks) > 1 and len(chunks[-1]) == 1:
         chunks[-2], chunks[-1] = range(chunks[-2].start, chunks[-2].stop - 1), range(chunks[-2].stop - 1, n)
     return chunks
-
-
-def random_policy_returns(family: TaskFamily, tasks: list[Task], episodes: int, seed: int) -> dict[int, float]:
-    """Mean true return of uniformly random actions per task (the normalised score's zero)."""
-    env = make_vector_env(family, tasks, episodes, seed=seed + 1, info_keys=SAMPLER_INFO_KEYS)
-    space = env.single_action_space
-    rng = np.random.default_rng(seed + 1)
-    totals, alive = np.zeros(env.num_envs), np.ones(env.num_envs, bool)
-    env.reset()
-    for _ in range(family.max_episode_steps):
-        action = rng.uniform(space.low, space.high, (env.num_envs, *space.shape)).astype(np.float32)
-        _, reward, terminated, truncated, _ = env.step(action)
-        totals += reward * alive
-        alive &= ~(terminated | truncated)
-        if not alive.any():
-            break
-    env.close()
-    per_task = totals.reshape(len(tasks), episodes).mean(1)
-    return {t.task_id: float(r) for t, r in zip(tasks, per_task, strict=True)}
