@@ -508,6 +508,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"{result['num_tasks']} {result['split']} tasks: mean return {pre}{result['mean_return']:.3f} "
               f"(std {result['std_return']:.3f}, worst 10% {result['cvar10_return']:.3f}); "
               f"wrote {args.output or f'{args.run_dir}/eval.json'}")
+        if "normalised_score" in result:
+            print(f"  normalised score {result['normalised_score']:.3f} (mean over tasks; on the same tasks the "
+                  f"expert returns {result['expert_return']:.3f}, random actions {result['random_return']:.3f})")
         if "episode_return_means" in result:
             means = result["episode_return_means"]
             shown = means if len(means) <= 12 else [*means[:6], *means[-6:]]

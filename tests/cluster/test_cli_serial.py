@@ -230,6 +230,8 @@ def test_eval_normalise_scores_each_task_against_its_expert_and_random_actions(t
         assert row["normalised_score"] == pytest.approx((row["return_post"] - row["random_return"]) / gap)
     assert result["normalised_score"] == pytest.approx(np.mean([r["normalised_score"] for r in result["tasks"]]))
     assert len({r["expert_return"] for r in result["tasks"]}) == 4  # each task its own ends
+    assert main(["eval", str(run), "--num-tasks", "4", "--set", "eval.normalise=true"]) == 0
+    assert f"normalised score {result['normalised_score']:.3f}" in capsys.readouterr().out
     assert main(["eval", str(run), "--json", "--num-tasks", "4"]) == 0  # off by default
     assert "normalised_score" not in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
