@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from metaray.cluster.scheduler import expert_return  # one episode of expert(task) on make_env(task)
 from metaray.tasks import make_family
 from metaray.tasks.reference import (
     expert_returns,
@@ -14,24 +15,12 @@ from metaray.tasks.reference import (
 )
 
 
-def rollout(family, task, act, seed: int) -> float:
-    env = family.make_env(task)
-    obs, _ = env.reset(seed=seed)
-    total, done = 0.0, False
-    while not done:
-        obs, reward, terminated, truncated, _ = env.step(act(obs))
-        total += float(reward)
-        done = terminated or truncated
-    env.close()
-    return total
-
-
 def test_each_task_gets_its_own_experts_return_on_point_nav():
     family = make_family("point-nav", {})
     tasks = family.sample(4, np.random.default_rng(3), "test")
     got = expert_returns(family, tasks, episodes=3, seed=11)
     # slot i runs tasks[i // episodes]: a mix-up would give a task another goal's return
-    want = {t.task_id: rollout(family, t, family.expert(t), seed=0) for t in tasks}
+    want = {t.task_id: expert_return(family, t, seed=0) for t in tasks}
     assert got == pytest.approx(want, abs=1e-5)
     assert len({round(v, 3) for v in got.values()}) == len(tasks)
 
@@ -44,7 +33,7 @@ def test_halfcheetah_vel_expert_through_its_batched_policy_matches_single_envs()
     # slot i of a vector env seeded s draws as a single env reset with seed s + i; expert_returns
     # seeds seed + 2. Not to the bit: the policy's matrix products round differently for 2 rows than
     # for 1, and 200 steps of contact dynamics carry that (0.05 here).
-    want = {t.task_id: rollout(family, t, family.expert(t), seed=5 + 2 + i) for i, t in enumerate(tasks)}
+    want = {t.task_id: expert_return(family, t, seed=5 + 2 + i) for i, t in enumerate(tasks)}
     assert got == pytest.approx(want, abs=1.0)
     assert all(v > -80 for v in got.values())  # the shipped expert tracks its target
 
