@@ -370,6 +370,7 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
     from metaray.cluster.config import ConfigError, load_config
     from metaray.core import checked_loop_spec
     from metaray.tasks import check_family, make_family
+    from metaray.tasks.reference import has_expert
 
     if args.config is None:
         if not args.resume or args.run_dir is None:
@@ -394,9 +395,9 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
         _build_policy_once(config, family)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    if config.scheduler.strategy == "regret" and not callable(getattr(family, "expert", None)):
+    if config.scheduler.strategy == "regret" and not has_expert(family):
         raise ConfigError(f"scheduler.strategy regret measures regret against an expert: task family {config.task.family!r} has no expert(task)")
-    if config.eval.normalise and not callable(getattr(family, "expert", None)):
+    if config.eval.normalise and not has_expert(family):
         raise ConfigError(f"eval.normalise scores against the family's expert: task family {config.task.family!r} has no expert(task)")
     return config
 
