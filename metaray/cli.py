@@ -144,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--compare", action="append", default=[], metavar="A,B",
                         help="probability that run A improves on run B (repeatable)")
     report.add_argument("--target", type=float, help="training return whose time to reach each run reports")
+    report.add_argument("--index", action="store_true",
+                        help="one table of every suite under each RESULTS root (RESULTS/<suite>/<bench>/*.json)")
+    report.add_argument("--readme", type=Path, help="with --index: write the table between this file's markers")
+    report.add_argument("--check", action="store_true",
+                        help="with --index --readme: write nothing, exit 1 if the file's table is out of date")
     return parser
 
 
@@ -204,8 +209,32 @@ def _run_bench(suite: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from metaray.bench.report import ReportError, load_results, write_report
+    from metaray.bench.report import (
+        ReportError,
+        index_markdown,
+        load_results,
+        update_readme,
+        write_report,
+    )
 
+    if (args.readme or args.check) and not args.index:
+        raise ReportError("--readme and --check go with --index")
+    if args.index:
+        if args.compare or args.target is not None or args.output:
+            raise ReportError("--index takes RESULTS roots, --readme and --check only")
+        if len(args.results) != 1:
+            raise ReportError(f"--index takes one results root, got {len(args.results)}")
+        if args.check and not args.readme:
+            raise ReportError("--check needs --readme FILE (the file whose table it checks)")
+        if not args.readme:
+            print(index_markdown(args.results[0]), end="")
+            return 0
+        stale = update_readme(args.readme, args.results[0], check=args.check)
+        if args.check:
+            print(f"metaray report: {args.readme}'s index is {'out of date' if stale else 'current'}")
+            return 1 if stale else 0
+        print(f"metaray report: {args.readme}: index {'updated' if stale else 'already current'}")
+        return 0
     pairs = []
     for text in args.compare:
         parts = text.split(",")

@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metaray.bench.report import ReportError, aggregate, load_results, log_axes, write_report
+from metaray.bench.report import (
+    ReportError,
+    aggregate,
+    index_markdown,
+    load_results,
+    log_axes,
+    write_report,
+)
 from metaray.bench.suite import SuiteError, bench_overrides, load_suite, sweep_suite
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -214,3 +221,78 @@ def test_the_wall_time_says_the_machines_load_where_the_runs_recorded_it(tmp_pat
     text = write_report([tmp_path])["markdown"].read_text()
     row = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
     assert "(load 2.5, 2 cores)" in row["loaded"] and "load" not in row["unrecorded"]
+
+
+def _bench_dir(root: Path, suite: str, name: str, results: list[dict], report: bool = True) -> Path:
+    folder = root / suite / name
+    folder.mkdir(parents=True)
+    for r in results:
+        (folder / f"{r['run']}-seed{r['seed']}.json").write_text(json.dumps({**r, "suite": suite}))
+    if report:
+        (folder / "report.md").write_text("# report\n")
+    return folder
+
+
+def test_the_index_has_every_suite_every_seed_and_a_rerun_once(tmp_path):
+    root = tmp_path / "results"
+    _bench_dir(root, "alpha", "2026-12-01-aaa", _results("x", [0, 1, 2], 1.0) + _results("y", [0, 1], 5.0))
+    rerun = [{**r, "commit": "bbb", "score": 9.0, "per_task": [9.0] * 50} for r in _results("x", [2], 1.0)]
+    _bench_dir(root, "alpha", "2026-12-02-bbb", rerun, report=False)
+    _bench_dir(root, "beta", "2026-12-03-ccc", _results("z", [4], 3.0))
+    (root / "beta" / "2026-12-04-stopped").mkdir()  # a stopped bench: progress files, no results
+    (root / "beta" / "2026-12-04-stopped" / "z-seed5.stopped-progress.jsonl").write_text("{}\n")
+    text = index_markdown(root, link_base=tmp_path, reps=200)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| suite")]
+    assert [row.split(" | ")[1] for row in rows] == ["x", "y", "z"]  # runs in suite order, one row each
+    x, y, z = (row.split(" | ") for row in rows)
+    assert x[0] == "| [alpha](results/alpha/2026-12-01-aaa/report.md) (1 older reruns left out)"
+    assert x[4] == "3" and x[7].split(", ")[2] == "9.000"  # seed 2's newest result, counted once
+    assert x[10] == "abc, bbb"  # the first bench's commit (BASE) and the rerun's
+    expected = np.mean([r["per_task"] for r in _results("x", [0, 1], 1.0)] + [[9.0] * 50])
+    assert float(x[5].split(" [")[0]) == pytest.approx(expected, abs=1e-3)
+    assert y[0] == "| " and y[4] == "2"  # the suite named once
+    assert z[0] == "| [beta](results/beta/2026-12-03-ccc/report.md)" and z[5] == f"{_results('z', [4], 3.0)[0]['score']:.3f}"
+    assert "mean_return, 50 test tasks" in z[3]
+    with pytest.raises(ReportError, match="no bench results under"):
+        index_markdown(tmp_path / "results" / "beta" / "2026-12-04-stopped")
+
+
+def test_the_index_goes_between_the_readme_markers_and_check_says_when_it_is_stale(tmp_path, capsys):
+    from metaray.bench import report
+    from metaray.cli import main
+
+    root = tmp_path / "results"
+    _bench_dir(root, "alpha", "2026-12-01-aaa", _results("x", [0, 1], 1.0))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Benchmarks\n\nbefore\n\n{report.INDEX_BEGIN}\nold table\n{report.INDEX_END}\n\nafter\n")
+    assert main(["report", "--index", str(root), "--readme", str(readme), "--check"]) == 1
+    assert "out of date" in capsys.readouterr().out and "old table" in readme.read_text()  # --check writes nothing
+    assert main(["report", "--index", str(root), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# Benchmarks\n\nbefore\n\n") and text.endswith(f"{report.INDEX_END}\n\nafter\n")
+    assert "old table" not in text and "| [alpha](results/alpha/2026-12-01-aaa/report.md) | x |" in text
+    assert main(["report", "--index", str(root), "--readme", str(readme), "--check"]) == 0
+    _bench_dir(root, "beta", "2026-12-02-bbb", _results("z", [0], 3.0))  # a new result: the table is behind
+    assert main(["report", "--index", str(root), "--readme", str(readme), "--check"]) == 1
+    capsys.readouterr()
+
+    readme.write_text("# no markers\n")
+    assert main(["report", "--index", str(root), "--readme", str(readme)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("metaray report: error: ") and "no generated-index block" in err and "\n" not in err
+    assert readme.read_text() == "# no markers\n"
+    for argv, message in ((["report", str(root), "--check"], "--readme and --check go with --index"),
+                          (["report", "--index", str(root), "--target", "1"], "--index takes RESULTS roots"),
+                          (["report", "--index", str(root), str(root)], "one results root, got 2"),
+                          (["report", "--index", str(root), "--check"], "--check needs --readme"),
+                          (["report", "--index", str(tmp_path / "missing")], "no such directory")):
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err
+
+
+def test_the_benchmarks_readme_table_is_what_the_result_files_say():
+    from metaray.bench.report import update_readme
+
+    stale = update_readme(ROOT / "benchmarks" / "README.md", ROOT / "benchmarks" / "results", check=True)
+    assert not stale, ("benchmarks/README.md's generated table is behind benchmarks/results: run `metaray report "
+                       "--index benchmarks/results --readme benchmarks/README.md`")
