@@ -8,6 +8,9 @@ decay 1 − f, then plots i / inner_lr against |g| per layer (one panel per para
 2D histogram) and writes the per-layer medians as JSON. SGD would be the horizontal line at 1.
 
     python benchmarks/inner_optimizer_rule.py RUN_DIR [--num-tasks 20] [--output PREFIX]
+
+Seed 0's run of the `lstm-1step` trial, e.g.:
+    python benchmarks/inner_optimizer_rule.py RUNS/inner-optimizers-point-nav/<bench>/lstm-1step-seed0
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from metaray.bench.provenance import script_output  # noqa: E402
 from metaray.cluster.checkpoint import load_newest_checkpoint  # noqa: E402
 from metaray.cluster.evaluation import load_run  # noqa: E402
 from metaray.learner import maml  # noqa: E402
@@ -36,7 +40,8 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--num-tasks", type=int, default=20)
     parser.add_argument("--seed", type=int, default=12345)
-    parser.add_argument("--output", type=Path, default=None, help="prefix of the .png and .json (default: RUN_DIR/inner_rule)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="prefix of the .png and .json (default: benchmarks/results/inner_optimizer_rule/<date>-<commit>/<run>)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     config, _ = load_run(args.run_dir)
@@ -90,7 +95,10 @@ def main() -> None:
     fig.suptitle(f"{cfg.inner_optimizer} inner optimizer of {args.run_dir.name} (iteration {found.state['iteration']}), "
                  f"{args.num_tasks} held-out tasks")
     fig.tight_layout()
-    prefix = args.output or args.run_dir / "inner_rule"
+    prefix = args.output
+    if prefix is None:  # the commit and command beside the plot (provenance.json)
+        script_output(__file__, f"{args.run_dir.name}.json")
+        prefix = script_output(__file__, f"{args.run_dir.name}.png").with_suffix("")
     fig.savefig(f"{prefix}.png", dpi=110)
     Path(f"{prefix}.json").write_text(json.dumps({"run": str(args.run_dir), "iteration": found.state["iteration"],
                                                   "inner_optimizer": cfg.inner_optimizer, "layers": summary}, indent=1))
