@@ -79,7 +79,8 @@ def main() -> None:
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names, strict=False):
-        g = grads[name].reshape(args.num_tasks, -1).abs().flatten().numpy()
+        signed = grads[name].reshape(args.num_tasks, -1).flatten().numpy()
+        g = np.abs(signed)
         ratio = (split_step[name].flatten() / cfg.inner_lr).numpy()
         keep = g > 0
         ax.hist2d(np.log10(g[keep]), ratio[keep], bins=40, cmap="viridis", norm=matplotlib.colors.LogNorm())
@@ -89,7 +90,10 @@ def main() -> None:
         ax.set_ylabel("step / inner_lr")
         summary[name] = {"median_step_over_inner_lr": float(np.median(ratio)), "p10": float(np.percentile(ratio, 10)),
                          "p90": float(np.percentile(ratio, 90)),
-                         "median_decay": float(split_decay[name].median()), "median_abs_grad": float(np.median(g))}
+                         "median_decay": float(split_decay[name].median()), "median_abs_grad": float(np.median(g)),
+                         # the rule reads the gradient's sign too (Andrychowicz et al.'s preprocessing)
+                         "median_step_positive_gradient": float(np.median(ratio[signed > 0])) if (signed > 0).any() else None,
+                         "median_step_negative_gradient": float(np.median(ratio[signed < 0])) if (signed < 0).any() else None}
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.suptitle(f"{cfg.inner_optimizer} inner optimizer of {args.run_dir.name} (iteration {found.state['iteration']}), "
@@ -104,7 +108,8 @@ def main() -> None:
                                                   "inner_optimizer": cfg.inner_optimizer, "layers": summary}, indent=1))
     for name, s in summary.items():
         print(f"{name:>14}: step/inner_lr median {s['median_step_over_inner_lr']:.3f} (p10 {s['p10']:.3f}, p90 {s['p90']:.3f}), "
-              f"decay {s['median_decay']:+.4f}")
+              f"decay {s['median_decay']:+.4f}; g > 0: {s['median_step_positive_gradient']:.3f}, "
+              f"g < 0: {s['median_step_negative_gradient']:.3f}")
     print(f"wrote {prefix}.png and {prefix}.json")
 
 
