@@ -145,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="probability that run A improves on run B (repeatable)")
     report.add_argument("--target", type=float, help="training return whose time to reach each run reports")
     report.add_argument("--index", action="store_true",
-                        help="one table of every suite under each RESULTS root (RESULTS/<suite>/<bench>/*.json)")
-    report.add_argument("--readme", type=Path, help="with --index: write the table between this file's markers")
+                        help="one table of every suite under one RESULTS root (RESULTS/<suite>/<bench>/*.json)")
+    report.add_argument("--readme", type=Path, metavar="FILE", help="with --index: write the table between this file's markers")
     report.add_argument("--check", action="store_true",
                         help="with --index --readme: write nothing, exit 1 if the file's table is out of date")
     return parser
