@@ -7,6 +7,10 @@ Why: a return can rise because the ant walks, or because it ends its episodes so
 step costs more than the survive bonus; the return alone does not say which.
 
     python benchmarks/ant_gait.py [RUN_DIR ...] [--sigmas 1 0.6 0.37 0.22] [--noise 1 0.3 0] [--episodes 10]
+                                  [--fresh 0,1 -1,1 -1,0.01]
+
+`--fresh LOG_STD,OUTPUT_SCALE`: untrained 64x64 tanh Gaussian policies (torch seeds 0 and 1) with
+that initial log σ (`maml.init_log_std`) and mean-layer scale (`maml.init_output_scale`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from metaray.bench.provenance import script_output
 from metaray.cluster.checkpoint import load_newest_checkpoint
 from metaray.cluster.config import load_config
+from metaray.networks import GaussianMLPPolicy
 from metaray.tasks import make_family
 from metaray.tasks.base import Task
 
@@ -52,6 +57,13 @@ def episodes(env, act, n: int, seed: int, horizon: int) -> dict[str, float]:
     return out
 
 
+def sample(policy: torch.nn.Module, obs: np.ndarray, rng: np.random.Generator, noise: float) -> np.ndarray:
+    """The policy's action: its mean plus `noise` x σ x N(0, 1)."""
+    with torch.no_grad():
+        mean, log_std = policy(torch.as_tensor(obs, dtype=torch.float32))
+    return (mean + noise * log_std.exp() * torch.from_numpy(rng.standard_normal(mean.shape).astype(np.float32))).numpy()
+
+
 def show(label: str, s: dict[str, float]) -> None:
     print(f"{label}: length {s['length']:.0f} (min {s['min_length']}), x {s['x_moved']:+.2f} m, return {s['return']:.1f} "
           f"= task {s['reward_task']:+.1f} survive {s['reward_survive']:.1f} ctrl {s['reward_ctrl']:.1f} "
@@ -65,6 +77,8 @@ def main() -> None:
     parser.add_argument("--sigmas", type=float, nargs="*", default=[1.0, 0.6, 0.37, 0.22])
     parser.add_argument("--noise", type=float, nargs="*", default=[1.0, 0.3, 0.0],
                         help="the policy's action noise as a multiple of its σ (1: sampled as trained, 0: the mean)")
+    parser.add_argument("--fresh", nargs="*", default=[], metavar="LOG_STD,OUTPUT_SCALE",
+                        help="untrained policies with this initial log σ and mean-layer scale")
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="ant_gait.json")
@@ -80,6 +94,17 @@ def main() -> None:
                      args.seed, family.max_episode_steps)
         result["random"][str(sigma)] = s
         show(f"random N(0, {sigma:g}) on task {tasks[0].params}", s)
+    result["fresh"] = {}
+    for spec in args.fresh:
+        log_std, scale = (float(v) for v in spec.split(","))
+        for torch_seed in (0, 1):
+            torch.manual_seed(torch_seed)
+            policy = GaussianMLPPolicy(env.observation_space.shape[0], env.action_space.shape[0], [64, 64], "tanh",
+                                       init_log_std=log_std, init_output_scale=scale)
+            s = episodes(env, lambda obs, rng, policy=policy: sample(policy, obs, rng, 1.0), args.episodes, args.seed,
+                         family.max_episode_steps)
+            result["fresh"][f"{spec} torch seed {torch_seed}"] = s
+            show(f"untrained, init_log_std {log_std:g}, init_output_scale {scale:g}, torch seed {torch_seed}", s)
     for run in args.runs:
         config = load_config(run / "config.yaml")
         found = load_newest_checkpoint(run)
@@ -94,12 +119,8 @@ def main() -> None:
         for task in tasks:
             task_env = family.make_env(task)
             for noise in args.noise:
-                def act(obs, rng, noise=noise, policy=policy):
-                    with torch.no_grad():
-                        mean, log_std = policy(torch.as_tensor(obs, dtype=torch.float32))
-                    return (mean + noise * log_std.exp() * torch.from_numpy(
-                        rng.standard_normal(mean.shape).astype(np.float32))).numpy()
-                s = episodes(task_env, act, args.episodes, args.seed, family.max_episode_steps)
+                s = episodes(task_env, lambda obs, rng, noise=noise, policy=policy: sample(policy, obs, rng, noise),
+                             args.episodes, args.seed, family.max_episode_steps)
                 rows[f"task {task.params} noise {noise:g}"] = s
                 show(f"{run.name} {found.path.name} task {task.params}, noise {noise:g} x σ", s)
         result["runs"][str(run)] = {"checkpoint": found.path.name, "iteration": found.state["iteration"],
