@@ -7,7 +7,7 @@ Why: a return can rise because the ant walks, or because it ends its episodes so
 step costs more than the survive bonus; the return alone does not say which.
 
     python benchmarks/ant_gait.py [RUN_DIR ...] [--sigmas 1 0.6 0.37 0.22] [--noise 1 0.3 0] [--episodes 10]
-                                  [--fresh 0,1 -1,1 -1,0.01]
+                                  [--fresh=0,1 --fresh=-1,1 --fresh=-1,0.01]
 
 `--fresh LOG_STD,OUTPUT_SCALE`: untrained 64x64 tanh Gaussian policies (torch seeds 0 and 1) with
 that initial log σ (`maml.init_log_std`) and mean-layer scale (`maml.init_output_scale`).
@@ -77,8 +77,9 @@ def main() -> None:
     parser.add_argument("--sigmas", type=float, nargs="*", default=[1.0, 0.6, 0.37, 0.22])
     parser.add_argument("--noise", type=float, nargs="*", default=[1.0, 0.3, 0.0],
                         help="the policy's action noise as a multiple of its σ (1: sampled as trained, 0: the mean)")
-    parser.add_argument("--fresh", nargs="*", default=[], metavar="LOG_STD,OUTPUT_SCALE",
-                        help="untrained policies with this initial log σ and mean-layer scale")
+    parser.add_argument("--fresh", action="append", default=[], metavar="LOG_STD,OUTPUT_SCALE",
+                        help="untrained policies with this initial log σ and mean-layer scale (repeatable; "
+                             "--fresh=-1,0.01 for a negative log σ)")
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="ant_gait.json")
