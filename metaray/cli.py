@@ -221,7 +221,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise ReportError("--readme and --check go with --index")
     if args.index:
         if args.compare or args.target is not None or args.output:
-            raise ReportError("--index takes RESULTS roots, --readme and --check only")
+            raise ReportError("--index takes a RESULTS root, --readme and --check only")
         if len(args.results) != 1:
             raise ReportError(f"--index takes one results root, got {len(args.results)}")
         if args.check and not args.readme:

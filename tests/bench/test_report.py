@@ -282,7 +282,7 @@ def test_the_index_goes_between_the_readme_markers_and_check_says_when_it_is_sta
     assert err.startswith("metaray report: error: ") and "no generated-index block" in err and "\n" not in err
     assert readme.read_text() == "# no markers\n"
     for argv, message in ((["report", str(root), "--check"], "--readme and --check go with --index"),
-                          (["report", "--index", str(root), "--target", "1"], "--index takes RESULTS roots"),
+                          (["report", "--index", str(root), "--target", "1"], "--index takes a RESULTS root"),
                           (["report", "--index", str(root), str(root)], "one results root, got 2"),
                           (["report", "--index", str(root), "--check"], "--check needs --readme"),
                           (["report", "--index", str(tmp_path / "missing")], "no such directory")):
