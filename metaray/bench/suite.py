@@ -35,8 +35,11 @@ from metaray.cluster.config import (
 from metaray.tasks import TaskFamilyError, make_family
 
 # Held-out metrics a suite may be judged by (keys of `metaray eval`'s result). `mean_return` is
-# the headline return: post-adaptation where the algorithm adapts, else the trial's return.
-METRICS = ("mean_return", "success_rate", "normalised_score")
+# the headline return: post-adaptation where the algorithm adapts, else the trial's return;
+# `success_last` is RL²'s success in the trial's last episode (the Meta-World+ protocol's number:
+# the episodes before it adapt).
+METRICS = ("mean_return", "success_rate", "success_last", "normalised_score")
+Metric = Literal["mean_return", "success_rate", "success_last", "normalised_score"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -51,7 +54,7 @@ class BenchEval(BaseModel):
     num_tasks: int | None = Field(default=None, ge=1)
     seed: int | None = None
     split: Literal["test", "train"] = "test"
-    metric: Literal["mean_return", "success_rate", "normalised_score"] = "mean_return"
+    metric: Metric = "mean_return"
 
 
 class BenchRun(BaseModel):
@@ -70,6 +73,9 @@ class BenchRun(BaseModel):
     # a classical algorithm evaluated on the same held-out tasks instead of a trained run
     # (metaray.tasks.classical; `metaray baseline CONFIG NAME`): no training, the seed seeds it
     baseline: str | None = None
+    # this run's held-out metric where it differs from the suite's `eval.metric` (RL² beside MAML
+    # on Meta-World: success_last against success_rate, each algorithm's post-adaptation success)
+    metric: Metric | None = None
 
     @field_validator("name")
     @classmethod

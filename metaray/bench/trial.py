@@ -278,7 +278,7 @@ def run_trial(suite: Suite, run_name: str, seed: int, bench_dir: Path, results_d
     if done.returncode != 0:
         raise TrialFailed(f"{run_name} seed {seed}: eval failed: {_last_line(done.stderr or done.stdout)}")
     evaluation = json.loads(eval_out.read_text())
-    metric = suite.eval.metric
+    metric = run.metric or suite.eval.metric
     if metric not in evaluation:
         raise TrialFailed(f"{run_name} seed {seed}: the eval result has no {metric!r} "
                           f"(this algorithm/family reports: {', '.join(k for k in evaluation if isinstance(evaluation[k], float))})")
@@ -335,7 +335,7 @@ def _baseline_trial(suite: Suite, run: Any, seed: int, overrides: list[str], pat
     if done.returncode != 0:
         raise TrialFailed(f"{run.name} seed {seed}: baseline failed: {_last_line(done.stderr or done.stdout)}")
     evaluation = json.loads(out.read_text())
-    metric = suite.eval.metric
+    metric = run.metric or suite.eval.metric
     if metric not in evaluation:
         raise TrialFailed(f"{run.name} seed {seed}: the baseline's result has no {metric!r}")
     from metaray.cluster.config import apply_overrides, load_yaml

@@ -208,7 +208,7 @@ def evaluate_run(run_dir: Path, split: str = "test", num_tasks: int | None = Non
     return result
 
 
-HELD_OUT_FIELDS = ("mean_return", "return_pre", "success_rate", "normalised_score")  # into progress as heldout_<name>
+HELD_OUT_FIELDS = ("mean_return", "return_pre", "success_rate", "success_last", "normalised_score")  # progress: heldout_<name>
 
 
 class PeriodicEvaluation:

@@ -140,7 +140,8 @@ class TensorBoardScalars:
     GROUPS = {
         "returns": ("trial_return", "return_pre", "return_post"),
         "throughput": ("env_steps_per_s", "sampling_s", "sample_s_mean", "learner_step_s"),
-        "heldout": ("heldout_mean_return", "heldout_return_pre", "heldout_success_rate", "heldout_normalised_score",
+        "heldout": ("heldout_mean_return", "heldout_return_pre", "heldout_success_rate", "heldout_success_last",
+                    "heldout_normalised_score",
                     "heldout_eval_s"),
         "runtime": ("iteration", "policy_version", "policy_lag_mean", "policy_lag_max", "workers_alive",
                     "worker_restarts_total", "tasks_requeued_total", "dropped_batches_total", "env_failures_total",

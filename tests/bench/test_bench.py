@@ -388,3 +388,28 @@ def test_a_training_runs_at_the_bench_sessions_scheduling_niceness():
     parent, child = (part.strip() for part in done.stdout.split("|"))
     assert parent.endswith("nice 7") and child.endswith("nice 7")
     assert parent.split()[0] != child.split()[0]  # its own group (its own session), at the bench's niceness
+
+
+def test_a_run_is_judged_by_its_own_metric_where_it_names_one(tmp_path):
+    """RL² beside MAML on Meta-World score post-adaptation success under different names
+    (success_last, success_rate): a run's `metric` replaces the suite's for that run alone."""
+    from metaray.bench.suite import SuiteError, load_suite
+    from metaray.bench.trial import TrialFailed, run_trial
+
+    quickstart = str(ROOT / "configs" / "quickstart.yaml")
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "metric-per-run", "seeds": [0], "eval": {"num_tasks": 20, "metric": "success_last"},
+        "runs": [{"name": "greedy", "config": quickstart, "baseline": "greedy", "metric": "mean_return"},
+                 {"name": "thompson", "config": quickstart, "baseline": "thompson"}]}))
+    suite = load_suite(path)
+    (tmp_path / "results").mkdir()
+    result = run_trial(suite, "greedy", 0, tmp_path / "bench", tmp_path / "results")
+    assert result["metric"] == "mean_return" and len(result["per_task"]) == 20
+    assert result["score"] == pytest.approx(sum(result["per_task"]) / 20)
+    with pytest.raises(TrialFailed, match="has no 'success_last'"):  # the suite's metric: bandits report no success
+        run_trial(suite, "thompson", 0, tmp_path / "bench", tmp_path / "results")
+    path.write_text(yaml.safe_dump({"name": "m", "seeds": [0], "runs": [
+        {"name": "a", "config": quickstart, "metric": "accuracy"}]}))
+    with pytest.raises(SuiteError, match=r"runs\.0\.metric"):
+        load_suite(path)
