@@ -1,16 +1,19 @@
 """Does a MAML ant-dir policy walk the task's way after adaptation? Per held-out task direction, the
-episodes before adaptation (the meta-policy) and after the inner step(s): episode length, the
-torso's mean velocity along x, the distance it covers along the task's direction, and the return.
+meta-policy (before adaptation) and the adapted policy (after the inner step(s)): episode length,
+the torso's displacement along the task's direction, and the return split into Ant-v5's terms.
 
 Why: ant-dir's return is the survive bonus, the control and contact costs and the velocity along
 the task's direction; a return can rise after adaptation because the adapted policy stands
-steadier or costs less, not because it walks the right way. The distance along the direction,
-before and after, says which. (`ant_gait.py` probes only the meta-policy before adaptation.)
+steadier or costs less, not because it walks the right way. The displacement, before and after,
+says which. (`ant_gait.py` probes only the meta-policy before adaptation.)
 
-    python benchmarks/ant_adaptation.py RUN_OR_CHECKPOINT [...] [--num-tasks 40] [--name ant_adaptation.json]
+    python benchmarks/ant_adaptation.py RUN_OR_CHECKPOINT [...] [--num-tasks 40] [--episodes 2]
 
 A run directory takes its newest checkpoint; a checkpoint directory (`RUN/checkpoints/iter-…`)
-that one. The tasks are the ones `metaray eval` draws (the run's eval.seed), sampled as trained.
+that one. The tasks are the ones `metaray eval` draws (the run's eval.seed). The inner step adapts
+from the sampler's own episodes (as `metaray eval`, whose returns are reported too); then θ and
+each task's θ' act for `--episodes` more episodes on gymnasium's own Ant-v5 (the reference env,
+sampled as trained), where the torso's x position and each reward term are read directly.
 """
 
 from __future__ import annotations
@@ -25,24 +28,41 @@ import torch
 from metaray.bench.provenance import script_output
 from metaray.cluster.checkpoint import load_checkpoint, load_newest_checkpoint
 from metaray.cluster.config import load_config
+from metaray.core import mean_episode_return
 from metaray.learner.maml.sampler import MAMLSampler
+from metaray.networks import Params, policy_forward
 from metaray.tasks import make_family
 
-X_VELOCITY = 13  # Ant-v5's observation without x, y: qpos[2:] (13 entries), then qvel, whose first is the torso's x velocity
+TERMS = ("reward_task", "reward_survive", "reward_ctrl", "reward_contact")  # Ant-v5's, via the family's info
 
 
-def stage_stats(episodes, direction: float, dt: float) -> dict[str, float]:
-    """Mean over one task's episodes of one stage."""
-    mask = np.asarray(episodes.mask, bool)  # [E, T]
-    vx = np.where(mask, np.asarray(episodes.obs)[..., X_VELOCITY], 0.0)
-    length = mask.sum(axis=1)
-    distance = vx.sum(axis=1) * dt  # the velocity observed at each step, over the steps taken
-    return {"length": float(length.mean()), "velocity_x": float((vx.sum(axis=1) / np.maximum(length, 1)).mean()),
-            "distance_along": float((direction * distance).mean()),
-            "return": float(np.where(mask, np.asarray(episodes.rewards), 0.0).sum(axis=1).mean())}
+def episodes(env, policy: torch.nn.Module, params: Params, n: int, seed: int, horizon: int) -> dict[str, float]:
+    """n episodes of the policy with `params` (sampled, actions clipped to the box as the samplers
+    do): mean length, displacement along the task's direction d, return and its terms."""
+    direction = float(env.task.params[0])
+    rng = np.random.default_rng(seed)
+    low, high = env.action_space.low, env.action_space.high
+    rows = []
+    for ep in range(n):
+        obs, _ = env.reset(seed=seed + ep)
+        data = env.unwrapped.data
+        x0, total, terms, length = float(data.xpos[1][0]), 0.0, dict.fromkeys(TERMS, 0.0), 0  # xpos[1]: the torso
+        for _ in range(horizon):
+            with torch.no_grad():
+                mean, log_std = policy_forward(policy, params, torch.as_tensor(obs, dtype=torch.float32)[None])
+            action = (mean + log_std.exp() * torch.from_numpy(rng.standard_normal(mean.shape).astype(np.float32)))[0]
+            obs, reward, terminated, truncated, info = env.step(np.clip(action.numpy(), low, high))
+            length += 1
+            total += float(reward)
+            for key in TERMS:
+                terms[key] += float(info.get(key, 0.0))
+            if terminated or truncated:
+                break
+        rows.append({"length": length, "along": direction * (float(data.xpos[1][0]) - x0), "return": total, **terms})
+    return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
 
 
-def probe(target: Path, num_tasks: int | None) -> dict:
+def probe(target: Path, num_tasks: int | None, n_episodes: int) -> dict:
     if (target / "state.json").is_file():
         tensors, state = load_checkpoint(target)
         run, name = target.parent.parent, target.name
@@ -59,30 +79,42 @@ def probe(target: Path, num_tasks: int | None) -> dict:
     tasks = family.sample(num_tasks or config.eval.num_tasks, np.random.default_rng(config.eval.seed), "test")
     sampler = MAMLSampler(family, algo_config, algo_config.episodes_per_task, config.eval.seed)
     sampler.set_weights(0, {k.split("/", 1)[1]: np.array(v) for k, v in tensors.items() if k.startswith("policy/")})
-    dt = float(getattr(sampler.env, "dt", 0.05))  # the batched MuJoCo env's frame_skip x timestep
+    theta = sampler.policy.theta()
     rows = []
     for start in range(0, len(tasks), algo_config.meta_batch_size):
         batch = tasks[start : start + algo_config.meta_batch_size]
-        for task, result in zip(batch, sampler.collect(batch, 0), strict=True):
-            direction = float(task.params[0])
-            first = next(iter(result.stages.values()))  # inner_0: the meta-policy's episodes
-            rows.append({"task_id": task.task_id, "direction": direction,
-                         "pre": stage_stats(first, direction, dt), "post": stage_stats(result.stages["post"], direction, dt)})
-    out = {"run": str(run), "checkpoint": name, "iteration": state["iteration"], "dt": dt, "tasks": rows, "by_direction": {}}
+        results = sampler.collect(batch, 0)
+        adapted = sampler.adapted_params  # stacked [task, ...]
+        for i, (task, result) in enumerate(zip(batch, results, strict=True)):
+            env = family.make_env(task)
+            own = {key: value[i] for key, value in adapted.items()}
+            seed = config.eval.seed + task.task_id
+            rows.append({"task_id": task.task_id, "direction": float(task.params[0]),
+                         "eval_return_pre": mean_episode_return(next(iter(result.stages.values()))),
+                         "eval_return_post": mean_episode_return(result.stages["post"]),
+                         "pre": episodes(env, sampler.policy, theta, n_episodes, seed, family.max_episode_steps),
+                         "post": episodes(env, sampler.policy, own, n_episodes, seed, family.max_episode_steps)})
+            env.close()
+    out = {"run": str(run), "checkpoint": name, "iteration": state["iteration"], "episodes_per_task": n_episodes,
+           "tasks": rows, "by_direction": {}}
     for direction in sorted({r["direction"] for r in rows}):
         chosen = [r for r in rows if r["direction"] == direction]
         summary = {stage: {key: float(np.mean([r[stage][key] for r in chosen])) for key in chosen[0][stage]}
                    for stage in ("pre", "post")}
-        gain = np.array([r["post"]["distance_along"] - r["pre"]["distance_along"] for r in chosen])
-        summary["distance_gain"] = float(gain.mean())
-        summary["distance_gain_se"] = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else float("nan")
+        for key in ("eval_return_pre", "eval_return_post"):
+            summary[key] = float(np.mean([r[key] for r in chosen]))
+        gain = np.array([r["post"]["along"] - r["pre"]["along"] for r in chosen])
+        summary["along_gain"] = float(gain.mean())
+        summary["along_gain_se"] = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else float("nan")
         summary["tasks"] = len(chosen)
         out["by_direction"][str(direction)] = summary
         pre, post = summary["pre"], summary["post"]
-        print(f"{run.name} {name} direction {direction:+g} ({len(chosen)} tasks): length {pre['length']:.0f} -> {post['length']:.0f}, "
-              f"distance along {pre['distance_along']:+.2f} -> {post['distance_along']:+.2f} m "
-              f"(gain {summary['distance_gain']:+.2f} ± {summary['distance_gain_se']:.2f}), "
-              f"return {pre['return']:.1f} -> {post['return']:.1f}", flush=True)
+        print(f"{run.name} {name} direction {direction:+g} ({len(chosen)} tasks): length {pre['length']:.0f} -> "
+              f"{post['length']:.0f}, along {pre['along']:+.2f} -> {post['along']:+.2f} m (gain {summary['along_gain']:+.2f}"
+              f" ± {summary['along_gain_se']:.2f}), return {pre['return']:.1f} -> {post['return']:.1f} (velocity term "
+              f"{pre['reward_task']:+.1f} -> {post['reward_task']:+.1f}, control {pre['reward_ctrl']:.1f} -> "
+              f"{post['reward_ctrl']:.1f}); metaray eval's {summary['eval_return_pre']:.1f} -> {summary['eval_return_post']:.1f}",
+              flush=True)
     return out
 
 
@@ -90,10 +122,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("targets", type=Path, nargs="+", help="run directories or checkpoint directories")
     parser.add_argument("--num-tasks", type=int, default=None, help="default: the run's eval.num_tasks")
+    parser.add_argument("--episodes", type=int, default=2, help="episodes per task of θ and of θ' on the reference env")
     parser.add_argument("--name", default="ant_adaptation.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = [probe(target, args.num_tasks) for target in args.targets]
+    results = [probe(target, args.num_tasks, args.episodes) for target in args.targets]
     path = script_output(__file__, args.name)
     path.write_text(json.dumps(results, indent=1))
     print(f"wrote {path}")
