@@ -20,46 +20,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from metaray.bench.provenance import script_output
-from metaray.cluster.checkpoint import load_checkpoint, load_newest_checkpoint
-from metaray.cluster.config import load_config
-from metaray.core import mean_episode_return
-from metaray.learner.maml.sampler import MAMLSampler
-from metaray.networks import Params, policy_forward
-from metaray.tasks import make_family
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ant_gait import episodes as play  # noqa: E402
 
-TERMS = ("reward_task", "reward_survive", "reward_ctrl", "reward_contact")  # Ant-v5's, via the family's info
+from metaray.bench.provenance import script_output  # noqa: E402
+from metaray.cluster.checkpoint import load_checkpoint, load_newest_checkpoint  # noqa: E402
+from metaray.cluster.config import load_config  # noqa: E402
+from metaray.core import mean_episode_return  # noqa: E402
+from metaray.learner.maml.sampler import MAMLSampler  # noqa: E402
+from metaray.networks import Params, policy_forward  # noqa: E402
+from metaray.tasks import make_family  # noqa: E402
 
 
 def episodes(env, policy: torch.nn.Module, params: Params, n: int, seed: int, horizon: int) -> dict[str, float]:
-    """n episodes of the policy with `params` (sampled, actions clipped to the box as the samplers
-    do): mean length, displacement along the task's direction d, return and its terms."""
-    direction = float(env.task.params[0])
-    rng = np.random.default_rng(seed)
-    low, high = env.action_space.low, env.action_space.high
-    rows = []
-    for ep in range(n):
-        obs, _ = env.reset(seed=seed + ep)
-        data = env.unwrapped.data
-        x0, total, terms, length = float(data.xpos[1][0]), 0.0, dict.fromkeys(TERMS, 0.0), 0  # xpos[1]: the torso
-        for _ in range(horizon):
-            with torch.no_grad():
-                mean, log_std = policy_forward(policy, params, torch.as_tensor(obs, dtype=torch.float32)[None])
-            action = (mean + log_std.exp() * torch.from_numpy(rng.standard_normal(mean.shape).astype(np.float32)))[0]
-            obs, reward, terminated, truncated, info = env.step(np.clip(action.numpy(), low, high))
-            length += 1
-            total += float(reward)
-            for key in TERMS:
-                terms[key] += float(info.get(key, 0.0))
-            if terminated or truncated:
-                break
-        rows.append({"length": length, "along": direction * (float(data.xpos[1][0]) - x0), "return": total, **terms})
-    return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+    """n episodes of the policy with `params`, sampled (ant_gait's loop: actions clipped to the box
+    as the samplers do): mean length, x displacement signed by the task's direction ("along"),
+    return and its terms."""
+
+    def act(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        with torch.no_grad():
+            mean, log_std = policy_forward(policy, params, torch.as_tensor(obs, dtype=torch.float32)[None])
+        return (mean + log_std.exp() * torch.from_numpy(rng.standard_normal(mean.shape).astype(np.float32)))[0].numpy()
+
+    out = play(env, act, n, seed, horizon)
+    out["along"] = float(env.task.params[0]) * out["x_moved"]
+    return out
 
 
 def probe(target: Path, num_tasks: int | None, n_episodes: int) -> dict:
