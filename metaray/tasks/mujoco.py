@@ -303,6 +303,30 @@ def _draw_direction(rng: np.random.Generator) -> tuple[float, ...]:
     return (1.0 if rng.random() < 0.5 else -1.0,)
 
 
+DIRECTION_TRAIN_TASKS = 50  # the length of a direction family's fixed train set (as Meta-World's 50 goals)
+
+
+class _DirectionTrainTasks:
+    """The fixed train set of a forward/backward family: forward and backward alternating.
+
+    PEARL's ant-fwd-back and cheetah-fwd-back train on exactly the two directions. A fixed set
+    drawn at random is unbalanced more often than not at small sizes: the 10 train ids PEARL's
+    ant-dir config drew were 9 backward and 1 forward, and PEARL learned to run backward whatever
+    the task (benchmarks/README.md, "PEARL"). The first 2k tasks of this list are k of each.
+    """
+
+    def train_tasks(self) -> list[Task]:
+        """Distinct train tasks, forward, backward, forward, …, each direction's in id order (the
+        fixed-set scheduler cycles through them; PEARL takes its first `num_train_tasks`)."""
+        by_direction: dict[float, list[Task]] = {1.0: [], -1.0: []}
+        task_id, half = 0, DIRECTION_TRAIN_TASKS // 2
+        while min(len(tasks) for tasks in by_direction.values()) < half:
+            task = self.task("train", task_id)  # type: ignore[attr-defined]
+            by_direction[task.params[0]].append(task)
+            task_id += 1
+        return [task for pair in zip(by_direction[1.0][:half], by_direction[-1.0][:half], strict=True) for task in pair]
+
+
 @dataclass(frozen=True)
 class HalfCheetahVelFamily(_MujocoFamily):
     """HalfCheetah-v5 target velocity v* ~ U[0,2], reward -|v - v*| - 0.05|a|^2, horizon 200 (Finn et al. 2017).
@@ -377,7 +401,7 @@ class HalfCheetahVelFamily(_MujocoFamily):
 
 
 @dataclass(frozen=True)
-class HalfCheetahDirFamily(_MujocoFamily):
+class HalfCheetahDirFamily(_DirectionTrainTasks, _MujocoFamily):
     """HalfCheetah-v5 forward or backward (d = +-1), reward d*v - 0.05|a|^2, horizon 200 (Finn et al. 2017).
 
     Task params: (d,), +1 or -1 with p=0.5 each. The control cost is HalfCheetah-v5's own, built with
@@ -402,7 +426,7 @@ class HalfCheetahDirFamily(_MujocoFamily):
 
 
 @dataclass(frozen=True)
-class AntDirFamily(_MujocoFamily):
+class AntDirFamily(_DirectionTrainTasks, _MujocoFamily):
     """Ant-v5 forward or backward along x (d = +-1), reward d*v_x + survive - costs, horizon 200 (ProMP).
 
     Task params: (d,). Like ProMP's ant-rand-direc, the direction is +1 or -1 along the x axis
