@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ant_gait import episodes as play  # noqa: E402
+from ant_gait import load_target  # noqa: E402
 
 from metaray.bench.provenance import script_output  # noqa: E402
-from metaray.cluster.checkpoint import load_checkpoint, load_newest_checkpoint  # noqa: E402
 from metaray.cluster.config import load_config  # noqa: E402
 from metaray.core import mean_episode_return  # noqa: E402
 from metaray.learner.maml.sampler import MAMLSampler  # noqa: E402
@@ -54,14 +54,7 @@ def episodes(env, policy: torch.nn.Module, params: Params, n: int, seed: int, ho
 
 
 def probe(target: Path, num_tasks: int | None, n_episodes: int) -> dict:
-    if (target / "state.json").is_file():
-        tensors, state = load_checkpoint(target)
-        run, name = target.parent.parent, target.name
-    else:
-        found = load_newest_checkpoint(target)
-        if found.path is None:
-            raise SystemExit(f"{target}: no checkpoint loads")
-        tensors, state, run, name = found.tensors, found.state, target, found.path.name
+    tensors, state, run, name = load_target(target)
     config = load_config(run / "config.yaml")
     if config.algo != "maml" or config.task.family != "ant-dir":
         raise SystemExit(f"{run}: not a MAML ant-dir run ({config.algo}, {config.task.family})")

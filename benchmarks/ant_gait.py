@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from metaray.bench.provenance import script_output
-from metaray.cluster.checkpoint import load_newest_checkpoint
+from metaray.cluster.checkpoint import load_checkpoint, load_newest_checkpoint
 from metaray.cluster.config import load_config
 from metaray.networks import GaussianMLPPolicy
 from metaray.tasks import make_family
@@ -55,6 +55,17 @@ def episodes(env, act, n: int, seed: int, horizon: int) -> dict[str, float]:
     out["min_length"] = int(min(r["length"] for r in rows))
     out["ended_above_z_1"] = int(sum(r["terminated"] and r["final_z"] > 1.0 for r in rows))
     return out
+
+
+def load_target(target: Path) -> tuple[dict, dict, Path, str]:
+    """A run directory's newest checkpoint or a checkpoint directory: (tensors, state, run, name)."""
+    if (target / "state.json").is_file():
+        tensors, state = load_checkpoint(target)
+        return tensors, state, target.parent.parent, target.name
+    found = load_newest_checkpoint(target)
+    if found.path is None:
+        raise SystemExit(f"{target}: no checkpoint loads")
+    return found.tensors, found.state, target, found.path.name
 
 
 def sample(policy: torch.nn.Module, obs: np.ndarray, rng: np.random.Generator, noise: float) -> np.ndarray:

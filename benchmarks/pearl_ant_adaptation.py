@@ -27,10 +27,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ant_gait import TERMS  # noqa: E402
+from ant_gait import TERMS, load_target  # noqa: E402
 
 from metaray.bench.provenance import script_output  # noqa: E402
-from metaray.cluster.checkpoint import load_checkpoint, load_newest_checkpoint  # noqa: E402
 from metaray.cluster.config import load_config  # noqa: E402
 from metaray.learner.pearl.networks import PEARLAgent, context_rows, pearl_spec  # noqa: E402
 from metaray.networks import load_weights  # noqa: E402
@@ -70,14 +69,7 @@ def agent_uses_next_obs(agent: PEARLAgent) -> bool:
 
 
 def probe(target: Path, num_tasks: int | None, n_episodes: int, sampled: bool | None) -> dict:
-    if (target / "state.json").is_file():
-        tensors, state = load_checkpoint(target)
-        run, name = target.parent.parent, target.name
-    else:
-        found = load_newest_checkpoint(target)
-        if found.path is None:
-            raise SystemExit(f"{target}: no checkpoint loads")
-        tensors, state, run, name = found.tensors, found.state, target, found.path.name
+    tensors, state, run, name = load_target(target)
     config = load_config(run / "config.yaml")
     if config.algo != "pearl" or config.task.family != "ant-dir":
         raise SystemExit(f"{run}: not a PEARL ant-dir run ({config.algo}, {config.task.family})")
